@@ -1,0 +1,68 @@
+"""The web process: `create_app()` builds the Litestar app from the settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from app.auth import build_jwt_auth
+from app.dependencies import provide_caller, provide_connection
+from app.error_handlers import EXCEPTION_HANDLERS
+from app.request_id import request_id_middleware
+from app.routes.campaigns import CampaignController
+from app.routes.health import healthz, readyz
+from app.settings import Settings, SettingsError, get_settings
+from db.pool import create_pool
+from jobs.app import app as procrastinate_app
+
+logger = logging.getLogger("app")
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    if settings.jwt_key is None:
+        raise SettingsError(
+            "no JWT key: set JWT_SECRET or JWT_PUBLIC_KEY "
+            "(or MESSAGING_DEV_MODE=1 for local development only)"
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if settings.dev_mode and not (settings.jwt_secret or settings.jwt_public_key):
+            logger.warning(
+                "DEVELOPMENT MODE: tokens are verified with a fixed, public secret. "
+                "Never run this way in production; set JWT_SECRET or JWT_PUBLIC_KEY."
+            )
+        pool = await create_pool(
+            settings.database_url,
+            min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size,
+        )
+        app.state.pool = pool
+        await procrastinate_app.open_async(pool)
+        try:
+            yield
+        finally:
+            await procrastinate_app.close_async()
+            await pool.close()
+
+    return Litestar(
+        route_handlers=[CampaignController, healthz, readyz],
+        lifespan=[lifespan],
+        on_app_init=[build_jwt_auth(settings).on_app_init],
+        middleware=[request_id_middleware],
+        dependencies={
+            "conn": Provide(provide_connection),
+            "caller": Provide(provide_caller, sync_to_thread=False),
+            "settings": Provide(lambda: settings, sync_to_thread=False),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        request_max_body_size=settings.publish_max_body_bytes,
+        openapi_config=OpenAPIConfig(title="messaging", version="1.0.0"),
+        debug=False,
+    )

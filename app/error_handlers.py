@@ -1,0 +1,129 @@
+"""The one place where errors become HTTP responses, all with the `Error` body."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_403_FORBIDDEN,
+    HTTP_404_NOT_FOUND,
+    HTTP_412_PRECONDITION_FAILED,
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+)
+
+from app.errors import (
+    BadState,
+    ForbiddenBrand,
+    InvalidInput,
+    NotFound,
+    ServiceError,
+    UnsupportedMediaType,
+)
+from app.schemas import Error
+
+logger = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[ServiceError], int] = {
+    InvalidInput: HTTP_400_BAD_REQUEST,
+    ForbiddenBrand: HTTP_403_FORBIDDEN,
+    NotFound: HTTP_404_NOT_FOUND,
+    BadState: HTTP_412_PRECONDITION_FAILED,
+    UnsupportedMediaType: HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+}
+
+# Stable codes for the framework's own errors, by status.
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[Error]:
+    return Response(
+        Error(error=code, message=message, details=details or {}),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def handle_service_error(_: Request[Any, Any, Any], exc: ServiceError) -> Response[Error]:
+    return error_response(STATUS_OF.get(type(exc), 400), exc.code, exc.message, exc.details)
+
+
+def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Error]:
+    status = exc.status_code
+    if status >= 500:
+        return handle_unexpected(request, exc)
+    headers = dict(exc.headers or {})
+    details: dict[str, Any] = {}
+    if isinstance(exc, NotAuthorizedException):
+        headers.setdefault("WWW-Authenticate", "Bearer")
+        message = "a valid bearer token is required"
+        if exc.detail and exc.detail != "Unauthorized":
+            message = f"{message}: {exc.detail}"
+    elif isinstance(exc, PermissionDeniedException) and isinstance(exc.extra, dict):
+        details = dict(exc.extra)
+        message = exc.detail
+    elif isinstance(exc, ValidationException):
+        return _validation_response(exc)
+    elif status in (404, 405):
+        message = f"{exc.detail}: {request.method} {request.url.path}"
+    else:
+        message = exc.detail
+    return error_response(status, HTTP_CODES.get(status, "error"), message, details, headers)
+
+
+def _validation_response(exc: ValidationException) -> Response[Error]:
+    details: dict[str, str] = {}
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict) and "message" in item:
+            key = str(item.get("key") or "$")
+            path = key if key.startswith("$") else f"$.{key}"
+            details[path] = str(item["message"])
+    if not details:
+        # Malformed JSON and the like: Litestar's detail names the problem.
+        details = {"$": exc.detail}
+    return error_response(400, "validation_error", "the request is not valid", details)
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Error]:
+    request_id = request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+    logger.exception(
+        "unhandled error on %s %s (request id %s)", request.method, request.url.path, request_id
+    )
+    return error_response(
+        HTTP_500_INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "the server failed to handle this request; quote the request id when reporting it",
+        {"request_id": request_id},
+        {"X-Request-ID": request_id},
+    )
+
+
+EXCEPTION_HANDLERS = {
+    ServiceError: handle_service_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

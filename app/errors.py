@@ -1,0 +1,35 @@
+"""Domain errors. No HTTP here: app/error_handlers.py maps each class to a status code."""
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    code = "error"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class InvalidInput(ServiceError):
+    code = "validation_error"
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+
+
+class ForbiddenBrand(ServiceError):
+    code = "forbidden"
+
+
+class BadState(ServiceError):
+    code = "bad_state"
+
+    def __init__(self, message: str, *, status: str, allowed: list[str]) -> None:
+        super().__init__(message, {"status": status, "allowed": allowed})
+
+
+class UnsupportedMediaType(ServiceError):
+    code = "unsupported_media_type"

@@ -1,0 +1,83 @@
+"""publish_campaign: the run, its deliveries and their jobs, in one transaction."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import asyncpg
+
+from app.auth import AccessToken
+from app.campaigns import parse_id, visible_campaign
+from app.errors import BadState, InvalidInput
+from app.recipients import normalise_all, skip_reasons
+from app.schemas import Recipient, Run
+from db.runs import DeliveryRow, RunRepository
+from db.suppressions import SuppressionRepository
+from jobs.tasks import deliver_batch
+
+PENDING = ("pending", None)
+
+
+async def publish_campaign(
+    conn: asyncpg.Connection,
+    campaign_id: str,
+    recipients: list[Recipient],
+    caller: AccessToken,
+    *,
+    max_recipients: int,
+    batch_size: int,
+) -> Run:
+    if not 1 <= len(recipients) <= max_recipients:
+        raise InvalidInput(
+            f"recipients must have 1 to {max_recipients} entries",
+            {"$.recipients": f"has {len(recipients)} entries; allowed 1 to {max_recipients}"},
+        )
+    parse_id(campaign_id, "campaign")
+    async with conn.transaction():
+        campaign = await visible_campaign(conn, campaign_id, caller, lock="share")
+        if campaign["status"] != "active":
+            raise BadState(
+                f"campaign is {campaign['status']}; only an active campaign can be published",
+                status=campaign["status"],
+                allowed=["active"],
+            )
+        channel, brand_id = campaign["channel"], campaign["brand_id"]
+        keys = normalise_all(channel, recipients)
+        suppressed = await SuppressionRepository(conn).suppressed_among(brand_id, keys)
+        skips = skip_reasons(channel, recipients, keys, suppressed)
+
+        runs = RunRepository(conn)
+        run = await runs.create(
+            campaign_id=campaign["id"],
+            brand_id=brand_id,
+            total_recipients=len(recipients),
+            skipped_count=len(skips),
+            created_by=caller.sub,
+        )
+        await runs.copy_deliveries(_delivery_rows(run["id"], recipients, skips))
+        await defer_deliveries(conn, str(run["id"]), len(recipients), batch_size)
+    return Run(**run)
+
+
+def _delivery_rows(
+    run_id: UUID, recipients: list[Recipient], skips: dict[int, str]
+) -> list[DeliveryRow]:
+    return [
+        (run_id, position, r.person_id, r.recipient, *(
+            ("skipped", skips[position]) if position in skips else PENDING
+        ))
+        for position, r in enumerate(recipients)
+    ]
+
+
+async def defer_deliveries(
+    conn: asyncpg.Connection, run_id: str, total: int, batch_size: int
+) -> list[int]:
+    """One deliver_batch job per `batch_size` positions, deferred on `conn` (so inside
+    its transaction: the jobs exist exactly when the run does)."""
+    batches = [
+        {"run_id": run_id, "first": first, "last": min(first + batch_size, total) - 1}
+        for first in range(0, total, batch_size)
+    ]
+    job_ids: list[int] = await deliver_batch.configure(connection=conn).batch_defer_async(*batches)
+    return job_ids

@@ -1,0 +1,66 @@
+"""Which recipients of a publish can be settled at once, and why."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+# WHATWG's "valid e-mail address", with at least one dot in the domain.
+_EMAIL = re.compile(
+    r"[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+"
+    r"@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)+"
+)
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+_VALIDATORS: dict[str, Callable[[str], re.Match[str] | None]] = {
+    "email": _EMAIL.fullmatch,
+    "sms": _E164.fullmatch,
+}
+MAX_EMAIL_LENGTH = 254
+
+DUPLICATE = "duplicate"
+INVALID = "invalid_recipient"
+SUPPRESSED = "suppressed"
+
+
+class HasAddress(Protocol):
+    @property
+    def recipient(self) -> str: ...
+
+
+def normalise(channel: str, address: str) -> str:
+    """The form addresses are compared in: e-mail case-insensitively, phone numbers as is."""
+    return address.lower() if channel == "email" else address
+
+
+def normalise_all(channel: str, recipients: Sequence[HasAddress]) -> list[str]:
+    if channel == "email":
+        return [r.recipient.lower() for r in recipients]
+    return [r.recipient for r in recipients]
+
+
+def skip_reasons(
+    channel: str, recipients: Sequence[HasAddress], keys: list[str], suppressed: set[str]
+) -> dict[int, str]:
+    """Position -> reason for every recipient that is skipped at publish.
+
+    `keys` are the normalised addresses (`normalise_all`). The first occurrence of an
+    address is the one that is delivered; later ones are duplicates. An invalid address
+    is `invalid_recipient` even when repeated.
+    """
+    is_valid = _VALIDATORS[channel]
+    too_long = MAX_EMAIL_LENGTH if channel == "email" else 16
+    skips: dict[int, str] = {}
+    seen: set[str] = set()
+    for position, (recipient, key) in enumerate(zip(recipients, keys, strict=True)):
+        address = recipient.recipient
+        if len(address) > too_long or is_valid(address) is None:
+            skips[position] = INVALID
+        elif key in seen:
+            skips[position] = DUPLICATE
+        else:
+            seen.add(key)
+            if key in suppressed:
+                skips[position] = SUPPRESSED
+    return skips

@@ -1,0 +1,1 @@
+"""HTTP routes: short handlers that read input, call one function and return a Struct."""

@@ -1,0 +1,77 @@
+"""/v1/messaging/campaigns and the runs under them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import asyncpg
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import Body, FromPath, SkipValidation
+
+from app.auth import PUBLISH, READ, WRITE, AccessToken, requires
+from app.body import decode_body
+from app.campaigns import change_status, create_campaign, parse_id, visible_campaign
+from app.errors import NotFound
+from app.publishing import publish_campaign
+from app.schemas import Campaign, CampaignCreate, PublishRequest, Run
+from app.settings import Settings
+from db.runs import RunRepository
+
+Conn = NamedDependency[SkipValidation[asyncpg.Connection]]
+Caller = NamedDependency[SkipValidation[AccessToken]]
+Config = NamedDependency[SkipValidation[Settings]]
+
+
+class CampaignController(Controller):
+    path = "/v1/messaging/campaigns"
+    tags = ["campaigns"]
+
+    @post(guards=[requires(WRITE)], status_code=201)
+    async def create(
+        self, conn: Conn, caller: Caller, data: Annotated[CampaignCreate, Body()]
+    ) -> Campaign:
+        return await create_campaign(conn, data, caller)
+
+    @get("/{campaign_id:str}", guards=[requires(READ)])
+    async def read(self, conn: Conn, caller: Caller, campaign_id: FromPath[str]) -> Campaign:
+        return Campaign(**await visible_campaign(conn, campaign_id, caller))
+
+    @post("/{campaign_id:str}/activate", guards=[requires(WRITE)], status_code=200)
+    async def activate(self, conn: Conn, caller: Caller, campaign_id: FromPath[str]) -> Campaign:
+        return await change_status(conn, campaign_id, caller, to="active", allowed=["draft"])
+
+    @post("/{campaign_id:str}/archive", guards=[requires(WRITE)], status_code=200)
+    async def archive(self, conn: Conn, caller: Caller, campaign_id: FromPath[str]) -> Campaign:
+        return await change_status(
+            conn, campaign_id, caller, to="archived", allowed=["draft", "active"]
+        )
+
+    @post("/{campaign_id:str}/publish", guards=[requires(PUBLISH)], status_code=202)
+    async def publish(
+        self,
+        request: Request[str, AccessToken, Any],
+        conn: Conn,
+        caller: Caller,
+        settings: Config,
+        campaign_id: FromPath[str],
+    ) -> Response[Run]:
+        body = await decode_body(request, PublishRequest)
+        run = await publish_campaign(
+            conn,
+            campaign_id,
+            body.recipients,
+            caller,
+            max_recipients=settings.publish_max_recipients,
+            batch_size=settings.delivery_batch_size,
+        )
+        location = f"{self.path}/{run.campaign_id}/runs/{run.id}"
+        return Response(run, status_code=202, headers={"Location": location})
+
+    @get("/{campaign_id:str}/runs/{run_id:str}", guards=[requires(READ)])
+    async def read_run(self, conn: Conn, caller: Caller, campaign_id: FromPath[str], run_id: FromPath[str]) -> Run:
+        campaign = await visible_campaign(conn, campaign_id, caller)
+        record = await RunRepository(conn).get(campaign["id"], parse_id(run_id, "run"))
+        if record is None:
+            raise NotFound(f"run {run_id} does not exist")
+        return Run(**record)

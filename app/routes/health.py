@@ -1,0 +1,28 @@
+"""Liveness and readiness probes (no auth)."""
+
+from __future__ import annotations
+
+import asyncpg
+from litestar import Response, get
+from litestar.datastructures import State
+
+from app.error_handlers import error_response
+from app.schemas import Error, Health
+
+
+@get("/healthz", tags=["health"])
+async def healthz() -> Health:
+    """The process is up."""
+    return Health(status="ok")
+
+
+@get("/readyz", tags=["health"])
+async def readyz(state: State) -> Response[Health] | Response[Error]:
+    """The process can reach the database."""
+    pool: asyncpg.Pool = state.pool
+    try:
+        async with pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1", timeout=2)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return error_response(503, "unavailable", f"database unreachable: {type(exc).__name__}")
+    return Response(Health(status="ready"))

@@ -1,0 +1,80 @@
+"""Request and response bodies. Inputs declare their limits; outputs are what we send."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+from msgspec import Meta
+
+Channel = Literal["email", "sms"]
+CampaignStatus = Literal["draft", "active", "archived"]
+RunStatus = Literal["queued", "running", "completed", "cancelled"]
+
+PersonId = Annotated[str, Meta(min_length=1, max_length=256)]
+Address = Annotated[str, Meta(min_length=1, max_length=320)]
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+BrandId = Annotated[str, Meta(min_length=1, max_length=100)]
+Subject = Annotated[str, Meta(min_length=1, max_length=998)]
+MessageBody = Annotated[str, Meta(min_length=1, max_length=100_000)]
+
+
+class Error(msgspec.Struct, omit_defaults=True):
+    """The body of every non-2xx response."""
+
+    error: str
+    message: str
+    details: dict[str, Any] = {}
+
+
+class Recipient(msgspec.Struct):
+    person_id: PersonId
+    recipient: Address
+
+
+class PublishRequest(msgspec.Struct):
+    recipients: list[Recipient]
+
+
+class CampaignCreate(msgspec.Struct):
+    brand_id: BrandId
+    name: Name
+    channel: Channel
+    body: MessageBody
+    subject: Subject | None = None
+    sender: Address | None = None
+
+
+class Campaign(msgspec.Struct):
+    id: UUID
+    brand_id: str
+    name: str
+    channel: Channel
+    status: CampaignStatus
+    sender: str | None
+    subject: str | None
+    body: str
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class Run(msgspec.Struct):
+    id: UUID
+    campaign_id: UUID
+    brand_id: str
+    status: RunStatus
+    total_recipients: int
+    sent_count: int
+    failed_count: int
+    skipped_count: int
+    started_at: datetime | None
+    completed_at: datetime | None
+    created_by: str
+    created_at: datetime
+
+
+class Health(msgspec.Struct):
+    status: str

@@ -1,0 +1,138 @@
+"""The service's configuration, read once from the environment (12-factor)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+Provider = Literal["log", "smtp", "webhook"]
+
+# Used only when MESSAGING_DEV_MODE is on and no key is configured; never in production.
+DEV_JWT_SECRET = "messaging-development-secret-not-for-production"
+
+
+class SettingsError(Exception):
+    """The environment does not describe a runnable service."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "postgresql://postgres@localhost:5432/messaging"
+    """PostgreSQL DSN used by web, worker and alembic."""
+    port: int = 8000
+    """Port the web process listens on."""
+    jwt_secret: str | None = None
+    """HS256 key that verifies bearer tokens."""
+    jwt_public_key: str | None = None
+    """PEM public key (RSA or EC) that verifies RS256/ES256 tokens instead of a shared secret."""
+    jwt_issuer: str | None = None
+    """When set, tokens must carry this `iss`."""
+    jwt_audience: str | None = None
+    """When set, tokens must carry this `aud`."""
+    dev_mode: bool = False
+    """MESSAGING_DEV_MODE=1: allows starting without a JWT key (a fixed, public dev secret)."""
+    email_provider: Provider = "log"
+    sms_provider: Provider = "log"
+    smtp_url: str | None = None
+    """smtp://user:password@host:port, or smtps:// for implicit TLS."""
+    smtp_starttls: Literal["auto", "always", "never"] = "auto"
+    """STARTTLS when the server offers it (auto), always required, or never used."""
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    """HMAC-SHA256 key that signs each webhook body (X-Signature)."""
+    delivery_batch_size: int = 500
+    """Deliveries per procrastinate job."""
+    delivery_max_attempts: int = 5
+    """Attempts before a transient failure becomes `failed`."""
+    worker_concurrency: int = 32
+    """Sends in flight per worker process."""
+    publish_max_recipients: int = 100_000
+    """Largest recipient list one publish accepts."""
+    publish_max_body_bytes: int = 32 * 1024 * 1024
+    """Largest request body the web process reads (a 100,000-recipient publish is ~7 MB)."""
+    db_pool_min_size: int = 2
+    db_pool_max_size: int = 10
+    log_level: str = "INFO"
+
+    @property
+    def jwt_key(self) -> str | None:
+        """The key that verifies tokens: the public key if configured, else the secret."""
+        if self.jwt_public_key:
+            return self.jwt_public_key
+        if self.jwt_secret:
+            return self.jwt_secret
+        return DEV_JWT_SECRET if self.dev_mode else None
+
+    @property
+    def jwt_algorithm(self) -> str:
+        if not self.jwt_public_key:
+            return "HS256"
+        return "ES256" if _is_ec_key(self.jwt_public_key) else "RS256"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        defaults = cls()
+        try:
+            return cls(
+                database_url=env.get("DATABASE_URL", defaults.database_url),
+                port=int(env.get("PORT", defaults.port)),
+                jwt_secret=env.get("JWT_SECRET") or None,
+                jwt_public_key=env.get("JWT_PUBLIC_KEY") or None,
+                jwt_issuer=env.get("JWT_ISSUER") or None,
+                jwt_audience=env.get("JWT_AUDIENCE") or None,
+                dev_mode=env.get("MESSAGING_DEV_MODE", "") in {"1", "true", "yes"},
+                email_provider=_choice(env, "EMAIL_PROVIDER", ("log", "smtp", "webhook")),
+                sms_provider=_choice(env, "SMS_PROVIDER", ("log", "webhook")),
+                smtp_url=env.get("SMTP_URL") or None,
+                smtp_starttls=_choice(env, "SMTP_STARTTLS", ("auto", "always", "never")),
+                webhook_url=env.get("WEBHOOK_URL") or None,
+                webhook_secret=env.get("WEBHOOK_SECRET") or None,
+                delivery_batch_size=_positive(env, "DELIVERY_BATCH_SIZE", 500),
+                delivery_max_attempts=_positive(env, "DELIVERY_MAX_ATTEMPTS", 5),
+                worker_concurrency=_positive(env, "WORKER_CONCURRENCY", 32),
+                publish_max_recipients=_positive(env, "PUBLISH_MAX_RECIPIENTS", 100_000),
+                publish_max_body_bytes=_positive(
+                    env, "PUBLISH_MAX_BODY_BYTES", defaults.publish_max_body_bytes
+                ),
+                db_pool_min_size=_positive(env, "DB_POOL_MIN_SIZE", 2),
+                db_pool_max_size=_positive(env, "DB_POOL_MAX_SIZE", 10),
+                log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            )
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from exc
+
+
+def _choice(env: dict[str, str], name: str, allowed: tuple[str, ...]) -> Any:
+    value = env.get(name) or allowed[0]
+    if value not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def _positive(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number; got {raw!r}") from None
+    if value < 1:
+        raise SettingsError(f"{name} must be at least 1; got {value}")
+    return value
+
+
+def _is_ec_key(pem: str) -> bool:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    return isinstance(load_pem_public_key(pem.encode()), ec.EllipticCurvePublicKey)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings.from_env()

@@ -1,0 +1,1 @@
+"""Database access: the pool, and repositories that own all of the service's SQL."""

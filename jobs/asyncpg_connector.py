@@ -1,0 +1,185 @@
+"""A procrastinate connector on asyncpg.
+
+procrastinate ships psycopg connectors only. This one lets the web process defer jobs
+on the asyncpg connection that holds the publish transaction
+(``task.configure(connection=conn)``), and lets the worker share one asyncpg pool with
+the delivery code.
+
+procrastinate writes its SQL with ``%(name)s`` placeholders; they are rewritten once per
+query into asyncpg's ``$n``. The pool's connections must carry the binary jsonb codec of
+``db.pool`` so that job arguments travel inside procrastinate's composite types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from procrastinate import connector, exceptions, manager
+
+from db.pool import create_pool
+
+logger = logging.getLogger(__name__)
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+_TEXT_TYPES = {"text", "varchar", "bpchar", "name"}
+
+
+@functools.lru_cache(maxsize=256)
+def translate(query: str) -> tuple[str, tuple[str, ...]]:
+    """``%(name)s`` placeholders to ``$n``; returns the query and the names in $n order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _PLACEHOLDER.sub(number, query).replace("%%", "%"), tuple(names)
+
+
+class AsyncpgConnector(connector.BaseAsyncConnector):
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10):
+        self._dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._pool_externally_set = False
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise exceptions.AppNotOpen
+        return self._pool
+
+    def get_sync_connector(self) -> connector.BaseConnector:
+        return self
+
+    async def open_async(self, pool: asyncpg.Pool | None = None) -> None:
+        if self._pool is not None:
+            return
+        if pool is not None:
+            self._pool, self._pool_externally_set = pool, True
+            return
+        self._pool = await create_pool(self._dsn, min_size=self._min_size, max_size=self._max_size)
+
+    async def close_async(self) -> None:
+        if self._pool is not None and not self._pool_externally_set:
+            await self._pool.close()
+        self._pool, self._pool_externally_set = None, False
+
+    async def execute_query_async(self, query: str, **arguments: Any) -> None:
+        async with self._connection() as conn:
+            await self._fetch(conn, query, arguments)
+
+    async def execute_query_one_async(self, query: str, **arguments: Any) -> dict[str, Any]:
+        async with self._connection() as conn:
+            return _one(await self._fetch(conn, query, arguments))
+
+    async def execute_query_all_async(self, query: str, **arguments: Any) -> list[dict[str, Any]]:
+        async with self._connection() as conn:
+            return await self._fetch(conn, query, arguments)
+
+    async def execute_query_one_async_with_connection(
+        self, connection: asyncpg.Connection, query: str, **arguments: Any
+    ) -> dict[str, Any]:
+        return _one(await self._fetch(connection, query, arguments))
+
+    async def execute_query_all_async_with_connection(
+        self, connection: asyncpg.Connection, query: str, **arguments: Any
+    ) -> list[dict[str, Any]]:
+        return await self._fetch(connection, query, arguments)
+
+    async def listen_notify(
+        self, on_notification: connector.Notify, channels: Iterable[str]
+    ) -> None:
+        """LISTEN on a dedicated connection; reconnect whenever it is lost."""
+        channels = list(channels)
+        while True:
+            try:
+                await self._listen_until_lost(on_notification, channels)
+            except (OSError, asyncpg.PostgresError) as exc:
+                logger.warning("listen connection failed, retrying in 1 s: %s", exc)
+            await asyncio.sleep(1)
+
+    async def _listen_until_lost(
+        self, on_notification: connector.Notify, channels: list[str]
+    ) -> None:
+        lost = asyncio.Event()
+        pending: set[asyncio.Task[None]] = set()
+
+        def forward(_conn: object, _pid: int, channel: str, payload: str) -> None:
+            task = asyncio.ensure_future(on_notification(channel=channel, payload=payload))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        conn: asyncpg.Connection = await asyncpg.connect(self._dsn)
+        try:
+            conn.add_termination_listener(lambda _conn: lost.set())
+            for channel in channels:
+                await conn.add_listener(channel, forward)
+            while not lost.is_set():
+                # A cheap query now and then notices a half-open connection.
+                try:
+                    await asyncio.wait_for(lost.wait(), timeout=connector.LISTEN_TIMEOUT)
+                except TimeoutError:
+                    await conn.execute("SELECT 1")
+        finally:
+            if not conn.is_closed():
+                await conn.close()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self.pool.acquire() as conn:
+                yield conn
+        except (OSError, asyncpg.InterfaceError) as exc:
+            raise exceptions.ConnectorException(str(exc)) from exc
+
+    async def _fetch(
+        self, conn: asyncpg.Connection, query: str, arguments: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        sql, names = translate(query)
+        try:
+            statement = await conn.prepare(sql)
+            values = [
+                _coerce(arguments[name], param.name)
+                for name, param in zip(names, statement.get_parameters(), strict=True)
+            ]
+            return [dict(row) for row in await statement.fetch(*values)]
+        except asyncpg.UniqueViolationError as exc:
+            raise _unique_violation(exc) from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise exceptions.ConnectorException(str(exc)) from exc
+
+
+def _coerce(value: Any, pg_type: str) -> Any:
+    # psycopg sends ints as ints and lets PostgreSQL cast them; asyncpg insists on the
+    # Python type of the inferred parameter type (procrastinate sends e.g. `nb_seconds`
+    # into `%(nb_seconds)s || 'SECOND'`).
+    if pg_type in _TEXT_TYPES and value is not None and not isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _one(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    if not rows:
+        raise exceptions.NoResult
+    return rows[0]
+
+
+def _unique_violation(exc: asyncpg.UniqueViolationError) -> exceptions.UniqueViolation:
+    constraint = exc.constraint_name
+    queueing_lock = None
+    if constraint == manager.QUEUEING_LOCK_CONSTRAINT and exc.detail:
+        match = re.search(r"Key \((.*?)\)=\((.*?)\)", exc.detail)
+        if match:
+            queueing_lock = match.group(2)
+    return exceptions.UniqueViolation(constraint_name=constraint, queueing_lock=queueing_lock)

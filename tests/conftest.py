@@ -1,0 +1,84 @@
+"""Test databases: one template migrated with Alembic per test session, a fresh copy of
+it for every test (pytest-postgresql's janitor), on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+
+import asyncpg
+import pytest
+from alembic import command
+from alembic.config import Config
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from app.asgi import create_app
+from app.settings import Settings
+from db.pool import connect
+from tests.tokens import TEST_SECRET
+
+PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("PGPORT", "5432"))
+PG_USER = os.environ.get("PGUSER", "postgres")
+# Unique per test process, so that parallel runs on one server do not collide.
+PREFIX = f"messaging_test_{os.getpid()}"
+_numbers = itertools.count()
+
+
+def url_of(dbname: str) -> str:
+    return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{dbname}"
+
+
+def _janitor(dbname: str, **kwargs: object) -> DatabaseJanitor:
+    return DatabaseJanitor(
+        user=PG_USER, host=PG_HOST, port=PG_PORT, dbname=dbname, **kwargs  # type: ignore[arg-type]
+    )
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config(os.path.join(os.path.dirname(__file__), "..", "alembic.ini"))
+    config.attributes["database_url"] = database_url
+    return config
+
+
+@pytest.fixture(scope="session")
+def template_database() -> Iterator[str]:
+    name = f"{PREFIX}_template"
+    with _janitor(name):
+        command.upgrade(alembic_config(url_of(name)), "head")
+        yield name
+
+
+@pytest.fixture
+def database_url(template_database: str) -> Iterator[str]:
+    name = f"{PREFIX}_{next(_numbers)}"
+    with _janitor(name, template_dbname=template_database):
+        yield url_of(name)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """The test's own connection, to arrange and inspect the database."""
+    conn = await connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return replace(Settings(), database_url=database_url, jwt_secret=TEST_SECRET)
+
+
+@pytest.fixture
+def app(settings: Settings) -> Litestar:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(app=app) as client:
+        yield client

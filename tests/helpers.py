@@ -1,0 +1,45 @@
+"""Arranging campaigns through the API, the way a client would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.tokens import bearer
+
+CAMPAIGNS = "/v1/messaging/campaigns"
+
+
+async def create_campaign(
+    client: Any, *, brand: str = "brand-a", channel: str = "email", activate: bool = True
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "brand_id": brand,
+        "name": "Winter check-up",
+        "channel": channel,
+        "body": "Hello, it is time for your check-up.",
+        "sender": "care@example.com" if channel == "email" else "+15550000000",
+    }
+    if channel == "email":
+        body["subject"] = "Your check-up"
+    response = await client.post(CAMPAIGNS, json=body, headers=bearer(brands=[brand]))
+    assert response.status_code == 201, response.text
+    campaign: dict[str, Any] = response.json()
+    if activate:
+        response = await client.post(
+            f"{CAMPAIGNS}/{campaign['id']}/activate", headers=bearer(brands=[brand])
+        )
+        assert response.status_code == 200, response.text
+        campaign = response.json()
+    return campaign
+
+
+def recipients(n: int, *, domain: str = "example.com") -> list[dict[str, str]]:
+    return [{"person_id": f"p{i}", "recipient": f"user{i}@{domain}"} for i in range(n)]
+
+
+async def publish(
+    client: Any, campaign_id: str, body: Any, *, brand: str = "brand-a", **token: Any
+) -> Any:
+    return await client.post(
+        f"{CAMPAIGNS}/{campaign_id}/publish", json=body, headers=bearer(brands=[brand], **token)
+    )
