@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from app.auth import build_jwt_auth
 from app.dependencies import provide_caller, provide_connection
 from app.error_handlers import EXCEPTION_HANDLERS
+from app.logs import configure_logging
 from app.request_id import request_id_middleware
 from app.routes.campaigns import CampaignController
 from app.routes.health import healthz, readyz
@@ -64,5 +65,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.publish_max_body_bytes,
         openapi_config=OpenAPIConfig(title="messaging", version="1.0.0"),
+        logging_config=None,  # the process entry point configures logging (app/logs.py)
         debug=False,
     )
+
+
+def web() -> Litestar:
+    """The web process (`uvicorn --factory app.asgi:web`): JSON logs, settings from the env."""
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

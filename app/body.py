@@ -7,8 +7,9 @@ about twice as fast on a 100,000-recipient body and reports msgspec's exact path
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 from litestar import Request
@@ -19,7 +20,7 @@ T = TypeVar("T")
 
 
 @lru_cache(maxsize=32)
-def _decoder(type_: type[T]) -> msgspec.json.Decoder[T]:
+def _decoder(type_: Any) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(type_)
 
 
@@ -29,7 +30,8 @@ async def decode_body(request: Request[Any, Any, Any], type_: type[T]) -> T:
         raise UnsupportedMediaType(f"the body must be application/json, not {media_type}")
     body = await request.body()
     try:
-        return _decoder(type_).decode(body)
+        decoded: T = _decoder(cast(Hashable, type_)).decode(body)
+        return decoded
     except msgspec.ValidationError as exc:
         message, _, path = str(exc).partition(" - at `")
         raise InvalidInput(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from uuid import UUID
 
 import asyncpg
+from procrastinate.types import JSONValue
 
 from app.auth import AccessToken
 from app.campaigns import parse_id, visible_campaign
@@ -75,7 +76,7 @@ async def defer_deliveries(
 ) -> list[int]:
     """One deliver_batch job per `batch_size` positions, deferred on `conn` (so inside
     its transaction: the jobs exist exactly when the run does)."""
-    batches = [
+    batches: list[dict[str, JSONValue]] = [
         {"run_id": run_id, "first": first, "last": min(first + batch_size, total) - 1}
         for first in range(0, total, batch_size)
     ]

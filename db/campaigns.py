@@ -7,7 +7,9 @@ from uuid import UUID
 
 import asyncpg
 
-COLUMNS = "id, brand_id, name, channel, status, sender, subject, body, created_by, created_at, updated_at"
+COLUMNS = (
+    "id, brand_id, name, channel, status, sender, subject, body, created_by, created_at, updated_at"
+)
 
 # "share" lets publishes of one campaign run side by side while a status change waits
 # for them; "update" is taken by status changes.

@@ -25,7 +25,7 @@ Config = NamedDependency[SkipValidation[Settings]]
 
 class CampaignController(Controller):
     path = "/v1/messaging/campaigns"
-    tags = ["campaigns"]
+    tags = ["campaigns"]  # noqa: RUF012 - Litestar declares it as a list
 
     @post(guards=[requires(WRITE)], status_code=201)
     async def create(
@@ -69,7 +69,9 @@ class CampaignController(Controller):
         return Response(run, status_code=202, headers={"Location": location})
 
     @get("/{campaign_id:str}/runs/{run_id:str}", guards=[requires(READ)])
-    async def read_run(self, conn: Conn, caller: Caller, campaign_id: FromPath[str], run_id: FromPath[str]) -> Run:
+    async def read_run(
+        self, conn: Conn, caller: Caller, campaign_id: FromPath[str], run_id: FromPath[str]
+    ) -> Run:
         campaign = await visible_campaign(conn, campaign_id, caller)
         record = await RunRepository(conn).get(campaign["id"], parse_id(run_id, "run"))
         if record is None:

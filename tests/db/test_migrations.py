@@ -1,0 +1,54 @@
+"""alembic upgrade head / downgrade base on an empty database."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from alembic import command
+from tests.conftest import _janitor, alembic_config, url_of
+
+TABLES = {
+    "campaigns", "runs", "deliveries", "suppressions",
+    "procrastinate_jobs", "procrastinate_events", "procrastinate_workers",
+    "procrastinate_periodic_defers",
+}
+
+
+@pytest.fixture
+def empty_database():
+    name = "messaging_migrations_test"
+    with _janitor(name):
+        yield url_of(name)
+
+
+async def objects(url: str) -> tuple[set[str], int, int]:
+    conn = await asyncpg.connect(url)
+    try:
+        tables = {r["tablename"] for r in await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        )}
+        functions = await conn.fetchval(
+            "SELECT count(*) FROM pg_proc WHERE proname LIKE 'procrastinate%'"
+        )
+        types = await conn.fetchval(
+            "SELECT count(*) FROM pg_type WHERE typname LIKE 'procrastinate%' AND typtype <> 'b'"
+        )
+        return tables - {"alembic_version"}, functions, types
+    finally:
+        await conn.close()
+
+
+async def test_upgrade_downgrade_upgrade(empty_database):
+    config = alembic_config(empty_database)
+
+    command.upgrade(config, "head")
+    tables, functions, types = await objects(empty_database)
+    assert tables == TABLES
+    assert functions > 10 and types >= 3
+
+    command.downgrade(config, "base")
+    assert await objects(empty_database) == (set(), 0, 0)
+
+    command.upgrade(config, "head")
+    assert (await objects(empty_database))[0] == TABLES

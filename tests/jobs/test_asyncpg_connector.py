@@ -1,0 +1,113 @@
+"""The asyncpg connector against the real PostgreSQL and a real procrastinate worker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from procrastinate import App, exceptions
+
+from db.pool import create_pool
+from jobs.asyncpg_connector import AsyncpgConnector, translate
+
+
+def test_translate_numbers_each_name_once():
+    sql, names = translate("SELECT %(a)s, %(b)s, %(a)s, 'x%%'")
+    assert sql == "SELECT $1, $2, $1, 'x%'"
+    assert names == ("a", "b")
+
+
+@pytest.fixture
+async def procrastinate_app(database_url):
+    app = App(connector=AsyncpgConnector(database_url))
+    app.done = []  # type: ignore[attr-defined]
+    app.changed = asyncio.Event()  # type: ignore[attr-defined]
+
+    @app.task(name="record", queue="test")
+    async def record(n: int) -> None:
+        app.done.append(n)  # type: ignore[attr-defined]
+        app.changed.set()  # type: ignore[attr-defined]
+
+    async with app.open_async():
+        yield app
+
+
+async def test_defer_on_a_rolled_back_transaction_leaves_no_job(
+    procrastinate_app, database_url, db
+):
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        ids = await procrastinate_app.tasks["record"].configure(connection=conn).batch_defer_async(
+            {"n": 1}, {"n": 2}
+        )
+        assert len(ids) == 2
+        # Not visible to anyone else before commit.
+        assert await db.fetchval("SELECT count(*) FROM procrastinate_jobs") == 0
+        await tx.rollback()
+    await pool.close()
+
+    assert await db.fetchval("SELECT count(*) FROM procrastinate_jobs") == 0
+
+
+async def test_defer_on_a_committed_transaction_keeps_args(procrastinate_app, database_url, db):
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    async with pool.acquire() as conn, conn.transaction():
+        await procrastinate_app.tasks["record"].configure(connection=conn).defer_async(n=7)
+    await pool.close()
+
+    row = await db.fetchrow("SELECT task_name, queue_name, args FROM procrastinate_jobs")
+    assert (row["task_name"], row["queue_name"], row["args"]) == ("record", "test", {"n": 7})
+
+
+async def test_queueing_lock_conflict_is_already_enqueued(procrastinate_app):
+    task = procrastinate_app.tasks["record"]
+    await task.configure(queueing_lock="only-one").defer_async(n=1)
+
+    with pytest.raises(exceptions.AlreadyEnqueued):
+        await task.configure(queueing_lock="only-one").defer_async(n=2)
+
+
+async def test_rejected_defer_in_a_savepoint_leaves_the_transaction_usable(
+    procrastinate_app, database_url, db
+):
+    task = procrastinate_app.tasks["record"]
+    await task.configure(queueing_lock="taken").defer_async(n=1)
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    async with pool.acquire() as conn, conn.transaction():
+        with pytest.raises(exceptions.AlreadyEnqueued):
+            async with conn.transaction():
+                await task.configure(connection=conn, queueing_lock="taken").defer_async(n=2)
+        await task.configure(connection=conn).defer_async(n=3)
+    await pool.close()
+
+    args = await db.fetch("SELECT args FROM procrastinate_jobs ORDER BY id")
+    assert [a["args"]["n"] for a in args] == [1, 3]
+
+
+async def test_worker_on_this_connector_runs_deferred_jobs(procrastinate_app, db):
+    await procrastinate_app.tasks["record"].batch_defer_async({"n": 1}, {"n": 2}, {"n": 3})
+
+    await procrastinate_app.run_worker_async(queues=["test"], wait=False)
+
+    assert sorted(procrastinate_app.done) == [1, 2, 3]
+    statuses = await db.fetch("SELECT status FROM procrastinate_jobs")
+    assert {s["status"] for s in statuses} == {"succeeded"}
+
+
+async def test_listening_worker_wakes_up_on_commit(procrastinate_app, db):
+    worker = asyncio.create_task(
+        procrastinate_app.run_worker_async(
+            queues=["test"], listen_notify=True, fetch_job_polling_interval=60
+        )
+    )
+    await asyncio.sleep(0.5)  # let it find the queue empty and start waiting
+    await procrastinate_app.tasks["record"].defer_async(n=42)
+
+    async with asyncio.timeout(10):  # far less than the 60 s polling interval
+        await procrastinate_app.changed.wait()
+    assert procrastinate_app.done == [42]
+    worker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await worker
