@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from app.auth import build_jwt_auth
-from app.dependencies import provide_caller, provide_connection
+from app.dependencies import provide_connection
 from app.error_handlers import EXCEPTION_HANDLERS
 from app.logs import configure_logging
 from app.request_id import request_id_middleware
@@ -59,9 +60,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         middleware=[request_id_middleware],
         dependencies={
             "conn": Provide(provide_connection),
-            "caller": Provide(provide_caller, sync_to_thread=False),
-            "settings": Provide(lambda: settings, sync_to_thread=False),
         },
+        state=State({"settings": settings}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.publish_max_body_bytes,
         openapi_config=OpenAPIConfig(title="messaging", version="1.0.0"),

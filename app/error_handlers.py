@@ -56,8 +56,12 @@ HTTP_CODES = {
     503: "unavailable",
 }
 
+
 def error_response(
-    status: int, code: str, message: str, details: dict[str, Any] | None = None,
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[Error]:
     return Response(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from uuid import UUID
 
 import asyncpg
@@ -15,8 +16,6 @@ from app.schemas import Recipient, Run
 from db.runs import DeliveryRow, RunRepository
 from db.suppressions import SuppressionRepository
 from jobs.tasks import deliver_batch
-
-PENDING = ("pending", None)
 
 
 async def publish_campaign(
@@ -45,7 +44,7 @@ async def publish_campaign(
         channel, brand_id = campaign["channel"], campaign["brand_id"]
         keys = normalise_all(channel, recipients)
         suppressed = await SuppressionRepository(conn).suppressed_among(brand_id, keys)
-        skips = skip_reasons(channel, recipients, keys, suppressed)
+        skips = skip_reasons(channel, keys, suppressed)
 
         runs = RunRepository(conn)
         run = await runs.create(
@@ -62,13 +61,13 @@ async def publish_campaign(
 
 def _delivery_rows(
     run_id: UUID, recipients: list[Recipient], skips: dict[int, str]
-) -> list[DeliveryRow]:
-    return [
-        (run_id, position, r.person_id, r.recipient, *(
-            ("skipped", skips[position]) if position in skips else PENDING
-        ))
-        for position, r in enumerate(recipients)
-    ]
+) -> Iterator[DeliveryRow]:
+    """A generator: COPY consumes it while PostgreSQL already ingests earlier chunks."""
+    for position, r in enumerate(recipients):
+        if position in skips:
+            yield run_id, position, r.person_id, r.recipient, "skipped", skips[position]
+        else:
+            yield run_id, position, r.person_id, r.recipient, "pending", None
 
 
 async def defer_deliveries(

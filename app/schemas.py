@@ -29,7 +29,10 @@ class Error(msgspec.Struct, omit_defaults=True):
     details: dict[str, Any] = {}
 
 
-class Recipient(msgspec.Struct):
+class Recipient(msgspec.Struct, gc=False):
+    """gc=False: a publish holds up to 100,000 of these, and they never form cycles;
+    untracked, they do not set off the garbage collector over and over."""
+
     person_id: PersonId
     recipient: Address
 

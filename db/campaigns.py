@@ -38,7 +38,13 @@ class CampaignRepository:
             VALUES ($1, $2, $3, $4, $5, $6, $7)
             RETURNING {COLUMNS}
             """,
-            brand_id, name, channel, sender, subject, body, created_by,
+            brand_id,
+            name,
+            channel,
+            sender,
+            subject,
+            body,
+            created_by,
         )
         return record
 
@@ -56,6 +62,7 @@ class CampaignRepository:
             WHERE id = $1
             RETURNING {COLUMNS}
             """,
-            campaign_id, status,
+            campaign_id,
+            status,
         )
         return record

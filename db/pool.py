@@ -33,4 +33,3 @@ async def connect(dsn: str) -> asyncpg.Connection:
     conn: asyncpg.Connection = await asyncpg.connect(dsn)
     await _init_connection(conn)
     return conn
-

@@ -36,7 +36,11 @@ class RunRepository:
             VALUES ($1, $2, $3, $4, $5)
             RETURNING {COLUMNS}
             """,
-            campaign_id, brand_id, total_recipients, skipped_count, created_by,
+            campaign_id,
+            brand_id,
+            total_recipients,
+            skipped_count,
+            created_by,
         )
         return record
 

@@ -21,7 +21,8 @@ class SuppressionRepository:
             return set()
         rows = await self.conn.fetch(
             "SELECT address FROM suppressions WHERE brand_id = $1 AND address = ANY($2::text[])",
-            brand_id, addresses,
+            brand_id,
+            addresses,
         )
         return {row["address"] for row in rows}
 
@@ -31,5 +32,7 @@ class SuppressionRepository:
             INSERT INTO suppressions (brand_id, address, reason) VALUES ($1, $2, $3)
             ON CONFLICT (brand_id, address) DO UPDATE SET reason = EXCLUDED.reason
             """,
-            brand_id, address, reason,
+            brand_id,
+            address,
+            reason,
         )

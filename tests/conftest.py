@@ -35,7 +35,11 @@ def url_of(dbname: str) -> str:
 
 def _janitor(dbname: str, **kwargs: object) -> DatabaseJanitor:
     return DatabaseJanitor(
-        user=PG_USER, host=PG_HOST, port=PG_PORT, dbname=dbname, **kwargs  # type: ignore[arg-type]
+        user=PG_USER,
+        host=PG_HOST,
+        port=PG_PORT,
+        dbname=dbname,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 

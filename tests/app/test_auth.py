@@ -73,9 +73,11 @@ async def test_public_key_tokens(settings, kind):
     else:
         private = ec.generate_private_key(ec.SECP256R1())
         algorithm = "ES256"
-    pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     app = create_app(replace(settings, jwt_secret=None, jwt_public_key=pem))
     async with AsyncTestClient(app=app) as client:
         good = make_token(secret=private, algorithm=algorithm)  # type: ignore[arg-type]
@@ -93,8 +95,11 @@ async def test_issuer_and_audience_are_checked_when_configured(settings):
     async with AsyncTestClient(app=app) as client:
         right = bearer(iss="https://id.platform", aud="messaging")
         assert (await client.get(unknown_campaign(), headers=right)).status_code == 404
-        for wrong in (bearer(iss="https://evil", aud="messaging"), bearer(aud="messaging"),
-                      bearer(iss="https://id.platform", aud="billing")):
+        for wrong in (
+            bearer(iss="https://evil", aud="messaging"),
+            bearer(aud="messaging"),
+            bearer(iss="https://id.platform", aud="billing"),
+        ):
             assert (await client.get(unknown_campaign(), headers=wrong)).status_code == 401
 
 

@@ -6,8 +6,11 @@ from tests.helpers import CAMPAIGNS, create_campaign
 from tests.tokens import bearer
 
 EMAIL = {
-    "brand_id": "brand-a", "name": "Flu shots", "channel": "email",
-    "subject": "Flu season", "body": "Book your flu shot.",
+    "brand_id": "brand-a",
+    "name": "Flu shots",
+    "channel": "email",
+    "subject": "Flu season",
+    "body": "Book your flu shot.",
 }
 
 
@@ -17,8 +20,17 @@ async def test_create_answers_201_with_a_draft(client):
     assert response.status_code == 201, response.text
     campaign = response.json()
     assert set(campaign) == {
-        "id", "brand_id", "name", "channel", "status", "sender", "subject", "body",
-        "created_by", "created_at", "updated_at",
+        "id",
+        "brand_id",
+        "name",
+        "channel",
+        "status",
+        "sender",
+        "subject",
+        "body",
+        "created_by",
+        "created_at",
+        "updated_at",
     }
     assert campaign["status"] == "draft"
     assert campaign["created_by"] == "svc:crm"
@@ -73,7 +85,8 @@ async def test_activate_then_archive(client):
     assert archived.status_code == 200 and archived.json()["status"] == "archived"
     assert archived_again.status_code == 412
     assert archived_again.json()["details"] == {
-        "status": "archived", "allowed": ["draft", "active"]
+        "status": "archived",
+        "allowed": ["draft", "active"],
     }
 
 
@@ -98,11 +111,13 @@ async def test_status_changes_of_another_brand_are_404(client):
 async def test_run_of_another_campaign_is_404(client):
     first = await create_campaign(client)
     second = await create_campaign(client)
-    run = (await client.post(
-        f"{CAMPAIGNS}/{first['id']}/publish",
-        json={"recipients": [{"person_id": "1", "recipient": "a@example.com"}]},
-        headers=bearer(),
-    )).json()
+    run = (
+        await client.post(
+            f"{CAMPAIGNS}/{first['id']}/publish",
+            json={"recipients": [{"person_id": "1", "recipient": "a@example.com"}]},
+            headers=bearer(),
+        )
+    ).json()
 
     response = await client.get(f"{CAMPAIGNS}/{second['id']}/runs/{run['id']}", headers=bearer())
 

@@ -14,8 +14,18 @@ from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients
 from tests.tokens import bearer
 
 SEED_RUN_FIELDS = {
-    "id", "campaign_id", "brand_id", "status", "total_recipients", "sent_count",
-    "failed_count", "skipped_count", "started_at", "completed_at", "created_by", "created_at",
+    "id",
+    "campaign_id",
+    "brand_id",
+    "status",
+    "total_recipients",
+    "sent_count",
+    "failed_count",
+    "skipped_count",
+    "started_at",
+    "completed_at",
+    "created_by",
+    "created_at",
 }
 
 
@@ -54,7 +64,8 @@ async def test_publish_commits_run_deliveries_and_one_job_per_batch(client, db):
 
     rows = await db.fetch(
         "SELECT position, person_id, recipient, status FROM deliveries WHERE run_id = $1"
-        " ORDER BY position", uuid.UUID(run["id"]),
+        " ORDER BY position",
+        uuid.UUID(run["id"]),
     )
     assert len(rows) == n
     assert [r["position"] for r in rows] == list(range(n))
@@ -68,7 +79,9 @@ async def test_publish_commits_run_deliveries_and_one_job_per_batch(client, db):
         ("deliver_batch", "deliveries", "todo")
     }
     assert [(j["args"]["first"], j["args"]["last"]) for j in jobs] == [
-        (0, 499), (500, 999), (1000, 1200)
+        (0, 499),
+        (500, 999),
+        (1000, 1200),
     ]
     assert {j["args"]["run_id"] for j in jobs} == {run["id"]}
 
@@ -88,14 +101,16 @@ async def test_recipients_settled_at_publish_are_skipped_with_a_reason(client, d
         " ('brand-a', 'gone@example.com', 'unsubscribed'),"
         " ('brand-b', 'other-brand@example.com', 'bounced')"
     )
-    body = {"recipients": [
-        {"person_id": "1", "recipient": "Ann@Example.com"},
-        {"person_id": "2", "recipient": "ann@example.com"},  # same address, other case
-        {"person_id": "3", "recipient": "not-an-address"},
-        {"person_id": "4", "recipient": "Gone@example.com"},
-        {"person_id": "5", "recipient": "other-brand@example.com"},
-        {"person_id": "6", "recipient": "not-an-address"},
-    ]}
+    body = {
+        "recipients": [
+            {"person_id": "1", "recipient": "Ann@Example.com"},
+            {"person_id": "2", "recipient": "ann@example.com"},  # same address, other case
+            {"person_id": "3", "recipient": "not-an-address"},
+            {"person_id": "4", "recipient": "Gone@example.com"},
+            {"person_id": "5", "recipient": "other-brand@example.com"},
+            {"person_id": "6", "recipient": "not-an-address"},
+        ]
+    }
 
     run = (await publish(client, campaign["id"], body)).json()
 
@@ -117,12 +132,14 @@ async def test_recipients_settled_at_publish_are_skipped_with_a_reason(client, d
 
 async def test_sms_recipients_must_be_e164(client, db):
     campaign = await create_campaign(client, channel="sms")
-    body = {"recipients": [
-        {"person_id": "1", "recipient": "+14155550100"},
-        {"person_id": "2", "recipient": "4155550100"},
-        {"person_id": "3", "recipient": "+1 415 555 0100"},
-        {"person_id": "4", "recipient": "someone@example.com"},
-    ]}
+    body = {
+        "recipients": [
+            {"person_id": "1", "recipient": "+14155550100"},
+            {"person_id": "2", "recipient": "4155550100"},
+            {"person_id": "3", "recipient": "+1 415 555 0100"},
+            {"person_id": "4", "recipient": "someone@example.com"},
+        ]
+    }
 
     run = (await publish(client, campaign["id"], body)).json()
 
@@ -130,7 +147,10 @@ async def test_sms_recipients_must_be_e164(client, db):
         "SELECT reason FROM deliveries WHERE run_id = $1 ORDER BY position", uuid.UUID(run["id"])
     )
     assert [r["reason"] for r in reasons] == [
-        None, "invalid_recipient", "invalid_recipient", "invalid_recipient"
+        None,
+        "invalid_recipient",
+        "invalid_recipient",
+        "invalid_recipient",
     ]
     assert run["skipped_count"] == 3
 
@@ -141,13 +161,20 @@ async def test_sms_recipients_must_be_e164(client, db):
         ({}, "$"),
         ({"recipients": "everyone"}, "$.recipients"),
         ({"recipients": [{"person_id": "1"}]}, "$.recipients[0]"),
-        ({"recipients": [{"person_id": "1", "recipient": "a@example.com"},
-                         {"person_id": 2, "recipient": "b@example.com"}]},
-         "$.recipients[1].person_id"),
-        ({"recipients": [{"person_id": "", "recipient": "a@example.com"}]},
-         "$.recipients[0].person_id"),
-        ({"recipients": [{"person_id": "1", "recipient": "x" * 321}]},
-         "$.recipients[0].recipient"),
+        (
+            {
+                "recipients": [
+                    {"person_id": "1", "recipient": "a@example.com"},
+                    {"person_id": 2, "recipient": "b@example.com"},
+                ]
+            },
+            "$.recipients[1].person_id",
+        ),
+        (
+            {"recipients": [{"person_id": "", "recipient": "a@example.com"}]},
+            "$.recipients[0].person_id",
+        ),
+        ({"recipients": [{"person_id": "1", "recipient": "x" * 321}]}, "$.recipients[0].recipient"),
         ({"recipients": []}, "$.recipients"),
         ([1, 2], "$"),
     ],
@@ -267,7 +294,9 @@ async def test_publish_needs_the_publish_scope(client, db):
     campaign = await create_campaign(client)
 
     response = await publish(
-        client, campaign["id"], {"recipients": recipients(1)},
+        client,
+        campaign["id"],
+        {"recipients": recipients(1)},
         scopes=["messaging:campaigns:read", "messaging:campaigns:write"],
     )
 

@@ -9,8 +9,13 @@ from alembic import command
 from tests.conftest import _janitor, alembic_config, url_of
 
 TABLES = {
-    "campaigns", "runs", "deliveries", "suppressions",
-    "procrastinate_jobs", "procrastinate_events", "procrastinate_workers",
+    "campaigns",
+    "runs",
+    "deliveries",
+    "suppressions",
+    "procrastinate_jobs",
+    "procrastinate_events",
+    "procrastinate_workers",
     "procrastinate_periodic_defers",
 }
 
@@ -25,9 +30,10 @@ def empty_database():
 async def objects(url: str) -> tuple[set[str], int, int]:
     conn = await asyncpg.connect(url)
     try:
-        tables = {r["tablename"] for r in await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-        )}
+        tables = {
+            r["tablename"]
+            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
         functions = await conn.fetchval(
             "SELECT count(*) FROM pg_proc WHERE proname LIKE 'procrastinate%'"
         )

@@ -39,8 +39,10 @@ async def test_defer_on_a_rolled_back_transaction_leaves_no_job(
     async with pool.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
-        ids = await procrastinate_app.tasks["record"].configure(connection=conn).batch_defer_async(
-            {"n": 1}, {"n": 2}
+        ids = (
+            await procrastinate_app.tasks["record"]
+            .configure(connection=conn)
+            .batch_defer_async({"n": 1}, {"n": 2})
         )
         assert len(ids) == 2
         # Not visible to anyone else before commit.

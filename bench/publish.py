@@ -1,0 +1,233 @@
+"""Publish through the real HTTP server on localhost, beside a raw COPY baseline.
+
+    python3 -m uv run --frozen python bench/publish.py [--repeat 7]
+
+Creates (or reuses) the database `messaging_bench` on the local PostgreSQL, migrates it,
+starts the web process (uvicorn, as in the Procfile) and measures, interleaved so that
+both see the same machine noise:
+- baseline: asyncpg `copy_records_to_table` of 100,000 delivery rows into a table of the
+  deliveries table's shape (LIKE ... INCLUDING ALL), in one transaction;
+- publish of 1, 1,000, 10,000 and 100,000 recipients, request sent to 202 received;
+- 1-recipient publishes from 8 concurrent clients (p50, p99);
+- the web process's peak RSS (VmHWM) after all of it.
+No worker runs: the jobs stay queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+import jwt
+import msgspec
+from alembic.config import Config
+
+from alembic import command
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from db.create_database import create_database  # noqa: E402
+
+DATABASE_URL = os.environ.get(
+    "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/messaging_bench"
+)
+PORT = int(os.environ.get("BENCH_PORT", "8765"))
+SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
+BASE = f"http://127.0.0.1:{PORT}"
+SIZES = (1, 1_000, 10_000, 100_000)
+
+
+def token() -> str:
+    scopes = "messaging:campaigns:read messaging:campaigns:write messaging:campaigns:publish"
+    claims = {"sub": "bench", "scope": scopes, "brands": ["*"], "exp": int(time.time()) + 3600}
+    return jwt.encode(claims, SECRET)
+
+
+def body(n: int) -> bytes:
+    return msgspec.json.encode(
+        {
+            "recipients": [
+                {"person_id": f"person-{i:08d}", "recipient": f"user{i}@example{i % 97}.com"}
+                for i in range(n)
+            ]
+        }
+    )
+
+
+def rows(n: int) -> list[tuple[uuid.UUID, int, str, str, str, None]]:
+    run_id = uuid.uuid4()
+    return [
+        (run_id, i, f"person-{i:08d}", f"user{i}@example{i % 97}.com", "pending", None)
+        for i in range(n)
+    ]
+
+
+async def baseline_copy(conn: asyncpg.Connection, n: int) -> float:
+    records = rows(n)  # built before the clock starts: the baseline is the COPY alone
+    start = time.perf_counter()
+    async with conn.transaction():
+        await conn.copy_records_to_table(
+            "bench_copy",
+            records=records,
+            columns=("run_id", "position", "person_id", "recipient", "status", "reason"),
+        )
+    return time.perf_counter() - start
+
+
+async def timed_publish(client: httpx.AsyncClient, url: str, payload: bytes) -> float:
+    start = time.perf_counter()
+    response = await client.post(url, content=payload)
+    elapsed = time.perf_counter() - start
+    if response.status_code != 202:
+        raise SystemExit(f"publish failed: {response.status_code} {response.text[:300]}")
+    return elapsed
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def start_web() -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DATABASE_URL": DATABASE_URL, "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.asgi:web",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(PORT),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+
+
+async def wait_ready(client: httpx.AsyncClient) -> None:
+    for _ in range(100):
+        try:
+            if (await client.get("/readyz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit("web did not become ready")
+
+
+async def campaign(client: httpx.AsyncClient) -> str:
+    created = await client.post(
+        "/v1/messaging/campaigns",
+        json={
+            "brand_id": "bench",
+            "name": "bench",
+            "channel": "email",
+            "subject": "s",
+            "body": "b",
+        },
+    )
+    campaign_id: str = created.json()["id"]
+    await client.post(f"/v1/messaging/campaigns/{campaign_id}/activate")
+    return campaign_id
+
+
+def concurrent_small(url: str, clients: int, seconds: int) -> str:
+    """1-recipient publishes from `clients` connections with wrk (a C client: a Python
+    client on these 2 cores would measure itself more than the server)."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("needs wrk: apt-get install -y wrk")
+    script = Path(tempfile.mkdtemp()) / "publish.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = '{body(1).decode()}'\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {token()}"\n'
+    )
+    result = subprocess.run(
+        ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--latency", "-s", str(script), BASE + url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    if "Non-2xx" in result.stdout:
+        raise SystemExit(f"publishes failed under load:\n{result.stdout}")
+    wanted = ("50%", "90%", "99%", "Requests/sec")
+    return "\n".join(line for line in result.stdout.splitlines() if line.strip().startswith(wanted))
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.1f} ms"
+
+
+async def main(repeat: int) -> None:
+    await create_database(DATABASE_URL)
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = DATABASE_URL
+    command.upgrade(config, "head")
+    conn = await asyncpg.connect(DATABASE_URL)
+    await conn.execute("DROP TABLE IF EXISTS bench_copy")
+    await conn.execute("CREATE TABLE bench_copy (LIKE deliveries INCLUDING ALL)")
+
+    web = start_web()
+    headers = {"Authorization": f"Bearer {token()}", "Content-Type": "application/json"}
+    limits = httpx.Limits(max_connections=16)
+    try:
+        async with httpx.AsyncClient(
+            base_url=BASE, headers=headers, timeout=60, limits=limits
+        ) as client:
+            await wait_ready(client)
+            url = f"/v1/messaging/campaigns/{await campaign(client)}/publish"
+            payloads = {n: body(n) for n in SIZES}
+            for n in SIZES:  # warm up every path once
+                await timed_publish(client, url, payloads[n])
+            # Small publishes first, before the large ones leave PostgreSQL writing back.
+            small = concurrent_small(url, clients=8, seconds=10)
+
+            results: dict[str, list[float]] = {"copy 100000": []} | {
+                f"publish {n}": [] for n in SIZES
+            }
+            for _ in range(repeat):
+                results["copy 100000"].append(await baseline_copy(conn, 100_000))
+                for n in SIZES:
+                    results[f"publish {n}"].append(await timed_publish(client, url, payloads[n]))
+
+            rss = peak_rss_mb(web.pid)
+    finally:
+        web.terminate()
+        web.wait()
+        await conn.close()
+
+    copy_median = statistics.median(results["copy 100000"])
+    print(f"median of {repeat} (interleaved); machine: {os.cpu_count()} cores")
+    for name, values in results.items():
+        median = statistics.median(values)
+        ratio = f"  {median / copy_median:4.2f}x baseline" if name.endswith("100000") else ""
+        print(f"{name:>16}: {ms(median)}  (min {ms(min(values))}, max {ms(max(values))}){ratio}")
+    print(f"1 recipient, 8 concurrent clients (wrk, 10 s):\n{small}")
+    print(f"web process peak RSS (VmHWM): {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=7)
+    asyncio.run(main(parser.parse_args().repeat))
