@@ -1,0 +1,61 @@
+"""What every delivery provider takes, returns and raises."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+# last_error is shown to API users; a provider may answer with a whole HTML page.
+MAX_DETAIL = 1000
+
+
+class OutgoingMessage(msgspec.Struct, frozen=True):
+    """One delivery, ready to send.
+
+    Its fields, in this order, are the webhook message of the API contract: the webhook
+    provider sends this Struct as it is, so a new field here is a change of that contract.
+    """
+
+    delivery_id: str
+    run_id: str
+    campaign_id: str
+    brand_id: str
+    channel: str  # "email" | "sms"
+    person_id: str
+    recipient: str
+    sender: str | None
+    subject: str | None
+    body: str
+
+
+class SendResult(msgspec.Struct):
+    provider_message_id: str | None
+
+
+class ProviderError(Exception):
+    """The provider did not accept the message; `detail` is its answer, kept as last_error."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail[:MAX_DETAIL]
+        super().__init__(self.detail)
+
+
+class TransientError(ProviderError):
+    """Worth another attempt later: a timeout, a lost connection, a busy or failing server."""
+
+
+class PermanentError(ProviderError):
+    """Will fail the same way every time: the delivery fails at once."""
+
+
+class Provider(Protocol):
+    name: str
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        """Hand the message over; raise TransientError or PermanentError if it was refused."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; called once when the worker stops."""
+        ...

@@ -1,0 +1,76 @@
+"""Deliveries as signed JSON POSTs to WEBHOOK_URL, the contract's webhook message."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+
+from jobs.providers.base import (
+    OutgoingMessage,
+    PermanentError,
+    SendResult,
+    TransientError,
+)
+
+# 408 and 429 ask to come back later; 5xx is the receiver's own trouble.
+_TRANSIENT_4XX = {408, 429}
+
+
+class WebhookProvider:
+    name = "webhook"
+
+    def __init__(
+        self, url: str, secret: str, *, timeout: float = 10.0, max_connections: int = 64
+    ) -> None:
+        if urlsplit(url).scheme not in {"http", "https"}:
+            raise ValueError(f"WEBHOOK_URL must be an http:// or https:// URL; got {url!r}")
+        self._url = url
+        self._key = secret.encode()
+        # One client for the process: its pool keeps connections open between sends.
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            headers={"User-Agent": "messaging-webhook/1"},
+        )
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        body = msgspec.json.encode(message)
+        signature = hmac.new(self._key, body, hashlib.sha256).hexdigest()
+        headers = {
+            "Content-Type": "application/json",
+            # The same on every attempt, so that the receiver can drop a repeat.
+            "Idempotency-Key": message.delivery_id,
+            "X-Signature": f"sha256={signature}",
+        }
+        try:
+            response = await self._client.post(self._url, content=body, headers=headers)
+        except httpx.HTTPError as exc:  # timeouts, refused or lost connections
+            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+        if response.is_success:
+            return SendResult(provider_message_id=_message_id(response.content))
+        detail = f"HTTP {response.status_code}: {response.text[:500]}"
+        if response.status_code in _TRANSIENT_4XX or response.is_server_error:
+            raise TransientError(detail)
+        # Other 4xx, and redirects, which we do not follow: another attempt would fare the same.
+        raise PermanentError(detail)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _message_id(content: bytes) -> str | None:
+    """The `id` of a JSON object response, if it has one."""
+    try:
+        answer = msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        return None
+    message_id = answer.get("id") if isinstance(answer, dict) else None
+    if isinstance(message_id, str | int) and not isinstance(message_id, bool):
+        return str(message_id) or None
+    return None

@@ -1,0 +1,483 @@
+"""The delivery providers against real servers: an SMTP server and an HTTP receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from app.settings import Settings
+from jobs.providers import (
+    LogProvider,
+    OutgoingMessage,
+    PermanentError,
+    SmtpProvider,
+    TransientError,
+    WebhookProvider,
+    build_providers,
+    close_providers,
+)
+from jobs.providers.smtp import StartTls
+from tests.servers import HttpSink, Reply, SmtpSink, Tls, free_port
+
+SECRET = "webhook-test-secret"
+CONTRACT_FIELDS = [
+    "delivery_id",
+    "run_id",
+    "campaign_id",
+    "brand_id",
+    "channel",
+    "person_id",
+    "recipient",
+    "sender",
+    "subject",
+    "body",
+]
+
+
+def message(n: int = 1, **changes: Any) -> OutgoingMessage:
+    fields: dict[str, Any] = {
+        "delivery_id": f"7c1e4a52-0000-4000-8000-{n:012d}",
+        "run_id": "run-1",
+        "campaign_id": "campaign-1",
+        "brand_id": "brand-a",
+        "channel": "email",
+        "person_id": f"p{n}",
+        "recipient": f"user{n}@example.com",
+        "sender": "Care Team <care@example.com>",
+        "subject": "Your check-up",
+        "body": "Hello, it is time for your check-up.\nSee you soon.",
+    }
+    fields.update(changes)
+    return OutgoingMessage(**fields)
+
+
+@asynccontextmanager
+async def smtp_provider(
+    url: str, starttls: StartTls = "auto", **options: Any
+) -> AsyncIterator[SmtpProvider]:
+    provider = SmtpProvider(url, starttls, **options)
+    try:
+        yield provider
+    finally:
+        await provider.aclose()
+
+
+@pytest.fixture(scope="module")
+def tls() -> Tls:
+    return Tls.create()
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+async def smtp(smtp_sink: SmtpSink) -> AsyncIterator[SmtpProvider]:
+    async with smtp_provider(smtp_sink.url()) as provider:
+        yield provider
+
+
+@pytest.fixture
+def http_sink() -> Iterator[HttpSink]:
+    with HttpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+async def webhook(http_sink: HttpSink) -> AsyncIterator[WebhookProvider]:
+    provider = WebhookProvider(http_sink.url, SECRET, timeout=0.5)
+    yield provider
+    await provider.aclose()
+
+
+# --- SMTP ---------------------------------------------------------------------------------
+
+
+async def test_smtp_delivers_the_email_with_its_headers_and_body(
+    smtp: SmtpProvider, smtp_sink: SmtpSink
+) -> None:
+    result = await smtp.send(message(1))
+
+    [mail] = smtp_sink.messages
+    assert mail.mail_from == "care@example.com"
+    assert mail.rcpt_tos == ["user1@example.com"]
+    assert mail.message["From"] == "Care Team <care@example.com>"
+    assert mail.message["To"] == "user1@example.com"
+    assert mail.message["Subject"] == "Your check-up"
+    assert mail.message["Message-ID"] == "<7c1e4a52-0000-4000-8000-000000000001@messaging>"
+    assert mail.message["X-Delivery-ID"] == "7c1e4a52-0000-4000-8000-000000000001"
+    assert mail.message["Date"] is not None
+    assert mail.message.get_content() == "Hello, it is time for your check-up.\nSee you soon.\n"
+    assert result.provider_message_id == mail.message["Message-ID"]
+
+
+async def test_smtp_keeps_non_ascii_subject_and_body_intact(
+    smtp: SmtpProvider, smtp_sink: SmtpSink
+) -> None:
+    await smtp.send(message(1, subject="Rappel : votre bilan", body="Bonjour Zoë, à bientôt ✓"))
+
+    [mail] = smtp_sink.messages
+    assert mail.message["Subject"] == "Rappel : votre bilan"
+    assert mail.message.get_content() == "Bonjour Zoë, à bientôt ✓\n"
+
+
+async def test_smtp_451_is_transient_and_keeps_the_server_answer(
+    smtp: SmtpProvider, smtp_sink: SmtpSink
+) -> None:
+    smtp_sink.replies["user1@example.com"] = "451 4.3.0 Mailbox temporarily unavailable"
+
+    with pytest.raises(TransientError) as caught:
+        await smtp.send(message(1))
+
+    assert caught.value.detail == "SMTP 451: 4.3.0 Mailbox temporarily unavailable"
+    assert smtp_sink.messages == []
+
+
+async def test_smtp_550_is_permanent_and_the_next_message_still_goes_out(
+    smtp: SmtpProvider, smtp_sink: SmtpSink
+) -> None:
+    smtp_sink.replies["user1@example.com"] = "550 5.1.1 No such user"
+
+    with pytest.raises(PermanentError) as caught:
+        await smtp.send(message(1))
+    await smtp.send(message(2))
+
+    assert caught.value.detail == "SMTP 550: 5.1.1 No such user"
+    assert [mail.rcpt_tos for mail in smtp_sink.messages] == [["user2@example.com"]]
+
+
+async def test_smtp_server_down_is_transient() -> None:
+    async with smtp_provider(f"smtp://127.0.0.1:{free_port()}", timeout=2) as provider:
+        with pytest.raises(TransientError) as caught:
+            await provider.send(message(1))
+
+    assert "SMTPConnectError" in caught.value.detail
+
+
+async def test_smtp_reuses_a_small_pool_of_connections_for_concurrent_sends(
+    smtp_sink: SmtpSink,
+) -> None:
+    async with smtp_provider(smtp_sink.url(), pool_size=3) as provider:
+        results = await asyncio.gather(*(provider.send(message(n)) for n in range(30)))
+
+    assert len(smtp_sink.messages) == 30
+    assert {mail.message["Message-ID"] for mail in smtp_sink.messages} == {
+        result.provider_message_id for result in results
+    }
+    assert len({mail.peer for mail in smtp_sink.messages}) <= 3
+
+
+async def test_smtp_reconnects_after_the_server_closed_an_idle_connection() -> None:
+    with SmtpSink(idle_timeout=0.2) as sink:
+        async with smtp_provider(sink.url()) as provider:
+            await provider.send(message(1))
+            await asyncio.sleep(0.6)  # the server says 421 and hangs up
+            await provider.send(message(2))
+
+    assert [mail.rcpt_tos for mail in sink.messages] == [
+        ["user1@example.com"],
+        ["user2@example.com"],
+    ]
+    assert sink.messages[0].peer != sink.messages[1].peer
+
+
+async def test_smtp_starttls_and_auth(tls: Tls) -> None:
+    with SmtpSink(starttls=tls, logins={"mailer@example.com": "s3cret/pass"}) as sink:
+        url = sink.url(userinfo="mailer%40example.com:s3cret%2Fpass")
+        async with smtp_provider(url, "always", tls_context=tls.client) as provider:
+            await provider.send(message(1, sender=None))
+
+    [mail] = sink.messages
+    assert mail.tls
+    assert mail.login == "mailer@example.com"
+    # A campaign without a sender goes out from the authenticated mailbox.
+    assert mail.message["From"] == "mailer@example.com"
+
+
+async def test_smtp_wrong_password_is_refused(tls: Tls) -> None:
+    with SmtpSink(starttls=tls, logins={"mailer": "right"}) as sink:
+        url = sink.url(userinfo="mailer:wrong")
+        async with smtp_provider(url, tls_context=tls.client) as provider:
+            with pytest.raises(PermanentError) as caught:
+                await provider.send(message(1))
+
+    assert caught.value.detail.startswith("SMTP 535")
+    assert sink.messages == []
+
+
+async def test_smtp_starttls_auto_upgrades_when_offered_and_never_does_not(tls: Tls) -> None:
+    with SmtpSink(starttls=tls) as sink:
+        async with smtp_provider(sink.url(), "auto", tls_context=tls.client) as auto:
+            await auto.send(message(1))
+        async with smtp_provider(sink.url(), "never", tls_context=tls.client) as never:
+            await never.send(message(2))
+
+    assert [mail.tls for mail in sink.messages] == [True, False]
+
+
+async def test_smtp_starttls_always_refuses_a_server_without_it(
+    smtp_sink: SmtpSink, tls: Tls
+) -> None:
+    async with smtp_provider(smtp_sink.url(), "always", tls_context=tls.client) as provider:
+        with pytest.raises(PermanentError) as caught:
+            await provider.send(message(1))
+
+    assert "STARTTLS" in caught.value.detail
+    assert smtp_sink.messages == []
+
+
+async def test_smtps_uses_implicit_tls(tls: Tls) -> None:
+    with SmtpSink(implicit_tls=tls) as sink:
+        async with smtp_provider(sink.url("smtps"), tls_context=tls.client) as provider:
+            await provider.send(message(1))
+
+    assert [mail.tls for mail in sink.messages] == [True]
+
+
+async def test_smtp_without_any_sender_is_permanent(
+    smtp: SmtpProvider, smtp_sink: SmtpSink
+) -> None:
+    with pytest.raises(PermanentError, match="no sender"):
+        await smtp.send(message(1, sender=None))
+
+    assert smtp_sink.messages == []
+
+
+async def test_smtp_refuses_a_subject_that_would_inject_headers(
+    smtp: SmtpProvider, smtp_sink: SmtpSink
+) -> None:
+    with pytest.raises(PermanentError):
+        await smtp.send(message(1, subject="Hi\r\nBcc: everyone@example.com"))
+
+    assert smtp_sink.messages == []
+
+
+def test_smtp_url_must_be_smtp_or_smtps() -> None:
+    with pytest.raises(ValueError, match="SMTP_URL"):
+        SmtpProvider("http://mail.example.com", "auto")
+
+
+# --- Webhook ------------------------------------------------------------------------------
+
+
+async def test_webhook_posts_the_contract_message_signed_with_the_secret(
+    webhook: WebhookProvider, http_sink: HttpSink
+) -> None:
+    sent = message(1, channel="sms", recipient="+15551234567", sender=None, subject=None)
+
+    await webhook.send(sent)
+
+    [request] = http_sink.requests
+    assert request.method == "POST"
+    assert request.path == "/hooks/messages"
+    assert request.headers["content-type"] == "application/json"
+    assert list(request.json()) == CONTRACT_FIELDS
+    assert request.json() == {
+        "delivery_id": sent.delivery_id,
+        "run_id": "run-1",
+        "campaign_id": "campaign-1",
+        "brand_id": "brand-a",
+        "channel": "sms",
+        "person_id": "p1",
+        "recipient": "+15551234567",
+        "sender": None,
+        "subject": None,
+        "body": sent.body,
+    }
+    expected = hmac.new(SECRET.encode(), request.body, hashlib.sha256).hexdigest()
+    assert request.headers["x-signature"] == f"sha256={expected}"
+    assert request.headers["idempotency-key"] == sent.delivery_id
+
+
+async def test_webhook_json_id_becomes_the_provider_message_id(
+    webhook: WebhookProvider, http_sink: HttpSink
+) -> None:
+    http_sink.default = Reply(200, b'{"id": "msg_42", "status": "queued"}')
+    assert (await webhook.send(message(1))).provider_message_id == "msg_42"
+
+    http_sink.default = Reply(202, b"accepted")
+    assert (await webhook.send(message(2))).provider_message_id is None
+
+
+async def test_webhook_retries_carry_the_same_idempotency_key(
+    webhook: WebhookProvider, http_sink: HttpSink
+) -> None:
+    http_sink.replies["user1@example.com"] = Reply(503, b"busy")
+    with pytest.raises(TransientError):
+        await webhook.send(message(1))
+    del http_sink.replies["user1@example.com"]
+    await webhook.send(message(1))
+
+    keys = [request.headers["idempotency-key"] for request in http_sink.requests]
+    assert keys == [message(1).delivery_id] * 2
+    assert http_sink.requests[0].body == http_sink.requests[1].body
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
+async def test_webhook_busy_or_failing_receiver_is_transient(
+    webhook: WebhookProvider, http_sink: HttpSink, status: int
+) -> None:
+    http_sink.default = Reply(status, b'{"error": "try later"}')
+
+    with pytest.raises(TransientError) as caught:
+        await webhook.send(message(1))
+
+    assert caught.value.detail == f'HTTP {status}: {{"error": "try later"}}'
+
+
+@pytest.mark.parametrize("status", [400, 404, 410])
+async def test_webhook_client_error_is_permanent(
+    webhook: WebhookProvider, http_sink: HttpSink, status: int
+) -> None:
+    http_sink.default = Reply(status, b'{"error": "unknown recipient"}')
+
+    with pytest.raises(PermanentError) as caught:
+        await webhook.send(message(1))
+
+    assert caught.value.detail == f'HTTP {status}: {{"error": "unknown recipient"}}'
+
+
+async def test_webhook_detail_keeps_only_the_start_of_a_long_answer(
+    webhook: WebhookProvider, http_sink: HttpSink
+) -> None:
+    http_sink.default = Reply(500, b"x" * 5000)
+
+    with pytest.raises(TransientError) as caught:
+        await webhook.send(message(1))
+
+    assert caught.value.detail == "HTTP 500: " + "x" * 500
+
+
+async def test_webhook_timeout_is_transient(webhook: WebhookProvider, http_sink: HttpSink) -> None:
+    http_sink.default = Reply(delay=5)
+
+    started = time.monotonic()
+    with pytest.raises(TransientError) as caught:
+        await webhook.send(message(1))
+
+    assert time.monotonic() - started < 2
+    assert "ReadTimeout" in caught.value.detail
+
+
+async def test_webhook_receiver_down_is_transient() -> None:
+    provider = WebhookProvider(f"http://127.0.0.1:{free_port()}/hook", SECRET)
+    with pytest.raises(TransientError) as caught:
+        await provider.send(message(1))
+    await provider.aclose()
+
+    assert "ConnectError" in caught.value.detail
+
+
+async def test_webhook_reuses_its_connection(webhook: WebhookProvider, http_sink: HttpSink) -> None:
+    for n in range(5):
+        await webhook.send(message(n))
+
+    assert len(http_sink.requests) == 5
+    assert len({request.client for request in http_sink.requests}) == 1
+
+
+# --- Log ----------------------------------------------------------------------------------
+
+
+async def test_log_provider_logs_one_line_without_the_body(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    provider = LogProvider()
+    sent = message(1, body="Your HIV test result is ready", subject="Lab results")
+
+    with caplog.at_level(logging.INFO, logger="messaging.deliveries"):
+        result = await provider.send(sent)
+
+    [record] = caplog.records
+    assert record.name == "messaging.deliveries"
+    assert record.levelno == logging.INFO
+    line = record.getMessage()
+    fields = json.loads(line[line.index("{") :])
+    assert fields["delivery_id"] == sent.delivery_id
+    assert fields["run_id"] == "run-1"
+    assert fields["channel"] == "email"
+    assert fields["recipient"] == "user1@example.com"
+    assert "HIV" not in line and "Lab results" not in line
+    assert result.provider_message_id == f"log-{sent.delivery_id}"
+
+
+# --- Configuration ------------------------------------------------------------------------
+
+
+def settings(**changes: Any) -> Settings:
+    return replace(Settings(), **changes)
+
+
+async def test_default_configuration_logs_both_channels_with_one_provider() -> None:
+    providers = build_providers(settings())
+
+    assert isinstance(providers["email"], LogProvider)
+    assert providers["email"] is providers["sms"]
+    await close_providers(providers)
+
+
+async def test_both_channels_share_one_webhook_provider() -> None:
+    providers = build_providers(
+        settings(
+            email_provider="webhook",
+            sms_provider="webhook",
+            webhook_url="https://hooks.example.com/messages",
+            webhook_secret=SECRET,
+        )
+    )
+
+    assert isinstance(providers["email"], WebhookProvider)
+    assert providers["email"] is providers["sms"]
+    await close_providers(providers)
+
+
+async def test_email_by_smtp_and_sms_by_webhook() -> None:
+    providers = build_providers(
+        settings(
+            email_provider="smtp",
+            smtp_url="smtp://mail.example.com:587",
+            sms_provider="webhook",
+            webhook_url="https://hooks.example.com/sms",
+            webhook_secret=SECRET,
+        )
+    )
+
+    assert isinstance(providers["email"], SmtpProvider)
+    assert isinstance(providers["sms"], WebhookProvider)
+    await close_providers(providers)
+
+
+@pytest.mark.parametrize(
+    ("changes", "complaint"),
+    [
+        ({"email_provider": "smtp"}, "EMAIL_PROVIDER=smtp needs SMTP_URL"),
+        ({"sms_provider": "smtp", "smtp_url": "smtp://mail:25"}, "SMTP delivers e-mail only"),
+        ({"sms_provider": "webhook"}, "SMS_PROVIDER=webhook needs WEBHOOK_URL"),
+        (
+            {"email_provider": "webhook", "webhook_url": "https://hooks.example.com"},
+            "EMAIL_PROVIDER=webhook needs WEBHOOK_SECRET",
+        ),
+        ({"email_provider": "smtp", "smtp_url": "mail.example.com"}, "SMTP_URL must look like"),
+        (
+            {"sms_provider": "webhook", "webhook_url": "hooks.example.com", "webhook_secret": "k"},
+            "WEBHOOK_URL must be an http",
+        ),
+    ],
+)
+def test_incomplete_provider_configuration_is_refused(
+    changes: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        build_providers(settings(**changes))

@@ -1,0 +1,302 @@
+"""Real servers for tests, each on 127.0.0.1 in its own thread: an SMTP server (aiosmtpd) and
+an HTTP server that stand in for a mail relay and a webhook receiver. They record what reaches
+them and answer as the test scripts, per recipient."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import json
+import socket
+import ssl
+import tempfile
+import threading
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, cast
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A port nothing listens on (a server started right after will get it)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Tls:
+    """A self-signed certificate for 127.0.0.1: the server's context and a client one that
+    trusts it, in place of the system's CAs."""
+
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+    @classmethod
+    def create(cls) -> Tls:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]),
+                critical=False,
+            )
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        with tempfile.TemporaryDirectory() as directory:  # load_cert_chain reads files only
+            cert_file, key_file = Path(directory, "cert.pem"), Path(directory, "key.pem")
+            cert_file.write_bytes(cert_pem)
+            key_file.write_bytes(key_pem)
+            server.load_cert_chain(cert_file, key_file)
+        client = ssl.create_default_context(cadata=cert_pem.decode())
+        return cls(server=server, client=client)
+
+
+@dataclass
+class ReceivedMail:
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+    peer: tuple[str, int]
+    """The client's end of the connection: the same for mails sent on one connection."""
+    tls: bool
+    login: str | None
+    """The user that authenticated on the connection, if any."""
+
+
+class SmtpSink:
+    """An aiosmtpd server that accepts everything, except the recipients in `replies`, whose
+    RCPT gets the scripted answer (e.g. "550 5.1.1 No such user")."""
+
+    def __init__(
+        self,
+        *,
+        starttls: Tls | None = None,
+        implicit_tls: Tls | None = None,
+        logins: dict[str, str] | None = None,
+        idle_timeout: float = 300,
+    ) -> None:
+        self.messages: list[ReceivedMail] = []
+        self.replies: dict[str, str] = {}
+        self.port = free_port()
+        self._logins = logins
+        kwargs: dict[str, Any] = {"timeout": idle_timeout}
+        if starttls is not None:
+            kwargs["tls_context"] = starttls.server
+        if logins is not None:
+            # AUTH is offered after STARTTLS only (aiosmtpd's default), as real relays do.
+            kwargs["authenticator"] = self._authenticate
+        self._controller = Controller(
+            self,
+            hostname=HOST,
+            port=self.port,
+            ssl_context=implicit_tls.server if implicit_tls else None,
+            **kwargs,
+        )
+
+    def url(self, scheme: str = "smtp", userinfo: str = "") -> str:
+        return f"{scheme}://{userinfo + '@' if userinfo else ''}{HOST}:{self.port}"
+
+    def start(self) -> SmtpSink:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def __enter__(self) -> SmtpSink:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def to(self, recipient: str) -> list[ReceivedMail]:
+        return [mail for mail in self.messages if recipient in mail.rcpt_tos]
+
+    # aiosmtpd handler hooks; they run in the server's thread.
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address in self.replies:
+            return self.replies[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        # As a mailbox would store it: with the wire's CRLF line ends made local.
+        content = (envelope.original_content or b"").replace(b"\r\n", b"\n")
+        transport = server.transport
+        self.messages.append(
+            ReceivedMail(
+                mail_from=envelope.mail_from or "",
+                rcpt_tos=list(envelope.rcpt_tos),
+                message=message_from_bytes(content, policy=policy.default),
+                peer=cast(tuple[str, int], session.peer),  # annotated str, but an address pair
+                tls=transport is not None and transport.get_extra_info("ssl_object") is not None,
+                login=_login_of(session),
+            )
+        )
+        return "250 Message accepted for delivery"
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        logins = self._logins or {}
+        ok = (
+            isinstance(data, LoginPassword)
+            and logins.get(data.login.decode()) == data.password.decode()
+        )
+        # handled=False: aiosmtpd itself answers 535 to a wrong password.
+        return AuthResult(success=ok, handled=False, auth_data=data)
+
+
+def _login_of(session: Session) -> str | None:
+    data = session.auth_data
+    return data.login.decode() if isinstance(data, LoginPassword) else None
+
+
+@dataclass
+class Reply:
+    """What the HTTP sink answers: `body` None means {"id": "hook-<delivery_id>"}."""
+
+    status: int = 200
+    body: bytes | None = None
+    delay: float = 0.0
+
+
+@dataclass
+class ReceivedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    """Header names in lower case."""
+    body: bytes
+    client: tuple[str, int]
+    """The client's end of the connection: the same for requests sent on one connection."""
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class HttpSink:
+    """A threaded HTTP/1.1 server (keep-alive) that records every request and answers with
+    `replies[recipient]` (the "recipient" of a JSON body), else `default`."""
+
+    def __init__(self) -> None:
+        self.requests: list[ReceivedRequest] = []
+        self.replies: dict[str, Reply] = {}
+        self.default = Reply()
+        self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._server = _HttpServer((HOST, 0), _handler_for(self))
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://{HOST}:{self.port}/hooks/messages"
+        # A short poll makes stop() quick: shutdown() waits for the serving loop to notice.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def start(self) -> HttpSink:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # wakes the handlers that sleep to simulate a slow receiver
+        self._server.shutdown()
+        # Kept-alive connections would hold their handler threads until the client leaves.
+        for sock in list(self._connections):
+            with contextlib.suppress(OSError):  # already closed by the client
+                sock.shutdown(socket.SHUT_RDWR)
+        self._server.server_close()  # joins the handler threads
+        self._thread.join()
+
+    def __enter__(self) -> HttpSink:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def reply_for(self, body: bytes) -> Reply:
+        try:
+            recipient = json.loads(body).get("recipient")
+        except (ValueError, AttributeError):
+            recipient = None
+        return self.replies.get(recipient, self.default)
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = False  # so that server_close() waits for every handler
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up on a slow answer; the test sees it on the client side
+
+
+def _handler_for(sink: HttpSink) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in two writes
+
+        def setup(self) -> None:
+            super().setup()
+            sink._connections.add(self.connection)
+
+        def finish(self) -> None:
+            sink._connections.discard(self.connection)
+            super().finish()
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            sink.requests.append(
+                ReceivedRequest(
+                    method=self.command,
+                    path=self.path,
+                    headers={name.lower(): value for name, value in self.headers.items()},
+                    body=body,
+                    client=self.client_address,
+                )
+            )
+            reply = sink.reply_for(body)
+            if reply.delay and sink._stopping.wait(reply.delay):
+                return
+            answer = reply.body
+            if answer is None:
+                delivery_id = json.loads(body).get("delivery_id")
+                answer = json.dumps({"id": f"hook-{delivery_id}"}).encode()
+            self.send_response(reply.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep the test output clean
+
+    return Handler
