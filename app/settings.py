@@ -48,6 +48,14 @@ class Settings:
     """Attempts before a transient failure becomes `failed`."""
     worker_concurrency: int = 32
     """Sends in flight per worker process."""
+    worker_jobs: int = 4
+    """deliver_batch jobs one worker process runs side by side (they share the sends)."""
+    delivery_retry_base_seconds: float = 2.0
+    """Backoff of a transient failure: base * 2^(attempts-1), with +-50% jitter, max 300 s."""
+    stalled_job_seconds: int = 30
+    """A job whose worker sent no heartbeat for this long is requeued (worker crashed)."""
+    smtp_from: str | None = None
+    """From address of e-mail campaigns that have no sender of their own."""
     publish_max_recipients: int = 100_000
     """Largest recipient list one publish accepts."""
     publish_max_body_bytes: int = 32 * 1024 * 1024
@@ -93,6 +101,10 @@ class Settings:
                 delivery_batch_size=_positive(env, "DELIVERY_BATCH_SIZE", 500),
                 delivery_max_attempts=_positive(env, "DELIVERY_MAX_ATTEMPTS", 5),
                 worker_concurrency=_positive(env, "WORKER_CONCURRENCY", 32),
+                worker_jobs=_positive(env, "WORKER_JOBS", 4),
+                delivery_retry_base_seconds=float(env.get("DELIVERY_RETRY_BASE_SECONDS") or 2.0),
+                stalled_job_seconds=_positive(env, "STALLED_JOB_SECONDS", 30),
+                smtp_from=env.get("SMTP_FROM") or None,
                 publish_max_recipients=_positive(env, "PUBLISH_MAX_RECIPIENTS", 100_000),
                 publish_max_body_bytes=_positive(
                     env, "PUBLISH_MAX_BODY_BYTES", defaults.publish_max_body_bytes

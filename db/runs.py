@@ -17,6 +17,13 @@ DELIVERY_COPY_COLUMNS = ("run_id", "position", "person_id", "recipient", "status
 DeliveryRow = tuple[UUID, int, str, str, str, str | None]
 
 
+# Every delivery window holds this run's advisory lock shared, cancel holds it exclusive:
+# once a cancel has committed, no window of that run is sending, nor will one start.
+# The first key is this service's namespace among advisory locks.
+_LOCK_NAMESPACE = 7411
+_RUN_LOCK = "hashtext($1::text)"
+
+
 class RunRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
@@ -50,8 +57,69 @@ class RunRepository:
         )
         return record
 
+    async def status_of(self, run_id: UUID) -> str:
+        status: str = await self.conn.fetchval("SELECT status FROM runs WHERE id = $1", run_id)
+        return status
+
     async def copy_deliveries(self, rows: Iterable[DeliveryRow]) -> None:
         """Bulk-write deliveries with COPY (binary): the one write that scales with the list."""
         await self.conn.copy_records_to_table(
             "deliveries", records=rows, columns=DELIVERY_COPY_COLUMNS
         )
+
+    async def enter_delivery_window(self, run_id: UUID) -> asyncpg.Record | None:
+        """Take the run's delivery lock (shared) and return the run with its campaign."""
+        await self.conn.execute(
+            f"SELECT pg_advisory_xact_lock_shared({_LOCK_NAMESPACE}, {_RUN_LOCK})", run_id
+        )
+        record: asyncpg.Record | None = await self.conn.fetchrow(
+            """
+            SELECT r.status, r.brand_id, r.campaign_id, c.channel, c.sender, c.subject, c.body
+            FROM runs r JOIN campaigns c ON c.id = r.campaign_id
+            WHERE r.id = $1
+            """,
+            run_id,
+        )
+        return record
+
+    async def lock_for_cancel(self, run_id: UUID) -> None:
+        """Wait for the run's delivery windows in flight; keep new ones out until commit."""
+        await self.conn.execute(
+            f"SELECT pg_advisory_xact_lock({_LOCK_NAMESPACE}, {_RUN_LOCK})", run_id
+        )
+
+    async def count_outcomes(self, run_id: UUID, sent: int, failed: int, skipped: int) -> str:
+        """Add to the counters in the same transaction as the deliveries changed; the run is
+        `running` from its first attempt and `completed` by the window that settles its
+        last pending delivery. Returns the run's new status."""
+        status: str = await self.conn.fetchval(
+            """
+            UPDATE runs SET
+                sent_count = sent_count + $2,
+                failed_count = failed_count + $3,
+                skipped_count = skipped_count + $4,
+                started_at = coalesce(started_at, now()),
+                status = CASE WHEN sent_count + failed_count + skipped_count + $2 + $3 + $4
+                                   = total_recipients
+                              THEN 'completed' ELSE 'running' END,
+                completed_at = CASE WHEN sent_count + failed_count + skipped_count + $2 + $3 + $4
+                                         = total_recipients
+                                    THEN now() END
+            WHERE id = $1 AND status IN ('queued', 'running')
+            RETURNING status
+            """,
+            run_id, sent, failed, skipped,
+        )  # fmt: skip
+        return status
+
+    async def cancel(self, run_id: UUID, skipped: int) -> asyncpg.Record:
+        record: asyncpg.Record = await self.conn.fetchrow(
+            f"""
+            UPDATE runs SET status = 'cancelled', skipped_count = skipped_count + $2,
+                            completed_at = now()
+            WHERE id = $1
+            RETURNING {COLUMNS}
+            """,
+            run_id, skipped,
+        )  # fmt: skip
+        return record

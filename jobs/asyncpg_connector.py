@@ -13,10 +13,11 @@ query into asyncpg's ``$n``. The pool's connections must carry the binary jsonb 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -52,6 +53,7 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._pool_externally_set = False
+        self._opened = 0
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -63,6 +65,9 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
         return self
 
     async def open_async(self, pool: asyncpg.Pool | None = None) -> None:
+        # Counted: when web and worker share one process (tests), both open the one
+        # procrastinate app, and the first to close must not pull the pool from the other.
+        self._opened += 1
         if self._pool is not None:
             return
         if pool is not None:
@@ -71,6 +76,9 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
         self._pool = await create_pool(self._dsn, min_size=self._min_size, max_size=self._max_size)
 
     async def close_async(self) -> None:
+        self._opened = max(0, self._opened - 1)
+        if self._opened:
+            return
         if self._pool is not None and not self._pool_externally_set:
             await self._pool.close()
         self._pool, self._pool_externally_set = None, False
@@ -120,9 +128,13 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
             pending.add(task)
             task.add_done_callback(pending.discard)
 
-        conn: asyncpg.Connection = await asyncpg.connect(self._dsn)
+        def on_lost(_conn: object) -> None:
+            lost.set()
+
+        # A pool connection, held for as long as it listens.
+        conn = await self.pool.acquire()
         try:
-            conn.add_termination_listener(lambda _conn: lost.set())
+            conn.add_termination_listener(on_lost)
             for channel in channels:
                 await conn.add_listener(channel, forward)
             while not lost.is_set():
@@ -132,8 +144,24 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
                 except TimeoutError:
                     await conn.execute("SELECT 1")
         finally:
-            if not conn.is_closed():
-                await conn.close()
+            # Shielded: the worker cancels this task when it stops, maybe twice; a release
+            # cut short would leave the connection checked out and pool.close() waiting.
+            await asyncio.shield(self._release_listener(conn, channels, forward, on_lost))
+
+    async def _release_listener(
+        self,
+        conn: asyncpg.Connection,
+        channels: list[str],
+        forward: Callable[..., None],
+        on_lost: Callable[[object], None],
+    ) -> None:
+        # The pool refuses (warns about) a connection that still has listeners.
+        conn.remove_termination_listener(on_lost)
+        if not conn.is_closed():
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                for channel in channels:
+                    await conn.remove_listener(channel, forward)
+        await self.pool.release(conn)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:

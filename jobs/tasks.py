@@ -1,9 +1,49 @@
 """procrastinate tasks. They take ids, never objects: the database is the truth."""
 
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from procrastinate import JobContext
+
 from jobs.app import DELIVERY_QUEUE, app
+from jobs.delivery import deliver_chunk
+from jobs.resources import WorkerResources
+
+logger = logging.getLogger(__name__)
 
 
-@app.task(name="deliver_batch", queue=DELIVERY_QUEUE)
-async def deliver_batch(run_id: str, first: int, last: int) -> None:
+@app.task(name="deliver_batch", queue=DELIVERY_QUEUE, pass_context=True)
+async def deliver_batch(context: JobContext, run_id: str, first: int, last: int) -> None:
     """Deliver the pending deliveries of run `run_id` at positions first..last."""
-    raise NotImplementedError("delivery by the worker is issue 3")
+    resources: WorkerResources = context.additional_context["resources"]
+    report = await deliver_chunk(
+        resources.pool,
+        resources.providers,
+        resources.sends,
+        resources.config,
+        UUID(run_id),
+        first,
+        last,
+    )
+    if report.retry_in is not None:
+        # Transient failures are tried again by a follow-up job, so that the rest of the
+        # chunk (and the worker) never waits out a backoff.
+        retry_at = datetime.now(UTC) + timedelta(seconds=report.retry_in)
+        await deliver_batch.configure(schedule_at=retry_at).defer_async(
+            run_id=run_id, first=first, last=last
+        )
+    logger.info(
+        "chunk delivered",
+        extra={
+            "run_id": run_id,
+            "job_id": context.job.id,
+            "positions": [first, last],
+            "sent": report.sent,
+            "failed": report.failed,
+            "skipped": report.skipped,
+            "retry_in_seconds": report.retry_in,
+        },
+    )

@@ -1,20 +1,94 @@
-"""The worker process (`python -m jobs.worker`): runs deliver_batch jobs until SIGTERM."""
+"""The worker process (`python -m jobs.worker`): delivers until SIGTERM.
+
+Besides running deliver_batch jobs, every worker requeues the jobs of workers that died
+(procrastinate records heartbeats, but a job whose worker was SIGKILLed stays `doing`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+
+from procrastinate import App, exceptions
 
 from app.logs import configure_logging
-from app.settings import get_settings
+from app.settings import Settings, get_settings
+from db.pool import create_pool
 from jobs.app import DELIVERY_QUEUE, app
+from jobs.delivery import DeliveryConfig
+from jobs.providers import build_providers, close_providers
+from jobs.resources import WorkerResources
+
+logger = logging.getLogger(__name__)
 
 
-async def main() -> None:
+async def requeue_stalled_jobs(procrastinate_app: App, stalled_seconds: float) -> int:
+    """Put back in the queue the jobs of workers without a heartbeat for `stalled_seconds`."""
+    manager = procrastinate_app.job_manager
+    requeued = 0
+    for job in await manager.get_stalled_jobs(seconds_since_heartbeat=stalled_seconds):
+        try:
+            await manager.retry_job(job)
+        except exceptions.ConnectorException:
+            continue  # another worker requeued it first, or it just finished
+        requeued += 1
+        logger.warning(
+            "requeued the job of a dead worker",
+            extra={"job_id": job.id, "task": job.task_name, "args": job.task_kwargs},
+        )
+    return requeued
+
+
+async def _requeue_forever(stalled_seconds: float) -> None:
+    while True:
+        await asyncio.sleep(stalled_seconds / 3)
+        try:
+            await requeue_stalled_jobs(app, stalled_seconds)
+        except exceptions.ConnectorException as exc:  # the database is away; next round
+            logger.warning("could not look for stalled jobs: %s", exc)
+
+
+async def run_worker(
+    settings: Settings, *, wait: bool = True, install_signal_handlers: bool = True
+) -> None:
+    """Run deliver_batch jobs until stopped (or, with wait=False, until the queue is empty)."""
+    providers = build_providers(settings)
+    pool = await create_pool(settings.database_url, max_size=settings.db_pool_max_size)
+    resources = WorkerResources(
+        pool=pool,
+        providers=providers,
+        sends=asyncio.Semaphore(settings.worker_concurrency),
+        config=DeliveryConfig(
+            max_attempts=settings.delivery_max_attempts,
+            window=settings.worker_concurrency,
+            retry_base_seconds=settings.delivery_retry_base_seconds,
+        ),
+    )
+    heartbeat = max(1.0, settings.stalled_job_seconds / 3)
+    recovery = asyncio.create_task(_requeue_forever(settings.stalled_job_seconds))
+    try:
+        await app.open_async(pool)
+        await app.run_worker_async(
+            queues=[DELIVERY_QUEUE],
+            concurrency=settings.worker_jobs,
+            additional_context={"resources": resources},
+            wait=wait,
+            install_signal_handlers=install_signal_handlers,
+            update_heartbeat_interval=heartbeat,
+            stalled_worker_timeout=settings.stalled_job_seconds,
+        )
+    finally:
+        recovery.cancel()
+        await app.close_async()
+        await close_providers(providers)
+        await pool.close()
+
+
+def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
-    async with app.open_async():
-        await app.run_worker_async(queues=[DELIVERY_QUEUE], name="deliveries")
+    asyncio.run(run_worker(settings))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -12,11 +12,10 @@ from litestar.params import Body, FromPath, SkipValidation
 
 from app.auth import PUBLISH, READ, WRITE, AccessToken, requires
 from app.body import decode_body
-from app.campaigns import change_status, create_campaign, parse_id, visible_campaign
-from app.errors import NotFound
+from app.campaigns import change_status, create_campaign, visible_campaign
 from app.publishing import publish_campaign
+from app.runs import cancel_run, visible_run
 from app.schemas import Campaign, CampaignCreate, PublishRequest, Run
-from db.runs import RunRepository
 
 # The one injected dependency. The caller is `request.auth` and the settings live on
 # `state`: a second dependency would make Litestar resolve them in an anyio task group,
@@ -77,8 +76,12 @@ class CampaignController(Controller):
     async def read_run(
         self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str], run_id: FromPath[str]
     ) -> Run:
-        campaign = await visible_campaign(conn, campaign_id, request.auth)
-        record = await RunRepository(conn).get(campaign["id"], parse_id(run_id, "run"))
-        if record is None:
-            raise NotFound(f"run {run_id} does not exist")
-        return Run(**record)
+        return Run(**await visible_run(conn, campaign_id, run_id, request.auth))
+
+    @post(
+        "/{campaign_id:str}/runs/{run_id:str}/cancel", guards=[requires(PUBLISH)], status_code=200
+    )
+    async def cancel_run(
+        self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str], run_id: FromPath[str]
+    ) -> Run:
+        return await cancel_run(conn, campaign_id, run_id, request.auth)

@@ -72,7 +72,9 @@ def _check(channel: str, kind: str, settings: Settings) -> None:
 def _build(kind: str, settings: Settings) -> Provider:
     if kind == "smtp":
         assert settings.smtp_url is not None
-        return SmtpProvider(settings.smtp_url, settings.smtp_starttls)
+        return SmtpProvider(
+            settings.smtp_url, settings.smtp_starttls, default_sender=settings.smtp_from
+        )
     if kind == "webhook":
         assert settings.webhook_url is not None and settings.webhook_secret is not None
         return WebhookProvider(settings.webhook_url, settings.webhook_secret)

@@ -1,0 +1,79 @@
+"""SQL of the worker's side of deliveries: claiming a window of them, recording outcomes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    position: int
+    status: str  # "sent" | "failed" | "skipped" | "pending" (transient: tried again later)
+    attempts: int
+    """Attempts made so far, this one included."""
+    reason: str | None = None
+    last_error: str | None = None
+    provider_message_id: str | None = None
+
+
+class DeliveryRepository:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def claim(
+        self, run_id: UUID, first: int, last: int, *, limit: int, exclude: Sequence[int]
+    ) -> list[asyncpg.Record]:
+        """Up to `limit` pending deliveries of positions first..last, row-locked until the
+        transaction ends. Rows another worker holds are skipped, not waited for: no two
+        workers ever hold the same delivery."""
+        rows: list[asyncpg.Record] = await self.conn.fetch(
+            """
+            SELECT position, person_id, recipient, attempts FROM deliveries
+            WHERE run_id = $1 AND position BETWEEN $2 AND $3 AND status = 'pending'
+              AND position <> ALL($4::int[])
+            ORDER BY position
+            LIMIT $5
+            FOR UPDATE SKIP LOCKED
+            """,
+            run_id, first, last, list(exclude), limit,
+        )  # fmt: skip
+        return rows
+
+    async def record(self, run_id: UUID, outcomes: Sequence[Outcome]) -> None:
+        await self.conn.execute(
+            """
+            UPDATE deliveries AS d SET
+                status = o.status,
+                reason = o.reason,
+                attempts = o.attempts,
+                last_error = coalesce(o.last_error, d.last_error),
+                provider_message_id = o.provider_message_id,
+                sent_at = CASE WHEN o.status = 'sent' THEN now() END,
+                updated_at = now()
+            FROM unnest($2::int[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[])
+                AS o(position, status, attempts, reason, last_error, provider_message_id)
+            WHERE d.run_id = $1 AND d.position = o.position
+            """,
+            run_id,
+            [o.position for o in outcomes],
+            [o.status for o in outcomes],
+            [o.attempts for o in outcomes],
+            [o.reason for o in outcomes],
+            [o.last_error for o in outcomes],
+            [o.provider_message_id for o in outcomes],
+        )
+
+    async def skip_pending(self, run_id: UUID, reason: str) -> int:
+        """Every pending delivery of the run becomes skipped; returns how many."""
+        result: str = await self.conn.execute(
+            """
+            UPDATE deliveries SET status = 'skipped', reason = $2, updated_at = now()
+            WHERE run_id = $1 AND status = 'pending'
+            """,
+            run_id, reason,
+        )  # fmt: skip
+        return int(result.split()[-1])

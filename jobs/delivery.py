@@ -1,0 +1,184 @@
+"""deliver_chunk: send the pending deliveries of one job's range, window by window.
+
+Each window is one transaction that
+1. holds the run's delivery lock shared (cancel takes it exclusive) and stops if the run
+   was cancelled,
+2. claims up to `window` pending deliveries with FOR UPDATE SKIP LOCKED, so that two
+   workers never hold the same delivery,
+3. re-checks the brand's suppressions for exactly those addresses,
+4. sends them, at most `worker_concurrency` at once in the process,
+5. records every outcome and the run's counters, and commits.
+A worker killed mid-window loses the window's transaction: its deliveries are pending
+again and only those (the sends in flight or answered but not committed) can reach the
+provider twice, with the same delivery id as idempotency key.
+
+A transient failure leaves the delivery pending with one more attempt; the job does not
+retry it itself but returns the time at which a follow-up job should.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+from app.recipients import normalise
+from db.deliveries import DeliveryRepository, Outcome
+from db.runs import RunRepository
+from db.suppressions import SuppressionRepository
+from jobs.providers import OutgoingMessage, PermanentError, Provider, TransientError
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    max_attempts: int
+    window: int
+    retry_base_seconds: float
+
+
+@dataclass
+class ChunkReport:
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    retry_in: float | None = None
+    """Seconds after which the transient failures of this chunk should be tried again."""
+
+
+def delivery_id(run_id: UUID | str, position: int) -> str:
+    return f"{run_id}:{position}"
+
+
+def backoff_seconds(attempts: int, base: float) -> float:
+    """Exponential in the attempts made so far, with +-50% jitter so that retries of a
+    failing provider do not arrive in lockstep."""
+    return float(min(MAX_BACKOFF_SECONDS, base * 2 ** (attempts - 1)) * random.uniform(0.5, 1.5))
+
+
+def render(template: str | None, person_id: str, recipient: str) -> str | None:
+    """The campaign text for one recipient: {{person_id}} and {{recipient}} are replaced."""
+    if template is None:
+        return None
+    return template.replace("{{person_id}}", person_id).replace("{{recipient}}", recipient)
+
+
+async def deliver_chunk(
+    pool: asyncpg.Pool,
+    providers: Mapping[str, Provider],
+    sends: asyncio.Semaphore,
+    config: DeliveryConfig,
+    run_id: UUID,
+    first: int,
+    last: int,
+) -> ChunkReport:
+    report = ChunkReport()
+    retry_later: dict[int, int] = {}  # position -> attempts, of transient failures
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            window = await _deliver_window(
+                conn, providers, sends, config, run_id, first, last, list(retry_later)
+            )
+        if window is None:
+            break
+        counts = Counter(o.status for o in window)
+        report.sent += counts["sent"]
+        report.failed += counts["failed"]
+        report.skipped += counts["skipped"]
+        retry_later.update((o.position, o.attempts) for o in window if o.status == "pending")
+    if retry_later:
+        report.retry_in = backoff_seconds(max(retry_later.values()), config.retry_base_seconds)
+    return report
+
+
+async def _deliver_window(
+    conn: asyncpg.Connection,
+    providers: Mapping[str, Provider],
+    sends: asyncio.Semaphore,
+    config: DeliveryConfig,
+    run_id: UUID,
+    first: int,
+    last: int,
+    exclude: list[int],
+) -> list[Outcome] | None:
+    """One window in the caller's transaction; None when the chunk has nothing left."""
+    runs = RunRepository(conn)
+    run = await runs.enter_delivery_window(run_id)
+    if run is None or run["status"] in ("cancelled", "completed"):
+        return None
+    claimed = await DeliveryRepository(conn).claim(
+        run_id, first, last, limit=config.window, exclude=exclude
+    )
+    if not claimed:
+        # Nothing left here; if nothing is left anywhere (e.g. every recipient was skipped
+        # at publish), this completes the run.
+        await runs.count_outcomes(run_id, 0, 0, 0)
+        return None
+    channel = run["channel"]
+    suppressed = await SuppressionRepository(conn).suppressed_among(
+        run["brand_id"], [normalise(channel, row["recipient"]) for row in claimed]
+    )
+    provider = providers[channel]
+    outcomes: list[Outcome] = []
+    to_send = []
+    for row in claimed:
+        if normalise(channel, row["recipient"]) in suppressed:
+            outcomes.append(
+                Outcome(row["position"], "skipped", row["attempts"], reason="suppressed")
+            )
+        else:
+            to_send.append(row)
+    outcomes += await asyncio.gather(
+        *(_send(provider, sends, config, run_id, run, row) for row in to_send)
+    )
+    await DeliveryRepository(conn).record(run_id, outcomes)
+    counts = Counter(o.status for o in outcomes)
+    await runs.count_outcomes(run_id, counts["sent"], counts["failed"], counts["skipped"])
+    return outcomes
+
+
+async def _send(
+    provider: Provider,
+    sends: asyncio.Semaphore,
+    config: DeliveryConfig,
+    run_id: UUID,
+    run: asyncpg.Record,
+    row: asyncpg.Record,
+) -> Outcome:
+    position, person_id, recipient = row["position"], row["person_id"], row["recipient"]
+    attempts = row["attempts"] + 1
+    message = OutgoingMessage(
+        delivery_id=delivery_id(run_id, position),
+        run_id=str(run_id),
+        campaign_id=str(run["campaign_id"]),
+        brand_id=run["brand_id"],
+        channel=run["channel"],
+        person_id=person_id,
+        recipient=recipient,
+        sender=run["sender"],
+        subject=render(run["subject"], person_id, recipient),
+        body=render(run["body"], person_id, recipient) or "",
+    )
+    try:
+        async with sends:
+            result = await provider.send(message)
+    except TransientError as exc:
+        if attempts >= config.max_attempts:
+            return Outcome(position, "failed", attempts, last_error=_gave_up(attempts, exc))
+        return Outcome(position, "pending", attempts, last_error=exc.detail)
+    except PermanentError as exc:
+        return Outcome(position, "failed", attempts, last_error=exc.detail)
+    return Outcome(position, "sent", attempts, provider_message_id=result.provider_message_id)
+
+
+def _gave_up(attempts: int, exc: TransientError) -> str:
+    return f"gave up after {attempts} attempts; last: {exc.detail}"
