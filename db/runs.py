@@ -21,7 +21,7 @@ DeliveryRow = tuple[UUID, int, str, str, str, str | None]
 # once a cancel has committed, no window of that run is sending, nor will one start.
 # The first key is this service's namespace among advisory locks.
 _LOCK_NAMESPACE = 7411
-_RUN_LOCK = "hashtext($1::text)"
+_RUN_LOCK = "hashtext($1)"
 
 
 class RunRepository:
@@ -70,7 +70,7 @@ class RunRepository:
     async def enter_delivery_window(self, run_id: UUID) -> asyncpg.Record | None:
         """Take the run's delivery lock (shared) and return the run with its campaign."""
         await self.conn.execute(
-            f"SELECT pg_advisory_xact_lock_shared({_LOCK_NAMESPACE}, {_RUN_LOCK})", run_id
+            f"SELECT pg_advisory_xact_lock_shared({_LOCK_NAMESPACE}, {_RUN_LOCK})", str(run_id)
         )
         record: asyncpg.Record | None = await self.conn.fetchrow(
             """
@@ -85,7 +85,7 @@ class RunRepository:
     async def lock_for_cancel(self, run_id: UUID) -> None:
         """Wait for the run's delivery windows in flight; keep new ones out until commit."""
         await self.conn.execute(
-            f"SELECT pg_advisory_xact_lock({_LOCK_NAMESPACE}, {_RUN_LOCK})", run_id
+            f"SELECT pg_advisory_xact_lock({_LOCK_NAMESPACE}, {_RUN_LOCK})", str(run_id)
         )
 
     async def count_outcomes(self, run_id: UUID, sent: int, failed: int, skipped: int) -> str:

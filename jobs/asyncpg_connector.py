@@ -53,7 +53,6 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._pool_externally_set = False
-        self._opened = 0
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -65,9 +64,6 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
         return self
 
     async def open_async(self, pool: asyncpg.Pool | None = None) -> None:
-        # Counted: when web and worker share one process (tests), both open the one
-        # procrastinate app, and the first to close must not pull the pool from the other.
-        self._opened += 1
         if self._pool is not None:
             return
         if pool is not None:
@@ -76,9 +72,6 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
         self._pool = await create_pool(self._dsn, min_size=self._min_size, max_size=self._max_size)
 
     async def close_async(self) -> None:
-        self._opened = max(0, self._opened - 1)
-        if self._opened:
-            return
         if self._pool is not None and not self._pool_externally_set:
             await self._pool.close()
         self._pool, self._pool_externally_set = None, False

@@ -19,11 +19,13 @@ retry it itself but returns the time at which a follow-up job should.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -33,17 +35,16 @@ from db.deliveries import DeliveryRepository, Outcome
 from db.runs import RunRepository
 from db.suppressions import SuppressionRepository
 from jobs.providers import OutgoingMessage, PermanentError, Provider, TransientError
+from jobs.resources import WorkerResources
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BACKOFF_SECONDS = 300.0
 
 
-@dataclass(frozen=True)
-class DeliveryConfig:
-    max_attempts: int
-    window: int
-    retry_base_seconds: float
+class DeliveryInterrupted(Exception):
+    """The worker is stopping; the job goes back to the queue with its rest pending."""
 
 
 @dataclass
@@ -73,21 +74,17 @@ def render(template: str | None, person_id: str, recipient: str) -> str | None:
 
 
 async def deliver_chunk(
-    pool: asyncpg.Pool,
-    providers: Mapping[str, Provider],
-    sends: asyncio.Semaphore,
-    config: DeliveryConfig,
-    run_id: UUID,
-    first: int,
-    last: int,
+    resources: WorkerResources, run_id: UUID, first: int, last: int
 ) -> ChunkReport:
+    """Raises DeliveryInterrupted when the worker stops before the chunk is done."""
     report = ChunkReport()
     retry_later: dict[int, int] = {}  # position -> attempts, of transient failures
     while True:
-        async with pool.acquire() as conn, conn.transaction():
-            window = await _deliver_window(
-                conn, providers, sends, config, run_id, first, last, list(retry_later)
-            )
+        if resources.stopping.is_set():
+            raise DeliveryInterrupted("worker stopping")
+        window = await _abortable(
+            resources, _window_transaction(resources, run_id, first, last, list(retry_later))
+        )
         if window is None:
             break
         counts = Counter(o.status for o in window)
@@ -96,15 +93,38 @@ async def deliver_chunk(
         report.skipped += counts["skipped"]
         retry_later.update((o.position, o.attempts) for o in window if o.status == "pending")
     if retry_later:
-        report.retry_in = backoff_seconds(max(retry_later.values()), config.retry_base_seconds)
+        report.retry_in = backoff_seconds(
+            max(retry_later.values()), resources.config.retry_base_seconds
+        )
     return report
+
+
+async def _abortable(resources: WorkerResources, window: Coroutine[Any, Any, T]) -> T:
+    """Run a window, unless the worker aborts first: then its transaction rolls back."""
+    task = asyncio.ensure_future(window)
+    abort = asyncio.ensure_future(resources.aborting.wait())
+    try:
+        await asyncio.wait({task, abort}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        abort.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise DeliveryInterrupted("worker aborting")
+    return task.result()
+
+
+async def _window_transaction(
+    resources: WorkerResources, run_id: UUID, first: int, last: int, exclude: list[int]
+) -> list[Outcome] | None:
+    async with resources.pool.acquire() as conn, conn.transaction():
+        return await _deliver_window(conn, resources, run_id, first, last, exclude)
 
 
 async def _deliver_window(
     conn: asyncpg.Connection,
-    providers: Mapping[str, Provider],
-    sends: asyncio.Semaphore,
-    config: DeliveryConfig,
+    resources: WorkerResources,
     run_id: UUID,
     first: int,
     last: int,
@@ -116,7 +136,7 @@ async def _deliver_window(
     if run is None or run["status"] in ("cancelled", "completed"):
         return None
     claimed = await DeliveryRepository(conn).claim(
-        run_id, first, last, limit=config.window, exclude=exclude
+        run_id, first, last, limit=resources.config.window, exclude=exclude
     )
     if not claimed:
         # Nothing left here; if nothing is left anywhere (e.g. every recipient was skipped
@@ -127,7 +147,7 @@ async def _deliver_window(
     suppressed = await SuppressionRepository(conn).suppressed_among(
         run["brand_id"], [normalise(channel, row["recipient"]) for row in claimed]
     )
-    provider = providers[channel]
+    provider = resources.providers[channel]
     outcomes: list[Outcome] = []
     to_send = []
     for row in claimed:
@@ -138,7 +158,7 @@ async def _deliver_window(
         else:
             to_send.append(row)
     outcomes += await asyncio.gather(
-        *(_send(provider, sends, config, run_id, run, row) for row in to_send)
+        *(_send(provider, resources, run_id, run, row) for row in to_send)
     )
     await DeliveryRepository(conn).record(run_id, outcomes)
     counts = Counter(o.status for o in outcomes)
@@ -148,8 +168,7 @@ async def _deliver_window(
 
 async def _send(
     provider: Provider,
-    sends: asyncio.Semaphore,
-    config: DeliveryConfig,
+    resources: WorkerResources,
     run_id: UUID,
     run: asyncpg.Record,
     row: asyncpg.Record,
@@ -169,10 +188,10 @@ async def _send(
         body=render(run["body"], person_id, recipient) or "",
     )
     try:
-        async with sends:
+        async with resources.sends:
             result = await provider.send(message)
     except TransientError as exc:
-        if attempts >= config.max_attempts:
+        if attempts >= resources.config.max_attempts:
             return Outcome(position, "failed", attempts, last_error=_gave_up(attempts, exc))
         return Outcome(position, "pending", attempts, last_error=exc.detail)
     except PermanentError as exc:

@@ -8,8 +8,16 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from jobs.delivery import DeliveryConfig
 from jobs.providers import Provider
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    max_attempts: int
+    """DELIVERY_MAX_ATTEMPTS: a transient failure on the last attempt fails the delivery."""
+    window: int
+    """Deliveries claimed, sent and committed together (WORKER_CONCURRENCY)."""
+    retry_base_seconds: float
 
 
 @dataclass(frozen=True)
@@ -19,3 +27,7 @@ class WorkerResources:
     sends: asyncio.Semaphore
     """Bounds the sends in flight across all jobs of the process (WORKER_CONCURRENCY)."""
     config: DeliveryConfig
+    stopping: asyncio.Event
+    """First SIGTERM: finish the windows in flight, then hand the jobs back to the queue."""
+    aborting: asyncio.Event
+    """Second SIGTERM: roll back the windows in flight now and hand the jobs back."""

@@ -6,7 +6,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from procrastinate import JobContext
+from procrastinate import JobContext, RetryStrategy
 
 from jobs.app import DELIVERY_QUEUE, app
 from jobs.delivery import deliver_chunk
@@ -15,24 +15,24 @@ from jobs.resources import WorkerResources
 logger = logging.getLogger(__name__)
 
 
-@app.task(name="deliver_batch", queue=DELIVERY_QUEUE, pass_context=True)
+# Retried whatever it raised, for ever: it only ever works on pending deliveries, so
+# running it again is safe, and a job that gave up would strand its deliveries. It raises
+# DeliveryInterrupted when its worker stops, and database errors when the database is away.
+@app.task(
+    name="deliver_batch",
+    queue=DELIVERY_QUEUE,
+    pass_context=True,
+    retry=RetryStrategy(wait=1, linear_wait=2),
+)
 async def deliver_batch(context: JobContext, run_id: str, first: int, last: int) -> None:
     """Deliver the pending deliveries of run `run_id` at positions first..last."""
     resources: WorkerResources = context.additional_context["resources"]
-    report = await deliver_chunk(
-        resources.pool,
-        resources.providers,
-        resources.sends,
-        resources.config,
-        UUID(run_id),
-        first,
-        last,
-    )
+    report = await deliver_chunk(resources, UUID(run_id), first, last)
     if report.retry_in is not None:
         # Transient failures are tried again by a follow-up job, so that the rest of the
         # chunk (and the worker) never waits out a backoff.
         retry_at = datetime.now(UTC) + timedelta(seconds=report.retry_in)
-        await deliver_batch.configure(schedule_at=retry_at).defer_async(
+        await context.app.configure_task(deliver_batch.name, schedule_at=retry_at).defer_async(
             run_id=run_id, first=first, last=last
         )
     logger.info(

@@ -1,5 +1,7 @@
 """The worker process (`python -m jobs.worker`): delivers until SIGTERM.
 
+The first SIGTERM (or SIGINT) lets the windows in flight finish and commit, then hands the
+jobs back to the queue and exits; a second one rolls the windows in flight back at once.
 Besides running deliver_batch jobs, every worker requeues the jobs of workers that died
 (procrastinate records heartbeats, but a job whose worker was SIGKILLed stays `doing`).
 """
@@ -8,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 
 from procrastinate import App, exceptions
+from procrastinate.worker import Worker
 
 from app.logs import configure_logging
 from app.settings import Settings, get_settings
 from db.pool import create_pool
-from jobs.app import DELIVERY_QUEUE, app
-from jobs.delivery import DeliveryConfig
+from jobs.app import DELIVERY_QUEUE, app_on
+from jobs.asyncpg_connector import AsyncpgConnector
 from jobs.providers import build_providers, close_providers
-from jobs.resources import WorkerResources
+from jobs.resources import DeliveryConfig, WorkerResources
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +43,26 @@ async def requeue_stalled_jobs(procrastinate_app: App, stalled_seconds: float) -
     return requeued
 
 
-async def _requeue_forever(stalled_seconds: float) -> None:
+async def _requeue_forever(procrastinate_app: App, stalled_seconds: float) -> None:
     while True:
         await asyncio.sleep(stalled_seconds / 3)
         try:
-            await requeue_stalled_jobs(app, stalled_seconds)
+            await requeue_stalled_jobs(procrastinate_app, stalled_seconds)
         except exceptions.ConnectorException as exc:  # the database is away; next round
             logger.warning("could not look for stalled jobs: %s", exc)
 
 
-async def run_worker(
-    settings: Settings, *, wait: bool = True, install_signal_handlers: bool = True
-) -> None:
+def _on_signal(worker: Worker, resources: WorkerResources) -> None:
+    if not resources.stopping.is_set():
+        logger.info("stopping: finishing the sends in flight (signal again to abort them)")
+        resources.stopping.set()
+        worker.stop()
+    else:
+        logger.warning("aborting: rolling back the windows in flight")
+        resources.aborting.set()
+
+
+async def run_worker(settings: Settings, *, wait: bool = True, handle_signals: bool = True) -> None:
     """Run deliver_batch jobs until stopped (or, with wait=False, until the queue is empty)."""
     providers = build_providers(settings)
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_max_size)
@@ -63,23 +75,35 @@ async def run_worker(
             window=settings.worker_concurrency,
             retry_base_seconds=settings.delivery_retry_base_seconds,
         ),
+        stopping=asyncio.Event(),
+        aborting=asyncio.Event(),
     )
-    heartbeat = max(1.0, settings.stalled_job_seconds / 3)
-    recovery = asyncio.create_task(_requeue_forever(settings.stalled_job_seconds))
+    worker_app = app_on(AsyncpgConnector(settings.database_url))
+    await worker_app.open_async(pool)
+    recovery = asyncio.create_task(_requeue_forever(worker_app, settings.stalled_job_seconds))
+    loop = asyncio.get_running_loop()
     try:
-        await app.open_async(pool)
-        await app.run_worker_async(
+        worker_app.perform_import_paths()
+        worker = Worker(
+            app=worker_app,
             queues=[DELIVERY_QUEUE],
             concurrency=settings.worker_jobs,
             additional_context={"resources": resources},
             wait=wait,
-            install_signal_handlers=install_signal_handlers,
-            update_heartbeat_interval=heartbeat,
+            install_signal_handlers=False,
+            update_heartbeat_interval=max(1.0, settings.stalled_job_seconds / 3),
             stalled_worker_timeout=settings.stalled_job_seconds,
         )
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, _on_signal, worker, resources)
+        await worker.run()
     finally:
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
         recovery.cancel()
-        await app.close_async()
+        await worker_app.close_async()
         await close_providers(providers)
         await pool.close()
 

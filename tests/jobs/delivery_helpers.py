@@ -1,0 +1,61 @@
+"""Running real workers against a test database, and reading what they did."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+
+from app.settings import Settings
+from jobs.worker import run_worker
+
+ENDED = ("completed", "cancelled")
+
+
+async def deliver_until_ended(
+    settings: Settings, db: asyncpg.Connection, run_id: str, timeout: float = 30
+) -> None:
+    """Run in-process workers that stop when the queue is empty, until the run ended
+    (follow-up jobs of transient failures become due a little later)."""
+    async with asyncio.timeout(timeout):
+        while await run_status(db, run_id) not in ENDED:
+            await run_worker(settings, wait=False, handle_signals=False)
+            await asyncio.sleep(0.02)
+
+
+async def run_status(db: asyncpg.Connection, run_id: str) -> str:
+    status: str = await db.fetchval("SELECT status FROM runs WHERE id = $1", uuid.UUID(run_id))
+    return status
+
+
+async def run_row(db: asyncpg.Connection, run_id: str) -> asyncpg.Record:
+    row: asyncpg.Record = await db.fetchrow("SELECT * FROM runs WHERE id = $1", uuid.UUID(run_id))
+    return row
+
+
+async def deliveries(db: asyncpg.Connection, run_id: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await db.fetch(
+        "SELECT * FROM deliveries WHERE run_id = $1 ORDER BY position", uuid.UUID(run_id)
+    )
+    return rows
+
+
+async def assert_counters_equal_rows(db: asyncpg.Connection, run_id: str) -> dict[str, Any]:
+    """The run's counters are the truth of its delivery rows; returns the counts."""
+    run = await run_row(db, run_id)
+    counts = {
+        row["status"]: row["n"]
+        for row in await db.fetch(
+            "SELECT status, count(*) AS n FROM deliveries WHERE run_id = $1 GROUP BY status",
+            uuid.UUID(run_id),
+        )
+    }
+    assert run["sent_count"] == counts.get("sent", 0)
+    assert run["failed_count"] == counts.get("failed", 0)
+    assert run["skipped_count"] == counts.get("skipped", 0)
+    if run["status"] in ENDED:
+        assert counts.get("pending", 0) == 0
+        assert sum(counts.values()) == run["total_recipients"]
+    return counts
