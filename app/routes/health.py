@@ -7,16 +7,19 @@ from litestar import Response, get
 from litestar.datastructures import State
 
 from app.error_handlers import error_response
+from app.openapi import error_responses
 from app.schemas import Error, Health
 
+PUBLIC: list[dict[str, list[str]]] = [{}]  # OpenAPI: no token needed
 
-@get("/healthz", tags=["health"])
+
+@get("/healthz", tags=["health"], security=PUBLIC)
 async def healthz() -> Health:
     """The process is up."""
     return Health(status="ok")
 
 
-@get("/readyz", tags=["health"])
+@get("/readyz", tags=["health"], security=PUBLIC, responses=error_responses(503))
 async def readyz(state: State) -> Response[Health] | Response[Error]:
     """The process can reach the database."""
     pool: asyncpg.Pool = state.pool
