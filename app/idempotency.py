@@ -28,9 +28,10 @@ TTL = timedelta(hours=24)
 """How long a key holds; expired keys are purged (jobs/tasks.py)."""
 RETRY_AFTER_SECONDS = 1
 MAX_KEY_LENGTH = 255
-# The draft makes the key a Structured Field string ("..."); many clients send it bare.
+# The draft makes the key a Structured Field string ("..."); many clients send it bare,
+# which we accept when it is visible ASCII without quotes.
 _SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
-_BARE = re.compile(r"[\x21-\x7e]+")
+_BARE = re.compile(r"[\x21\x23-\x7e]+")
 
 
 @dataclass(frozen=True)
