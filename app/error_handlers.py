@@ -105,6 +105,12 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
         message = exc.detail
     elif isinstance(exc, ValidationException):
         return _validation_response(exc)
+    elif status == 400:
+        # Litestar's other 400: a body it could not decode (malformed JSON), named like
+        # publish names it (app/body.py).
+        return error_response(
+            400, "validation_error", "the request body is not valid JSON", {"$": exc.detail}
+        )
     elif status in (404, 405):
         message = f"{exc.detail}: {request.method} {request.url.path}"
     else:
@@ -116,7 +122,10 @@ def _validation_response(exc: ValidationException) -> Response[Error]:
     details: dict[str, str] = {}
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict) and "message" in item:
-            details[_where(item)] = str(item["message"])
+            message = str(item["message"])
+            if item.get("key") == "data" and message == "'data'":
+                message = "a JSON body is required"  # Litestar's words for an empty body
+            details[_where(item)] = message
     if not details:
         # Malformed JSON and the like: Litestar's detail names the problem.
         details = {"$": exc.detail}

@@ -26,6 +26,13 @@ async def readyz(state: State) -> Response[Health] | Response[Error]:
     try:
         async with pool.acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1", timeout=2)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        # What asyncpg raises on a pooled connection the server has just cut.
+        asyncpg.InternalClientError,
+    ) as exc:
         return error_response(503, "unavailable", f"database unreachable: {type(exc).__name__}")
     return Response(Health(status="ready"))

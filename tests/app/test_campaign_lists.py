@@ -318,3 +318,21 @@ async def test_patch_needs_a_token_and_the_write_scope(client):
         url, json={"name": "x"}, headers=bearer(scopes=["messaging:campaigns:read"])
     )
     assert response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "a JSON body is required"), (b'{"name": ', "Input data was truncated")],
+)
+async def test_patch_without_a_json_body_is_400(client, content, message):
+    campaign = await create_campaign(client, activate=False)
+
+    response = await client.patch(
+        f"{CAMPAIGNS}/{campaign['id']}",
+        content=content,
+        headers={**bearer(), "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "validation_error"
+    assert response.json()["details"] == {"$": message}
