@@ -11,6 +11,7 @@ from collections import Counter
 import httpx
 import pytest
 
+from app.idempotency import parse_key
 from db.idempotency import IdempotencyKeyRepository
 from db.pool import create_pool
 from jobs.app import MAINTENANCE_QUEUE
@@ -212,14 +213,27 @@ async def test_publish_without_a_key_writes_no_key(client, db):
     assert await counts(db) == (2, 2, 2, 0)
 
 
+async def key_claimed(db) -> None:
+    """Wait until a publish holds an Idempotency-Key (its advisory lock is granted)."""
+    query = (
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+        " WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()"
+    )
+    async with asyncio.timeout(10):
+        while True:  # polling the database: there is no event to wait for
+            if await db.fetchval(query):
+                return
+            await asyncio.sleep(0.01)
+
+
 async def test_a_repeat_while_the_first_is_in_flight_is_409_with_retry_after(live_server, db):
     async with httpx.AsyncClient(base_url=live_server, timeout=30) as http:
         campaign = await create_campaign(http)
-        await db.execute(SLOW_RUN_INSERT.format(seconds=1))
+        await db.execute(SLOW_RUN_INSERT.format(seconds=2))
         body = {"recipients": recipients(5)}
 
         first = asyncio.create_task(publish_with_key(http, campaign, body, "k"))
-        await asyncio.sleep(0.3)  # the first request now holds the key, inside pg_sleep
+        await key_claimed(db)  # the first request now holds the key, inside pg_sleep
         in_flight = await publish_with_key(http, campaign, body, "k")
         other_body = await publish_with_key(http, campaign, {"recipients": recipients(6)}, "k")
         original = await first
@@ -346,3 +360,11 @@ async def test_the_periodic_purge_task_runs_in_a_worker(client, db, database_url
         "SELECT status FROM procrastinate_jobs WHERE task_name = 'purge_idempotency_keys'"
     )
     assert job["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("header", "key"),
+    [("abc", "abc"), ('"abc"', "abc"), ('"a b\\"c\\\\"', 'a b"c\\'), ("a:b/c=", "a:b/c=")],
+)
+def test_keys_are_read_bare_or_as_structured_field_strings(header, key):
+    assert parse_key(header) == key
