@@ -15,12 +15,13 @@ from app.auth import build_jwt_auth
 from app.dependencies import provide_connection
 from app.error_handlers import EXCEPTION_HANDLERS
 from app.logs import configure_logging
+from app.pagination import cursor_key
 from app.request_id import request_id_middleware
 from app.routes.campaigns import CampaignController
 from app.routes.health import healthz, readyz
+from app.routes.suppressions import SuppressionController
 from app.settings import Settings, SettingsError, get_settings
 from db.pool import create_pool
-from jobs.app import app as procrastinate_app
 
 logger = logging.getLogger("app")
 
@@ -46,25 +47,34 @@ def create_app(settings: Settings | None = None) -> Litestar:
             max_size=settings.db_pool_max_size,
         )
         app.state.pool = pool
-        await procrastinate_app.open_async(pool)
         try:
             yield
         finally:
-            await procrastinate_app.close_async()
             await pool.close()
 
     return Litestar(
-        route_handlers=[CampaignController, healthz, readyz],
+        route_handlers=[CampaignController, SuppressionController, healthz, readyz],
         lifespan=[lifespan],
         on_app_init=[build_jwt_auth(settings).on_app_init],
         middleware=[request_id_middleware],
         dependencies={
             "conn": Provide(provide_connection),
         },
-        state=State({"settings": settings}),
+        state=State(
+            {
+                "settings": settings,
+                "cursor_key": cursor_key(settings.cursor_secret or settings.jwt_key),
+            }
+        ),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.publish_max_body_bytes,
-        openapi_config=OpenAPIConfig(title="messaging", version="1.0.0"),
+        openapi_config=OpenAPIConfig(
+            title="messaging",
+            version="1.0.0",
+            description="Campaign publishing and delivery. Every error response has the "
+            "`Error` body: `{error, message, details}`.",
+            use_handler_docstrings=True,
+        ),
         logging_config=None,  # the process entry point configures logging (app/logs.py)
         debug=False,
     )

@@ -22,6 +22,9 @@ READ = "messaging:campaigns:read"
 WRITE = "messaging:campaigns:write"
 PUBLISH = "messaging:campaigns:publish"
 
+BEARER_SCHEME = "BearerToken"
+"""Name of the security scheme in the OpenAPI document."""
+
 PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/schema"]
 
 
@@ -85,5 +88,6 @@ def build_jwt_auth(settings: Settings) -> JWTAuth[str, AccessToken]:
         accepted_issuers=[settings.jwt_issuer] if settings.jwt_issuer else None,
         accepted_audiences=[settings.jwt_audience] if settings.jwt_audience else None,
         exclude=PUBLIC_PATHS,
+        openapi_security_scheme_name=BEARER_SCHEME,
         description="Bearer JWT with claims sub, scope (space-separated), brands and exp.",
     )

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
+from msgspec import UNSET
 
 from app.auth import AccessToken
 from app.errors import BadState, ForbiddenBrand, InvalidInput, NotFound
-from app.schemas import Campaign, CampaignCreate
+from app.pagination import decode_cursor, split_page
+from app.schemas import Campaign, CampaignCreate, CampaignPage, CampaignUpdate
 from db.campaigns import CampaignRepository, Lock
+
+CONTENT_FIELDS = ("name", "channel", "body", "subject", "sender")
 
 
 def parse_id(value: str, what: str) -> UUID:
@@ -18,6 +23,14 @@ def parse_id(value: str, what: str) -> UUID:
         return UUID(value)
     except ValueError:
         raise NotFound(f"{what} {value} does not exist") from None
+
+
+def require_brand(caller: AccessToken, brand_id: str) -> None:
+    """A brand named by the caller (in a body, a path or a filter) must be one of the
+    token's: ForbiddenBrand otherwise. Brands are not resources of this service, so
+    there is no existence to hide here; ids of campaigns and runs are (NotFound)."""
+    if not caller.may_act_for(brand_id):
+        raise ForbiddenBrand(f"this token may not act for brand {brand_id}", {"brand_id": brand_id})
 
 
 async def visible_campaign(
@@ -33,10 +46,7 @@ async def visible_campaign(
 async def create_campaign(
     conn: asyncpg.Connection, data: CampaignCreate, caller: AccessToken
 ) -> Campaign:
-    if not caller.may_act_for(data.brand_id):
-        raise ForbiddenBrand(
-            f"this token may not act for brand {data.brand_id}", {"brand_id": data.brand_id}
-        )
+    require_brand(caller, data.brand_id)
     if data.channel == "email" and data.subject is None:
         raise InvalidInput(
             "an e-mail campaign needs a subject", {"$.subject": "required for channel email"}
@@ -50,6 +60,59 @@ async def create_campaign(
         body=data.body,
         created_by=caller.sub,
     )
+    return Campaign(**record)
+
+
+async def list_campaigns(
+    conn: asyncpg.Connection,
+    caller: AccessToken,
+    *,
+    brand_id: str | None,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+    cursor_key: bytes,
+) -> CampaignPage:
+    """The caller's campaigns (of `brand_id` only, if given), newest first."""
+    if brand_id is not None:
+        require_brand(caller, brand_id)
+        brands: list[str] | None = [brand_id]
+    else:
+        brands = None if caller.all_brands else list(caller.brands)
+    listing = ("campaigns", brand_id, status)
+    after = decode_cursor(cursor_key, listing, cursor, tuple[datetime, UUID]) if cursor else None
+    if brands == []:
+        return CampaignPage(items=[], next_cursor=None)
+    rows = await CampaignRepository(conn).page(
+        brands=brands, status=status, after=after, limit=limit + 1
+    )
+    page, next_cursor = split_page(
+        rows, limit, cursor_key, listing, lambda row: (row["created_at"], row["id"])
+    )
+    return CampaignPage(items=[Campaign(**row) for row in page], next_cursor=next_cursor)
+
+
+async def update_campaign(
+    conn: asyncpg.Connection, campaign_id: str, data: CampaignUpdate, caller: AccessToken
+) -> Campaign:
+    """Change the content of a draft; BadState once it is active or archived."""
+    changes = {f: value for f in CONTENT_FIELDS if (value := getattr(data, f)) is not UNSET}
+    async with conn.transaction():
+        campaign = await visible_campaign(conn, campaign_id, caller, lock="update")
+        if campaign["status"] != "draft":
+            raise BadState(
+                f"campaign is {campaign['status']}; only a draft can be changed",
+                status=campaign["status"],
+                allowed=["draft"],
+            )
+        if not changes:
+            return Campaign(**campaign)
+        content = {f: campaign[f] for f in CONTENT_FIELDS} | changes
+        if content["channel"] == "email" and content["subject"] is None:
+            raise InvalidInput(
+                "an e-mail campaign needs a subject", {"$.subject": "required for channel email"}
+            )
+        record = await CampaignRepository(conn).update_content(campaign["id"], **content)
     return Campaign(**record)
 
 

@@ -17,16 +17,21 @@ from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_403_FORBIDDEN,
     HTTP_404_NOT_FOUND,
+    HTTP_409_CONFLICT,
     HTTP_412_PRECONDITION_FAILED,
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
 )
 
 from app.errors import (
     BadState,
     ForbiddenBrand,
+    IdempotencyKeyReused,
+    InvalidCursor,
     InvalidInput,
     NotFound,
+    RequestInProgress,
     ServiceError,
     UnsupportedMediaType,
 )
@@ -40,6 +45,9 @@ STATUS_OF: dict[type[ServiceError], int] = {
     NotFound: HTTP_404_NOT_FOUND,
     BadState: HTTP_412_PRECONDITION_FAILED,
     UnsupportedMediaType: HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    InvalidCursor: HTTP_400_BAD_REQUEST,
+    IdempotencyKeyReused: HTTP_422_UNPROCESSABLE_ENTITY,
+    RequestInProgress: HTTP_409_CONFLICT,
 }
 
 # Stable codes for the framework's own errors, by status.
@@ -73,7 +81,12 @@ def error_response(
 
 
 def handle_service_error(_: Request[Any, Any, Any], exc: ServiceError) -> Response[Error]:
-    return error_response(STATUS_OF.get(type(exc), 400), exc.code, exc.message, exc.details)
+    headers = None
+    if isinstance(exc, RequestInProgress):
+        headers = {"Retry-After": str(exc.retry_after)}
+    return error_response(
+        STATUS_OF.get(type(exc), 400), exc.code, exc.message, exc.details, headers
+    )
 
 
 def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Error]:
@@ -92,6 +105,12 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
         message = exc.detail
     elif isinstance(exc, ValidationException):
         return _validation_response(exc)
+    elif status == 400:
+        # Litestar's other 400: a body it could not decode (malformed JSON), named like
+        # publish names it (app/body.py).
+        return error_response(
+            400, "validation_error", "the request body is not valid JSON", {"$": exc.detail}
+        )
     elif status in (404, 405):
         message = f"{exc.detail}: {request.method} {request.url.path}"
     else:
@@ -103,13 +122,25 @@ def _validation_response(exc: ValidationException) -> Response[Error]:
     details: dict[str, str] = {}
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict) and "message" in item:
-            key = str(item.get("key") or "$")
-            path = key if key.startswith("$") else f"$.{key}"
-            details[path] = str(item["message"])
+            message = str(item["message"])
+            if item.get("key") == "data" and message == "'data'":
+                message = "a JSON body is required"  # Litestar's words for an empty body
+            details[_where(item)] = message
     if not details:
         # Malformed JSON and the like: Litestar's detail names the problem.
         details = {"$": exc.detail}
     return error_response(400, "validation_error", "the request is not valid", details)
+
+
+def _where(item: dict[str, Any]) -> str:
+    """A JSON path in the body ("$.name"), or the parameter ("query.limit")."""
+    key, source = str(item.get("key") or ""), item.get("source")
+    source = getattr(source, "value", source)  # Litestar's ParamType, or a plain string
+    if source in ("query", "path", "header", "cookie"):
+        return f"{source}.{key}"
+    if key in ("", "data"):  # the body as a whole
+        return "$"
+    return key if key.startswith("$") else f"$.{key}"
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Error]:

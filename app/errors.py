@@ -33,3 +33,25 @@ class BadState(ServiceError):
 
 class UnsupportedMediaType(ServiceError):
     code = "unsupported_media_type"
+
+
+class InvalidCursor(ServiceError):
+    """A pagination cursor that this service did not issue for this very listing."""
+
+    code = "invalid_cursor"
+
+
+class IdempotencyKeyReused(ServiceError):
+    """An Idempotency-Key already used for a request with a different body."""
+
+    code = "idempotency_key_reused"
+
+
+class RequestInProgress(ServiceError):
+    """The first request with this Idempotency-Key has not finished yet."""
+
+    code = "idempotency_request_in_progress"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, {"retry_after": retry_after})
+        self.retry_after = retry_after

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 from procrastinate.types import JSONValue
@@ -11,6 +11,7 @@ from procrastinate.types import JSONValue
 from app.auth import AccessToken
 from app.campaigns import parse_id, visible_campaign
 from app.errors import BadState, InvalidInput
+from app.idempotency import IdempotencyKey, claim_key
 from app.recipients import normalise_all, skip_reasons
 from app.schemas import Recipient, Run
 from db.runs import DeliveryRow, RunRepository
@@ -26,7 +27,10 @@ async def publish_campaign(
     *,
     max_recipients: int,
     batch_size: int,
+    idempotency_key: IdempotencyKey | None = None,
 ) -> Run:
+    """The new run; or, for a repeat of `idempotency_key` with the same body, the
+    original run (nothing is created)."""
     if not 1 <= len(recipients) <= max_recipients:
         raise InvalidInput(
             f"recipients must have 1 to {max_recipients} entries",
@@ -35,6 +39,13 @@ async def publish_campaign(
     parse_id(campaign_id, "campaign")
     async with conn.transaction():
         campaign = await visible_campaign(conn, campaign_id, caller, lock="share")
+        run_id = None
+        if idempotency_key is not None:
+            # Before the status check: a repeat returns its run even if the campaign
+            # was archived since.
+            run_id = uuid4()
+            if (original := await claim_key(conn, campaign, idempotency_key, run_id)) is not None:
+                return original
         if campaign["status"] != "active":
             raise BadState(
                 f"campaign is {campaign['status']}; only an active campaign can be published",
@@ -53,6 +64,7 @@ async def publish_campaign(
             total_recipients=len(recipients),
             skipped_count=len(skips),
             created_by=caller.sub,
+            run_id=run_id,
         )
         await runs.copy_deliveries(_delivery_rows(run["id"], recipients, skips))
         await defer_deliveries(conn, str(run["id"]), len(recipients), batch_size)

@@ -18,6 +18,7 @@ _VALIDATORS: dict[str, Callable[[str], re.Match[str] | None]] = {
     "sms": _E164.fullmatch,
 }
 MAX_EMAIL_LENGTH = 254
+_MAX_LENGTH = {"email": MAX_EMAIL_LENGTH, "sms": 16}
 
 DUPLICATE = "duplicate"
 INVALID = "invalid_recipient"
@@ -32,6 +33,14 @@ class HasAddress(Protocol):
 def normalise(channel: str, address: str) -> str:
     """The form addresses are compared in: e-mail case-insensitively, phone numbers as is."""
     return address.lower() if channel == "email" else address
+
+
+def channel_of(address: str) -> str | None:
+    """The channel whose address `address` is ("email" or "sms"), or None if neither."""
+    for channel, is_valid in _VALIDATORS.items():
+        if len(address) <= _MAX_LENGTH[channel] and is_valid(address) is not None:
+            return channel
+    return None
 
 
 def normalise_all(channel: str, recipients: Sequence[HasAddress]) -> list[str]:
@@ -51,7 +60,7 @@ def skip_reasons(channel: str, keys: list[str], suppressed: set[str]) -> dict[in
     # checked once per key; the common case (all valid, none repeated, none suppressed)
     # then costs a few passes in C instead of a Python loop over every recipient.
     is_valid = _VALIDATORS[channel]
-    too_long = MAX_EMAIL_LENGTH if channel == "email" else 16
+    too_long = _MAX_LENGTH[channel]
     unique = set(keys)
     invalid = {key for key in unique if len(key) > too_long or is_valid(key) is None}
     hit = suppressed & unique

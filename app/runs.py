@@ -1,13 +1,17 @@
-"""Business rules of runs: reading one, cancelling one."""
+"""Business rules of runs: reading them and their deliveries, cancelling one."""
 
 from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
 
 import asyncpg
 
 from app.auth import AccessToken
 from app.campaigns import parse_id, visible_campaign
 from app.errors import BadState, NotFound
-from app.schemas import Run
+from app.pagination import decode_cursor, split_page
+from app.schemas import Delivery, DeliveryPage, Run, RunPage
 from db.deliveries import DeliveryRepository
 from db.runs import RunRepository
 
@@ -17,6 +21,7 @@ ENDED = ("completed", "cancelled")
 async def visible_run(
     conn: asyncpg.Connection, campaign_id: str, run_id: str, caller: AccessToken
 ) -> asyncpg.Record:
+    """The run, if it is one of a campaign the caller may see; otherwise NotFound."""
     campaign = await visible_campaign(conn, campaign_id, caller)
     record = await RunRepository(conn).get(campaign["id"], parse_id(run_id, "run"))
     if record is None:
@@ -43,3 +48,59 @@ async def cancel_run(
             )
         skipped = await DeliveryRepository(conn).skip_pending(run["id"], "cancelled")
         return Run(**await runs.cancel(run["id"], skipped))
+
+
+async def list_runs(
+    conn: asyncpg.Connection,
+    campaign_id: str,
+    caller: AccessToken,
+    *,
+    limit: int,
+    cursor: str | None,
+    cursor_key: bytes,
+) -> RunPage:
+    """The campaign's runs, newest first."""
+    campaign = await visible_campaign(conn, campaign_id, caller)
+    listing = ("runs", str(campaign["id"]))
+    after = decode_cursor(cursor_key, listing, cursor, tuple[datetime, UUID]) if cursor else None
+    rows = await RunRepository(conn).page(campaign["id"], after=after, limit=limit + 1)
+    page, next_cursor = split_page(
+        rows, limit, cursor_key, listing, lambda row: (row["created_at"], row["id"])
+    )
+    return RunPage(items=[Run(**row) for row in page], next_cursor=next_cursor)
+
+
+async def list_deliveries(
+    conn: asyncpg.Connection,
+    campaign_id: str,
+    run_id: str,
+    caller: AccessToken,
+    *,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+    cursor_key: bytes,
+) -> DeliveryPage:
+    """The run's deliveries in the order of the publish request (position)."""
+    run = await visible_run(conn, campaign_id, run_id, caller)
+    listing = ("deliveries", str(run["id"]), status)
+    after = decode_cursor(cursor_key, listing, cursor, tuple[int])[0] if cursor else -1
+    rows = await RunRepository(conn).page_deliveries(
+        run["id"], status=status, after=after, limit=limit + 1
+    )
+    page, next_cursor = split_page(rows, limit, cursor_key, listing, lambda row: (row["position"],))
+    return DeliveryPage(items=[_delivery(row) for row in page], next_cursor=next_cursor)
+
+
+def _delivery(row: asyncpg.Record) -> Delivery:
+    return Delivery(
+        id=f"{row['run_id']}:{row['position']}",
+        person_id=row["person_id"],
+        recipient=row["recipient"],
+        status=row["status"],
+        reason=row["reason"],
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        provider_message_id=row["provider_message_id"],
+        sent_at=row["sent_at"],
+    )

@@ -7,11 +7,13 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 Channel = Literal["email", "sms"]
 CampaignStatus = Literal["draft", "active", "archived"]
 RunStatus = Literal["queued", "running", "completed", "cancelled"]
+DeliveryStatus = Literal["pending", "sent", "failed", "skipped"]
+SuppressionReason = Literal["unsubscribed", "bounced", "complained", "manual"]
 
 PersonId = Annotated[str, Meta(min_length=1, max_length=256)]
 Address = Annotated[str, Meta(min_length=1, max_length=320)]
@@ -50,6 +52,17 @@ class CampaignCreate(msgspec.Struct):
     sender: Address | None = None
 
 
+class CampaignUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """PATCH of a draft, merge-patch style: an absent field stays as it is, `null`
+    clears `sender` or `subject`. Brand and status are not content: naming them is a 400."""
+
+    name: Name | UnsetType = UNSET
+    channel: Channel | UnsetType = UNSET
+    body: MessageBody | UnsetType = UNSET
+    subject: Subject | UnsetType | None = UNSET
+    sender: Address | UnsetType | None = UNSET
+
+
 class Campaign(msgspec.Struct):
     id: UUID
     brand_id: str
@@ -77,6 +90,53 @@ class Run(msgspec.Struct):
     completed_at: datetime | None
     created_by: str
     created_at: datetime
+
+
+class CampaignPage(msgspec.Struct):
+    items: list[Campaign]
+    next_cursor: str | None
+    """Pass as `cursor` for the next page; null on the last page."""
+
+
+class RunPage(msgspec.Struct):
+    items: list[Run]
+    next_cursor: str | None
+
+
+class Delivery(msgspec.Struct):
+    id: str
+    """`{run_id}:{position}`: the delivery_id that providers receive."""
+    person_id: str
+    recipient: str
+    status: DeliveryStatus
+    reason: str | None
+    """Why it was skipped or failed: duplicate, invalid_recipient, suppressed, cancelled, ..."""
+    attempts: int
+    last_error: str | None
+    provider_message_id: str | None
+    sent_at: datetime | None
+
+
+class DeliveryPage(msgspec.Struct):
+    items: list[Delivery]
+    next_cursor: str | None
+
+
+class SuppressionPut(msgspec.Struct, forbid_unknown_fields=True):
+    reason: SuppressionReason
+
+
+class Suppression(msgspec.Struct):
+    brand_id: str
+    recipient: str
+    """The address as compared at publish: e-mail addresses lower-cased."""
+    reason: SuppressionReason
+    created_at: datetime
+
+
+class SuppressionPage(msgspec.Struct):
+    items: list[Suppression]
+    next_cursor: str | None
 
 
 class Health(msgspec.Struct):

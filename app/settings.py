@@ -31,6 +31,10 @@ class Settings:
     """When set, tokens must carry this `iss`."""
     jwt_audience: str | None = None
     """When set, tokens must carry this `aud`."""
+    cursor_secret: str | None = None
+    """HMAC key of pagination cursors. Default: derived from the JWT key, so that every
+    web process of a deployment accepts the others' cursors. Set it when tokens are
+    verified with JWT_PUBLIC_KEY (a public key is no secret)."""
     dev_mode: bool = False
     """MESSAGING_DEV_MODE=1: allows starting without a JWT key (a fixed, public dev secret)."""
     email_provider: Provider = "log"
@@ -91,6 +95,7 @@ class Settings:
                 jwt_public_key=env.get("JWT_PUBLIC_KEY") or None,
                 jwt_issuer=env.get("JWT_ISSUER") or None,
                 jwt_audience=env.get("JWT_AUDIENCE") or None,
+                cursor_secret=env.get("CURSOR_SECRET") or None,
                 dev_mode=env.get("MESSAGING_DEV_MODE", "") in {"1", "true", "yes"},
                 email_provider=_choice(env, "EMAIL_PROVIDER", ("log", "smtp", "webhook")),
                 sms_provider=_choice(env, "SMS_PROVIDER", ("log", "webhook")),

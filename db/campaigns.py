@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
 import asyncpg
+
+from db.params import Params
 
 COLUMNS = (
     "id, brand_id, name, channel, status, sender, subject, body, created_by, created_at, updated_at"
@@ -66,3 +69,64 @@ class CampaignRepository:
             status,
         )
         return record
+
+    async def update_content(
+        self,
+        campaign_id: UUID,
+        *,
+        name: str,
+        channel: str,
+        sender: str | None,
+        subject: str | None,
+        body: str,
+    ) -> asyncpg.Record:
+        record: asyncpg.Record = await self.conn.fetchrow(
+            f"""
+            UPDATE campaigns
+            SET name = $2, channel = $3, sender = $4, subject = $5, body = $6, updated_at = now()
+            WHERE id = $1
+            RETURNING {COLUMNS}
+            """,
+            campaign_id,
+            name,
+            channel,
+            sender,
+            subject,
+            body,
+        )
+        return record
+
+    async def page(
+        self,
+        *,
+        brands: list[str] | None,
+        status: str | None,
+        after: tuple[datetime, UUID] | None,
+        limit: int,
+    ) -> list[asyncpg.Record]:
+        """Up to `limit` campaigns newest first, after the (created_at, id) `after`.
+
+        `brands` None is every brand. Each filter picks its own statement (from fixed
+        fragments, values always as parameters) so that every shape gets a plan that
+        uses its index instead of one generic plan full of `$n IS NULL OR ...`.
+        """
+        p = Params()
+        conditions: list[str] = []
+        if brands is not None and len(brands) == 1:
+            conditions.append(f"brand_id = {p(brands[0])}")
+        elif brands is not None:
+            conditions.append(f"brand_id = ANY({p(brands)}::text[])")
+        if status is not None:
+            conditions.append(f"status = {p(status)}")
+        if after is not None:
+            conditions.append(f"(created_at, id) < ({p(after[0])}, {p(after[1])})")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows: list[asyncpg.Record] = await self.conn.fetch(
+            f"""
+            SELECT {COLUMNS} FROM campaigns {where}
+            ORDER BY created_at DESC, id DESC
+            LIMIT {p(limit)}
+            """,
+            *p.values,
+        )
+        return rows

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 
+from db.params import Params
+
 COLUMNS = (
     "id, campaign_id, brand_id, status, total_recipients, sent_count, failed_count, "
     "skipped_count, started_at, completed_at, created_by, created_at"
+)
+DELIVERY_COLUMNS = (
+    "run_id, position, person_id, recipient, status, reason, attempts, last_error, "
+    "provider_message_id, sent_at"
 )
 DELIVERY_COPY_COLUMNS = ("run_id", "position", "person_id", "recipient", "status", "reason")
 
@@ -36,11 +43,14 @@ class RunRepository:
         total_recipients: int,
         skipped_count: int,
         created_by: str,
+        run_id: UUID | None = None,
     ) -> asyncpg.Record:
+        """The new run; its id is `run_id` if given (an idempotency key already names it)."""
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
-            INSERT INTO runs (campaign_id, brand_id, total_recipients, skipped_count, created_by)
-            VALUES ($1, $2, $3, $4, $5)
+            INSERT INTO runs
+                (id, campaign_id, brand_id, total_recipients, skipped_count, created_by)
+            VALUES (COALESCE($6, gen_random_uuid()), $1, $2, $3, $4, $5)
             RETURNING {COLUMNS}
             """,
             campaign_id,
@@ -48,6 +58,7 @@ class RunRepository:
             total_recipients,
             skipped_count,
             created_by,
+            run_id,
         )
         return record
 
@@ -60,6 +71,53 @@ class RunRepository:
     async def status_of(self, run_id: UUID) -> str:
         status: str = await self.conn.fetchval("SELECT status FROM runs WHERE id = $1", run_id)
         return status
+
+    async def page(
+        self, campaign_id: UUID, *, after: tuple[datetime, UUID] | None, limit: int
+    ) -> list[asyncpg.Record]:
+        """Up to `limit` runs of the campaign, newest first, after (created_at, id) `after`."""
+        if after is None:
+            rows: list[asyncpg.Record] = await self.conn.fetch(
+                f"""
+                SELECT {COLUMNS} FROM runs WHERE campaign_id = $1
+                ORDER BY created_at DESC, id DESC LIMIT $2
+                """,
+                campaign_id,
+                limit,
+            )
+        else:
+            rows = await self.conn.fetch(
+                f"""
+                SELECT {COLUMNS} FROM runs
+                WHERE campaign_id = $1 AND (created_at, id) < ($2, $3)
+                ORDER BY created_at DESC, id DESC LIMIT $4
+                """,
+                campaign_id,
+                *after,
+                limit,
+            )
+        return rows
+
+    async def page_deliveries(
+        self, run_id: UUID, *, status: str | None, after: int, limit: int
+    ) -> list[asyncpg.Record]:
+        """Up to `limit` deliveries of the run after position `after`, in position order.
+
+        The primary key (run_id, position) serves both shapes; the status filter is
+        checked on the run's rows as the walk goes, so a page of a rare status may
+        read more of the run than it returns (never more than the run).
+        """
+        p = Params()
+        status_filter = f"AND status = {p(status)}" if status is not None else ""
+        rows: list[asyncpg.Record] = await self.conn.fetch(
+            f"""
+            SELECT {DELIVERY_COLUMNS} FROM deliveries
+            WHERE run_id = {p(run_id)} AND position > {p(after)} {status_filter}
+            ORDER BY position LIMIT {p(limit)}
+            """,
+            *p.values,
+        )
+        return rows
 
     async def copy_deliveries(self, rows: Iterable[DeliveryRow]) -> None:
         """Bulk-write deliveries with COPY (binary): the one write that scales with the list."""

@@ -1,4 +1,6 @@
-"""The procrastinate app: web defers through it, workers run its tasks."""
+"""The procrastinate app. Workers open it on their pool and run its tasks; web never opens
+it: publish defers on its own transaction's connection (`configure(connection=conn)`),
+which needs no pool of the app's."""
 
 from procrastinate import App
 
@@ -6,18 +8,10 @@ from app.settings import get_settings
 from jobs.asyncpg_connector import AsyncpgConnector
 
 DELIVERY_QUEUE = "deliveries"
+MAINTENANCE_QUEUE = "maintenance"
+"""Housekeeping (periodic purges), apart from deliveries in the queue views."""
 
 app = App(
     connector=AsyncpgConnector(get_settings().database_url),
     import_paths=["jobs.tasks"],
 )
-
-
-def app_on(connector: AsyncpgConnector) -> App:
-    """The same tasks on another connector: a worker's own, so that a worker and a web app
-    in one process (tests) never share a pool across event loops. Inside a task, defer
-    through `context.app`: a task object stays bound to the module's `app`."""
-    worker_app = App(connector=connector, import_paths=app.import_paths)
-    worker_app.tasks = app.tasks
-    worker_app.periodic_registry = app.periodic_registry
-    return worker_app

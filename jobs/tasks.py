@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import cast
 from uuid import UUID
 
 from procrastinate import JobContext, RetryStrategy
 
-from jobs.app import DELIVERY_QUEUE, app
+from db.idempotency import IdempotencyKeyRepository
+from jobs.app import DELIVERY_QUEUE, MAINTENANCE_QUEUE, app
+from jobs.asyncpg_connector import AsyncpgConnector
 from jobs.delivery import deliver_chunk
 from jobs.resources import WorkerResources
 
@@ -32,7 +35,7 @@ async def deliver_batch(context: JobContext, run_id: str, first: int, last: int)
         # Transient failures are tried again by a follow-up job, so that the rest of the
         # chunk (and the worker) never waits out a backoff.
         retry_at = datetime.now(UTC) + timedelta(seconds=report.retry_in)
-        await context.app.configure_task(deliver_batch.name, schedule_at=retry_at).defer_async(
+        await deliver_batch.configure(schedule_at=retry_at).defer_async(
             run_id=run_id, first=first, last=last
         )
     logger.info(
@@ -47,3 +50,14 @@ async def deliver_batch(context: JobContext, run_id: str, first: int, last: int)
             "retry_in_seconds": report.retry_in,
         },
     )
+
+
+# Keys hold 24 h; purging every 10 minutes keeps at most that much extra in the table.
+# procrastinate defers each tick once however many workers run.
+@app.periodic(cron="*/10 * * * *")
+@app.task(name="purge_idempotency_keys", queue=MAINTENANCE_QUEUE)
+async def purge_idempotency_keys(timestamp: int) -> int:
+    """Delete the expired Idempotency-Keys of publish; returns how many."""
+    pool = cast(AsyncpgConnector, app.connector).pool
+    async with pool.acquire() as conn:
+        return await IdempotencyKeyRepository(conn).purge_expired()

@@ -1,4 +1,5 @@
-"""The worker process (`python -m jobs.worker`): delivers until SIGTERM.
+"""The worker process (`python -m jobs.worker`): delivers, and runs the periodic
+housekeeping, until SIGTERM.
 
 The first SIGTERM (or SIGINT) lets the windows in flight finish and commit, then hands the
 jobs back to the queue and exits; a second one rolls the windows in flight back at once.
@@ -18,8 +19,7 @@ from procrastinate.worker import Worker
 from app.logs import configure_logging
 from app.settings import Settings, get_settings
 from db.pool import create_pool
-from jobs.app import DELIVERY_QUEUE, app_on
-from jobs.asyncpg_connector import AsyncpgConnector
+from jobs.app import DELIVERY_QUEUE, MAINTENANCE_QUEUE, app
 from jobs.providers import build_providers, close_providers
 from jobs.resources import DeliveryConfig, WorkerResources
 
@@ -78,15 +78,14 @@ async def run_worker(settings: Settings, *, wait: bool = True, handle_signals: b
         stopping=asyncio.Event(),
         aborting=asyncio.Event(),
     )
-    worker_app = app_on(AsyncpgConnector(settings.database_url))
-    await worker_app.open_async(pool)
-    recovery = asyncio.create_task(_requeue_forever(worker_app, settings.stalled_job_seconds))
+    await app.open_async(pool)
+    recovery = asyncio.create_task(_requeue_forever(app, settings.stalled_job_seconds))
     loop = asyncio.get_running_loop()
     try:
-        worker_app.perform_import_paths()
+        app.perform_import_paths()
         worker = Worker(
-            app=worker_app,
-            queues=[DELIVERY_QUEUE],
+            app=app,
+            queues=[DELIVERY_QUEUE, MAINTENANCE_QUEUE],
             concurrency=settings.worker_jobs,
             additional_context={"resources": resources},
             wait=wait,
@@ -103,7 +102,7 @@ async def run_worker(settings: Settings, *, wait: bool = True, handle_signals: b
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
         recovery.cancel()
-        await worker_app.close_async()
+        await app.close_async()
         await close_providers(providers)
         await pool.close()
 

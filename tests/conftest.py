@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
 import asyncpg
 import pytest
+import uvicorn
 from alembic.config import Config
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -86,3 +90,29 @@ def app(settings: Settings) -> Litestar:
 async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
     async with AsyncTestClient(app=app) as client:
         yield client
+
+
+@pytest.fixture
+def live_server(settings: Settings) -> Iterator[str]:
+    """The app behind a real uvicorn server on a free localhost port, in a thread with
+    its own event loop: requests to it run truly concurrently, on separate connections
+    of a pool big enough for all of them."""
+    app = create_app(replace(settings, db_pool_max_size=40))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # ws="none": the websocket implementations warn on import, and warnings are errors.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", ws="none", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

@@ -43,3 +43,19 @@ async def publish(
     return await client.post(
         f"{CAMPAIGNS}/{campaign_id}/publish", json=body, headers=bearer(brands=[brand], **token)
     )
+
+
+async def walk(client: Any, url: str, headers: dict[str, str], **params: Any) -> list[Any]:
+    """Every item of a paginated listing, following next_cursor page by page."""
+    items: list[Any] = []
+    cursor = None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        response = await client.get(url, params=query, headers=headers)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert set(page) == {"items", "next_cursor"}
+        items.extend(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items

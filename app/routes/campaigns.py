@@ -5,17 +5,39 @@ from __future__ import annotations
 from typing import Annotated
 
 import asyncpg
-from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import State
+from litestar import Controller, Request, Response, get, patch, post
+from litestar.datastructures import ResponseHeader, State
 from litestar.di import NamedDependency
-from litestar.params import Body, FromPath, SkipValidation
+from litestar.params import Body, FromPath, FromQuery, SkipValidation
 
-from app.auth import PUBLISH, READ, WRITE, AccessToken, requires
-from app.body import decode_body
-from app.campaigns import change_status, create_campaign, visible_campaign
+from app.auth import PUBLISH, READ, WRITE, AccessToken
+from app.body import MsgspecJSON
+from app.campaigns import (
+    change_status,
+    create_campaign,
+    list_campaigns,
+    update_campaign,
+    visible_campaign,
+)
+from app.idempotency import idempotency_key
+from app.openapi import access
+from app.pagination import DEFAULT_LIMIT
 from app.publishing import publish_campaign
-from app.runs import cancel_run, visible_run
-from app.schemas import Campaign, CampaignCreate, PublishRequest, Run
+from app.routes.params import Cursor, IdempotencyKeyHeader, Limit
+from app.runs import cancel_run, list_deliveries, list_runs, visible_run
+from app.schemas import (
+    BrandId,
+    Campaign,
+    CampaignCreate,
+    CampaignPage,
+    CampaignStatus,
+    CampaignUpdate,
+    DeliveryPage,
+    DeliveryStatus,
+    PublishRequest,
+    Run,
+    RunPage,
+)
 
 # The one injected dependency. The caller is `request.auth` and the settings live on
 # `state`: a second dependency would make Litestar resolve them in an anyio task group,
@@ -28,60 +50,152 @@ class CampaignController(Controller):
     path = "/v1/messaging/campaigns"
     tags = ["campaigns"]  # noqa: RUF012 - Litestar declares it as a list
 
-    @post(guards=[requires(WRITE)], status_code=201)
+    @post(status_code=201, **access(WRITE, 400, 413))
     async def create(
         self, request: AuthRequest, conn: Conn, data: Annotated[CampaignCreate, Body()]
     ) -> Campaign:
+        """Create a draft campaign."""
         return await create_campaign(conn, data, request.auth)
 
-    @get("/{campaign_id:str}", guards=[requires(READ)])
+    @get(**access(READ, 400))
+    async def index(
+        self,
+        request: AuthRequest,
+        conn: Conn,
+        state: State,
+        brand_id: FromQuery[BrandId | None] = None,
+        status: FromQuery[CampaignStatus | None] = None,
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+    ) -> CampaignPage:
+        """The campaigns of the token's brands (or of `brand_id`), newest first."""
+        return await list_campaigns(
+            conn,
+            request.auth,
+            brand_id=brand_id,
+            status=status,
+            limit=limit,
+            cursor=cursor,
+            cursor_key=state.cursor_key,
+        )
+
+    @get("/{campaign_id:str}", **access(READ, 404))
     async def read(self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str]) -> Campaign:
         return Campaign(**await visible_campaign(conn, campaign_id, request.auth))
 
-    @post("/{campaign_id:str}/activate", guards=[requires(WRITE)], status_code=200)
+    @patch("/{campaign_id:str}", **access(WRITE, 400, 404, 412, 413))
+    async def update(
+        self,
+        request: AuthRequest,
+        conn: Conn,
+        campaign_id: FromPath[str],
+        data: Annotated[CampaignUpdate, Body()],
+    ) -> Campaign:
+        """Change the content of a draft: absent fields stay, `null` clears `sender` or
+        `subject`. 412 once the campaign is active or archived."""
+        return await update_campaign(conn, campaign_id, data, request.auth)
+
+    @post("/{campaign_id:str}/activate", status_code=200, **access(WRITE, 400, 404, 412))
     async def activate(
         self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str]
     ) -> Campaign:
+        """`draft` -> `active`; the content must be complete (400 if not)."""
         return await change_status(conn, campaign_id, request.auth, to="active", allowed=["draft"])
 
-    @post("/{campaign_id:str}/archive", guards=[requires(WRITE)], status_code=200)
+    @post("/{campaign_id:str}/archive", status_code=200, **access(WRITE, 404, 412))
     async def archive(
         self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str]
     ) -> Campaign:
+        """`draft` or `active` -> `archived`; queued and running runs go on."""
         return await change_status(
             conn, campaign_id, request.auth, to="archived", allowed=["draft", "active"]
         )
 
-    @post("/{campaign_id:str}/publish", guards=[requires(PUBLISH)], status_code=202)
+    @post(
+        "/{campaign_id:str}/publish",
+        status_code=202,
+        dto=MsgspecJSON[PublishRequest],
+        return_dto=None,
+        response_headers=[
+            ResponseHeader(name="Location", documentation_only=True, description="URL of the run.")
+        ],
+        **access(PUBLISH, 400, 404, 409, 412, 413, 415, 422),
+    )
     async def publish(
         self,
         request: AuthRequest,
         conn: Conn,
         state: State,
         campaign_id: FromPath[str],
+        data: Annotated[PublishRequest, Body()],
+        idempotency_key_header: IdempotencyKeyHeader = None,
     ) -> Response[Run]:
-        body = await decode_body(request, PublishRequest)
+        """Queue a run of an active campaign to the recipients: the run, one delivery
+        per recipient and the jobs that deliver them commit in one transaction."""
         run = await publish_campaign(
             conn,
             campaign_id,
-            body.recipients,
+            data.recipients,
             request.auth,
             max_recipients=state.settings.publish_max_recipients,
             batch_size=state.settings.delivery_batch_size,
+            idempotency_key=idempotency_key(idempotency_key_header, data),
         )
         location = f"{self.path}/{run.campaign_id}/runs/{run.id}"
         return Response(run, status_code=202, headers={"Location": location})
 
-    @get("/{campaign_id:str}/runs/{run_id:str}", guards=[requires(READ)])
+    @get("/{campaign_id:str}/runs", **access(READ, 400, 404))
+    async def runs(
+        self,
+        request: AuthRequest,
+        conn: Conn,
+        state: State,
+        campaign_id: FromPath[str],
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+    ) -> RunPage:
+        """The campaign's runs, newest first."""
+        return await list_runs(
+            conn, campaign_id, request.auth, limit=limit, cursor=cursor, cursor_key=state.cursor_key
+        )
+
+    @get("/{campaign_id:str}/runs/{run_id:str}", **access(READ, 404))
     async def read_run(
         self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str], run_id: FromPath[str]
     ) -> Run:
+        """The run, with live counters."""
         return Run(**await visible_run(conn, campaign_id, run_id, request.auth))
 
     @post(
-        "/{campaign_id:str}/runs/{run_id:str}/cancel", guards=[requires(PUBLISH)], status_code=200
+        "/{campaign_id:str}/runs/{run_id:str}/cancel", status_code=200, **access(PUBLISH, 404, 412)
     )
-    async def cancel_run(
+    async def cancel(
         self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str], run_id: FromPath[str]
     ) -> Run:
+        """Pending deliveries become `skipped` (reason `cancelled`); sends in flight finish
+        first, and none follows. 412 if the run already ended."""
         return await cancel_run(conn, campaign_id, run_id, request.auth)
+
+    @get("/{campaign_id:str}/runs/{run_id:str}/deliveries", **access(READ, 400, 404))
+    async def deliveries(
+        self,
+        request: AuthRequest,
+        conn: Conn,
+        state: State,
+        campaign_id: FromPath[str],
+        run_id: FromPath[str],
+        status: FromQuery[DeliveryStatus | None] = None,
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+    ) -> DeliveryPage:
+        """The fate of each recipient of the run, in the order of the publish request."""
+        return await list_deliveries(
+            conn,
+            campaign_id,
+            run_id,
+            request.auth,
+            status=status,
+            limit=limit,
+            cursor=cursor,
+            cursor_key=state.cursor_key,
+        )

@@ -7,22 +7,32 @@ from litestar import Response, get
 from litestar.datastructures import State
 
 from app.error_handlers import error_response
+from app.openapi import error_responses
 from app.schemas import Error, Health
 
+PUBLIC: list[dict[str, list[str]]] = [{}]  # OpenAPI: no token needed
 
-@get("/healthz", tags=["health"])
+
+@get("/healthz", tags=["health"], security=PUBLIC)
 async def healthz() -> Health:
     """The process is up."""
     return Health(status="ok")
 
 
-@get("/readyz", tags=["health"])
+@get("/readyz", tags=["health"], security=PUBLIC, responses=error_responses(503))
 async def readyz(state: State) -> Response[Health] | Response[Error]:
     """The process can reach the database."""
     pool: asyncpg.Pool = state.pool
     try:
         async with pool.acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1", timeout=2)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        # What asyncpg raises on a pooled connection the server has just cut.
+        asyncpg.InternalClientError,
+    ) as exc:
         return error_response(503, "unavailable", f"database unreachable: {type(exc).__name__}")
     return Response(Health(status="ready"))

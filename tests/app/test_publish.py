@@ -325,3 +325,17 @@ async def test_caller_request_id_is_echoed(client):
         f"{CAMPAIGNS}/{uuid.uuid4()}", headers={**bearer(), "X-Request-ID": "req-42"}
     )
     assert response.headers["x-request-id"] == "req-42"
+
+
+async def test_empty_body_is_400(client, db):
+    campaign = await create_campaign(client)
+
+    response = await client.post(
+        f"{CAMPAIGNS}/{campaign['id']}/publish",
+        content=b"",
+        headers={**bearer(), "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 400
+    assert response.json()["details"] == {"$": "a JSON body is required"}
+    assert await count(db, "runs") == 0

@@ -6,13 +6,14 @@ import asyncpg
 import pytest
 
 from alembic import command
-from tests.conftest import _janitor, alembic_config, url_of
+from tests.conftest import PREFIX, _janitor, alembic_config, url_of
 
 TABLES = {
     "campaigns",
     "runs",
     "deliveries",
     "suppressions",
+    "idempotency_keys",
     "procrastinate_jobs",
     "procrastinate_events",
     "procrastinate_workers",
@@ -22,7 +23,7 @@ TABLES = {
 
 @pytest.fixture
 def empty_database():
-    name = "messaging_migrations_test"
+    name = f"{PREFIX}_migrations"  # per test process, like every test database
     with _janitor(name):
         yield url_of(name)
 
@@ -57,4 +58,15 @@ async def test_upgrade_downgrade_upgrade(empty_database):
     assert await objects(empty_database) == (set(), 0, 0)
 
     command.upgrade(config, "head")
+    assert (await objects(empty_database))[0] == TABLES
+
+
+async def test_0003_downgrades_to_0002_and_back(empty_database):
+    config = alembic_config(empty_database)
+    command.upgrade(config, "head")
+
+    command.downgrade(config, "0002")
+    assert (await objects(empty_database))[0] == TABLES - {"idempotency_keys"}
+
+    command.upgrade(config, "0003")
     assert (await objects(empty_database))[0] == TABLES

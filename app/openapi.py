@@ -1,0 +1,124 @@
+"""What the OpenAPI document says about access and errors, declared once per route.
+
+Litestar derives paths, parameters, bodies and success responses from the handlers.
+`access()` adds the rest: the guard of the scope a route needs and that scope in the
+document, and every error status the route can answer, each with the `Error` body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example, OpenAPIHeader, Operation, Reference, Schema
+from litestar.openapi.spec.enums import OpenAPIType
+from litestar.types import Guard
+
+from app.auth import BEARER_SCHEME, requires
+from app.schemas import Error
+
+# status -> (error code, when it happens)
+ERRORS: dict[int, tuple[str, str]] = {
+    400: ("validation_error", "The request is not valid; `details` names each offending part."),
+    401: ("unauthorized", "The bearer token is missing, malformed, expired or wrongly signed."),
+    403: ("forbidden", "The token lacks the scope, or may not act for the brand named."),
+    404: ("not_found", "No such resource among the brands of the token."),
+    409: (
+        "idempotency_request_in_progress",
+        "A request with this Idempotency-Key is still being processed; retry after "
+        "`Retry-After` seconds.",
+    ),
+    412: ("bad_state", "The campaign is not in a state that allows this."),
+    413: ("payload_too_large", "The request body is larger than the service accepts."),
+    415: ("unsupported_media_type", "The body is not JSON."),
+    422: (
+        "idempotency_key_reused",
+        "This Idempotency-Key was already used with a different request body.",
+    ),
+    500: ("internal_error", "The service failed; `details.request_id` identifies the failure."),
+    503: ("unavailable", "The database cannot be reached."),
+}
+
+_ALWAYS = (401, 403, 500)  # every route behind a bearer token
+
+_HEADERS: dict[str, dict[str, OpenAPIHeader]] = {
+    "401": {
+        "WWW-Authenticate": OpenAPIHeader(
+            schema=Schema(type=OpenAPIType.STRING), description="`Bearer`"
+        )
+    },
+    "409": {
+        "Retry-After": OpenAPIHeader(
+            schema=Schema(type=OpenAPIType.INTEGER), description="Seconds to wait."
+        )
+    },
+    "500": {
+        "X-Request-ID": OpenAPIHeader(
+            schema=Schema(type=OpenAPIType.STRING), description="Quote it when reporting."
+        )
+    },
+}
+
+
+class Access(TypedDict):
+    guards: list[Guard]
+    security: list[dict[str, list[str]]]
+    responses: dict[int, ResponseSpec]
+    operation_class: type[Operation]
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """An `Error`-bodied response for each status."""
+    return {
+        status: ResponseSpec(
+            data_container=Error,
+            description=ERRORS[status][1],
+            generate_examples=False,
+            examples=[
+                Example(
+                    summary=ERRORS[status][0],
+                    value={"error": ERRORS[status][0], "message": ERRORS[status][1]},
+                )
+            ],
+        )
+        for status in statuses
+    }
+
+
+def access(scope: str, *statuses: int) -> Access:
+    """Route keyword arguments: `scope` is required (guard and document), and the route
+    can answer the error `statuses` (besides 401, 403 and 500, which every route can)."""
+    return Access(
+        guards=[requires(scope)],
+        security=[{BEARER_SCHEME: [scope]}],
+        responses=error_responses(*sorted({*statuses, *_ALWAYS})),
+        operation_class=DocumentedOperation,
+    )
+
+
+@dataclass
+class DocumentedOperation(Operation):
+    """The parts of an operation that Litestar does not derive from a handler."""
+
+    def __post_init__(self) -> None:
+        scopes = [scope for req in self.security or [] for scope in req.get(BEARER_SCHEME, [])]
+        if scopes:
+            needs = f"Requires a bearer token with the `{'`, `'.join(scopes)}` scope."
+            self.description = f"{self.description}\n\n{needs}" if self.description else needs
+        responses = self.responses or {}
+        for status in list(responses):
+            response = responses[status]
+            if status.startswith(("4", "5")) and not _is_error_body(response):
+                # Litestar's default validation response: our handlers never send its
+                # shape (app/error_handlers.py rewrites it), so it must not be documented.
+                del responses[status]
+            elif status in _HEADERS and not isinstance(response, Reference):
+                response.headers = {**(response.headers or {}), **_HEADERS[status]}
+
+
+def _is_error_body(response: Any) -> bool:
+    """Ours reference the `Error` component (its final name is set after the operations
+    are built); Litestar's defaults inline a schema of their own."""
+    content = getattr(response, "content", None) or {}
+    return bool(content) and all(isinstance(m.schema, Reference) for m in content.values())

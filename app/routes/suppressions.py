@@ -1,0 +1,77 @@
+"""/v1/messaging/brands/{brand_id}/suppressions: addresses a brand never sends to again."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, delete, get, put
+from litestar.datastructures import State
+from litestar.params import Body, FromPath, FromQuery
+
+from app.auth import READ, WRITE
+from app.openapi import access
+from app.pagination import DEFAULT_LIMIT
+from app.routes.campaigns import AuthRequest, Conn
+from app.routes.params import Cursor, Limit
+from app.schemas import Suppression, SuppressionPage, SuppressionPut, SuppressionReason
+from app.suppressions import (
+    delete_suppression,
+    get_suppression,
+    list_suppressions,
+    put_suppression,
+)
+
+
+class SuppressionController(Controller):
+    path = "/v1/messaging/brands/{brand_id:str}/suppressions"
+    tags = ["suppressions"]  # noqa: RUF012 - Litestar declares it as a list
+
+    @get(**access(READ, 400))
+    async def index(
+        self,
+        request: AuthRequest,
+        conn: Conn,
+        state: State,
+        brand_id: FromPath[str],
+        reason: FromQuery[SuppressionReason | None] = None,
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+    ) -> SuppressionPage:
+        """The brand's suppressed addresses, in address order."""
+        return await list_suppressions(
+            conn,
+            brand_id,
+            request.auth,
+            reason=reason,
+            limit=limit,
+            cursor=cursor,
+            cursor_key=state.cursor_key,
+        )
+
+    @get("/{recipient:str}", **access(READ, 400, 404))
+    async def read(
+        self, request: AuthRequest, conn: Conn, brand_id: FromPath[str], recipient: FromPath[str]
+    ) -> Suppression:
+        """Whether, and why, the address is suppressed (404 if it is not)."""
+        return await get_suppression(conn, brand_id, recipient, request.auth)
+
+    @put("/{recipient:str}", **access(WRITE, 400, 413))
+    async def put(
+        self,
+        request: AuthRequest,
+        conn: Conn,
+        brand_id: FromPath[str],
+        recipient: FromPath[str],
+        data: Annotated[SuppressionPut, Body()],
+    ) -> Suppression:
+        """Never send to this address again (for this brand). Idempotent: a repeat, or a
+        new `reason`, answers 200 with the suppression as stored. Publish and the
+        worker compare addresses normalised (e-mail lower-cased); so is the one kept."""
+        return await put_suppression(conn, brand_id, recipient, data.reason, request.auth)
+
+    @delete("/{recipient:str}", status_code=204, **access(WRITE, 400, 404))
+    async def remove(
+        self, request: AuthRequest, conn: Conn, brand_id: FromPath[str], recipient: FromPath[str]
+    ) -> None:
+        """Send to this address again; 404 if it was not suppressed."""
+        await delete_suppression(conn, brand_id, recipient, request.auth)
