@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -14,15 +15,20 @@ from jobs.worker import run_worker
 ENDED = ("completed", "cancelled")
 
 
-async def deliver_until_ended(
-    settings: Settings, db: asyncpg.Connection, run_id: str, timeout: float = 30
-) -> None:
+async def deliver_until_ended(settings: Settings, db: asyncpg.Connection, run_id: str) -> None:
     """Run in-process workers that stop when the queue is empty, until the run ended
-    (follow-up jobs of transient failures become due a little later)."""
-    async with asyncio.timeout(timeout):
+    (follow-up jobs of transient failures become due a little later). 30 s at most."""
+    async with asyncio.timeout(30):
         while await run_status(db, run_id) not in ENDED:
             await run_worker(settings, wait=False, handle_signals=False)
             await asyncio.sleep(0.02)
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    """Wait for something another thread or process does (a test server receiving)."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 - no event crosses from that thread
+            await asyncio.sleep(0.01)
 
 
 async def run_status(db: asyncpg.Connection, run_id: str) -> str:

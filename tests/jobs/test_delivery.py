@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import httpx
 import pytest
 
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients
@@ -14,6 +15,7 @@ from tests.jobs.delivery_helpers import (
     deliveries,
     run_row,
     run_status,
+    until,
 )
 from tests.servers import HttpSink, Reply, SmtpSink
 from tests.tokens import bearer
@@ -199,9 +201,7 @@ async def test_suppression_added_mid_run_stops_the_sends_not_yet_made(
     run = (await publish(client, campaign["id"], {"recipients": recipients(30)})).json()
     slow = replace(webhook_settings, worker_concurrency=2)
     worker = asyncio.create_task(deliver_until_ended(slow, db, run["id"]))
-    async with asyncio.timeout(10):
-        while len(sink.requests) < 4:
-            await asyncio.sleep(0.01)
+    await until(lambda: len(sink.requests) >= 4)
     await db.execute(
         "INSERT INTO suppressions (brand_id, address, reason)"
         " VALUES ('brand-a', 'user29@example.com', 'unsubscribed')"
@@ -215,7 +215,7 @@ async def test_suppression_added_mid_run_stops_the_sends_not_yet_made(
 
 
 async def test_cancel_mid_run_stops_every_send_after_it_committed(
-    client, db, webhook_settings, sink
+    client, live_server, db, webhook_settings, sink
 ):
     campaign = await create_campaign(client)
     sink.default = Reply(delay=0.05)
@@ -223,13 +223,12 @@ async def test_cancel_mid_run_stops_every_send_after_it_committed(
     worker = asyncio.create_task(
         deliver_until_ended(replace(webhook_settings, worker_concurrency=4), db, run["id"])
     )
-    async with asyncio.timeout(10):
-        while len(sink.requests) < 8:
-            await asyncio.sleep(0.01)
+    await until(lambda: len(sink.requests) >= 8)
 
-    response = await client.post(
-        f"{CAMPAIGNS}/{campaign['id']}/runs/{run['id']}/cancel", headers=bearer()
-    )
+    # Through a real server: the in-process client would block this loop, and with it the
+    # worker whose window in flight the cancel waits for.
+    async with httpx.AsyncClient(base_url=live_server, headers=bearer()) as http:
+        response = await http.post(f"{CAMPAIGNS}/{campaign['id']}/runs/{run['id']}/cancel")
     received_at_cancel = len(sink.requests)
     await worker
     await asyncio.sleep(0.2)  # a late send would have arrived by now
