@@ -39,6 +39,8 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level)
     # uvicorn installs its own handlers; route its error log through ours. Its access
     # log stays as uvicorn's flags leave it (off in the Procfile).
+    # httpx logs every request at INFO: the worker's webhook sends would flood the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

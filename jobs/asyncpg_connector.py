@@ -106,8 +106,8 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
         while True:
             try:
                 await self._listen_until_lost(on_notification, channels)
-            except (OSError, asyncpg.PostgresError) as exc:
-                logger.warning("listen connection failed, retrying in 1 s: %s", exc)
+            except Exception as exc:  # procrastinate stops the worker if the listener dies
+                logger.warning("listen connection failed, retrying in 1 s: %r", exc)
             await asyncio.sleep(1)
 
     async def _listen_until_lost(
@@ -148,12 +148,12 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
         forward: Callable[..., None],
         on_lost: Callable[[object], None],
     ) -> None:
-        # The pool refuses (warns about) a connection that still has listeners.
-        conn.remove_termination_listener(on_lost)
-        if not conn.is_closed():
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                for channel in channels:
-                    await conn.remove_listener(channel, forward)
+        # The pool refuses (warns about) a connection that still has listeners. A connection
+        # the server cut is already detached from its proxy: nothing to remove then.
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            conn.remove_termination_listener(on_lost)
+            for channel in channels:
+                await conn.remove_listener(channel, forward)
         await self.pool.release(conn)
 
     @asynccontextmanager
