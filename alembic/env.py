@@ -1,9 +1,9 @@
 """Alembic runs migrations through psycopg (sync): multi-statement SQL such as
 procrastinate's schema goes through `op.execute` as it is."""
 
+from alembic import context
 from sqlalchemy import create_engine, pool
 
-from alembic import context
 from app.settings import get_settings
 
 

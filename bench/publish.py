@@ -31,9 +31,8 @@ import asyncpg
 import httpx
 import jwt
 import msgspec
-from alembic.config import Config
-
 from alembic import command
+from alembic.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -14,12 +14,12 @@ from dataclasses import replace
 import asyncpg
 import pytest
 import uvicorn
+from alembic import command
 from alembic.config import Config
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from alembic import command
 from app.asgi import create_app
 from app.settings import Settings
 from db.pool import connect

@@ -77,5 +77,9 @@ def _build(kind: str, settings: Settings) -> Provider:
         )
     if kind == "webhook":
         assert settings.webhook_url is not None and settings.webhook_secret is not None
-        return WebhookProvider(settings.webhook_url, settings.webhook_secret)
+        return WebhookProvider(
+            settings.webhook_url,
+            settings.webhook_secret,
+            max_connections=settings.webhook_max_connections,
+        )
     return LogProvider()

@@ -24,7 +24,7 @@ class WebhookProvider:
     name = "webhook"
 
     def __init__(
-        self, url: str, secret: str, *, timeout: float = 10.0, max_connections: int = 64
+        self, url: str, secret: str, *, timeout: float = 10.0, max_connections: int = 8
     ) -> None:
         if urlsplit(url).scheme not in {"http", "https"}:
             raise ValueError(f"WEBHOOK_URL must be an http:// or https:// URL; got {url!r}")

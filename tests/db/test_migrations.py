@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
-
 from alembic import command
+
 from tests.conftest import PREFIX, _janitor, alembic_config, url_of
 
 TABLES = {
