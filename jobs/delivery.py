@@ -105,6 +105,9 @@ async def _abortable(resources: WorkerResources, window: Coroutine[Any, Any, T])
     abort = asyncio.ensure_future(resources.aborting.wait())
     try:
         await asyncio.wait({task, abort}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()  # the job itself was cancelled: take the window down with it
+        raise
     finally:
         abort.cancel()
     if not task.done():
@@ -190,14 +193,16 @@ async def _send(
     try:
         async with resources.sends:
             result = await provider.send(message)
-    except TransientError as exc:
-        if attempts >= resources.config.max_attempts:
-            return Outcome(position, "failed", attempts, last_error=_gave_up(attempts, exc))
-        return Outcome(position, "pending", attempts, last_error=exc.detail)
     except PermanentError as exc:
         return Outcome(position, "failed", attempts, last_error=exc.detail)
+    except Exception as exc:
+        # TransientError, or a provider bug: either way the window's other outcomes must
+        # still commit (else their sends would be repeated), and another attempt may do.
+        if not isinstance(exc, TransientError):
+            logger.exception("provider raised", extra={"delivery_id": message.delivery_id})
+        detail = exc.detail if isinstance(exc, TransientError) else f"unexpected: {exc!r}"
+        if attempts >= resources.config.max_attempts:
+            detail = f"gave up after {attempts} attempts; last: {detail}"
+            return Outcome(position, "failed", attempts, last_error=detail)
+        return Outcome(position, "pending", attempts, last_error=detail)
     return Outcome(position, "sent", attempts, provider_message_id=result.provider_message_id)
-
-
-def _gave_up(attempts: int, exc: TransientError) -> str:
-    return f"gave up after {attempts} attempts; last: {exc.detail}"
