@@ -15,6 +15,7 @@ from app.auth import build_jwt_auth
 from app.dependencies import provide_connection
 from app.error_handlers import EXCEPTION_HANDLERS
 from app.logs import configure_logging
+from app.metrics import metrics, metrics_middleware
 from app.pagination import cursor_key
 from app.request_id import request_id_middleware
 from app.routes.campaigns import CampaignController
@@ -53,10 +54,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await pool.close()
 
     return Litestar(
-        route_handlers=[CampaignController, SuppressionController, healthz, readyz],
+        route_handlers=[CampaignController, SuppressionController, healthz, readyz, metrics],
         lifespan=[lifespan],
         on_app_init=[build_jwt_auth(settings).on_app_init],
-        middleware=[request_id_middleware],
+        middleware=[request_id_middleware, metrics_middleware],
         dependencies={
             "conn": Provide(provide_connection),
         },
