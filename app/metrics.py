@@ -112,6 +112,9 @@ async def refresh_queue_metrics(pool: asyncpg.Pool) -> None:
     QUEUE_JOBS.clear()
     QUEUE_OLDEST_WAITING.clear()
     for row in rows:
+        # Every queue the database knows has the series, 0 when nothing waits: an alert
+        # on it sees a value, not an absence.
+        QUEUE_OLDEST_WAITING.labels(row["queue_name"]).inc(0)
         QUEUE_JOBS.labels(row["queue_name"], row["status"]).set(row["jobs"])
         if row["status"] == "todo":
             QUEUE_OLDEST_WAITING.labels(row["queue_name"]).set(row["oldest_waiting_seconds"] or 0.0)
