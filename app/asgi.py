@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -15,6 +16,7 @@ from app.auth import build_jwt_auth
 from app.dependencies import provide_connection
 from app.error_handlers import EXCEPTION_HANDLERS
 from app.logs import configure_logging
+from app.metrics import metrics, metrics_middleware
 from app.pagination import cursor_key
 from app.request_id import request_id_middleware
 from app.routes.campaigns import CampaignController
@@ -41,11 +43,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "DEVELOPMENT MODE: tokens are verified with a fixed, public secret. "
                 "Never run this way in production; set JWT_SECRET or JWT_PUBLIC_KEY."
             )
-        pool = await create_pool(
-            settings.database_url,
-            min_size=settings.db_pool_min_size,
-            max_size=settings.db_pool_max_size,
-        )
+        pool = await _open_pool(settings)
         app.state.pool = pool
         try:
             yield
@@ -53,10 +51,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await pool.close()
 
     return Litestar(
-        route_handlers=[CampaignController, SuppressionController, healthz, readyz],
+        route_handlers=[CampaignController, SuppressionController, healthz, readyz, metrics],
         lifespan=[lifespan],
         on_app_init=[build_jwt_auth(settings).on_app_init],
-        middleware=[request_id_middleware],
+        middleware=[request_id_middleware, metrics_middleware],
         dependencies={
             "conn": Provide(provide_connection),
         },
@@ -78,6 +76,22 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,  # the process entry point configures logging (app/logs.py)
         debug=False,
     )
+
+
+async def _open_pool(settings: Settings) -> asyncpg.Pool:
+    """The pool, warm when the database answers; else empty (connections are made on
+    demand), so that the process starts anyway and /readyz turns 200 once it is back."""
+    try:
+        return await create_pool(
+            settings.database_url,
+            min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size,
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        logger.warning("database unreachable at start (%s); not ready until it answers", exc)
+        return await create_pool(
+            settings.database_url, min_size=0, max_size=settings.db_pool_max_size
+        )
 
 
 def web() -> Litestar:

@@ -25,7 +25,7 @@ PUBLISH = "messaging:campaigns:publish"
 BEARER_SCHEME = "BearerToken"
 """Name of the security scheme in the OpenAPI document."""
 
-PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/schema"]
+PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/metrics$", "^/schema"]
 
 
 @dataclass

@@ -1,10 +1,19 @@
-"""One JSON object per log line, for web and worker alike."""
+"""One JSON object per log line, for web and worker alike.
+
+Fields that hold for a whole request or job (request_id; run_id, job_id) are bound once in
+a contextvar (`bind_log_context`) and added to every line logged meanwhile, whichever
+module logs it. Never log message bodies or subjects, and addresses only `masked`.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 
@@ -15,6 +24,38 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {
     "taskName",
     "color_message",
 }
+
+
+_context: ContextVar[dict[str, Any]] = ContextVar("log_context")
+
+
+@contextmanager
+def bind_log_context(**fields: Any) -> Iterator[None]:
+    """Add `fields` to every log line of the current task until the block ends."""
+    token = _context.set({**_context.get({}), **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the bound fields onto each record (an explicit `extra=` wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _context.get({}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+def masked(address: str) -> str:
+    """Enough of an address to tell deliveries apart in a log, not enough to be one:
+    `u***@example.com`, `+44***89`."""
+    if "@" in address:
+        local, _, domain = address.rpartition("@")
+        return f"{local[:1]}***@{domain}"
+    return f"{address[:3]}***{address[-2:]}" if len(address) > 6 else "***"
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,11 +72,17 @@ class JsonFormatter(logging.Formatter):
         return msgspec.json.encode(line, enc_hook=str).decode()
 
 
-def configure_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler()
+def json_handler(stream: IO[str] | None = None) -> logging.Handler:
+    """A handler that writes one JSON object per line, with the bound context fields."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter())
+    return handler
+
+
+def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [json_handler()]
     root.setLevel(level)
     # uvicorn installs its own handlers; route its error log through ours. Its access
     # log stays as uvicorn's flags leave it (off in the Procfile).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from uuid import UUID, uuid4
 
@@ -12,11 +13,14 @@ from app.auth import AccessToken
 from app.campaigns import parse_id, visible_campaign
 from app.errors import BadState, InvalidInput
 from app.idempotency import IdempotencyKey, claim_key
+from app.metrics import PUBLISH_RECIPIENTS
 from app.recipients import normalise_all, skip_reasons
 from app.schemas import Recipient, Run
 from db.runs import DeliveryRow, RunRepository
 from db.suppressions import SuppressionRepository
 from jobs.tasks import deliver_batch
+
+logger = logging.getLogger(__name__)
 
 
 async def publish_campaign(
@@ -67,7 +71,19 @@ async def publish_campaign(
             run_id=run_id,
         )
         await runs.copy_deliveries(_delivery_rows(run["id"], recipients, skips))
-        await defer_deliveries(conn, str(run["id"]), len(recipients), batch_size)
+        job_ids = await defer_deliveries(conn, str(run["id"]), len(recipients), batch_size)
+    PUBLISH_RECIPIENTS.observe(len(recipients))
+    logger.info(
+        "run published",
+        extra={
+            "run_id": str(run["id"]),
+            "campaign_id": str(campaign["id"]),
+            "brand_id": brand_id,
+            "recipients": len(recipients),
+            "skipped": len(skips),
+            "jobs": len(job_ids),
+        },
+    )
     return Run(**run)
 
 

@@ -1,5 +1,5 @@
 """Every request gets an id (the caller's X-Request-ID if it sent a sane one); every
-response carries it, and error logs quote it."""
+response carries it, and every log line of the request has it as `request_id`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import uuid
 
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.logs import bind_log_context
 
 HEADER = "x-request-id"
 _SANE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -27,6 +29,7 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
                 MutableScopeHeaders.from_message(message)[HEADER] = request_id
             await send(message)
 
-        await app(scope, receive, send_with_id)
+        with bind_log_context(request_id=request_id):
+            await app(scope, receive, send_with_id)
 
     return middleware

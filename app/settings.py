@@ -62,6 +62,9 @@ class Settings:
     """Backoff of a transient failure: base * 2^(attempts-1), with +-50% jitter, max 300 s."""
     stalled_job_seconds: int = 30
     """A job whose worker sent no heartbeat for this long is requeued (worker crashed)."""
+    worker_metrics_port: int | None = None
+    """Port of the worker's Prometheus endpoint (`/metrics`); unset or 0: none. One port per
+    worker process: several workers on one host need one each."""
     smtp_from: str | None = None
     """From address of e-mail campaigns that have no sender of their own."""
     publish_max_recipients: int = 100_000
@@ -114,6 +117,7 @@ class Settings:
                 worker_jobs=_positive(env, "WORKER_JOBS", 4),
                 delivery_retry_base_seconds=float(env.get("DELIVERY_RETRY_BASE_SECONDS") or 2.0),
                 stalled_job_seconds=_positive(env, "STALLED_JOB_SECONDS", 30),
+                worker_metrics_port=int(env.get("WORKER_METRICS_PORT") or 0) or None,
                 smtp_from=env.get("SMTP_FROM") or None,
                 publish_max_recipients=_positive(env, "PUBLISH_MAX_RECIPIENTS", 100_000),
                 publish_max_body_bytes=_positive(

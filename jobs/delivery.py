@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from app.recipients import normalise
 from db.deliveries import DeliveryRepository, Outcome
 from db.runs import RunRepository
 from db.suppressions import SuppressionRepository
+from jobs.metrics import count_outcomes, provider_latency
 from jobs.providers import OutgoingMessage, PermanentError, Provider, TransientError
 from jobs.resources import WorkerResources
 
@@ -166,6 +168,9 @@ async def _deliver_window(
     await DeliveryRepository(conn).record(run_id, outcomes)
     counts = Counter(o.status for o in outcomes)
     await runs.count_outcomes(run_id, counts["sent"], counts["failed"], counts["skipped"])
+    # Counted before the commit: a window that then rolls back is counted, as its sends
+    # did reach the provider.
+    count_outcomes(channel, provider.name, counts.items())
     return outcomes
 
 
@@ -190,9 +195,14 @@ async def _send(
         subject=render(run["subject"], person_id, recipient),
         body=render(run["body"], person_id, recipient) or "",
     )
+    latency = provider_latency(message.channel, provider.name)
     try:
         async with resources.sends:
-            result = await provider.send(message)
+            started = time.perf_counter()
+            try:
+                result = await provider.send(message)
+            finally:
+                latency.observe(time.perf_counter() - started)
     except PermanentError as exc:
         return Outcome(position, "failed", attempts, last_error=exc.detail)
     except Exception as exc:

@@ -15,7 +15,9 @@ import signal
 
 from procrastinate import App, exceptions
 from procrastinate.worker import Worker
+from prometheus_client import start_http_server
 
+import jobs.metrics  # noqa: F401 - registered before the metrics endpoint serves
 from app.logs import configure_logging
 from app.settings import Settings, get_settings
 from db.pool import create_pool
@@ -110,6 +112,10 @@ async def run_worker(settings: Settings, *, wait: bool = True, handle_signals: b
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
+    if settings.worker_metrics_port:
+        # A daemon thread serving the process's default registry (jobs/metrics.py).
+        start_http_server(settings.worker_metrics_port)
+        logger.info("metrics on :%d/metrics", settings.worker_metrics_port)
     asyncio.run(run_worker(settings))
 
 

@@ -6,6 +6,7 @@ import logging
 
 import msgspec
 
+from app.logs import masked
 from jobs.providers.base import OutgoingMessage, SendResult
 
 logger = logging.getLogger("messaging.deliveries")
@@ -16,18 +17,19 @@ class LogProvider:
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         provider_message_id = f"log-{message.delivery_id}"
-        # Never the body nor the subject: on a health platform they may carry medical details.
+        # Never the body nor the subject: on a health platform they may carry medical
+        # details; the address only masked (logs travel further than the database).
         if logger.isEnabledFor(logging.INFO):
             line = msgspec.json.encode(
                 {
                     "delivery_id": message.delivery_id,
                     "run_id": message.run_id,
                     "channel": message.channel,
-                    "recipient": message.recipient,
+                    "recipient": masked(message.recipient),
                     "provider_message_id": provider_message_id,
                 }
             )
-            logger.info("delivered %s", line.decode())
+            logger.info("delivered %s", line.decode(), extra={"delivery_id": message.delivery_id})
         return SendResult(provider_message_id=provider_message_id)
 
     async def aclose(self) -> None:

@@ -21,6 +21,16 @@ TABLES = {
 }
 
 
+VIEWS = {
+    "ops_run_progress",
+    "ops_stuck_jobs",
+    "ops_stalled_runs",
+    "ops_stale_workers",
+    "ops_delivery_failures",
+    "ops_queue_depth",
+}
+
+
 @pytest.fixture
 def empty_database():
     name = f"{PREFIX}_migrations"  # per test process, like every test database
@@ -70,3 +80,25 @@ async def test_0003_downgrades_to_0002_and_back(empty_database):
 
     command.upgrade(config, "0003")
     assert (await objects(empty_database))[0] == TABLES
+
+
+async def views(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT viewname FROM pg_views WHERE schemaname = 'public'")
+        return {r["viewname"] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def test_0004_ops_views_downgrade_to_0003_and_back(empty_database):
+    config = alembic_config(empty_database)
+    command.upgrade(config, "head")
+    assert await views(empty_database) == VIEWS
+
+    command.downgrade(config, "0003")
+    assert await views(empty_database) == set()
+    assert (await objects(empty_database))[0] == TABLES
+
+    command.upgrade(config, "0004")
+    assert await views(empty_database) == VIEWS

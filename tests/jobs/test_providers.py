@@ -391,7 +391,7 @@ async def test_webhook_reuses_its_connection(webhook: WebhookProvider, http_sink
 # --- Log ----------------------------------------------------------------------------------
 
 
-async def test_log_provider_logs_one_line_without_the_body(
+async def test_log_provider_logs_one_line_without_the_body_nor_the_address(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     provider = LogProvider()
@@ -408,7 +408,8 @@ async def test_log_provider_logs_one_line_without_the_body(
     assert fields["delivery_id"] == sent.delivery_id
     assert fields["run_id"] == "run-1"
     assert fields["channel"] == "email"
-    assert fields["recipient"] == "user1@example.com"
+    assert fields["recipient"] == "u***@example.com"
+    assert "user1@example.com" not in line
     assert "HIV" not in line and "Lab results" not in line
     assert result.provider_message_id == f"log-{sent.delivery_id}"
 

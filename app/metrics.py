@@ -1,0 +1,128 @@
+"""Prometheus metrics of the web process: `GET /metrics` (text format, no token).
+
+Requests are labelled by route *template* (`/v1/messaging/campaigns/{campaign_id}`), never
+by raw path, so that ids do not blow up the series. Queue figures are read from the
+database at scrape time (ops_queue_depth) with a short timeout: a scrape never hangs on a
+database that is away, it only lacks those series (and says so in
+messaging_queue_scrape_ok).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import cast
+
+import asyncpg
+from litestar import Response, get
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from db.ops import OpsRepository
+
+logger = logging.getLogger(__name__)
+
+SCRAPE_DB_TIMEOUT = 2.0
+"""Seconds a scrape waits for the database (a connection, then the query)."""
+
+HTTP_REQUESTS = Counter(
+    "messaging_http_requests",
+    "HTTP requests answered, by route template and status.",
+    ["method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "messaging_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route template.",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+PUBLISH_RECIPIENTS = Histogram(
+    "messaging_publish_recipients",
+    "Recipients of each accepted publish (new runs only, not idempotent replays).",
+    buckets=(1, 10, 100, 1_000, 10_000, 50_000, 100_000),
+)
+QUEUE_JOBS = Gauge(
+    "messaging_queue_jobs", "procrastinate jobs per queue and status.", ["queue", "status"]
+)
+QUEUE_OLDEST_WAITING = Gauge(
+    "messaging_queue_oldest_waiting_seconds",
+    "How long the oldest due `todo` job of the queue has waited; 0 when none waits.",
+    ["queue"],
+)
+QUEUE_SCRAPE_OK = Gauge(
+    "messaging_queue_scrape_ok", "1 if the queue figures of this scrape come from the database."
+)
+
+
+def metrics_middleware(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # type: ignore[comparison-overlap]
+            await app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_with_status)
+        except HTTPException as exc:  # answered by the app's exception handlers, outside
+            status = exc.status_code
+            raise
+        finally:
+            route = scope.get("path_template") or "unmatched"
+            method = cast("HTTPScope", scope)["method"]
+            HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
+            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+
+    return middleware
+
+
+async def refresh_queue_metrics(pool: asyncpg.Pool) -> None:
+    try:
+        async with asyncio.timeout(SCRAPE_DB_TIMEOUT), pool.acquire() as conn:
+            rows = await OpsRepository(conn).queue_depth()
+    except (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+    ) as exc:
+        logger.warning("metrics: queue depth unavailable: %s", type(exc).__name__)
+        QUEUE_JOBS.clear()
+        QUEUE_OLDEST_WAITING.clear()
+        QUEUE_SCRAPE_OK.set(0)
+        return
+    # Cleared first: a queue/status pair that has no job any more must not keep its value.
+    QUEUE_JOBS.clear()
+    QUEUE_OLDEST_WAITING.clear()
+    for row in rows:
+        # Every queue the database knows has the series, 0 when nothing waits: an alert
+        # on it sees a value, not an absence.
+        QUEUE_OLDEST_WAITING.labels(row["queue_name"]).inc(0)
+        QUEUE_JOBS.labels(row["queue_name"], row["status"]).set(row["jobs"])
+        if row["status"] == "todo":
+            QUEUE_OLDEST_WAITING.labels(row["queue_name"]).set(row["oldest_waiting_seconds"] or 0.0)
+    QUEUE_SCRAPE_OK.set(1)
+
+
+@get("/metrics", include_in_schema=False)
+async def metrics(state: State) -> Response[bytes]:
+    """Prometheus text format: this process's counters and the queue read from the database."""
+    await refresh_queue_metrics(state.pool)
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,21 @@
+"""Reads of the ops views (alembic/versions/0004) that the service itself needs."""
+
+from __future__ import annotations
+
+import asyncpg
+
+
+class OpsRepository:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def queue_depth(self) -> list[asyncpg.Record]:
+        """Jobs per queue and status, with the oldest due job's wait (seconds) for todo."""
+        rows: list[asyncpg.Record] = await self.conn.fetch(
+            """
+            SELECT queue_name, status, jobs,
+                   extract(epoch FROM oldest_waiting_for)::float8 AS oldest_waiting_seconds
+            FROM ops_queue_depth
+            """
+        )
+        return rows

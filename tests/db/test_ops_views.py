@@ -1,0 +1,164 @@
+"""The ops views of docs/ops.md, on a run put in a known state by hand."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.helpers import create_campaign, publish, recipients
+
+
+async def one(db: asyncpg.Connection, sql: str, *args: Any) -> asyncpg.Record:
+    rows = await db.fetch(sql, *args)
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+@pytest.fixture
+async def run(client, db) -> dict[str, Any]:
+    """A running run of 11 recipients, 10 s old: 1 skipped at publish (invalid), 5 sent,
+    2 failed ("550 no such user"), 1 pending after a transient error, 2 never tried; its
+    last delivery was recorded 5 minutes ago."""
+    campaign = await create_campaign(client)
+    body = {"recipients": [*recipients(10), {"person_id": "x", "recipient": "nope"}]}
+    response = await publish(client, campaign["id"], body)
+    assert response.status_code == 202
+    run: dict[str, Any] = response.json()
+    run_id = uuid.UUID(run["id"])
+    await db.execute(
+        """
+        UPDATE deliveries SET
+            status = CASE WHEN position < 5 THEN 'sent' WHEN position < 7 THEN 'failed'
+                          ELSE 'pending' END,
+            attempts = 1,
+            last_error = CASE WHEN position IN (5, 6) THEN '550 no such user'
+                              WHEN position = 7 THEN 'timeout' END,
+            updated_at = now() - interval '5 minutes'
+        WHERE run_id = $1 AND position < 8
+        """,
+        run_id,
+    )
+    await db.execute(
+        """
+        UPDATE runs SET status = 'running', sent_count = 5, failed_count = 2,
+                        started_at = now() - interval '10 seconds'
+        WHERE id = $1
+        """,
+        run_id,
+    )
+    run["campaign"] = campaign
+    return run
+
+
+async def test_run_progress_counts_pending_and_rate(db, run):
+    row = await one(db, "SELECT * FROM ops_run_progress WHERE run_id = $1", uuid.UUID(run["id"]))
+
+    assert (row["total"], row["sent"], row["failed"], row["skipped"], row["pending"]) == (
+        11, 5, 2, 1, 3,
+    )  # fmt: skip
+    assert (row["brand_id"], row["campaign_name"], row["channel"]) == (
+        "brand-a", "Winter check-up", "email",
+    )  # fmt: skip
+    assert row["status"] == "running" and row["completed_at"] is None
+    assert timedelta(seconds=10) <= row["duration"] < timedelta(seconds=11)
+    assert row["messages_per_second"] == Decimal("0.7")  # 7 sends in 10 s
+    assert row["age"] >= timedelta(0)
+
+
+async def test_stalled_runs_measure_idle_time_from_the_last_delivery(db, run):
+    row = await one(db, "SELECT * FROM ops_stalled_runs WHERE run_id = $1", uuid.UUID(run["id"]))
+
+    assert row["pending"] == 3
+    assert timedelta(minutes=5) <= row["idle_for"] < timedelta(minutes=5, seconds=10)
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM ops_stalled_runs WHERE idle_for > interval '10 minutes'"
+        )
+        == 0
+    )
+
+
+async def test_ended_runs_are_not_stalled(db, run):
+    await db.execute("UPDATE runs SET status = 'cancelled' WHERE id = $1", uuid.UUID(run["id"]))
+
+    assert await db.fetch("SELECT * FROM ops_stalled_runs") == []
+
+
+async def test_delivery_failures_grouped_by_run_and_error(db, run):
+    rows = await db.fetch(
+        "SELECT status, error, deliveries, example_position FROM ops_delivery_failures"
+        " WHERE run_id = $1 ORDER BY status",
+        uuid.UUID(run["id"]),
+    )
+
+    assert [tuple(r) for r in rows] == [
+        ("failed", "550 no such user", 2, 5),
+        ("pending", "timeout", 1, 7),
+    ]
+
+
+async def test_queue_depth_counts_due_jobs_and_the_oldest_wait(db, run):
+    (job_id,) = [
+        r["id"]
+        for r in await db.fetch(
+            "SELECT id FROM procrastinate_jobs WHERE args ->> 'run_id' = $1", run["id"]
+        )
+    ]
+    await db.execute(
+        "UPDATE procrastinate_events SET at = now() - interval '1 minute' WHERE job_id = $1",
+        job_id,
+    )
+    # A follow-up job whose backoff has not elapsed: queued, but not waiting yet.
+    await db.execute(
+        """
+        INSERT INTO procrastinate_jobs (queue_name, task_name, args, scheduled_at)
+        VALUES ('deliveries', 'deliver_batch', $1, now() + interval '1 hour')
+        """,
+        {"run_id": run["id"], "first": 7, "last": 7},
+    )
+
+    row = await one(
+        db, "SELECT * FROM ops_queue_depth WHERE queue_name = 'deliveries' AND status = 'todo'"
+    )
+
+    assert (row["jobs"], row["due_jobs"]) == (2, 1)
+    assert timedelta(minutes=1) <= row["oldest_waiting_for"] < timedelta(minutes=1, seconds=10)
+
+
+async def test_stuck_jobs_and_stale_workers(db, run):
+    worker_id = await db.fetchval(
+        "INSERT INTO procrastinate_workers (last_heartbeat)"
+        " VALUES (now() - interval '2 minutes') RETURNING id"
+    )
+    healthy = await db.fetchval("INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id")
+    job_id = await db.fetchval(
+        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = $1"
+        " WHERE args ->> 'run_id' = $2 RETURNING id",
+        worker_id,
+        run["id"],
+    )
+    await db.execute(
+        "UPDATE procrastinate_events SET at = now() - interval '15 minutes'"
+        " WHERE job_id = $1 AND type = 'started'",
+        job_id,
+    )
+
+    job = await one(db, "SELECT * FROM ops_stuck_jobs WHERE doing_for > interval '10 minutes'")
+    workers = {
+        r["worker_id"]: r
+        for r in await db.fetch("SELECT * FROM ops_stale_workers ORDER BY heartbeat_age DESC")
+    }
+
+    assert (job["job_id"], job["run_id"], job["worker_id"]) == (job_id, run["id"], worker_id)
+    assert (job["first_position"], job["last_position"]) == (0, 10)
+    assert timedelta(minutes=15) <= job["doing_for"] < timedelta(minutes=15, seconds=10)
+    assert timedelta(minutes=2) <= job["heartbeat_age"] < timedelta(minutes=2, seconds=10)
+    assert workers[worker_id]["doing_jobs"] == 1
+    assert workers[worker_id]["heartbeat_age"] >= timedelta(minutes=2)
+    assert workers[healthy]["doing_jobs"] == 0
+    assert workers[healthy]["heartbeat_age"] < timedelta(seconds=10)
