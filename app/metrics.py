@@ -29,6 +29,7 @@ from prometheus_client import (
 )
 
 from db.ops import OpsRepository
+from db.pool import DATABASE_UNAVAILABLE
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +97,7 @@ async def refresh_queue_metrics(pool: asyncpg.Pool) -> None:
     try:
         async with asyncio.timeout(SCRAPE_DB_TIMEOUT), pool.acquire() as conn:
             rows = await OpsRepository(conn).queue_depth()
-    except (
-        OSError,
-        TimeoutError,
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-        asyncpg.InternalClientError,
-    ) as exc:
+    except DATABASE_UNAVAILABLE as exc:
         logger.warning("metrics: queue depth unavailable: %s", type(exc).__name__)
         QUEUE_JOBS.clear()
         QUEUE_OLDEST_WAITING.clear()

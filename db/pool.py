@@ -7,6 +7,16 @@ import msgspec
 
 _JSONB_VERSION = b"\x01"
 
+# What a query can raise when the database is away: refused or cut connections, timeouts,
+# and InternalClientError, which asyncpg raises on a pooled connection the server just cut.
+DATABASE_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in binary format, so that it can also travel inside composite types and

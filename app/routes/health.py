@@ -9,6 +9,7 @@ from litestar.datastructures import State
 from app.error_handlers import error_response
 from app.openapi import error_responses
 from app.schemas import Error, Health
+from db.pool import DATABASE_UNAVAILABLE
 
 PUBLIC: list[dict[str, list[str]]] = [{}]  # OpenAPI: no token needed
 
@@ -26,13 +27,6 @@ async def readyz(state: State) -> Response[Health] | Response[Error]:
     try:
         async with pool.acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1", timeout=2)
-    except (
-        OSError,
-        TimeoutError,
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-        # What asyncpg raises on a pooled connection the server has just cut.
-        asyncpg.InternalClientError,
-    ) as exc:
+    except DATABASE_UNAVAILABLE as exc:
         return error_response(503, "unavailable", f"database unreachable: {type(exc).__name__}")
     return Response(Health(status="ready"))
