@@ -18,7 +18,7 @@ from app.error_handlers import EXCEPTION_HANDLERS
 from app.logs import configure_logging
 from app.metrics import metrics, metrics_middleware
 from app.pagination import cursor_key
-from app.request_id import request_id_middleware
+from app.request_id import request_id_middleware, send_request_id
 from app.routes.campaigns import CampaignController
 from app.routes.health import healthz, readyz
 from app.routes.suppressions import SuppressionController
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         on_app_init=[build_jwt_auth(settings).on_app_init],
         middleware=[request_id_middleware, metrics_middleware],
+        before_send=[send_request_id],
         dependencies={
             "conn": Provide(provide_connection),
         },

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 from litestar import Request, Response
@@ -35,6 +34,7 @@ from app.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
+from app.request_id import request_id_of
 from app.schemas import Error
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def _where(item: dict[str, Any]) -> str:
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Error]:
-    request_id = request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+    request_id = request_id_of(request.scope)
     logger.exception(
         "unhandled error on %s %s (request id %s)", request.method, request.url.path, request_id
     )
@@ -153,7 +153,6 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
         "internal_error",
         "the server failed to handle this request; quote the request id when reporting it",
         {"request_id": request_id},
-        {"X-Request-ID": request_id},
     )
 
 

@@ -15,21 +15,31 @@ HEADER = "x-request-id"
 _SANE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+def request_id_of(scope: Scope) -> str:
+    """The request's id, chosen on first use and kept in the scope's state."""
+    state = scope.setdefault("state", {})
+    if "request_id" not in state:
+        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        state["request_id"] = given if _SANE.fullmatch(given) else uuid.uuid4().hex
+    request_id: str = state["request_id"]
+    return request_id
+
+
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
+    """Binds the id to the log lines of a routed request."""
+
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # type: ignore[comparison-overlap]
             await app(scope, receive, send)
             return
-        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        request_id = given if _SANE.fullmatch(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableScopeHeaders.from_message(message)[HEADER] = request_id
-            await send(message)
-
-        with bind_log_context(request_id=request_id):
-            await app(scope, receive, send_with_id)
+        with bind_log_context(request_id=request_id_of(scope)):
+            await app(scope, receive, send)
 
     return middleware
+
+
+async def send_request_id(message: Message, scope: Scope) -> None:
+    """A before-send hook: it sees every response, those of unknown routes included,
+    which route middleware never does."""
+    if message["type"] == "http.response.start":
+        MutableScopeHeaders.from_message(message)[HEADER] = request_id_of(scope)

@@ -320,6 +320,14 @@ async def test_unhandled_failure_is_500_with_request_id_and_no_internals(client,
     assert await count(db, "runs") == 0
 
 
+async def test_unknown_route_answers_with_a_request_id(client):
+    response = await client.get("/v1/nothing-here", headers={"X-Request-ID": "req-7"})
+
+    assert response.status_code == 404
+    assert response.headers["x-request-id"] == "req-7"
+    assert response.json()["error"] == "not_found"
+
+
 async def test_caller_request_id_is_echoed(client):
     response = await client.get(
         f"{CAMPAIGNS}/{uuid.uuid4()}", headers={**bearer(), "X-Request-ID": "req-42"}
