@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from litestar.connection import ASGIConnection
-from litestar.exceptions import PermissionDeniedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.security.jwt import JWTAuth, Token
 from litestar.types import Guard
@@ -54,6 +54,13 @@ class AccessToken(Token):
         now = int(time.time())
         if not isinstance(payload.get("iat"), int | float) or payload["iat"] > now:
             payload["iat"] = now
+        # Checked here, not left to a lenient conversion: a `brands` string would make
+        # `brand_id in brands` a substring test, and "*x" would mean every brand.
+        brands, scope = payload.get("brands", []), payload.get("scope", "")
+        if not isinstance(brands, list) or not all(isinstance(b, str) for b in brands):
+            raise NotAuthorizedException("Invalid token: brands must be an array of strings")
+        if not isinstance(scope, str):
+            raise NotAuthorizedException("Invalid token: scope must be a string")
         return payload
 
 

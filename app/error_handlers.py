@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
@@ -156,8 +157,23 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
     )
 
 
+def handle_unstorable_text(_: Request[Any, Any, Any], exc: Exception) -> Response[Error]:
+    # PostgreSQL refuses NUL characters and invalid UTF-8 in text. Checking every string of
+    # a 100,000-recipient body up front would cost the publish path; the database's refusal
+    # (which rolls the transaction back) is turned into the 400 it is instead.
+    return error_response(
+        HTTP_400_BAD_REQUEST,
+        "validation_error",
+        "a text value holds a character that cannot be stored (NUL or invalid UTF-8)",
+        {"$": "NUL characters and invalid UTF-8 are not accepted in any text"},
+    )
+
+
 EXCEPTION_HANDLERS = {
     ServiceError: handle_service_error,
     HTTPException: handle_http_exception,
+    asyncpg.CharacterNotInRepertoireError: handle_unstorable_text,
+    asyncpg.UntranslatableCharacterError: handle_unstorable_text,
+    UnicodeError: handle_unstorable_text,  # invalid UTF-8 inside a JSON string
     Exception: handle_unexpected,
 }

@@ -31,27 +31,31 @@ logger = logging.getLogger(__name__)
 async def deliver_batch(context: JobContext, run_id: str, first: int, last: int) -> None:
     """Deliver the pending deliveries of run `run_id` at positions first..last."""
     resources: WorkerResources = context.additional_context["resources"]
-    with bind_log_context(run_id=run_id, job_id=context.job.id):
-        report = await deliver_chunk(resources, UUID(run_id), first, last)
-        if report.retry_in is not None:
-            # Transient failures are tried again by a follow-up job, so that the rest of
-            # the chunk (and the worker) never waits out a backoff.
-            retry_at = datetime.now(UTC) + timedelta(seconds=report.retry_in)
-            await deliver_batch.configure(schedule_at=retry_at).defer_async(
-                run_id=run_id, first=first, last=last
+    job_id = context.job.id
+    assert job_id is not None
+    resources.running.add(job_id)  # see jobs.worker.requeue_orphaned_jobs
+    try:
+        with bind_log_context(run_id=run_id, job_id=job_id):
+            report = await deliver_chunk(resources, UUID(run_id), first, last)
+            if report.retry_in is not None:
+                # Transient failures are tried again by a follow-up job, so that the rest
+                # of the chunk (and the worker) never waits out a backoff.
+                retry_at = datetime.now(UTC) + timedelta(seconds=report.retry_in)
+                await deliver_batch.configure(schedule_at=retry_at).defer_async(
+                    run_id=run_id, first=first, last=last
+                )
+            logger.info(
+                "chunk delivered",
+                extra={
+                    "positions": [first, last],
+                    "sent": report.sent,
+                    "failed": report.failed,
+                    "skipped": report.skipped,
+                    "retry_in_seconds": report.retry_in,
+                },
             )
-        logger.info(
-            "chunk delivered",
-            extra={
-                "run_id": run_id,
-                "job_id": context.job.id,
-                "positions": [first, last],
-                "sent": report.sent,
-                "failed": report.failed,
-                "skipped": report.skipped,
-                "retry_in_seconds": report.retry_in,
-            },
-        )
+    finally:
+        resources.running.discard(job_id)
 
 
 # Keys hold 24 h; purging every 10 minutes keeps at most that much extra in the table.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from datetime import UTC, datetime
 
 from procrastinate import App, exceptions
 from procrastinate.worker import Worker
@@ -20,7 +21,8 @@ from prometheus_client import start_http_server
 import jobs.metrics  # noqa: F401 - registered before the metrics endpoint serves
 from app.logs import configure_logging
 from app.settings import Settings, get_settings
-from db.pool import create_pool
+from db.jobs import JobRepository
+from db.pool import DATABASE_UNAVAILABLE, create_pool
 from jobs.app import DELIVERY_QUEUE, MAINTENANCE_QUEUE, app
 from jobs.providers import build_providers, close_providers
 from jobs.resources import DeliveryConfig, WorkerResources
@@ -45,13 +47,34 @@ async def requeue_stalled_jobs(procrastinate_app: App, stalled_seconds: float) -
     return requeued
 
 
-async def _requeue_forever(procrastinate_app: App, stalled_seconds: float) -> None:
+async def requeue_orphaned_jobs(
+    procrastinate_app: App, worker: Worker, resources: WorkerResources, stalled_seconds: float
+) -> int:
+    """Put back in the queue the deliver_batch jobs this live worker holds `doing` but does
+    not run: when the database is away at the moment procrastinate records a job's end,
+    the job stays `doing` and, its worker's heartbeat being fresh, nobody else requeues it."""
+    if worker.worker_id is None:
+        return 0
+    async with resources.pool.acquire() as conn:
+        orphans = await JobRepository(conn).orphaned(
+            worker.worker_id, "deliver_batch", set(resources.running), stalled_seconds
+        )
+    for job_id in orphans:
+        await procrastinate_app.job_manager.retry_job_by_id_async(job_id, datetime.now(UTC))
+        logger.warning("requeued a job this worker lost track of", extra={"job_id": job_id})
+    return len(orphans)
+
+
+async def _requeue_forever(
+    procrastinate_app: App, worker: Worker, resources: WorkerResources, stalled_seconds: float
+) -> None:
     while True:
         await asyncio.sleep(stalled_seconds / 3)
         try:
             await requeue_stalled_jobs(procrastinate_app, stalled_seconds)
-        except exceptions.ConnectorException as exc:  # the database is away; next round
-            logger.warning("could not look for stalled jobs: %s", exc)
+            await requeue_orphaned_jobs(procrastinate_app, worker, resources, stalled_seconds)
+        except (exceptions.ConnectorException, *DATABASE_UNAVAILABLE) as exc:
+            logger.warning("could not look for stalled jobs (next round): %r", exc)
 
 
 def _on_signal(worker: Worker, resources: WorkerResources) -> None:
@@ -81,8 +104,8 @@ async def run_worker(settings: Settings, *, wait: bool = True, handle_signals: b
         aborting=asyncio.Event(),
     )
     await app.open_async(pool)
-    recovery = asyncio.create_task(_requeue_forever(app, settings.stalled_job_seconds))
     loop = asyncio.get_running_loop()
+    recovery: asyncio.Task[None] | None = None
     try:
         app.perform_import_paths()
         worker = Worker(
@@ -98,12 +121,16 @@ async def run_worker(settings: Settings, *, wait: bool = True, handle_signals: b
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, _on_signal, worker, resources)
+        recovery = asyncio.create_task(
+            _requeue_forever(app, worker, resources, settings.stalled_job_seconds)
+        )
         await worker.run()
     finally:
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
-        recovery.cancel()
+        if recovery is not None:
+            recovery.cancel()
         await app.close_async()
         await close_providers(providers)
         await pool.close()

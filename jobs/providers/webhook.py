@@ -32,7 +32,9 @@ class WebhookProvider:
         self._key = secret.encode()
         # One client for the process: its pool keeps connections open between sends.
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            # No pool timeout: sends wait for a free connection behind WORKER_CONCURRENCY,
+            # and a wait that never reached the receiver must not cost an attempt.
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0), pool=None),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),

@@ -18,6 +18,18 @@ from tests.helpers import CAMPAIGNS, create_campaign
 from tests.tokens import TEST_SECRET, bearer, make_token
 
 
+def raw_token(**claims: object) -> str:
+    """A token with claims exactly as given over sane defaults (no conversion)."""
+    payload = {
+        "sub": "x",
+        "scope": "messaging:campaigns:read",
+        "brands": ["brand-a"],
+        "exp": int(time.time()) + 60,
+        **claims,
+    }
+    return jwt.encode(payload, TEST_SECRET)
+
+
 def unknown_campaign() -> str:
     return f"{CAMPAIGNS}/{uuid.uuid4()}"
 
@@ -32,8 +44,24 @@ def unknown_campaign() -> str:
         f"Bearer {make_token(secret='another-secret-with-enough-entropy-0123456789abcdef')}",
         f"Bearer {jwt.encode({'sub': 'x', 'scope': 'messaging:campaigns:read'}, TEST_SECRET)}",
         f"Bearer {jwt.encode({'scope': 'x', 'exp': int(time.time()) + 60}, TEST_SECRET)}",
+        f"Bearer {raw_token(brands='brand-a')}",
+        f"Bearer {raw_token(brands='*x')}",
+        f"Bearer {raw_token(brands=[1])}",
+        f"Bearer {raw_token(scope=['messaging:campaigns:read'])}",
     ],
-    ids=["missing", "empty", "malformed", "expired", "wrong-key", "no-exp", "no-sub"],
+    ids=[
+        "missing",
+        "empty",
+        "malformed",
+        "expired",
+        "wrong-key",
+        "no-exp",
+        "no-sub",
+        "brands-string",
+        "brands-star-string",
+        "brands-not-strings",
+        "scope-not-string",
+    ],
 )
 async def test_bad_token_is_401_with_www_authenticate(client, authorization):
     headers = {"Authorization": authorization} if authorization else {}

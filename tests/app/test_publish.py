@@ -195,6 +195,36 @@ async def test_invalid_body_is_400_with_the_offending_path_and_writes_nothing(
     assert await count(db, "procrastinate_jobs") == 0
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"recipients": [{"person_id": "a\\u0000b", "recipient": "a@example.com"}]}',
+        b'{"recipients": [{"person_id": "a\xffb", "recipient": "a@example.com"}]}',
+    ],
+    ids=["nul", "invalid-utf8"],
+)
+async def test_text_the_database_cannot_store_is_400_and_writes_nothing(client, db, content):
+    campaign = await create_campaign(client)
+
+    response = await client.post(
+        f"{CAMPAIGNS}/{campaign['id']}/publish",
+        content=content,
+        headers={**bearer(), "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "validation_error"
+    assert await count(db, "runs") == 0
+    assert await count(db, "procrastinate_jobs") == 0
+
+
+async def test_nul_in_a_query_parameter_is_400(client):
+    response = await client.get(f"{CAMPAIGNS}?brand_id=brand%00", headers=bearer(brands=["*"]))
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "validation_error"
+
+
 async def test_malformed_json_is_400(client, db):
     campaign = await create_campaign(client)
 

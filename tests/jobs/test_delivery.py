@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 
+from app.auth import AccessToken
+from app.publishing import publish_campaign
+from app.schemas import Recipient
 from jobs.worker import run_worker
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import (
@@ -290,3 +295,43 @@ async def test_run_of_only_skipped_recipients_completes(client, db, settings):
 
     final = await run_row(db, run["id"])
     assert (final["status"], final["skipped_count"]) == ("completed", 1)
+
+
+async def test_a_job_its_live_worker_lost_track_of_is_requeued(client, db, settings):
+    """procrastinate could not record a job's end (the database was away just then): the
+    job stays `doing` on a worker whose heartbeat is fresh. That worker requeues it."""
+    campaign = await create_campaign(client)
+    worker = asyncio.create_task(
+        run_worker(replace(settings, stalled_job_seconds=1), handle_signals=False)
+    )
+    await until_worker_registered(db)
+    worker_id = await db.fetchval("SELECT id FROM procrastinate_workers")
+    caller = AccessToken(exp=datetime(2099, 1, 1, tzinfo=UTC), sub="t", brands=["*"])
+    async with db.transaction():
+        run = await publish_campaign(
+            db, campaign["id"], [Recipient("1", "a@example.com")], caller,
+            max_recipients=10, batch_size=10,
+        )  # fmt: skip
+        await db.execute(
+            "UPDATE procrastinate_jobs SET status = 'doing', worker_id = $1", worker_id
+        )
+        await db.execute(
+            "UPDATE procrastinate_events SET at = now() - interval '10 seconds'"
+            " WHERE type = 'started'"
+        )
+
+    try:
+        async with asyncio.timeout(15):
+            while await run_status(db, str(run.id)) != "completed":  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+    assert (await deliveries(db, str(run.id)))[0]["status"] == "sent"
+
+
+async def until_worker_registered(db) -> None:
+    async with asyncio.timeout(10):
+        while not await db.fetchval("SELECT count(*) FROM procrastinate_workers"):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
