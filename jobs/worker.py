@@ -29,6 +29,8 @@ from jobs.resources import DeliveryConfig, WorkerResources
 
 logger = logging.getLogger(__name__)
 
+RESTART_DELAY_SECONDS = 2.0
+
 
 async def requeue_stalled_jobs(procrastinate_app: App, stalled_seconds: float) -> int:
     """Put back in the queue the jobs of workers without a heartbeat for `stalled_seconds`."""
@@ -87,8 +89,10 @@ def _on_signal(worker: Worker, resources: WorkerResources) -> None:
         resources.aborting.set()
 
 
-async def run_worker(settings: Settings, *, wait: bool = True, handle_signals: bool = True) -> None:
-    """Run deliver_batch jobs until stopped (or, with wait=False, until the queue is empty)."""
+async def run_worker(settings: Settings, *, wait: bool = True, handle_signals: bool = True) -> bool:
+    """Run deliver_batch jobs until stopped (or, with wait=False, until the queue is empty).
+    Returns whether a signal asked it to stop: procrastinate also stops a worker, quietly,
+    when its heartbeat or its listener fails (the database went away)."""
     providers = build_providers(settings)
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_max_size)
     resources = WorkerResources(
@@ -125,6 +129,7 @@ async def run_worker(settings: Settings, *, wait: bool = True, handle_signals: b
             _requeue_forever(app, worker, resources, settings.stalled_job_seconds)
         )
         await worker.run()
+        return resources.stopping.is_set()
     finally:
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -143,7 +148,20 @@ def main() -> None:
         # A daemon thread serving the process's default registry (jobs/metrics.py).
         start_http_server(settings.worker_metrics_port)
         logger.info("metrics on :%d/metrics", settings.worker_metrics_port)
-    asyncio.run(run_worker(settings))
+    asyncio.run(run_until_signalled(settings))
+
+
+async def run_until_signalled(settings: Settings) -> None:
+    """The worker process: starts the worker again whenever it stops for any other reason
+    than a signal, so that a database outage costs a pause, not the process."""
+    while True:
+        try:
+            if await run_worker(settings):
+                return
+            logger.warning("the worker stopped without being asked to; starting it again")
+        except (exceptions.ConnectorException, *DATABASE_UNAVAILABLE) as exc:
+            logger.warning("the database is unavailable; starting the worker again: %r", exc)
+        await asyncio.sleep(RESTART_DELAY_SECONDS)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
+
+from tests.conftest import url_of
 from tests.tokens import bearer
 
 CAMPAIGNS = "/v1/messaging/campaigns"
@@ -59,3 +64,21 @@ async def walk(client: Any, url: str, headers: dict[str, str], **params: Any) ->
         cursor = page["next_cursor"]
         if cursor is None:
             return items
+
+
+@asynccontextmanager
+async def database_unreachable(db: Any) -> AsyncIterator[None]:
+    """No new connection is allowed, and the web process's connections are cut."""
+    name = await db.fetchval("SELECT current_database()")
+    # A database cannot close its doors from inside: do it from the maintenance one.
+    admin = await asyncpg.connect(url_of("postgres"))
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        yield
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()

@@ -7,8 +7,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.app.test_openapi import database_unreachable
-from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients
+from tests.helpers import CAMPAIGNS, create_campaign, database_unreachable, publish, recipients
 from tests.jobs.delivery_helpers import deliver_until_ended
 from tests.tokens import bearer
 

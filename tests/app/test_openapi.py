@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import asyncpg
 import jsonschema
 import pytest
 from litestar import Litestar
@@ -25,8 +24,7 @@ from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
 from app.idempotency import lock_id
-from tests.conftest import url_of
-from tests.helpers import CAMPAIGNS, create_campaign, recipients
+from tests.helpers import CAMPAIGNS, create_campaign, database_unreachable, recipients
 from tests.tokens import ALL_SCOPES, bearer
 
 BRANDS = "/v1/messaging/brands"
@@ -395,24 +393,6 @@ async def broken(db: Any) -> AsyncIterator[None]:
     finally:
         for table in APP_TABLES:
             await db.execute(f"ALTER TABLE {table}_gone RENAME TO {table}")
-
-
-@asynccontextmanager
-async def database_unreachable(db: Any) -> AsyncIterator[None]:
-    """No new connection is allowed, and the web process's connections are cut."""
-    name = await db.fetchval("SELECT current_database()")
-    # A database cannot close its doors from inside: do it from the maintenance one.
-    admin = await asyncpg.connect(url_of("postgres"))
-    try:
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        await db.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        yield
-    finally:
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        await admin.close()
 
 
 async def test_every_documented_response_is_what_the_route_answers(tour_client, db):

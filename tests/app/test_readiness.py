@@ -8,7 +8,7 @@ import time
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
-from tests.app.test_openapi import database_unreachable
+from tests.helpers import database_unreachable
 
 
 async def ready_within(client, seconds: float = 10) -> None:

@@ -18,7 +18,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
-from tests.helpers import create_campaign, publish, recipients
+from tests.helpers import create_campaign, database_unreachable, publish, recipients
 from tests.jobs.delivery_helpers import (
     ENDED,
     assert_counters_equal_rows,
@@ -235,3 +235,22 @@ async def test_worker_reconnects_after_its_database_connections_drop(client, db,
     assert sum(times - 1 for times in received.values()) <= CONCURRENCY
     await assert_counters_equal_rows(db, run["id"])
     assert uuid.UUID(run["id"])
+
+
+async def test_worker_outlives_a_database_outage(client, db, sink, workers):
+    campaign = await create_campaign(client)
+    run = (await publish(client, campaign["id"], {"recipients": recipients(200)})).json()
+    sink.default = Reply(delay=0.02)
+    worker = workers.start()
+    await until(lambda: len(sink.requests) >= 20, seconds=30)
+
+    async with database_unreachable(db):
+        await asyncio.sleep(4)  # longer than a heartbeat, a fetch and a restart delay
+        assert worker.poll() is None
+
+    await ended(db, run["id"])
+    assert worker.poll() is None
+    received = delivery_ids(sink)
+    assert set(received) == {f"{run['id']}:{i}" for i in range(200)}
+    assert sum(times - 1 for times in received.values()) <= CONCURRENCY
+    await assert_counters_equal_rows(db, run["id"])
