@@ -65,6 +65,8 @@ class Settings:
     worker_metrics_port: int | None = None
     """Port of the worker's Prometheus endpoint (`/metrics`); unset or 0: none. One port per
     worker process: several workers on one host need one each."""
+    job_retention_hours: int = 168
+    """Succeeded procrastinate jobs (and their events) older than this are deleted hourly."""
     smtp_from: str | None = None
     """From address of e-mail campaigns that have no sender of their own."""
     publish_max_recipients: int = 100_000
@@ -119,6 +121,7 @@ class Settings:
                 stalled_job_seconds=_positive(env, "STALLED_JOB_SECONDS", 30),
                 worker_metrics_port=int(env.get("WORKER_METRICS_PORT") or 0) or None,
                 smtp_from=env.get("SMTP_FROM") or None,
+                job_retention_hours=_positive(env, "JOB_RETENTION_HOURS", 168),
                 publish_max_recipients=_positive(env, "PUBLISH_MAX_RECIPIENTS", 100_000),
                 publish_max_body_bytes=_positive(
                     env, "PUBLISH_MAX_BODY_BYTES", defaults.publish_max_body_bytes

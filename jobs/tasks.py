@@ -10,6 +10,7 @@ from uuid import UUID
 from procrastinate import JobContext, RetryStrategy
 
 from app.logs import bind_log_context
+from app.settings import get_settings
 from db.idempotency import IdempotencyKeyRepository
 from jobs.app import DELIVERY_QUEUE, MAINTENANCE_QUEUE, app
 from jobs.asyncpg_connector import AsyncpgConnector
@@ -67,3 +68,13 @@ async def purge_idempotency_keys(timestamp: int) -> int:
     pool = cast(AsyncpgConnector, app.connector).pool
     async with pool.acquire() as conn:
         return await IdempotencyKeyRepository(conn).purge_expired()
+
+
+# Finished jobs and their events would pile up for ever (one per 500 recipients, and a
+# purge every 10 minutes); the last JOB_RETENTION_HOURS stay for the ops views and for
+# post-mortems. Failed and aborted jobs are kept: someone should look at them first.
+@app.periodic(cron="17 * * * *")
+@app.task(name="purge_finished_jobs", queue=MAINTENANCE_QUEUE)
+async def purge_finished_jobs(timestamp: int) -> None:
+    """Delete succeeded jobs finished more than JOB_RETENTION_HOURS ago."""
+    await app.job_manager.delete_old_jobs(nb_hours=get_settings().job_retention_hours)

@@ -16,7 +16,7 @@ from db.idempotency import IdempotencyKeyRepository
 from db.pool import create_pool
 from jobs.app import MAINTENANCE_QUEUE
 from jobs.app import app as procrastinate_app
-from jobs.tasks import purge_idempotency_keys
+from jobs.tasks import purge_finished_jobs, purge_idempotency_keys
 from tests.helpers import CAMPAIGNS, create_campaign, recipients
 from tests.tokens import bearer
 
@@ -345,7 +345,6 @@ async def test_the_periodic_purge_task_runs_in_a_worker(client, db, database_url
         t.task.name: t.cron for t in procrastinate_app.periodic_registry.periodic_tasks.values()
     }["purge_idempotency_keys"] == "*/10 * * * *"
     pool = await create_pool(database_url, min_size=1, max_size=2)
-    await procrastinate_app.close_async()  # the app fixture's, on the web pool
     try:
         async with procrastinate_app.open_async(pool):
             await purge_idempotency_keys.defer_async(timestamp=0)
@@ -368,3 +367,30 @@ async def test_the_periodic_purge_task_runs_in_a_worker(client, db, database_url
 )
 def test_keys_are_read_bare_or_as_structured_field_strings(header, key):
     assert parse_key(header) == key
+
+
+async def test_the_hourly_purge_deletes_only_old_succeeded_jobs(db, database_url):
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    try:
+        async with procrastinate_app.open_async(pool):
+            for _ in range(3):
+                await purge_idempotency_keys.defer_async(timestamp=0)
+            await procrastinate_app.run_worker_async(
+                queues=[MAINTENANCE_QUEUE], wait=False, install_signal_handlers=False
+            )
+            old = await db.fetchval("SELECT min(id) FROM procrastinate_jobs")
+            await db.execute(
+                "UPDATE procrastinate_events SET at = at - interval '200 hours' WHERE job_id = $1",
+                old,
+            )
+            before = await db.fetch("SELECT id, status FROM procrastinate_jobs")
+            await purge_finished_jobs(timestamp=0)
+    finally:
+        await pool.close()
+
+    assert {job["status"] for job in before} == {"succeeded"}
+    after = {job["id"] for job in await db.fetch("SELECT id FROM procrastinate_jobs")}
+    assert after == {job["id"] for job in before} - {old}
+    assert {
+        t.task.name: t.cron for t in procrastinate_app.periodic_registry.periodic_tasks.values()
+    }["purge_finished_jobs"] == "17 * * * *"
