@@ -27,9 +27,9 @@ import jwt
 
 from app.auth import PUBLISH, READ, WRITE
 from app.settings import Settings, SettingsError
+from db.runs import ENDED
 
 CAMPAIGNS = "/v1/messaging/campaigns"
-ENDED = ("completed", "cancelled")
 DEFAULT_URL = "http://localhost:8000"
 
 

@@ -10,7 +10,7 @@ import asyncpg
 from procrastinate.types import JSONValue
 
 from app.auth import AccessToken
-from app.campaigns import parse_id, visible_campaign
+from app.campaigns import visible_campaign
 from app.errors import BadState, InvalidInput
 from app.idempotency import IdempotencyKey, claim_key
 from app.metrics import PUBLISH_RECIPIENTS
@@ -40,7 +40,6 @@ async def publish_campaign(
             f"recipients must have 1 to {max_recipients} entries",
             {"$.recipients": f"has {len(recipients)} entries; allowed 1 to {max_recipients}"},
         )
-    parse_id(campaign_id, "campaign")
     async with conn.transaction():
         campaign = await visible_campaign(conn, campaign_id, caller, lock="share")
         run_id = None

@@ -12,10 +12,8 @@ from app.campaigns import parse_id, visible_campaign
 from app.errors import BadState, NotFound
 from app.pagination import decode_cursor, split_page
 from app.schemas import Delivery, DeliveryPage, Run, RunPage
-from db.deliveries import DeliveryRepository
-from db.runs import RunRepository
-
-ENDED = ("completed", "cancelled")
+from db.deliveries import DeliveryRepository, delivery_id
+from db.runs import ENDED, RunRepository
 
 
 async def visible_run(
@@ -94,7 +92,7 @@ async def list_deliveries(
 
 def _delivery(row: asyncpg.Record) -> Delivery:
     return Delivery(
-        id=f"{row['run_id']}:{row['position']}",
+        id=delivery_id(row["run_id"], row["position"]),
         person_id=row["person_id"],
         recipient=row["recipient"],
         status=row["status"],

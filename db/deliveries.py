@@ -9,6 +9,11 @@ from uuid import UUID
 import asyncpg
 
 
+def delivery_id(run_id: UUID | str, position: int) -> str:
+    """The public id of a delivery: what the API lists and providers receive as key."""
+    return f"{run_id}:{position}"
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     position: int

@@ -10,6 +10,9 @@ import asyncpg
 
 from db.params import Params
 
+ENDED = ("completed", "cancelled")
+"""Run statuses after which nothing is sent any more."""
+
 COLUMNS = (
     "id, campaign_id, brand_id, status, total_recipients, sent_count, failed_count, "
     "skipped_count, started_at, completed_at, created_by, created_at"

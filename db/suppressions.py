@@ -30,17 +30,6 @@ class SuppressionRepository:
         )
         return {row["address"] for row in rows}
 
-    async def add(self, brand_id: str, address: str, reason: str) -> None:
-        await self.conn.execute(
-            """
-            INSERT INTO suppressions (brand_id, address, reason) VALUES ($1, $2, $3)
-            ON CONFLICT (brand_id, address) DO UPDATE SET reason = EXCLUDED.reason
-            """,
-            brand_id,
-            address,
-            reason,
-        )
-
     async def put(self, brand_id: str, address: str, reason: str) -> asyncpg.Record:
         """Add the address, or change its reason; returns the suppression as stored."""
         record: asyncpg.Record = await self.conn.fetchrow(

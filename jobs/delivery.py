@@ -32,8 +32,8 @@ from uuid import UUID
 import asyncpg
 
 from app.recipients import normalise
-from db.deliveries import DeliveryRepository, Outcome
-from db.runs import RunRepository
+from db.deliveries import DeliveryRepository, Outcome, delivery_id
+from db.runs import ENDED, RunRepository
 from db.suppressions import SuppressionRepository
 from jobs.metrics import count_outcomes, provider_latency
 from jobs.providers import OutgoingMessage, PermanentError, Provider, TransientError
@@ -56,10 +56,6 @@ class ChunkReport:
     skipped: int = 0
     retry_in: float | None = None
     """Seconds after which the transient failures of this chunk should be tried again."""
-
-
-def delivery_id(run_id: UUID | str, position: int) -> str:
-    return f"{run_id}:{position}"
 
 
 def backoff_seconds(attempts: int, base: float) -> float:
@@ -138,7 +134,7 @@ async def _deliver_window(
     """One window in the caller's transaction; None when the chunk has nothing left."""
     runs = RunRepository(conn)
     run = await runs.enter_delivery_window(run_id)
-    if run is None or run["status"] in ("cancelled", "completed"):
+    if run is None or run["status"] in ENDED:
         return None
     claimed = await DeliveryRepository(conn).claim(
         run_id, first, last, limit=resources.config.window, exclude=exclude
