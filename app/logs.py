@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -18,12 +18,35 @@ from typing import IO, Any
 import msgspec
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {
-    "message",
-    "asctime",
-    "taskName",
-    "color_message",
-}
+_RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_STANDARD = _RESERVED | {"taskName", "color_message"}
+
+_make_record = logging.Logger.makeRecord
+
+
+def _make_record_that_cannot_raise(
+    self: logging.Logger,
+    name: str,
+    level: int,
+    fn: str,
+    lno: int,
+    msg: object,
+    args: Any,
+    exc_info: Any,
+    func: str | None = None,
+    extra: Mapping[str, object] | None = None,
+    sinfo: str | None = None,
+) -> logging.LogRecord:
+    """Logger.makeRecord raises KeyError for an `extra` key that names a LogRecord
+    attribute (`args`, `name`, `msg`, ...): a log call in a recovery loop once killed the
+    loop that way. Here such a key is logged as `extra_<key>` instead, for every logger of
+    the process (procrastinate's too)."""
+    if extra and not _RESERVED.isdisjoint(extra):
+        extra = {f"extra_{k}" if k in _RESERVED else k: v for k, v in extra.items()}
+    return _make_record(self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo)
+
+
+logging.Logger.makeRecord = _make_record_that_cannot_raise  # type: ignore[method-assign]
 
 
 _context: ContextVar[dict[str, Any]] = ContextVar("log_context")

@@ -8,6 +8,12 @@ from uuid import UUID
 
 import asyncpg
 
+from db.text import storable
+
+MAX_LAST_ERROR = 1000
+"""last_error is shown to API users; a provider may answer with a whole HTML page."""
+MAX_PROVIDER_MESSAGE_ID = 256
+
 
 def delivery_id(run_id: UUID | str, position: int) -> str:
     """The public id of a delivery: what the API lists and providers receive as key."""
@@ -68,9 +74,34 @@ class DeliveryRepository:
             [o.status for o in outcomes],
             [o.attempts for o in outcomes],
             [o.reason for o in outcomes],
-            [o.last_error for o in outcomes],
-            [o.provider_message_id for o in outcomes],
+            # A provider's words, stored as PostgreSQL can hold them: an answer with a NUL
+            # in it would otherwise fail the window after its sends.
+            [storable(o.last_error, MAX_LAST_ERROR) for o in outcomes],
+            [storable(o.provider_message_id, MAX_PROVIDER_MESSAGE_ID) for o in outcomes],
         )
+
+    async def lock_pending(self, run_id: UUID, positions: Sequence[int]) -> set[int]:
+        """Which of `positions` are still pending, row-locked until the transaction ends."""
+        rows = await self.conn.fetch(
+            """
+            SELECT position FROM deliveries
+            WHERE run_id = $1 AND position = ANY($2::int[]) AND status = 'pending'
+            FOR UPDATE
+            """,
+            run_id, list(positions),
+        )  # fmt: skip
+        return {row["position"] for row in rows}
+
+    async def fail_pending(self, run_id: UUID, first: int, last: int, why: str) -> int:
+        """Every pending delivery of positions first..last becomes failed; returns how many."""
+        result: str = await self.conn.execute(
+            """
+            UPDATE deliveries SET status = 'failed', last_error = $4, updated_at = now()
+            WHERE run_id = $1 AND position BETWEEN $2 AND $3 AND status = 'pending'
+            """,
+            run_id, first, last, storable(why, MAX_LAST_ERROR),
+        )  # fmt: skip
+        return int(result.split()[-1])
 
     async def skip_pending(self, run_id: UUID, reason: str) -> int:
         """Every pending delivery of the run becomes skipped; returns how many."""

@@ -6,13 +6,15 @@ from collections.abc import Collection
 
 import asyncpg
 
+from db.text import storable
+
 
 class JobRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
     async def orphaned(
-        self, worker_id: int, task_name: str, running: Collection[int], older_than: float
+        self, worker_id: int, running: Collection[int], older_than: float
     ) -> list[int]:
         """Jobs `doing` for this live worker that it is not running: procrastinate could
         not record their end (the database was away at that moment). Only those started
@@ -21,15 +23,36 @@ class JobRepository:
         rows = await self.conn.fetch(
             """
             SELECT j.id FROM procrastinate_jobs j
-            WHERE j.status = 'doing' AND j.worker_id = $1 AND j.task_name = $2
-              AND j.id <> ALL($3::bigint[])
+            WHERE j.status = 'doing' AND j.worker_id = $1 AND j.id <> ALL($2::bigint[])
               AND (SELECT max(e.at) FROM procrastinate_events e
                    WHERE e.job_id = j.id AND e.type = 'started')
-                  < now() - make_interval(secs => $4)
+                  < now() - make_interval(secs => $3)
             """,
             worker_id,
-            task_name,
             list(running),
             older_than,
         )
         return [row["id"] for row in rows]
+
+    async def failures(self, job_id: int) -> tuple[int, str | None]:
+        """How many tries of the job failed for a reason other than the database being
+        away, and the last such error."""
+        row = await self.conn.fetchrow(
+            "SELECT failures, last_error FROM delivery_job_failures WHERE job_id = $1", job_id
+        )
+        return (row["failures"], row["last_error"]) if row else (0, None)
+
+    async def count_failure(self, job_id: int, error: str) -> int:
+        """One more such failure of the job; returns how many there were."""
+        failures: int = await self.conn.fetchval(
+            """
+            INSERT INTO delivery_job_failures AS f (job_id, failures, last_error)
+            VALUES ($1, 1, $2)
+            ON CONFLICT (job_id) DO UPDATE
+                SET failures = f.failures + 1, last_error = $2, failed_at = now()
+            RETURNING failures
+            """,
+            job_id,
+            storable(error, 1000),
+        )
+        return failures

@@ -17,6 +17,36 @@ DATABASE_UNAVAILABLE = (
     asyncpg.InternalClientError,
 )
 
+# The narrower set of errors that say "the database is away or busy, try again" rather than
+# "this statement is wrong": a lost or refused connection, a server shutting down or
+# starting, a cancelled statement, a deadlock or serialization failure, too many clients.
+# A delivery window that fails this way is retried without spending attempts; web answers
+# 503 with Retry-After. Any other error is deterministic: trying again would fail again.
+DATABASE_AWAY = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,  # 08: connection exceptions
+    asyncpg.exceptions.OperatorInterventionError,  # 57: shutdown, starting up, cancelled
+    asyncpg.exceptions.TransactionRollbackError,  # 40: deadlock, serialization failure
+    asyncpg.exceptions.InsufficientResourcesError,  # 53: too many connections, disk full
+    asyncpg.exceptions.PostgresSystemError,  # 58: I/O error
+    # 55000: "database ... is not currently accepting connections" (ALLOW_CONNECTIONS off)
+    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
+)
+
+
+def database_away(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from (procrastinate wraps ours in its
+    ConnectorException), is one of DATABASE_AWAY."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, DATABASE_AWAY):
+            return True
+        seen = seen.__cause__
+    return False
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in binary format, so that it can also travel inside composite types and

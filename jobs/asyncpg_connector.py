@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 _TEXT_TYPES = {"text", "varchar", "bpchar", "name"}
+# How long the LISTEN connection may take to answer its health check (or to unlisten)
+# before it is taken for half-open and replaced; without a bound, the kernel's TCP
+# timeouts decide, about 15 minutes.
+HEALTH_CHECK_TIMEOUT = 5.0
 
 
 @functools.lru_cache(maxsize=256)
@@ -119,6 +123,7 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
         def forward(_conn: object, _pid: int, channel: str, payload: str) -> None:
             task = asyncio.ensure_future(on_notification(channel=channel, payload=payload))
             pending.add(task)
+            task.add_done_callback(_notification_handled)
             task.add_done_callback(pending.discard)
 
         def on_lost(_conn: object) -> None:
@@ -135,7 +140,7 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
                 try:
                     await asyncio.wait_for(lost.wait(), timeout=connector.LISTEN_TIMEOUT)
                 except TimeoutError:
-                    await conn.execute("SELECT 1")
+                    await conn.execute("SELECT 1", timeout=HEALTH_CHECK_TIMEOUT)
         finally:
             # Shielded: the worker cancels this task when it stops, maybe twice; a release
             # cut short would leave the connection checked out and pool.close() waiting.
@@ -149,11 +154,16 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
         on_lost: Callable[[object], None],
     ) -> None:
         # The pool refuses (warns about) a connection that still has listeners. A connection
-        # the server cut is already detached from its proxy: nothing to remove then.
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        # the server cut is already detached from its proxy: nothing to remove then. One
+        # that does not answer (half-open) is closed: the pool makes a new one when needed.
+        try:
             conn.remove_termination_listener(on_lost)
-            for channel in channels:
-                await conn.remove_listener(channel, forward)
+            async with asyncio.timeout(HEALTH_CHECK_TIMEOUT):
+                for channel in channels:
+                    await conn.remove_listener(channel, forward)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
         await self.pool.release(conn)
 
     @asynccontextmanager
@@ -179,6 +189,11 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
             raise _unique_violation(exc) from exc
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise exceptions.ConnectorException(str(exc)) from exc
+
+
+def _notification_handled(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.error("a job notification could not be handled", exc_info=error)
 
 
 def _coerce(value: Any, pg_type: str) -> Any:

@@ -13,7 +13,14 @@ again and only those (the sends in flight or answered but not committed) can rea
 provider twice, with the same delivery id as idempotency key.
 
 A transient failure leaves the delivery pending with one more attempt; the job does not
-retry it itself but returns the time at which a follow-up job should.
+retry it itself: the window that met it defers, in its own transaction, a follow-up job
+for the range after the backoff (`schedule_retry`).
+
+A window whose sends happened but whose transaction then fails for a reason that would
+fail again (a bug of ours, a constraint, text the database refuses) is not rolled back
+into another send: `_salvage` records what it can of it, delivery by delivery, with the
+attempt spent. Only the database being away makes a window simply go again, without
+spending attempts.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -33,6 +42,7 @@ import asyncpg
 
 from app.recipients import normalise
 from db.deliveries import DeliveryRepository, Outcome, delivery_id
+from db.pool import database_away
 from db.runs import ENDED, RunRepository
 from db.suppressions import SuppressionRepository
 from jobs.metrics import count_outcomes, provider_latency
@@ -49,13 +59,29 @@ class DeliveryInterrupted(Exception):
     """The worker is stopping; the job goes back to the queue with its rest pending."""
 
 
+ScheduleRetry = Callable[[asyncpg.Connection, datetime], Awaitable[None]]
+"""Defers the follow-up job of a range on the given connection (in its transaction)."""
+
+
 @dataclass
 class ChunkReport:
     sent: int = 0
     failed: int = 0
     skipped: int = 0
-    retry_in: float | None = None
-    """Seconds after which the transient failures of this chunk should be tried again."""
+    retrying: int = 0
+    """Deliveries left pending by a transient failure, for a follow-up job."""
+
+
+@dataclass
+class Window:
+    """One window's work so far: what it claimed, and once every send has been answered,
+    the outcomes it is about to record."""
+
+    run_id: UUID
+    first: int
+    last: int
+    exclude: list[int]
+    outcomes: list[Outcome] | None = None
 
 
 def backoff_seconds(attempts: int, base: float) -> float:
@@ -72,29 +98,54 @@ def render(template: str | None, person_id: str, recipient: str) -> str | None:
 
 
 async def deliver_chunk(
-    resources: WorkerResources, run_id: UUID, first: int, last: int
+    resources: WorkerResources,
+    run_id: UUID,
+    first: int,
+    last: int,
+    schedule_retry: ScheduleRetry,
 ) -> ChunkReport:
-    """Raises DeliveryInterrupted when the worker stops before the chunk is done."""
+    """Raises DeliveryInterrupted when the worker stops before the chunk is done, and the
+    error of a window that failed before any of its sends was answered."""
     report = ChunkReport()
-    retry_later: dict[int, int] = {}  # position -> attempts, of transient failures
+    retrying: list[int] = []  # positions left for the follow-up job
     while True:
         if resources.stopping.is_set():
             raise DeliveryInterrupted("worker stopping")
-        window = await _abortable(
-            resources, _window_transaction(resources, run_id, first, last, list(retry_later))
-        )
-        if window is None:
+        window = Window(run_id, first, last, exclude=list(retrying))
+        try:
+            outcomes = await _abortable(
+                resources, _window_transaction(resources, window, schedule_retry)
+            )
+        except DeliveryInterrupted:
+            raise
+        except Exception as exc:
+            if window.outcomes is None or database_away(exc):
+                raise  # nothing was sent, or the database is away: going again is safe
+            outcomes = await _salvage(resources, window, exc, schedule_retry)
+        if outcomes is None:
             break
-        counts = Counter(o.status for o in window)
+        counts = Counter(o.status for o in outcomes)
         report.sent += counts["sent"]
         report.failed += counts["failed"]
         report.skipped += counts["skipped"]
-        retry_later.update((o.position, o.attempts) for o in window if o.status == "pending")
-    if retry_later:
-        report.retry_in = backoff_seconds(
-            max(retry_later.values()), resources.config.retry_base_seconds
-        )
+        report.retrying += counts["pending"]
+        retrying += (o.position for o in outcomes if o.status == "pending")
     return report
+
+
+async def fail_range(
+    resources: WorkerResources, run_id: UUID, first: int, last: int, why: str
+) -> int:
+    """The last resort of a job that keeps failing for a reason other than the database
+    being away: its pending deliveries fail with `why`, and the run can complete."""
+    async with resources.pool.acquire() as conn, conn.transaction():
+        runs = RunRepository(conn)
+        run = await runs.enter_delivery_window(run_id)
+        if run is None or run["status"] in ENDED:
+            return 0
+        failed = await DeliveryRepository(conn).fail_pending(run_id, first, last, why)
+        await runs.count_outcomes(run_id, 0, failed, 0)
+        return failed
 
 
 async def _abortable(resources: WorkerResources, window: Coroutine[Any, Any, T]) -> T:
@@ -117,27 +168,26 @@ async def _abortable(resources: WorkerResources, window: Coroutine[Any, Any, T])
 
 
 async def _window_transaction(
-    resources: WorkerResources, run_id: UUID, first: int, last: int, exclude: list[int]
+    resources: WorkerResources, window: Window, schedule_retry: ScheduleRetry
 ) -> list[Outcome] | None:
     async with resources.pool.acquire() as conn, conn.transaction():
-        return await _deliver_window(conn, resources, run_id, first, last, exclude)
+        return await _deliver_window(conn, resources, window, schedule_retry)
 
 
 async def _deliver_window(
     conn: asyncpg.Connection,
     resources: WorkerResources,
-    run_id: UUID,
-    first: int,
-    last: int,
-    exclude: list[int],
+    window: Window,
+    schedule_retry: ScheduleRetry,
 ) -> list[Outcome] | None:
     """One window in the caller's transaction; None when the chunk has nothing left."""
+    run_id = window.run_id
     runs = RunRepository(conn)
     run = await runs.enter_delivery_window(run_id)
     if run is None or run["status"] in ENDED:
         return None
     claimed = await DeliveryRepository(conn).claim(
-        run_id, first, last, limit=resources.config.window, exclude=exclude
+        run_id, window.first, window.last, limit=resources.config.window, exclude=window.exclude
     )
     if not claimed:
         # Nothing left here; if nothing is left anywhere (e.g. every recipient was skipped
@@ -161,13 +211,105 @@ async def _deliver_window(
     outcomes += await asyncio.gather(
         *(_send(provider, resources, run_id, run, row) for row in to_send)
     )
-    await DeliveryRepository(conn).record(run_id, outcomes)
-    counts = Counter(o.status for o in outcomes)
-    await runs.count_outcomes(run_id, counts["sent"], counts["failed"], counts["skipped"])
+    window.outcomes = outcomes
+    await _record(conn, run_id, outcomes)
+    retry_after = [o.attempts for o in outcomes if o.status == "pending"]
+    if retry_after:
+        delay = backoff_seconds(max(retry_after), resources.config.retry_base_seconds)
+        await schedule_retry(conn, datetime.now(UTC) + timedelta(seconds=delay))
     # Counted before the commit: a window that then rolls back is counted, as its sends
     # did reach the provider.
-    count_outcomes(channel, provider.name, counts.items())
+    count_outcomes(channel, provider.name, Counter(o.status for o in outcomes).items())
     return outcomes
+
+
+async def _record(conn: asyncpg.Connection, run_id: UUID, outcomes: list[Outcome]) -> None:
+    """The outcomes and the run's counters, in the caller's transaction."""
+    await DeliveryRepository(conn).record(run_id, outcomes)
+    counts = Counter(o.status for o in outcomes)
+    await RunRepository(conn).count_outcomes(
+        run_id, counts["sent"], counts["failed"], counts["skipped"]
+    )
+
+
+async def _salvage(
+    resources: WorkerResources, window: Window, error: Exception, schedule_retry: ScheduleRetry
+) -> list[Outcome]:
+    """Record a window whose sends were answered but whose transaction failed for a
+    reason that would fail again. Each delivery goes in its own savepoint, so that one
+    that cannot be stored holds back no other: its outcome without the provider's answer,
+    else `failed`. The attempt is spent either way; what could not even be failed stays
+    pending, for the job's own bounded retries (jobs/tasks.py)."""
+    assert window.outcomes is not None
+    logger.error(
+        "a window could not be recorded after its sends; recording it without the "
+        "provider's answers",
+        exc_info=error,
+    )
+    lost = f"its outcome could not be stored ({type(error).__name__}); the answer is lost"
+    run_id = window.run_id
+    async with resources.pool.acquire() as conn, conn.transaction():
+        runs = RunRepository(conn)
+        run = await runs.enter_delivery_window(run_id)
+        if run is None or run["status"] in ENDED:
+            return []  # cancelled meanwhile: its deliveries were skipped
+        deliveries = DeliveryRepository(conn)
+        pending = await deliveries.lock_pending(run_id, [o.position for o in window.outcomes])
+        recorded: list[Outcome] = []
+        for outcome in window.outcomes:
+            if outcome.position in pending:
+                stored = await _store_first_possible(conn, run_id, _without_answer(outcome, lost))
+                recorded += [stored] if stored else []
+        if any(o.status == "pending" for o in recorded):
+            retry_at = datetime.now(UTC) + timedelta(seconds=resources.config.retry_base_seconds)
+            if not await _in_savepoint(conn, partial(schedule_retry, conn, retry_at)):
+                unscheduled = [
+                    replace(o, status="failed", last_error=lost)
+                    for o in recorded
+                    if o.status == "pending"
+                ]
+                await deliveries.record(run_id, unscheduled)
+                recorded = [o for o in recorded if o.status != "pending"] + unscheduled
+        counts = Counter(o.status for o in recorded)
+        await runs.count_outcomes(run_id, counts["sent"], counts["failed"], counts["skipped"])
+    return recorded
+
+
+async def _store_first_possible(
+    conn: asyncpg.Connection, run_id: UUID, candidates: tuple[Outcome, ...]
+) -> Outcome | None:
+    deliveries = DeliveryRepository(conn)
+    for candidate in candidates:
+        if await _in_savepoint(conn, partial(deliveries.record, run_id, [candidate])):
+            return candidate
+    return None
+
+
+async def _in_savepoint(
+    conn: asyncpg.Connection, statement: Callable[[], Awaitable[object]]
+) -> bool:
+    """Whether `statement` succeeded; if it failed for a reason other than the database
+    being away, only its savepoint rolled back."""
+    try:
+        async with conn.transaction():
+            await statement()
+    except Exception as exc:
+        if database_away(exc):
+            raise
+        logger.error("a salvage step failed", exc_info=exc)
+        return False
+    return True
+
+
+def _without_answer(outcome: Outcome, lost: str) -> tuple[Outcome, Outcome]:
+    """What to store of an outcome whose details could not be: first the same status
+    without the provider's words, then `failed`."""
+    plain = replace(
+        outcome,
+        provider_message_id=None,
+        last_error=None if outcome.status in ("sent", "skipped") else lost,
+    )
+    return plain, replace(outcome, status="failed", reason=None, last_error=lost)
 
 
 async def _send(
@@ -177,22 +319,24 @@ async def _send(
     run: asyncpg.Record,
     row: asyncpg.Record,
 ) -> Outcome:
+    """Never raises (but for cancellation): a raise would leave the window's other sends
+    running unseen while the window rolls back."""
     position, person_id, recipient = row["position"], row["person_id"], row["recipient"]
     attempts = row["attempts"] + 1
-    message = OutgoingMessage(
-        delivery_id=delivery_id(run_id, position),
-        run_id=str(run_id),
-        campaign_id=str(run["campaign_id"]),
-        brand_id=run["brand_id"],
-        channel=run["channel"],
-        person_id=person_id,
-        recipient=recipient,
-        sender=run["sender"],
-        subject=render(run["subject"], person_id, recipient),
-        body=render(run["body"], person_id, recipient) or "",
-    )
-    latency = provider_latency(message.channel, provider.name)
+    latency = provider_latency(run["channel"], provider.name)
     try:
+        message = OutgoingMessage(
+            delivery_id=delivery_id(run_id, position),
+            run_id=str(run_id),
+            campaign_id=str(run["campaign_id"]),
+            brand_id=run["brand_id"],
+            channel=run["channel"],
+            person_id=person_id,
+            recipient=recipient,
+            sender=run["sender"],
+            subject=render(run["subject"], person_id, recipient),
+            body=render(run["body"], person_id, recipient) or "",
+        )
         async with resources.sends:
             started = time.perf_counter()
             try:
@@ -202,10 +346,11 @@ async def _send(
     except PermanentError as exc:
         return Outcome(position, "failed", attempts, last_error=exc.detail)
     except Exception as exc:
-        # TransientError, or a provider bug: either way the window's other outcomes must
-        # still commit (else their sends would be repeated), and another attempt may do.
+        # TransientError, or a bug (a provider's or ours): either way the window's other
+        # outcomes must still commit (else their sends would be repeated), and another
+        # attempt may do.
         if not isinstance(exc, TransientError):
-            logger.exception("provider raised", extra={"delivery_id": message.delivery_id})
+            logger.exception("sending raised", extra={"delivery_id": delivery_id(run_id, position)})
         detail = exc.detail if isinstance(exc, TransientError) else f"unexpected: {exc!r}"
         if attempts >= resources.config.max_attempts:
             detail = f"gave up after {attempts} attempts; last: {detail}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -31,5 +31,3 @@ class WorkerResources:
     """First SIGTERM: finish the windows in flight, then hand the jobs back to the queue."""
     aborting: asyncio.Event
     """Second SIGTERM: roll back the windows in flight now and hand the jobs back."""
-    running: set[int] = field(default_factory=set)
-    """Ids of the deliver_batch jobs this process is running right now."""

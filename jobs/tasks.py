@@ -3,60 +3,120 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
-from typing import cast
+from datetime import datetime
+from typing import Any, cast
 from uuid import UUID
 
-from procrastinate import JobContext, RetryStrategy
+import asyncpg
+from procrastinate import BaseRetryStrategy, JobContext, RetryDecision, exceptions
+from procrastinate.jobs import Job
 
 from app.logs import bind_log_context
 from app.settings import get_settings
 from db.idempotency import IdempotencyKeyRepository
+from db.jobs import JobRepository
+from db.pool import database_away
 from jobs.app import DELIVERY_QUEUE, MAINTENANCE_QUEUE, app
 from jobs.asyncpg_connector import AsyncpgConnector
-from jobs.delivery import deliver_chunk
+from jobs.delivery import DeliveryInterrupted, deliver_chunk, fail_range
 from jobs.resources import WorkerResources
 
 logger = logging.getLogger(__name__)
 
+MAX_RETRY_WAIT_SECONDS = 30
 
-# Retried whatever it raised, for ever: it only ever works on pending deliveries, so
-# running it again is safe, and a job that gave up would strand its deliveries. It raises
-# DeliveryInterrupted when its worker stops, and database errors when the database is away.
-@app.task(
-    name="deliver_batch",
-    queue=DELIVERY_QUEUE,
-    pass_context=True,
-    retry=RetryStrategy(wait=1, linear_wait=2),
-)
+
+class DeliveryRetry(BaseRetryStrategy):
+    """deliver_batch is retried whatever it raised: a job that gave up would strand its
+    deliveries, and it only ever works on pending ones, so running it again is safe. A job
+    handed back by a stopping worker goes again at once; one that failed (the database
+    away, mostly) after 1 s, then 2 s more each time, at most 30 s apart. A job that keeps
+    failing for other reasons is ended by the task itself (see deliver_batch)."""
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision:
+        if isinstance(exception, DeliveryInterrupted):
+            return RetryDecision(retry_in={"seconds": 0})
+        wait = min(MAX_RETRY_WAIT_SECONDS, 1 + 2 * job.attempts)
+        return RetryDecision(retry_in={"seconds": wait})
+
+
+@app.task(name="deliver_batch", queue=DELIVERY_QUEUE, pass_context=True, retry=DeliveryRetry())
 async def deliver_batch(context: JobContext, run_id: str, first: int, last: int) -> None:
-    """Deliver the pending deliveries of run `run_id` at positions first..last."""
+    """Deliver the pending deliveries of run `run_id` at positions first..last.
+
+    A try that fails for a reason other than the database being away (a bug, a
+    constraint) may have reached providers before it failed. Such failures are counted
+    (db/jobs.py); once there have been DELIVERY_MAX_ATTEMPTS of them, the job fails its
+    pending deliveries with the reason instead of trying again: no send repeats without
+    bound, and the run completes."""
     resources: WorkerResources = context.additional_context["resources"]
     job_id = context.job.id
     assert job_id is not None
-    resources.running.add(job_id)  # see jobs.worker.requeue_orphaned_jobs
+
+    async def schedule_retry(conn: asyncpg.Connection, at: datetime) -> None:
+        await defer_follow_up(conn, at, run_id=run_id, first=first, last=last)
+
+    with bind_log_context(run_id=run_id, job_id=job_id):
+        if context.job.attempts:  # tried before: maybe too often already
+            failures, last_error = await _failures(resources, job_id)
+            if failures >= _limit(resources):
+                await _give_up(resources, run_id, first, last, last_error)
+                return
+        try:
+            report = await deliver_chunk(resources, UUID(run_id), first, last, schedule_retry)
+        except DeliveryInterrupted:
+            raise
+        except Exception as exc:
+            if database_away(exc):
+                raise
+            async with resources.pool.acquire() as conn:
+                failures = await JobRepository(conn).count_failure(job_id, repr(exc))
+            if failures < _limit(resources):
+                raise
+            logger.exception("the chunk failed %d times", failures)
+            await _give_up(resources, run_id, first, last, repr(exc))
+            return
+        logger.info(
+            "chunk delivered",
+            extra={
+                "positions": [first, last],
+                "sent": report.sent,
+                "failed": report.failed,
+                "skipped": report.skipped,
+                "retrying": report.retrying,
+            },
+        )
+
+
+def _limit(resources: WorkerResources) -> int:
+    return resources.config.max_attempts
+
+
+async def _failures(resources: WorkerResources, job_id: int) -> tuple[int, str | None]:
+    async with resources.pool.acquire() as conn:
+        return await JobRepository(conn).failures(job_id)
+
+
+async def _give_up(
+    resources: WorkerResources, run_id: str, first: int, last: int, last_error: str | None
+) -> None:
+    why = f"its delivery job failed {_limit(resources)} times; last: {last_error}"
+    failed = await fail_range(resources, UUID(run_id), first, last, why)
+    logger.error("chunk given up: its pending deliveries failed", extra={"failed": failed})
+
+
+async def defer_follow_up(conn: asyncpg.Connection, at: datetime, **job: Any) -> None:
+    """A deliver_batch job for the same range at `at`, deferred on `conn` (in the window's
+    transaction: it exists exactly when the transient failures that need it do). One is
+    enough however many windows ask: the queueing lock keeps a second one out."""
+    lock = f"retry:{job['run_id']}:{job['first']}"
     try:
-        with bind_log_context(run_id=run_id, job_id=job_id):
-            report = await deliver_chunk(resources, UUID(run_id), first, last)
-            if report.retry_in is not None:
-                # Transient failures are tried again by a follow-up job, so that the rest
-                # of the chunk (and the worker) never waits out a backoff.
-                retry_at = datetime.now(UTC) + timedelta(seconds=report.retry_in)
-                await deliver_batch.configure(schedule_at=retry_at).defer_async(
-                    run_id=run_id, first=first, last=last
-                )
-            logger.info(
-                "chunk delivered",
-                extra={
-                    "positions": [first, last],
-                    "sent": report.sent,
-                    "failed": report.failed,
-                    "skipped": report.skipped,
-                    "retry_in_seconds": report.retry_in,
-                },
-            )
-    finally:
-        resources.running.discard(job_id)
+        async with conn.transaction():  # a savepoint: a refused insert spoils nothing else
+            await deliver_batch.configure(
+                connection=conn, schedule_at=at, queueing_lock=lock
+            ).defer_async(**job)
+    except exceptions.AlreadyEnqueued:
+        pass  # a follow-up of this range is waiting already; it takes these too
 
 
 # Keys hold 24 h; purging every 10 minutes keeps at most that much extra in the table.

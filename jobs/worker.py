@@ -2,16 +2,27 @@
 housekeeping, until SIGTERM.
 
 The first SIGTERM (or SIGINT) lets the windows in flight finish and commit, then hands the
-jobs back to the queue and exits; a second one rolls the windows in flight back at once.
-Besides running deliver_batch jobs, every worker requeues the jobs of workers that died
-(procrastinate records heartbeats, but a job whose worker was SIGKILLed stays `doing`).
+jobs back to the queue and exits 0; a second one rolls the windows in flight back at once.
+Besides running jobs, every worker keeps two supervised loops (app/supervision.py):
+- recovery: requeues the jobs of workers that died (procrastinate records heartbeats, but
+  a job whose worker was SIGKILLed stays `doing`), and the jobs this worker lost track of;
+- heartbeat: procrastinate stops its own heartbeat as soon as a graceful stop begins, so a
+  window still sending then (a hung provider) would look dead to the other workers after
+  STALLED_JOB_SECONDS and its job would run twice. This heartbeat lasts until the worker
+  has finished every job.
+A loop round that fails is logged and the next one runs; a loop that ends for good stops
+the process with status 1, so that the platform restarts it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from procrastinate import App, exceptions
@@ -19,17 +30,52 @@ from procrastinate.worker import Worker
 from prometheus_client import start_http_server
 
 import jobs.metrics  # noqa: F401 - registered before the metrics endpoint serves
+from app import supervision
 from app.logs import configure_logging
 from app.settings import Settings, get_settings
 from db.jobs import JobRepository
 from db.pool import DATABASE_UNAVAILABLE, create_pool
 from jobs.app import DELIVERY_QUEUE, MAINTENANCE_QUEUE, app
-from jobs.providers import build_providers, close_providers
+from jobs.providers import Provider, build_providers, close_providers
 from jobs.resources import DeliveryConfig, WorkerResources
 
 logger = logging.getLogger(__name__)
 
 RESTART_DELAY_SECONDS = 2.0
+# A job inserted now is announced by NOTIFY; a requeued one, or one scheduled for later (a
+# retry's backoff), is found by polling. procrastinate polls every 5 s by default; one
+# cheap query a second makes either start within a second.
+FETCH_POLLING_SECONDS = 1.0
+DATABASE_ERRORS = (exceptions.ConnectorException, *DATABASE_UNAVAILABLE)
+
+
+@dataclass
+class StopRequest:
+    """What the process was asked, for its whole life (the worker may restart many times):
+    the first signal stops, the second aborts; `failed` when a supervised loop died."""
+
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    aborting: asyncio.Event = field(default_factory=asyncio.Event)
+    failed: bool = False
+    worker: Worker | None = None
+    """The worker running now, if any."""
+
+    def on_signal(self) -> None:
+        if not self.stopping.is_set():
+            logger.info("stopping: finishing the sends in flight (signal again to abort them)")
+            self.stop()
+        else:
+            logger.warning("aborting: rolling back the windows in flight")
+            self.aborting.set()
+
+    def fail(self) -> None:
+        self.failed = True
+        self.stop()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.worker is not None:
+            self.worker.stop()
 
 
 async def requeue_stalled_jobs(procrastinate_app: App, stalled_seconds: float) -> int:
@@ -44,22 +90,28 @@ async def requeue_stalled_jobs(procrastinate_app: App, stalled_seconds: float) -
         requeued += 1
         logger.warning(
             "requeued the job of a dead worker",
-            extra={"job_id": job.id, "task": job.task_name, "args": job.task_kwargs},
+            extra={"job_id": job.id, "task": job.task_name, "task_kwargs": job.task_kwargs},
         )
     return requeued
+
+
+def running_job_ids(worker: Worker) -> set[int]:
+    """The jobs this worker runs, until procrastinate has recorded their end (a job leaves
+    this set only then). procrastinate 3.10 (pinned) keeps them in `_running_jobs`."""
+    return {context.job.id for context in worker._running_jobs.values() if context.job.id}
 
 
 async def requeue_orphaned_jobs(
     procrastinate_app: App, worker: Worker, resources: WorkerResources, stalled_seconds: float
 ) -> int:
-    """Put back in the queue the deliver_batch jobs this live worker holds `doing` but does
-    not run: when the database is away at the moment procrastinate records a job's end,
-    the job stays `doing` and, its worker's heartbeat being fresh, nobody else requeues it."""
+    """Put back in the queue the jobs this live worker holds `doing` but does not run: when
+    the database is away at the moment procrastinate records a job's end, the job stays
+    `doing` and, its worker's heartbeat being fresh, nobody else requeues it."""
     if worker.worker_id is None:
         return 0
     async with resources.pool.acquire() as conn:
         orphans = await JobRepository(conn).orphaned(
-            worker.worker_id, "deliver_batch", set(resources.running), stalled_seconds
+            worker.worker_id, running_job_ids(worker), stalled_seconds
         )
     for job_id in orphans:
         await procrastinate_app.job_manager.retry_job_by_id_async(job_id, datetime.now(UTC))
@@ -67,50 +119,51 @@ async def requeue_orphaned_jobs(
     return len(orphans)
 
 
-async def _requeue_forever(
+async def recover_jobs(
     procrastinate_app: App, worker: Worker, resources: WorkerResources, stalled_seconds: float
 ) -> None:
-    while True:
-        await asyncio.sleep(stalled_seconds / 3)
-        try:
-            await requeue_stalled_jobs(procrastinate_app, stalled_seconds)
-            await requeue_orphaned_jobs(procrastinate_app, worker, resources, stalled_seconds)
-        except (exceptions.ConnectorException, *DATABASE_UNAVAILABLE) as exc:
-            logger.warning("could not look for stalled jobs (next round): %r", exc)
+    """One round of the recovery loop."""
+    await requeue_stalled_jobs(procrastinate_app, stalled_seconds)
+    await requeue_orphaned_jobs(procrastinate_app, worker, resources, stalled_seconds)
 
 
-def _on_signal(worker: Worker, resources: WorkerResources) -> None:
-    if not resources.stopping.is_set():
-        logger.info("stopping: finishing the sends in flight (signal again to abort them)")
-        resources.stopping.set()
-        worker.stop()
-    else:
-        logger.warning("aborting: rolling back the windows in flight")
-        resources.aborting.set()
+async def update_heartbeat(procrastinate_app: App, worker: Worker) -> None:
+    if worker.worker_id is not None:  # None before it registered and once it unregistered
+        await procrastinate_app.job_manager.update_heartbeat(worker.worker_id)
 
 
-async def run_worker(settings: Settings, *, wait: bool = True, handle_signals: bool = True) -> bool:
-    """Run deliver_batch jobs until stopped (or, with wait=False, until the queue is empty).
-    Returns whether a signal asked it to stop: procrastinate also stops a worker, quietly,
-    when its heartbeat or its listener fails (the database went away)."""
-    providers = build_providers(settings)
-    pool = await create_pool(settings.database_url, max_size=settings.db_pool_max_size)
-    resources = WorkerResources(
-        pool=pool,
-        providers=providers,
-        sends=asyncio.Semaphore(settings.worker_concurrency),
-        config=DeliveryConfig(
-            max_attempts=settings.delivery_max_attempts,
-            window=settings.worker_concurrency,
-            retry_base_seconds=settings.delivery_retry_base_seconds,
-        ),
-        stopping=asyncio.Event(),
-        aborting=asyncio.Event(),
-    )
-    await app.open_async(pool)
-    loop = asyncio.get_running_loop()
-    recovery: asyncio.Task[None] | None = None
-    try:
+async def run_worker(
+    settings: Settings,
+    *,
+    wait: bool = True,
+    stop: StopRequest | None = None,
+    providers: Mapping[str, Provider] | None = None,
+) -> None:
+    """Run jobs until `stop` is asked (or, with wait=False, until the queue is empty).
+    procrastinate also stops a worker, quietly, when its heartbeat or its listener fails
+    (the database went away): this then returns without `stop.stopping` set.
+    `providers` replaces those of the settings (the caller then closes them)."""
+    stop = stop or StopRequest()
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await create_pool(settings.database_url, max_size=settings.db_pool_max_size)
+        stack.push_async_callback(pool.close)
+        if providers is None:
+            providers = build_providers(settings)
+            stack.push_async_callback(close_providers, providers)
+        resources = WorkerResources(
+            pool=pool,
+            providers=providers,
+            sends=asyncio.Semaphore(settings.worker_concurrency),
+            config=DeliveryConfig(
+                max_attempts=settings.delivery_max_attempts,
+                window=settings.worker_concurrency,
+                retry_base_seconds=settings.delivery_retry_base_seconds,
+            ),
+            stopping=stop.stopping,
+            aborting=stop.aborting,
+        )
+        await app.open_async(pool)
+        stack.push_async_callback(app.close_async)
         app.perform_import_paths()
         worker = Worker(
             app=app,
@@ -118,50 +171,74 @@ async def run_worker(settings: Settings, *, wait: bool = True, handle_signals: b
             concurrency=settings.worker_jobs,
             additional_context={"resources": resources},
             wait=wait,
+            fetch_job_polling_interval=FETCH_POLLING_SECONDS,
             install_signal_handlers=False,
             update_heartbeat_interval=max(1.0, settings.stalled_job_seconds / 3),
             stalled_worker_timeout=settings.stalled_job_seconds,
         )
-        if handle_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, _on_signal, worker, resources)
-        recovery = asyncio.create_task(
-            _requeue_forever(app, worker, resources, settings.stalled_job_seconds)
-        )
-        await worker.run()
-        return resources.stopping.is_set()
-    finally:
-        if handle_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
-        if recovery is not None:
-            recovery.cancel()
-        await app.close_async()
-        await close_providers(providers)
-        await pool.close()
+        stop.worker = worker
+        stack.callback(setattr, stop, "worker", None)
+        stalled = settings.stalled_job_seconds
+        loops = {
+            "recovery": supervision.every(
+                stalled / 3,
+                lambda: recover_jobs(app, worker, resources, stalled),
+                name="recovery",
+                expected=DATABASE_ERRORS,
+            ),
+            "heartbeat": supervision.every(
+                max(1.0, stalled / 3),
+                lambda: update_heartbeat(app, worker),
+                name="heartbeat",
+                expected=DATABASE_ERRORS,
+            ),
+        }
+        for name, loop in loops.items():
+            task = supervision.start(loop, name=name, on_death=stop.fail)
+            stack.push_async_callback(_cancel, task)
+        if not stop.stopping.is_set():  # a signal may have come while it started
+            await worker.run()
+
+
+async def _cancel(task: asyncio.Task[object]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def run_until_signalled(settings: Settings) -> int:
+    """The worker process: starts the worker again whenever it stops for any other reason
+    than a signal, so that a database outage costs a pause, not the process. Returns the
+    exit status: 0 when a signal stopped it, 1 when a supervised loop died."""
+    stop = StopRequest()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.on_signal)
+    while not stop.stopping.is_set():
+        try:
+            await run_worker(settings, stop=stop)
+            if not stop.stopping.is_set():
+                logger.warning("the worker stopped without being asked to; starting it again")
+        except DATABASE_ERRORS as exc:
+            logger.warning("the database is unavailable; starting the worker again: %r", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.stopping.wait(), RESTART_DELAY_SECONDS)
+    return 1 if stop.failed else 0
 
 
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
-    if settings.worker_metrics_port:
-        # A daemon thread serving the process's default registry (jobs/metrics.py).
-        start_http_server(settings.worker_metrics_port)
-        logger.info("metrics on :%d/metrics", settings.worker_metrics_port)
-    asyncio.run(run_until_signalled(settings))
-
-
-async def run_until_signalled(settings: Settings) -> None:
-    """The worker process: starts the worker again whenever it stops for any other reason
-    than a signal, so that a database outage costs a pause, not the process."""
-    while True:
-        try:
-            if await run_worker(settings):
-                return
-            logger.warning("the worker stopped without being asked to; starting it again")
-        except (exceptions.ConnectorException, *DATABASE_UNAVAILABLE) as exc:
-            logger.warning("the database is unavailable; starting the worker again: %r", exc)
-        await asyncio.sleep(RESTART_DELAY_SECONDS)
+    try:
+        if settings.worker_metrics_port:
+            # A daemon thread serving the process's default registry (jobs/metrics.py).
+            start_http_server(settings.worker_metrics_port)
+            logger.info("metrics on :%d/metrics", settings.worker_metrics_port)
+        status = asyncio.run(run_until_signalled(settings))
+    except Exception:
+        logger.critical("the worker process failed", exc_info=True)
+        status = 1
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ from jobs.providers.base import (
 
 # 408 and 429 ask to come back later; 5xx is the receiver's own trouble.
 _TRANSIENT_4XX = {408, 429}
+# What is read of an answer: enough for any JSON with an id, and for the start of an error
+# page; a receiver answering megabytes costs no more memory than this per send.
+MAX_ANSWER_BYTES = 1024 * 1024
 
 
 class WebhookProvider:
@@ -51,12 +54,16 @@ class WebhookProvider:
             "X-Signature": f"sha256={signature}",
         }
         try:
-            response = await self._client.post(self._url, content=body, headers=headers)
+            async with self._client.stream(
+                "POST", self._url, content=body, headers=headers
+            ) as response:
+                answer = await _read_at_most(response, MAX_ANSWER_BYTES)
         except httpx.HTTPError as exc:  # timeouts, refused or lost connections
             raise TransientError(f"{type(exc).__name__}: {exc}") from exc
         if response.is_success:
-            return SendResult(provider_message_id=_message_id(response.content))
-        detail = f"HTTP {response.status_code}: {response.text[:500]}"
+            return SendResult(provider_message_id=_message_id(answer))
+        text = answer[:500].decode("utf-8", "replace")
+        detail = f"HTTP {response.status_code}: {text}"
         if response.status_code in _TRANSIENT_4XX or response.is_server_error:
             raise TransientError(detail)
         # Other 4xx, and redirects, which we do not follow: another attempt would fare the same.
@@ -66,11 +73,22 @@ class WebhookProvider:
         await self._client.aclose()
 
 
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """The first `limit` bytes of the body; the rest is not read (the connection is then
+    closed rather than reused)."""
+    answer = bytearray()
+    async for chunk in response.aiter_bytes():
+        answer += chunk
+        if len(answer) >= limit:
+            break
+    return bytes(answer[:limit])
+
+
 def _message_id(content: bytes) -> str | None:
     """The `id` of a JSON object response, if it has one."""
     try:
         answer = msgspec.json.decode(content)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     message_id = answer.get("id") if isinstance(answer, dict) else None
     if isinstance(message_id, str | int) and not isinstance(message_id, bool):

@@ -3,10 +3,12 @@ no address nor message text at INFO."""
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,8 @@ from app.logs import json_handler
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import deliver_until_ended
 from tests.tokens import bearer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class JsonLines:
@@ -97,3 +101,33 @@ async def test_worker_logs_carry_run_and_job_but_no_address_nor_text(
     for person in people:
         assert person["recipient"] not in everything
     assert campaign["body"] not in everything and campaign["subject"] not in everything
+
+
+def test_an_extra_key_that_names_a_record_attribute_is_logged_not_raised(logs):
+    # `args` once killed the recovery loop: Logger.makeRecord raises KeyError for it.
+    logging.getLogger("jobs.worker").warning(
+        "requeued", extra={"args": {"run_id": "r"}, "name": "n", "job_id": 7}
+    )
+
+    (line,) = logs.with_message("requeued")
+    assert line["extra_args"] == {"run_id": "r"}
+    assert line["extra_name"] == "n" and line["logger"] == "jobs.worker"
+    assert line["job_id"] == 7
+
+
+def test_no_log_call_of_ours_passes_a_record_attribute_in_extra():
+    """Such a key would only be renamed (above), so that what the code meant to log under
+    it would be logged under another name: none of ours may use one."""
+    reserved = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+    offending = []
+    for path in sorted(ROOT.glob("*/**/*.py")):
+        if path.parts[len(ROOT.parts)] not in {"app", "jobs", "db", "bench"}:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            for keyword in node.keywords:
+                if keyword.arg == "extra" and isinstance(keyword.value, ast.Dict):
+                    keys = {k.value for k in keyword.value.keys if isinstance(k, ast.Constant)}
+                    offending += [f"{path.name}:{node.lineno} {k}" for k in keys & reserved]
+    assert offending == []

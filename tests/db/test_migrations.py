@@ -14,12 +14,14 @@ TABLES = {
     "deliveries",
     "suppressions",
     "idempotency_keys",
+    "delivery_job_failures",
     "procrastinate_jobs",
     "procrastinate_events",
     "procrastinate_workers",
     "procrastinate_periodic_defers",
 }
 
+LATER_THAN_0004 = {"delivery_job_failures"}
 
 VIEWS = {
     "ops_run_progress",
@@ -76,10 +78,21 @@ async def test_0003_downgrades_to_0002_and_back(empty_database):
     command.upgrade(config, "head")
 
     command.downgrade(config, "0002")
-    assert (await objects(empty_database))[0] == TABLES - {"idempotency_keys"}
+    assert (await objects(empty_database))[0] == TABLES - {"idempotency_keys", *LATER_THAN_0004}
 
     command.upgrade(config, "0003")
-    assert (await objects(empty_database))[0] == TABLES
+    assert (await objects(empty_database))[0] == TABLES - LATER_THAN_0004
+
+
+async def test_0005_downgrades_to_0004_and_back(empty_database):
+    config = alembic_config(empty_database)
+    command.upgrade(config, "head")
+
+    command.downgrade(config, "0004")
+    assert (await objects(empty_database))[0] == TABLES - {"delivery_job_failures"}
+
+    command.upgrade(config, "0005")
+    assert "delivery_job_failures" in (await objects(empty_database))[0]
 
 
 async def views(url: str) -> set[str]:
@@ -98,7 +111,7 @@ async def test_0004_ops_views_downgrade_to_0003_and_back(empty_database):
 
     command.downgrade(config, "0003")
     assert await views(empty_database) == set()
-    assert (await objects(empty_database))[0] == TABLES
+    assert (await objects(empty_database))[0] == TABLES - LATER_THAN_0004
 
     command.upgrade(config, "0004")
     assert await views(empty_database) == VIEWS

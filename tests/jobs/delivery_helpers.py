@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -20,8 +22,28 @@ async def deliver_until_ended(settings: Settings, db: asyncpg.Connection, run_id
     (follow-up jobs of transient failures become due a little later). 30 s at most."""
     async with asyncio.timeout(30):
         while await run_status(db, run_id) not in ENDED:
-            await run_worker(settings, wait=False, handle_signals=False)
+            await run_worker(settings, wait=False)
             await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings, **options: Any) -> AsyncIterator[asyncio.Task[None]]:
+    """An in-process worker that waits for jobs (scheduled ones too) until the block ends."""
+    worker = asyncio.create_task(run_worker(settings, **options))
+    try:
+        yield worker
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+
+
+async def ended(db: asyncpg.Connection, run_id: str, seconds: float = 30) -> str:
+    """Wait for the run to end, whoever delivers it; returns its status."""
+    async with asyncio.timeout(seconds):
+        while (status := await run_status(db, run_id)) not in ENDED:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    return status
 
 
 async def until(condition: Callable[[], bool], seconds: float = 10) -> None:

@@ -132,7 +132,7 @@ async def test_transient_failure_is_retried_then_sent(client, db, webhook_settin
     run = (await publish(client, campaign["id"], {"recipients": recipients(3)})).json()
     slow_retry = replace(webhook_settings, delivery_retry_base_seconds=60)
 
-    await run_worker(slow_retry, wait=False, handle_signals=False)
+    await run_worker(slow_retry, wait=False)
 
     first = (await deliveries(db, run["id"]))[1]
     assert (first["status"], first["attempts"]) == ("pending", 1)
@@ -301,9 +301,7 @@ async def test_a_job_its_live_worker_lost_track_of_is_requeued(client, db, setti
     """procrastinate could not record a job's end (the database was away just then): the
     job stays `doing` on a worker whose heartbeat is fresh. That worker requeues it."""
     campaign = await create_campaign(client)
-    worker = asyncio.create_task(
-        run_worker(replace(settings, stalled_job_seconds=1), handle_signals=False)
-    )
+    worker = asyncio.create_task(run_worker(replace(settings, stalled_job_seconds=1)))
     await until_worker_registered(db)
     worker_id = await db.fetchval("SELECT id FROM procrastinate_workers")
     caller = AccessToken(exp=datetime(2099, 1, 1, tzinfo=UTC), sub="t", brands=["*"])

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -26,10 +27,14 @@ from tests.jobs.delivery_helpers import (
     run_status,
     until,
 )
-from tests.servers import HttpSink, Reply
+from tests.servers import HttpSink, Reply, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONCURRENCY = 4
+JOBS = 4  # WORKER_JOBS, the default
+STALLED = 2  # STALLED_JOB_SECONDS of these workers
+ROUND_SLACK = 0.5
+"""What one recovery round itself may take, on top of its schedule, on a busy machine."""
 
 
 @pytest.fixture
@@ -49,7 +54,7 @@ class Workers:
             "WEBHOOK_URL": sink.url,
             "WEBHOOK_SECRET": "s",
             "WORKER_CONCURRENCY": str(CONCURRENCY),
-            "STALLED_JOB_SECONDS": "2",
+            "STALLED_JOB_SECONDS": str(STALLED),
             "DELIVERY_RETRY_BASE_SECONDS": "0.05",
             "LOG_LEVEL": "INFO",
         }
@@ -133,35 +138,64 @@ async def test_two_workers_share_a_run_without_sending_anything_twice(settings, 
     assert all(chunks) and sum(chunks) >= 12, chunks
 
 
-async def test_sigkill_mid_run_loses_nothing_and_repeats_only_sends_in_flight(
-    client, db, sink, workers
+async def held_jobs(db) -> list[asyncpg.Record]:
+    """The deliver_batch jobs `doing` now, with their worker and run."""
+    rows: list[asyncpg.Record] = await db.fetch(
+        "SELECT id, worker_id, args->>'run_id' AS run_id FROM procrastinate_jobs"
+        " WHERE status = 'doing' AND task_name = 'deliver_batch'"
+    )
+    return rows
+
+
+async def test_sigkill_of_a_worker_holding_four_jobs_of_two_runs_loses_nothing(
+    settings, db, sink, workers
 ):
-    campaign = await create_campaign(client)
-    run = (await publish(client, campaign["id"], {"recipients": recipients(300)})).json()
-    sink.default = Reply(delay=0.02)
+    async with AsyncTestClient(create_app(replace(settings, delivery_batch_size=50))) as client:
+        campaign = await create_campaign(client)
+        runs = [
+            (await publish(client, campaign["id"], {"recipients": recipients(150)})).json()
+            for _ in range(3)
+        ]  # 9 jobs of 50: the first worker takes 3 of the first run and 1 of the second
+    everything = {f"{run['id']}:{i}" for run in runs for i in range(150)}
+    sink.default = Reply(delay=0.05)
     victim = workers.start()
-    await until(lambda: len(sink.requests) >= 60, seconds=30)
+    async with asyncio.timeout(30):
+        while len(held := await held_jobs(db)) < JOBS or len(sink.requests) < 20:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert len({job["run_id"] for job in held}) >= 2
+    workers.start()
+    await until(lambda: workers.log(1).count("Starting worker") >= 1, seconds=30)
 
     victim.kill()
     await wait_exit(victim, 5)
+    killed_at = await db.fetchval("SELECT clock_timestamp()")
     reached_before_kill = set(delivery_ids(sink))
-    committed_before_kill = await sent_ids(db, run["id"])
-    assert (
-        committed_before_kill < reached_before_kill or committed_before_kill == reached_before_kill
-    )
+    committed_before_kill = set().union(*[await sent_ids(db, run["id"]) for run in runs])
+    assert committed_before_kill <= reached_before_kill
 
-    workers.start()
-    await ended(db, run["id"])
+    for run in runs:
+        await ended(db, run["id"])
 
     received = delivery_ids(sink)
-    assert set(received) == {f"{run['id']}:{i}" for i in range(300)}
+    assert set(received) == everything
     repeated = {delivery for delivery, times in received.items() if times > 1}
-    assert repeated <= reached_before_kill - committed_before_kill
-    assert len(repeated) <= CONCURRENCY
-    assert max(received.values()) <= 2
-    assert await run_status(db, run["id"]) == "completed"
-    counts = await assert_counters_equal_rows(db, run["id"])
-    assert counts == {"sent": 300}
+    assert repeated <= reached_before_kill - committed_before_kill  # only sends in flight
+    assert len(repeated) <= JOBS * CONCURRENCY and max(received.values()) <= 2
+    for run in runs:
+        assert await run_status(db, run["id"]) == "completed"
+        assert await assert_counters_equal_rows(db, run["id"]) == {"sent": 150}
+    # Every job the dead worker held was back in the queue within STALLED_JOB_SECONDS and
+    # one round of the survivor's recovery loop.
+    requeued_at = await db.fetch(
+        "SELECT job_id, min(at) AS at FROM procrastinate_events"
+        " WHERE type = 'deferred_for_retry' AND job_id = ANY($1::bigint[]) AND at > $2"
+        " GROUP BY job_id",
+        [job["id"] for job in held],
+        killed_at,
+    )
+    assert len(requeued_at) == len(held)
+    slowest = max((row["at"] - killed_at).total_seconds() for row in requeued_at)
+    assert slowest <= STALLED + STALLED / 3 + ROUND_SLACK, slowest
 
 
 async def test_sigterm_finishes_the_sends_in_flight_and_hands_the_job_back(
@@ -187,6 +221,41 @@ async def test_sigterm_finishes_the_sends_in_flight_and_hands_the_job_back(
     await ended(db, run["id"])
     received = delivery_ids(sink)
     assert len(received) == 300 and max(received.values()) == 1
+    await assert_counters_equal_rows(db, run["id"])
+
+
+async def test_a_send_hanging_past_the_stall_limit_during_sigterm_never_runs_twice(
+    client, db, sink, workers
+):
+    """procrastinate stops its heartbeat when a graceful stop begins; the worker's own
+    heartbeat goes on until its jobs end, so the other worker never takes the job over."""
+    campaign = await create_campaign(client)
+    run = (await publish(client, campaign["id"], {"recipients": recipients(8)})).json()
+    sink.replies["user0@example.com"] = Reply(delay=STALLED * 4)
+    holder = workers.start()
+    await until(lambda: len(sink.requests) >= 1, seconds=30)
+    [job] = await held_jobs(db)
+    other = workers.start()
+    await until(lambda: workers.log(1).count("Starting worker") >= 1, seconds=30)
+
+    holder.send_signal(signal.SIGTERM)
+
+    # The job stays the holder's until the hung window has committed (user0 sent): only
+    # then is it handed back, and may the other worker take it.
+    async with asyncio.timeout(STALLED * 6):
+        while (state := await db.fetchrow(  # noqa: ASYNC110 - another process
+            "SELECT j.status, j.worker_id, d.status AS user0 FROM procrastinate_jobs j,"
+            " deliveries d WHERE j.id = $1 AND d.run_id = $2 AND d.position = 0",
+            job["id"], uuid.UUID(run["id"]),
+        )) and (state["status"], state["worker_id"]) == ("doing", job["worker_id"]):  # fmt: skip
+            await asyncio.sleep(0.05)
+    assert state["user0"] == "sent", dict(state)
+    assert await wait_exit(holder, STALLED * 2) == 0
+    await ended(db, run["id"])
+    assert other.poll() is None
+    assert "requeued the job of a dead worker" not in workers.log(1)
+    received = delivery_ids(sink)
+    assert len(received) == 8 and max(received.values()) == 1
     await assert_counters_equal_rows(db, run["id"])
 
 
@@ -254,3 +323,15 @@ async def test_worker_outlives_a_database_outage(client, db, sink, workers):
     assert set(received) == {f"{run['id']}:{i}" for i in range(200)}
     assert sum(times - 1 for times in received.values()) <= CONCURRENCY
     await assert_counters_equal_rows(db, run["id"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_while_the_database_is_away_stops_the_worker_cleanly(workers, signum):
+    workers.env["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
+    worker = workers.start()
+    await until(lambda: workers.log(0).count("starting the worker again") >= 2, seconds=30)
+
+    worker.send_signal(signum)
+
+    assert await wait_exit(worker, 5) == 0
+    assert "Traceback" not in workers.log(0)
