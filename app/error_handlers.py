@@ -22,6 +22,7 @@ from litestar.status_codes import (
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
 )
 
 from app.errors import (
@@ -37,6 +38,7 @@ from app.errors import (
 )
 from app.request_id import request_id_of
 from app.schemas import Error
+from db.pool import DATABASE_AWAY
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +159,22 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
     )
 
 
+RETRY_AFTER_SECONDS = 1
+
+
+def handle_database_away(_: Request[Any, Any, Any], exc: Exception) -> Response[Error]:
+    # The database restarting, a cut connection, every pooled connection busy for longer
+    # than DB_POOL_TIMEOUT_SECONDS: nothing was written (each write is one transaction),
+    # and the same request may well succeed a moment later.
+    logger.warning("database unavailable: %r", exc)
+    return error_response(
+        HTTP_503_SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the database is unavailable or busy; nothing was changed, retry after Retry-After",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 def handle_unstorable_text(_: Request[Any, Any, Any], exc: Exception) -> Response[Error]:
     # PostgreSQL refuses NUL characters and invalid UTF-8 in text. Checking every string of
     # a 100,000-recipient body up front would cost the publish path; the database's refusal
@@ -175,5 +193,6 @@ EXCEPTION_HANDLERS = {
     asyncpg.CharacterNotInRepertoireError: handle_unstorable_text,
     asyncpg.UntranslatableCharacterError: handle_unstorable_text,
     UnicodeError: handle_unstorable_text,  # invalid UTF-8 inside a JSON string
+    **dict.fromkeys(DATABASE_AWAY, handle_database_away),
     Exception: handle_unexpected,
 }

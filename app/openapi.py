@@ -37,10 +37,14 @@ ERRORS: dict[int, tuple[str, str]] = {
         "This Idempotency-Key was already used with a different request body.",
     ),
     500: ("internal_error", "The service failed; `details.request_id` identifies the failure."),
-    503: ("unavailable", "The database cannot be reached."),
+    503: (
+        "unavailable",
+        "The database cannot be reached, or every connection stayed busy for "
+        "DB_POOL_TIMEOUT_SECONDS; nothing was changed. Retry after `Retry-After` seconds.",
+    ),
 }
 
-_ALWAYS = (401, 403, 500)  # every route behind a bearer token
+_ALWAYS = (401, 403, 500, 503)  # every route behind a bearer token
 
 _HEADERS: dict[str, dict[str, OpenAPIHeader]] = {
     "401": {
@@ -49,6 +53,11 @@ _HEADERS: dict[str, dict[str, OpenAPIHeader]] = {
         )
     },
     "409": {
+        "Retry-After": OpenAPIHeader(
+            schema=Schema(type=OpenAPIType.INTEGER), description="Seconds to wait."
+        )
+    },
+    "503": {
         "Retry-After": OpenAPIHeader(
             schema=Schema(type=OpenAPIType.INTEGER), description="Seconds to wait."
         )
@@ -88,7 +97,7 @@ def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
 
 def access(scope: str, *statuses: int) -> Access:
     """Route keyword arguments: `scope` is required (guard and document), and the route
-    can answer the error `statuses` (besides 401, 403 and 500, which every route can)."""
+    can answer the error `statuses` (besides 401, 403, 500 and 503, which every route can)."""
     return Access(
         guards=[requires(scope)],
         security=[{BEARER_SCHEME: [scope]}],

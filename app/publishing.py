@@ -16,6 +16,7 @@ from app.idempotency import IdempotencyKey, claim_key
 from app.metrics import PUBLISH_RECIPIENTS
 from app.recipients import normalise_all, skip_reasons
 from app.schemas import Recipient, Run
+from db.pool import DATABASE_AWAY
 from db.runs import DeliveryRow, RunRepository
 from db.suppressions import SuppressionRepository
 from jobs.tasks import deliver_batch
@@ -32,21 +33,49 @@ async def publish_campaign(
     max_recipients: int,
     batch_size: int,
     idempotency_key: IdempotencyKey | None = None,
+    pool: asyncpg.Pool | None = None,
 ) -> Run:
     """The new run; or, for a repeat of `idempotency_key` with the same body, the
-    original run (nothing is created)."""
+    original run (nothing is created).
+
+    When the connection is lost at the commit, the commit may have happened all the same:
+    the run is then looked up on another connection of `pool`, and returned if it exists,
+    so that a caller is told 202 exactly when its run exists."""
     if not 1 <= len(recipients) <= max_recipients:
         raise InvalidInput(
             f"recipients must have 1 to {max_recipients} entries",
             {"$.recipients": f"has {len(recipients)} entries; allowed 1 to {max_recipients}"},
         )
+    run_id = uuid4()
+    try:
+        return await _publish(
+            conn, run_id, campaign_id, recipients, caller, batch_size, idempotency_key
+        )
+    except DATABASE_AWAY:
+        if pool is None:
+            raise
+        async with pool.acquire() as fresh:
+            committed = await RunRepository(fresh).get_by_id(run_id)
+        if committed is None:
+            raise
+        logger.warning("publish committed though its connection was lost; answering 202")
+        return Run(**committed)
+
+
+async def _publish(
+    conn: asyncpg.Connection,
+    run_id: UUID,
+    campaign_id: str,
+    recipients: list[Recipient],
+    caller: AccessToken,
+    batch_size: int,
+    idempotency_key: IdempotencyKey | None,
+) -> Run:
     async with conn.transaction():
         campaign = await visible_campaign(conn, campaign_id, caller, lock="share")
-        run_id = None
         if idempotency_key is not None:
             # Before the status check: a repeat returns its run even if the campaign
             # was archived since.
-            run_id = uuid4()
             if (original := await claim_key(conn, campaign, idempotency_key, run_id)) is not None:
                 return original
         if campaign["status"] != "active":

@@ -75,6 +75,9 @@ class Settings:
     """Largest request body the web process reads (a 100,000-recipient publish is ~7 MB)."""
     db_pool_min_size: int = 2
     db_pool_max_size: int = 10
+    db_pool_timeout_seconds: float = 5.0
+    """How long a request waits for a free database connection before it is answered
+    503 with Retry-After (every connection busy, or the database away)."""
     log_level: str = "INFO"
 
     @property
@@ -128,6 +131,7 @@ class Settings:
                 ),
                 db_pool_min_size=_positive(env, "DB_POOL_MIN_SIZE", 2),
                 db_pool_max_size=_positive(env, "DB_POOL_MAX_SIZE", 10),
+                db_pool_timeout_seconds=float(env.get("DB_POOL_TIMEOUT_SECONDS") or 5.0),
                 log_level=env.get("LOG_LEVEL", "INFO").upper(),
             )
         except ValueError as exc:

@@ -71,6 +71,12 @@ class RunRepository:
         )
         return record
 
+    async def get_by_id(self, run_id: UUID) -> asyncpg.Record | None:
+        record: asyncpg.Record | None = await self.conn.fetchrow(
+            f"SELECT {COLUMNS} FROM runs WHERE id = $1", run_id
+        )
+        return record
+
     async def status_of(self, run_id: UUID) -> str:
         status: str = await self.conn.fetchval("SELECT status FROM runs WHERE id = $1", run_id)
         return status

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import asyncpg
@@ -92,12 +93,12 @@ async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
         yield client
 
 
-@pytest.fixture
-def live_server(settings: Settings) -> Iterator[str]:
+@contextmanager
+def serving(settings: Settings) -> Iterator[str]:
     """The app behind a real uvicorn server on a free localhost port, in a thread with
-    its own event loop: requests to it run truly concurrently, on separate connections
-    of a pool big enough for all of them."""
-    app = create_app(replace(settings, db_pool_max_size=40))
+    its own event loop: requests to it run truly concurrently, each on its own pooled
+    connection (at most DB_POOL_MAX_SIZE of them)."""
+    app = create_app(settings)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -113,6 +114,15 @@ def live_server(settings: Settings) -> Iterator[str]:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the test server did not start")
         time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(settings: Settings) -> Iterator[str]:
+    """`serving` the test's settings, with a pool big enough for any test's concurrency."""
+    with serving(replace(settings, db_pool_max_size=40)) as url:
+        yield url

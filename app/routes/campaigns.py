@@ -140,6 +140,7 @@ class CampaignController(Controller):
             max_recipients=state.settings.publish_max_recipients,
             batch_size=state.settings.delivery_batch_size,
             idempotency_key=idempotency_key(idempotency_key_header, data),
+            pool=state.pool,
         )
         location = f"{self.path}/{run.campaign_id}/runs/{run.id}"
         return Response(run, status_code=202, headers={"Location": location})

@@ -446,8 +446,14 @@ async def test_every_documented_response_is_what_the_route_answers(tour_client, 
         t.check(op, 403, response)
         assert response.json()["details"] == {"brand_id": "brand-a"}
 
+    # The database away: every route that needs it answers 503 with Retry-After.
+    requests = {op: await HAPPY[op][1](t) for op in operations if op[1] != "/healthz"}
     async with database_unreachable(db):
-        t.check(("GET", "/readyz"), 503, await client.get("/readyz"))
+        for op, request in requests.items():
+            response = await t.send(op, request)
+            t.check(op, 503, response)
+            if op[1] != "/readyz":
+                assert response.headers["Retry-After"] == "1"
 
     every_documented = {
         (method, path, int(status))
