@@ -50,6 +50,8 @@ class Settings:
     """Connections one worker process keeps to WEBHOOK_URL. More is slower with a fast
     receiver (httpcore's pool scans its connections on every request: 8 gave ~1,200/s on
     this machine, 64 gave ~650/s); raise it for a slow receiver."""
+    webhook_timeout_seconds: float = 10.0
+    """How long one webhook send may take before it counts as a transient failure."""
     delivery_batch_size: int = 500
     """Deliveries per procrastinate job."""
     delivery_max_attempts: int = 5
@@ -116,6 +118,7 @@ class Settings:
                 webhook_url=env.get("WEBHOOK_URL") or None,
                 webhook_secret=env.get("WEBHOOK_SECRET") or None,
                 webhook_max_connections=_positive(env, "WEBHOOK_MAX_CONNECTIONS", 8),
+                webhook_timeout_seconds=float(env.get("WEBHOOK_TIMEOUT_SECONDS") or 10.0),
                 delivery_batch_size=_positive(env, "DELIVERY_BATCH_SIZE", 500),
                 delivery_max_attempts=_positive(env, "DELIVERY_MAX_ATTEMPTS", 5),
                 worker_concurrency=_positive(env, "WORKER_CONCURRENCY", 32),

@@ -61,9 +61,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+# asyncpg waits 60 s for a new connection by default: long enough to hold up a worker's
+# shutdown, or every request, while the database is unreachable.
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        timeout=CONNECT_TIMEOUT_SECONDS,
     )
     return pool
 

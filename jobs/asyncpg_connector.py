@@ -57,6 +57,8 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._pool_externally_set = False
+        self.listen_check_seconds = connector.LISTEN_TIMEOUT
+        """How often the idle LISTEN connection is checked with `SELECT 1`."""
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -138,7 +140,7 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
             while not lost.is_set():
                 # A cheap query now and then notices a half-open connection.
                 try:
-                    await asyncio.wait_for(lost.wait(), timeout=connector.LISTEN_TIMEOUT)
+                    await asyncio.wait_for(lost.wait(), timeout=self.listen_check_seconds)
                 except TimeoutError:
                     await conn.execute("SELECT 1", timeout=HEALTH_CHECK_TIMEOUT)
         finally:

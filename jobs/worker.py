@@ -214,15 +214,22 @@ async def run_until_signalled(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.on_signal)
-    while not stop.stopping.is_set():
-        try:
-            await run_worker(settings, stop=stop)
-            if not stop.stopping.is_set():
-                logger.warning("the worker stopped without being asked to; starting it again")
-        except DATABASE_ERRORS as exc:
-            logger.warning("the database is unavailable; starting the worker again: %r", exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.stopping.wait(), RESTART_DELAY_SECONDS)
+    try:
+        while not stop.stopping.is_set():
+            try:
+                await run_worker(settings, stop=stop)
+                if not stop.stopping.is_set():
+                    logger.warning("the worker stopped without being asked to; starting again")
+            except DATABASE_ERRORS as exc:
+                logger.warning("the database is unavailable; starting the worker again: %r", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.stopping.wait(), RESTART_DELAY_SECONDS)
+    finally:
+        # Nothing is left to stop: a signal during the exit itself must not kill the
+        # process (the loop would put the default handlers back as it closes).
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)
     return 1 if stop.failed else 0
 
 

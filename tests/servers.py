@@ -12,7 +12,7 @@ import socket
 import ssl
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -190,6 +190,7 @@ class Reply:
     status: int = 200
     body: bytes | None = None
     delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -210,13 +211,15 @@ class HttpSink:
     """A threaded HTTP/1.1 server (keep-alive) that records every request and answers with
     `replies[recipient]` (the "recipient" of a JSON body), else `default`."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        """On `port`, or on a free one; a sink stopped and started again on the same port
+        stands for a receiver that refused connections meanwhile."""
         self.requests: list[ReceivedRequest] = []
         self.replies: dict[str, Reply] = {}
         self.default = Reply()
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
-        self._server = _HttpServer((HOST, 0), _handler_for(self))
+        self._server = _HttpServer((HOST, port), _handler_for(self))
         self.port = int(self._server.server_address[1])
         self.url = f"http://{HOST}:{self.port}/hooks/messages"
         # A short poll makes stop() quick: shutdown() waits for the serving loop to notice.
@@ -254,6 +257,7 @@ class HttpSink:
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = False  # so that server_close() waits for every handler
+    allow_reuse_address = True  # a sink started again on its port right after a stop
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that gave up on a slow answer; the test sees it on the client side
@@ -273,7 +277,10 @@ def _handler_for(sink: HttpSink) -> type[BaseHTTPRequestHandler]:
             super().finish()
 
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            length = int(self.headers.get("Content-Length", 0))
+            body = self.rfile.read(length)
+            if len(body) < length:
+                return  # the client died mid-request (a killed worker): nothing arrived
             sink.requests.append(
                 ReceivedRequest(
                     method=self.command,
@@ -293,6 +300,8 @@ def _handler_for(sink: HttpSink) -> type[BaseHTTPRequestHandler]:
             self.send_response(reply.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(answer)))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(answer)
 

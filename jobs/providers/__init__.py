@@ -80,6 +80,7 @@ def _build(kind: str, settings: Settings) -> Provider:
         return WebhookProvider(
             settings.webhook_url,
             settings.webhook_secret,
+            timeout=settings.webhook_timeout_seconds,
             max_connections=settings.webhook_max_connections,
         )
     return LogProvider()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from procrastinate import App, exceptions
 
 from db.pool import create_pool
 from jobs.asyncpg_connector import AsyncpgConnector, translate
+from tests.conftest import PG_PORT
 
 
 def test_translate_numbers_each_name_once():
@@ -113,3 +115,90 @@ async def test_listening_worker_wakes_up_on_commit(procrastinate_app, db):
     worker.cancel()
     with pytest.raises(asyncio.CancelledError):
         await worker
+
+
+class FreezingProxy:
+    """A TCP proxy to PostgreSQL whose open connections can be frozen: bytes stop flowing
+    both ways but nothing is closed, as on a half-open connection. New connections flow."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.frozen: list[asyncio.Event] = []
+        self.writers: list[asyncio.StreamWriter] = []
+        self.pipes: list[asyncio.Task[None]] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def freeze(self) -> None:
+        for flowing in self.frozen:
+            flowing.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self.writers += [writer, up_writer]
+        flowing = asyncio.Event()
+        flowing.set()
+        self.frozen.append(flowing)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                await flowing.wait()  # frozen: hold the bytes for ever
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        self.pipes += [
+            asyncio.create_task(pipe(reader, up_writer)),
+            asyncio.create_task(pipe(up_reader, writer)),
+        ]
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in self.pipes:
+            task.cancel()
+        await asyncio.gather(*self.pipes, return_exceptions=True)
+        for writer in self.writers:
+            writer.close()
+        await self.server.wait_closed()
+
+
+async def test_the_listener_replaces_a_half_open_connection(database_url, db):
+    proxy = FreezingProxy(PG_PORT)
+    port = await proxy.start()
+    connector = AsyncpgConnector(database_url.replace(f":{PG_PORT}/", f":{port}/"))
+    connector.listen_check_seconds = 0.2
+    await connector.open_async()
+    received: list[str] = []
+    got = asyncio.Event()
+
+    async def on_notification(*, channel: str, payload: str) -> None:
+        received.append(payload)
+        got.set()
+
+    listener = asyncio.create_task(connector.listen_notify(on_notification, ["chan"]))
+    try:
+        async with asyncio.timeout(10):
+            while not received:
+                await db.execute("NOTIFY chan, 'before'")
+                await asyncio.sleep(0.1)
+        proxy.freeze()  # the listening connection goes half-open
+        got.clear()
+        await asyncio.sleep(0.5)
+        await db.execute("NOTIFY chan, 'lost'")  # sent into the frozen connection
+
+        # The check times out (5 s), the listener listens again on a new connection.
+        async with asyncio.timeout(15):
+            while "after" not in received:
+                await db.execute("NOTIFY chan, 'after'")
+                await asyncio.sleep(0.2)
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+        await proxy.close()
+        await connector.close_async()
+    assert received[0] == "before" and "after" in received
