@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 from procrastinate.types import JSONValue
@@ -16,6 +16,7 @@ from app.idempotency import IdempotencyKey, claim_key
 from app.metrics import PUBLISH_RECIPIENTS
 from app.recipients import normalise_all, skip_reasons
 from app.schemas import Recipient, Run
+from db.ids import uuid7
 from db.runs import DeliveryRow, RunRepository
 from db.suppressions import SuppressionRepository
 from jobs.tasks import deliver_batch
@@ -42,13 +43,14 @@ async def publish_campaign(
         )
     async with conn.transaction():
         campaign = await visible_campaign(conn, campaign_id, caller, lock="share")
-        run_id = None
-        if idempotency_key is not None:
-            # Before the status check: a repeat returns its run even if the campaign
-            # was archived since.
-            run_id = uuid4()
-            if (original := await claim_key(conn, campaign, idempotency_key, run_id)) is not None:
-                return original
+        # A UUIDv7: its deliveries go to the partition of this month (db/ids.py).
+        run_id = uuid7()
+        # Before the status check: a repeat returns its run even if the campaign was
+        # archived since.
+        if idempotency_key is not None and (
+            original := await claim_key(conn, campaign, idempotency_key, run_id)
+        ):
+            return original
         if campaign["status"] != "active":
             raise BadState(
                 f"campaign is {campaign['status']}; only an active campaign can be published",

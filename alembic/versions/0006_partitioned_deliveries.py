@@ -107,6 +107,54 @@ $$;
 """
 
 
+OPS_VIEW = r"""
+-- The partitions of `deliveries` (docs/ops.md): the newest `month` must stay at least two
+-- months ahead (the worker's hourly maintenance keeps three), and retention drops the
+-- oldest. `month` is null for the legacy (DEFAULT) partition.
+CREATE VIEW ops_delivery_partitions AS
+SELECT
+    c.relname AS partition,
+    CASE WHEN c.relname ~ '^deliveries_\d{4}_\d{2}$'
+         THEN to_date(substring(c.relname FROM 12), 'YYYY_MM') END AS month,
+    pg_get_expr(c.relpartbound, c.oid) AS bounds,
+    greatest(c.reltuples, 0)::bigint AS estimated_rows,
+    pg_total_relation_size(c.oid) AS total_bytes
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'deliveries'::regclass;
+"""
+
+
+# ops_delivery_failures (0004) gains `run_completed_at`, so that "recent failures" can skip
+# the runs that ended long ago before reading any of their deliveries (docs/ops.md).
+DELIVERY_FAILURES = """
+CREATE {replace} VIEW ops_delivery_failures AS
+SELECT
+    r.id AS run_id,
+    r.brand_id,
+    r.campaign_id,
+    f.status,
+    f.error,
+    f.deliveries,
+    f.last_at,
+    f.example_position{extra}
+FROM runs r
+CROSS JOIN LATERAL (
+    SELECT
+        d.status,
+        d.last_error AS error,
+        count(*) AS deliveries,
+        max(d.updated_at) AS last_at,
+        min(d.position) AS example_position
+    FROM deliveries d
+    WHERE d.run_id = r.id
+      AND (d.status = 'failed' OR (d.status = 'pending' AND d.last_error IS NOT NULL))
+    GROUP BY d.status, d.last_error
+) f
+WHERE r.failed_count > 0 OR r.status = 'running';
+"""
+
+
 def _dependent_views(table: str) -> list[tuple[str, str]]:
     """(name, definition) of the views that read `table`, in creation order."""
     rows = op.get_bind().execute(
@@ -161,14 +209,18 @@ def upgrade() -> None:
         if index.startswith("deliveries_") and not index.startswith("deliveries_legacy"):
             legacy_name = "deliveries_legacy_" + index.removeprefix("deliveries_")
             op.execute(f'ALTER INDEX "{index}" RENAME TO "{legacy_name}"')
-    window_start, window_end = op.get_bind().execute(
-        text(
-            f"""
+    window_start, window_end = (
+        op.get_bind()
+        .execute(
+            text(
+                f"""
             SELECT uuid_v7_floor(m), uuid_v7_floor(m + interval '{WINDOW_YEARS} years')
             FROM (SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS m) s
             """
+            )
         )
-    ).one()
+        .one()
+    )
     op.execute(
         f"""
         CREATE TABLE deliveries (LIKE deliveries_legacy INCLUDING ALL)
@@ -203,9 +255,16 @@ def upgrade() -> None:
         """
     )
     _create_views(views)
+    op.execute(
+        DELIVERY_FAILURES.format(
+            replace="OR REPLACE", extra=",\n    r.completed_at AS run_completed_at"
+        )
+    )
+    op.execute(OPS_VIEW)
 
 
 def downgrade() -> None:
+    op.execute("DROP VIEW ops_delivery_partitions")
     views = _dependent_views("deliveries")
     _drop_views(views)
     op.execute(
@@ -227,4 +286,5 @@ def downgrade() -> None:
         DROP FUNCTION uuid_v7(timestamptz);
         """
     )
-    _create_views(views)
+    _create_views([(name, sql) for name, sql in views if name != "ops_delivery_failures"])
+    op.execute(DELIVERY_FAILURES.format(replace="", extra=""))
