@@ -194,6 +194,20 @@ def upgrade() -> None:
         -- Runs that ended and still have their deliveries: what retention looks at.
         CREATE INDEX runs_deliveries_kept_idx ON runs (completed_at)
             WHERE deliveries_purged_at IS NULL AND completed_at IS NOT NULL;
+        -- The ops views pick runs not ended, or ended recently: with many runs, these
+        -- two keep them from reading every run ever (bench/growth.py).
+        CREATE INDEX runs_completed_at_idx ON runs (completed_at);
+        CREATE INDEX runs_not_ended_idx ON runs (created_at)
+            WHERE status IN ('queued', 'running');
+
+        -- No JIT compilation in this database: the ops views over a partitioned table of
+        -- tens of millions of rows have estimated costs above jit_above_cost, and
+        -- PostgreSQL then spent 0.75 s compiling a query that runs in 25 ms (measured
+        -- with bench/growth.py; docs/decisions.md). Nothing this service runs is the
+        -- long, CPU-bound kind of query that JIT pays off for.
+        DO $$ BEGIN
+            EXECUTE format('ALTER DATABASE %I SET jit = off', current_database());
+        END $$;
         """
     )
     views = _dependent_views("deliveries")
@@ -275,6 +289,11 @@ def downgrade() -> None:
         ALTER TABLE deliveries_unpartitioned RENAME TO deliveries;
         ALTER INDEX deliveries_unpartitioned_pkey RENAME TO deliveries_pkey;
 
+        DO $$ BEGIN
+            EXECUTE format('ALTER DATABASE %I RESET jit', current_database());
+        END $$;
+        DROP INDEX runs_not_ended_idx;
+        DROP INDEX runs_completed_at_idx;
         DROP INDEX runs_deliveries_kept_idx;
         ALTER TABLE runs DROP COLUMN deliveries_purged_at;
         ALTER TABLE runs ALTER COLUMN id SET DEFAULT gen_random_uuid();

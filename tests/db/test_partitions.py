@@ -144,6 +144,10 @@ async def test_the_migration_keeps_every_row_of_a_populated_table(empty_database
             run_ids[0],
         )
         assert updated == "UPDATE 1"
+        # JIT is off for the database's sessions (docs/decisions.md).
+        fresh = await asyncpg.connect(empty_database)
+        assert await fresh.fetchval("SHOW jit") == "off"
+        await fresh.close()
         # A new month attaches without violating the legacy partition.
         await conn.execute("SELECT deliveries_ensure_partition($1)", add_months(month_of(NOW), 30))
 
