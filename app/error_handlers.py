@@ -18,6 +18,7 @@ from litestar.status_codes import (
     HTTP_403_FORBIDDEN,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
+    HTTP_410_GONE,
     HTTP_412_PRECONDITION_FAILED,
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     HTTP_422_UNPROCESSABLE_ENTITY,
@@ -28,6 +29,7 @@ from litestar.status_codes import (
 from app.errors import (
     BadState,
     ForbiddenBrand,
+    Gone,
     IdempotencyKeyReused,
     InvalidCursor,
     InvalidInput,
@@ -46,6 +48,7 @@ STATUS_OF: dict[type[ServiceError], int] = {
     InvalidInput: HTTP_400_BAD_REQUEST,
     ForbiddenBrand: HTTP_403_FORBIDDEN,
     NotFound: HTTP_404_NOT_FOUND,
+    Gone: HTTP_410_GONE,
     BadState: HTTP_412_PRECONDITION_FAILED,
     UnsupportedMediaType: HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     InvalidCursor: HTTP_400_BAD_REQUEST,

@@ -31,6 +31,12 @@ class BadState(ServiceError):
         super().__init__(message, {"status": status, "allowed": allowed})
 
 
+class Gone(ServiceError):
+    """The resource existed, and was removed for good (retention)."""
+
+    code = "gone"
+
+
 class UnsupportedMediaType(ServiceError):
     code = "unsupported_media_type"
 

@@ -29,6 +29,11 @@ ERRORS: dict[int, tuple[str, str]] = {
         "A request with this Idempotency-Key is still being processed; retry after "
         "`Retry-After` seconds.",
     ),
+    410: (
+        "gone",
+        "The run's deliveries were removed: it ended more than DELIVERY_RETENTION_DAYS ago. "
+        "The run and its counters remain.",
+    ),
     412: ("bad_state", "The campaign is not in a state that allows this."),
     413: ("payload_too_large", "The request body is larger than the service accepts."),
     415: ("unsupported_media_type", "The body is not JSON."),

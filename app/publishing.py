@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 from procrastinate.types import JSONValue
@@ -16,6 +16,7 @@ from app.idempotency import IdempotencyKey, claim_key
 from app.metrics import PUBLISH_RECIPIENTS
 from app.recipients import normalise_all, skip_reasons
 from app.schemas import Recipient, Run
+from db.ids import uuid7
 from db.pool import DATABASE_AWAY
 from db.runs import DeliveryRow, RunRepository
 from db.suppressions import SuppressionRepository
@@ -46,7 +47,9 @@ async def publish_campaign(
             f"recipients must have 1 to {max_recipients} entries",
             {"$.recipients": f"has {len(recipients)} entries; allowed 1 to {max_recipients}"},
         )
-    run_id = uuid4()
+    # Chosen here, so that a run whose commit lost its answer can be looked up. A UUIDv7:
+    # its deliveries go to the partition of this month (db/ids.py).
+    run_id = uuid7()
     try:
         return await _publish(
             conn, run_id, campaign_id, recipients, caller, batch_size, idempotency_key
@@ -73,11 +76,12 @@ async def _publish(
 ) -> Run:
     async with conn.transaction():
         campaign = await visible_campaign(conn, campaign_id, caller, lock="share")
-        if idempotency_key is not None:
-            # Before the status check: a repeat returns its run even if the campaign
-            # was archived since.
-            if (original := await claim_key(conn, campaign, idempotency_key, run_id)) is not None:
-                return original
+        # Before the status check: a repeat returns its run even if the campaign was
+        # archived since.
+        if idempotency_key is not None and (
+            original := await claim_key(conn, campaign, idempotency_key, run_id)
+        ):
+            return original
         if campaign["status"] != "active":
             raise BadState(
                 f"campaign is {campaign['status']}; only an active campaign can be published",

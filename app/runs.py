@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 import asyncpg
 
 from app.auth import AccessToken
 from app.campaigns import parse_id, visible_campaign
-from app.errors import BadState, NotFound
+from app.errors import BadState, Gone, NotFound
 from app.pagination import decode_cursor, split_page
 from app.schemas import Delivery, DeliveryPage, Run, RunPage
 from db.deliveries import DeliveryRepository, delivery_id
+from db.retention import RetentionRepository
 from db.runs import ENDED, RunRepository
 
 
@@ -78,9 +79,17 @@ async def list_deliveries(
     limit: int,
     cursor: str | None,
     cursor_key: bytes,
+    retention: timedelta | None = None,
 ) -> DeliveryPage:
-    """The run's deliveries in the order of the publish request (position)."""
+    """The run's deliveries in the order of the publish request (position). Gone once
+    they are past `retention` (removed, or about to be: jobs/retention.py)."""
     run = await visible_run(conn, campaign_id, run_id, caller)
+    if await RetentionRepository(conn).deliveries_gone(run["id"], retention):
+        raise Gone(
+            f"the deliveries of run {run_id} were removed: it ended more than the retention "
+            "period ago; the run and its counters remain",
+            {"completed_at": run["completed_at"].isoformat()},
+        )
     listing = ("deliveries", str(run["id"]), status)
     after = decode_cursor(cursor_key, listing, cursor, tuple[int])[0] if cursor else -1
     rows = await RunRepository(conn).page_deliveries(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -69,6 +70,10 @@ class Settings:
     worker process: several workers on one host need one each."""
     job_retention_hours: int = 168
     """Succeeded procrastinate jobs (and their events) older than this are deleted hourly."""
+    delivery_retention_days: int | None = None
+    """Deliveries of runs that ended longer ago are removed by the worker's maintenance (a
+    month partition at a time, see jobs/retention.py); their listing is 410. Unset: kept
+    for ever."""
     smtp_from: str | None = None
     """From address of e-mail campaigns that have no sender of their own."""
     publish_max_recipients: int = 100_000
@@ -81,6 +86,12 @@ class Settings:
     """How long a request waits for a free database connection before it is answered
     503 with Retry-After (every connection busy, or the database away)."""
     log_level: str = "INFO"
+
+    @property
+    def delivery_retention(self) -> timedelta | None:
+        if self.delivery_retention_days is None:
+            return None
+        return timedelta(days=self.delivery_retention_days)
 
     @property
     def jwt_key(self) -> str | None:
@@ -128,6 +139,7 @@ class Settings:
                 worker_metrics_port=int(env.get("WORKER_METRICS_PORT") or 0) or None,
                 smtp_from=env.get("SMTP_FROM") or None,
                 job_retention_hours=_positive(env, "JOB_RETENTION_HOURS", 168),
+                delivery_retention_days=_optional_positive(env, "DELIVERY_RETENTION_DAYS"),
                 publish_max_recipients=_positive(env, "PUBLISH_MAX_RECIPIENTS", 100_000),
                 publish_max_body_bytes=_positive(
                     env, "PUBLISH_MAX_BODY_BYTES", defaults.publish_max_body_bytes
@@ -159,6 +171,12 @@ def _positive(env: dict[str, str], name: str, default: int) -> int:
     if value < 1:
         raise SettingsError(f"{name} must be at least 1; got {value}")
     return value
+
+
+def _optional_positive(env: dict[str, str], name: str) -> int | None:
+    if not env.get(name):
+        return None
+    return _positive(env, name, 0)
 
 
 def _is_ec_key(pem: str) -> bool:

@@ -53,7 +53,7 @@ class RunRepository:
             f"""
             INSERT INTO runs
                 (id, campaign_id, brand_id, total_recipients, skipped_count, created_by)
-            VALUES (COALESCE($6, gen_random_uuid()), $1, $2, $3, $4, $5)
+            VALUES (COALESCE($6, uuid_v7()), $1, $2, $3, $4, $5)
             RETURNING {COLUMNS}
             """,
             campaign_id,

@@ -20,6 +20,7 @@ from jobs.app import DELIVERY_QUEUE, MAINTENANCE_QUEUE, app
 from jobs.asyncpg_connector import AsyncpgConnector
 from jobs.delivery import DeliveryInterrupted, deliver_chunk, fail_range
 from jobs.resources import WorkerResources
+from jobs.retention import maintain_deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -138,3 +139,14 @@ async def purge_idempotency_keys(timestamp: int) -> int:
 async def purge_finished_jobs(timestamp: int) -> None:
     """Delete succeeded jobs finished more than JOB_RETENTION_HOURS ago."""
     await app.job_manager.delete_old_jobs(nb_hours=get_settings().job_retention_hours)
+
+
+# Hourly: partitions for this month and MONTHS_AHEAD more (so a missed tick, or many,
+# costs nothing), then DELIVERY_RETENTION_DAYS. A failure fails the job (procrastinate
+# logs its traceback; `ops_queue_depth` shows it `failed`), and the next tick tries again.
+@app.periodic(cron="7 * * * *")
+@app.task(name="maintain_deliveries", queue=MAINTENANCE_QUEUE)
+async def maintain_deliveries_task(timestamp: int) -> None:
+    """Partitions of `deliveries` ahead of time; retention of old runs' deliveries."""
+    pool = cast(AsyncpgConnector, app.connector).pool
+    await maintain_deliveries(pool, get_settings().delivery_retention)

@@ -177,7 +177,7 @@ class CampaignController(Controller):
         first, and none follows. 412 if the run already ended."""
         return await cancel_run(conn, campaign_id, run_id, request.auth)
 
-    @get("/{campaign_id:str}/runs/{run_id:str}/deliveries", **access(READ, 400, 404))
+    @get("/{campaign_id:str}/runs/{run_id:str}/deliveries", **access(READ, 400, 404, 410))
     async def deliveries(
         self,
         request: AuthRequest,
@@ -189,7 +189,8 @@ class CampaignController(Controller):
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
     ) -> DeliveryPage:
-        """The fate of each recipient of the run, in the order of the publish request."""
+        """The fate of each recipient of the run, in the order of the publish request.
+        410 once the run's deliveries are past DELIVERY_RETENTION_DAYS."""
         return await list_deliveries(
             conn,
             campaign_id,
@@ -199,4 +200,5 @@ class CampaignController(Controller):
             limit=limit,
             cursor=cursor,
             cursor_key=state.cursor_key,
+            retention=state.settings.delivery_retention,
         )

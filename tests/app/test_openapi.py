@@ -376,11 +376,23 @@ async def foreign_brand(t: Tour, op: Op) -> Any:
     return await t.send(op, request, headers=bearer(brands=["brand-b"]))
 
 
+async def deliveries_purged(t: Tour, op: Op) -> Any:
+    request = await HAPPY[op][1](t)
+    run_id = uuid.UUID(request["url"].split("/")[6])
+    await t.db.execute(
+        "UPDATE runs SET status = 'cancelled', completed_at = now(), deliveries_purged_at = now()"
+        " WHERE id = $1",
+        run_id,
+    )
+    return await t.send(op, request)
+
+
 SPECIFIC: dict[tuple[str, str, int], Callable[[Tour, Op], Awaitable[Any]]] = {
     ("POST", f"{C}/{{campaign_id}}/publish", 409): publish_in_flight,
     ("POST", f"{C}/{{campaign_id}}/publish", 415): publish_not_json,
     ("POST", f"{C}/{{campaign_id}}/publish", 422): publish_key_reused,
     ("POST", f"{C}/{{campaign_id}}/runs/{{run_id}}/cancel", 412): cancel_twice,
+    ("GET", f"{C}/{{campaign_id}}/runs/{{run_id}}/deliveries", 410): deliveries_purged,
 }
 
 
