@@ -12,10 +12,12 @@ from procrastinate import JobContext, RetryStrategy
 from app.logs import bind_log_context
 from app.settings import get_settings
 from db.idempotency import IdempotencyKeyRepository
-from jobs.app import DELIVERY_QUEUE, MAINTENANCE_QUEUE, app
+from db.run_events import SEND_TASK
+from jobs.app import DELIVERY_QUEUE, EVENTS_QUEUE, MAINTENANCE_QUEUE, app
 from jobs.asyncpg_connector import AsyncpgConnector
 from jobs.delivery import deliver_chunk
 from jobs.resources import WorkerResources
+from jobs.run_events import EventRetry, send_pending_events
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,20 @@ async def deliver_batch(context: JobContext, run_id: str, first: int, last: int)
             )
     finally:
         resources.running.discard(job_id)
+
+
+# Deferred by each run status change, in its transaction (db/run_events.py), with the
+# run's lock: one job of a run at a time, in order. Retried with backoff while the
+# receiver fails, for EVENTS_RETRY_HOURS; then the job fails and ops_undelivered_events
+# shows its events.
+@app.task(name=SEND_TASK, queue=EVENTS_QUEUE, pass_context=True, retry=EventRetry())
+async def send_run_events(context: JobContext, run_id: str) -> None:
+    """POST the pending events of run `run_id` to EVENTS_WEBHOOK_URL, oldest first."""
+    pool = cast(AsyncpgConnector, app.connector).pool
+    with bind_log_context(run_id=run_id, job_id=context.job.id):
+        sent = await send_pending_events(pool, get_settings(), UUID(run_id), context.job.attempts)
+        if sent:
+            logger.info("run events delivered", extra={"events": sent})
 
 
 # Keys hold 24 h; purging every 10 minutes keeps at most that much extra in the table.

@@ -23,7 +23,7 @@ from app.logs import configure_logging
 from app.settings import Settings, get_settings
 from db.jobs import JobRepository
 from db.pool import DATABASE_UNAVAILABLE, create_pool
-from jobs.app import DELIVERY_QUEUE, MAINTENANCE_QUEUE, app
+from jobs.app import DELIVERY_QUEUE, EVENTS_QUEUE, MAINTENANCE_QUEUE, app
 from jobs.providers import build_providers, close_providers
 from jobs.resources import DeliveryConfig, WorkerResources
 
@@ -114,7 +114,7 @@ async def run_worker(settings: Settings, *, wait: bool = True, handle_signals: b
         app.perform_import_paths()
         worker = Worker(
             app=app,
-            queues=[DELIVERY_QUEUE, MAINTENANCE_QUEUE],
+            queues=[DELIVERY_QUEUE, MAINTENANCE_QUEUE, EVENTS_QUEUE],
             concurrency=settings.worker_jobs,
             additional_context={"resources": resources},
             wait=wait,

@@ -14,6 +14,7 @@ TABLES = {
     "deliveries",
     "suppressions",
     "idempotency_keys",
+    "run_events",
     "procrastinate_jobs",
     "procrastinate_events",
     "procrastinate_workers",
@@ -21,7 +22,7 @@ TABLES = {
 }
 
 
-VIEWS = {
+VIEWS_0004 = {
     "ops_run_progress",
     "ops_stuck_jobs",
     "ops_stalled_runs",
@@ -29,6 +30,7 @@ VIEWS = {
     "ops_delivery_failures",
     "ops_queue_depth",
 }
+VIEWS = VIEWS_0004 | {"ops_undelivered_events"}
 
 
 @pytest.fixture
@@ -76,10 +78,10 @@ async def test_0003_downgrades_to_0002_and_back(empty_database):
     command.upgrade(config, "head")
 
     command.downgrade(config, "0002")
-    assert (await objects(empty_database))[0] == TABLES - {"idempotency_keys"}
+    assert (await objects(empty_database))[0] == TABLES - {"idempotency_keys", "run_events"}
 
     command.upgrade(config, "0003")
-    assert (await objects(empty_database))[0] == TABLES
+    assert (await objects(empty_database))[0] == TABLES - {"run_events"}
 
 
 async def views(url: str) -> set[str]:
@@ -98,7 +100,37 @@ async def test_0004_ops_views_downgrade_to_0003_and_back(empty_database):
 
     command.downgrade(config, "0003")
     assert await views(empty_database) == set()
-    assert (await objects(empty_database))[0] == TABLES
+    assert (await objects(empty_database))[0] == TABLES - {"run_events"}
 
     command.upgrade(config, "0004")
+    assert await views(empty_database) == VIEWS_0004
+
+
+async def columns(url: str, table: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = $1", table
+        )
+        return {r["column_name"] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def test_0007_run_events_downgrade_to_0004_and_back(empty_database):
+    config = alembic_config(empty_database)
+    command.upgrade(config, "head")
+    assert "retry_of" in await columns(empty_database, "runs")
+    assert {"outcome", "outcome_at", "outcome_detail"} <= await columns(
+        empty_database, "deliveries"
+    )
+
+    command.downgrade(config, "0004")
+    assert (await objects(empty_database))[0] == TABLES - {"run_events"}
+    assert await views(empty_database) == VIEWS_0004
+    assert "retry_of" not in await columns(empty_database, "runs")
+    assert "outcome" not in await columns(empty_database, "deliveries")
+
+    command.upgrade(config, "0007")
+    assert (await objects(empty_database))[0] == TABLES
     assert await views(empty_database) == VIEWS
