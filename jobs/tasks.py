@@ -69,8 +69,9 @@ async def deliver_batch(context: JobContext, run_id: str, first: int, last: int)
 async def send_run_events(context: JobContext, run_id: str) -> None:
     """POST the pending events of run `run_id` to EVENTS_WEBHOOK_URL, oldest first."""
     pool = cast(AsyncpgConnector, app.connector).pool
+    settings = context.additional_context["settings"]
     with bind_log_context(run_id=run_id, job_id=context.job.id):
-        sent = await send_pending_events(pool, get_settings(), UUID(run_id), context.job.attempts)
+        sent = await send_pending_events(pool, settings, UUID(run_id), context.job.attempts)
         if sent:
             logger.info("run events delivered", extra={"events": sent})
 
