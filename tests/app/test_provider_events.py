@@ -224,7 +224,7 @@ async def test_malformed_bodies_are_400_with_their_paths(client):
 
 
 async def test_a_thousand_events_apply_and_a_body_over_the_limit_is_413(client, db):
-    campaign, run = await sent_run(client, db, n=1000)
+    _, run = await sent_run(client, db, n=1000)
     events = [event(f"{run['id']}:{i}", "delivered", "250 OK") for i in range(1000)]
 
     response = await post_events(client, events)
