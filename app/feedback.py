@@ -156,8 +156,7 @@ async def apply_feedback(
         # Several events of one delivery in a body: the strongest one counts.
         if key not in strongest or _rank(outcome) > _rank(strongest[key].outcome):
             strongest[key] = ReportedOutcome(*key, outcome, occurred_at, detail)
-    # In key order, so that two requests lock shared deliveries in the same order.
-    reports = [strongest[key] for key in sorted(strongest)]
+    reports = list(strongest.values())
     async with conn.transaction():
         rows = await OutcomeRepository(conn).apply(reports) if reports else []
         changed = [row for row in rows if row["changed"]]

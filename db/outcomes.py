@@ -38,12 +38,16 @@ class OutcomeRepository:
                 SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[],
                                      $5::text[])
                     AS e(run_id, position, outcome, occurred_at, detail)
-            ), found AS (
+            ), found AS MATERIALIZED (
+                -- Locked in key order: two bodies naming the same deliveries wait for
+                -- each other instead of deadlocking.
                 SELECT e.*, d.recipient, r.brand_id, c.channel
                 FROM reported e
                 JOIN deliveries d ON d.run_id = e.run_id AND d.position = e.position
                 JOIN runs r ON r.id = e.run_id
                 JOIN campaigns c ON c.id = r.campaign_id
+                ORDER BY e.run_id, e.position
+                FOR UPDATE OF d
             ), changed AS (
                 UPDATE deliveries d SET
                     outcome = f.outcome, outcome_at = f.occurred_at, outcome_detail = f.detail
