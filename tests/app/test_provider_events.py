@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa as rsa_key
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.settings import SettingsError
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients, walk
 from tests.tokens import bearer
 
@@ -322,3 +324,14 @@ async def test_sendgrid_events_not_signed_by_its_key_are_401(client, db, setting
     async with AsyncTestClient(create_app(settings)) as unconfigured:
         response = await unconfigured.post(SENDGRID, content=body, headers=sendgrid_headers(body))
         assert response.status_code == 401
+
+
+def test_web_refuses_to_start_with_a_sendgrid_key_it_cannot_read(settings):
+    with pytest.raises(SettingsError, match="SENDGRID_WEBHOOK_PUBLIC_KEY"):
+        create_app(replace(settings, sendgrid_webhook_public_key="not a key"))
+    rsa = rsa_key.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    der = rsa.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with pytest.raises(SettingsError, match="EC"):  # SendGrid signs with P-256
+        create_app(replace(settings, sendgrid_webhook_public_key=base64.b64encode(der).decode()))

@@ -14,6 +14,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.settings import Settings, SettingsError
 from db.pool import connect
 from db.runs import RunRepository
 from jobs.worker import run_worker
@@ -317,3 +318,19 @@ async def until_async(condition, seconds: float) -> None:
     async with asyncio.timeout(seconds):
         while not await condition():  # noqa: ASYNC110 - another process works meanwhile
             await asyncio.sleep(0.1)
+
+
+def test_an_events_url_needs_its_secret_and_a_day_of_retries_at_least():
+    base = {"JWT_SECRET": "x"}
+    with pytest.raises(SettingsError, match="EVENTS_WEBHOOK_SECRET"):
+        Settings.from_env({**base, "EVENTS_WEBHOOK_URL": "https://hooks.example.com/runs"})
+    with pytest.raises(SettingsError, match="EVENTS_WEBHOOK_URL"):
+        Settings.from_env(
+            {**base, "EVENTS_WEBHOOK_URL": "hooks.example.com", "EVENTS_WEBHOOK_SECRET": "s"}
+        )
+    with pytest.raises(SettingsError, match="EVENTS_RETRY_HOURS must be at least 24"):
+        Settings.from_env({**base, "EVENTS_RETRY_HOURS": "12"})
+    configured = Settings.from_env(
+        {**base, "EVENTS_WEBHOOK_URL": "https://h.example.com/", "EVENTS_WEBHOOK_SECRET": "s"}
+    )
+    assert (configured.events_retry_hours, configured.events_retry_base_seconds) == (72, 5.0)
