@@ -13,6 +13,7 @@ import binascii
 import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Annotated
 from uuid import UUID
 
 import asyncpg
@@ -57,7 +58,8 @@ class SendGridEvent(msgspec.Struct):
     """The fields we read of a SendGrid event; custom arguments arrive as top-level keys."""
 
     event: str
-    timestamp: int
+    timestamp: Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799)]
+    """Unix seconds (at most the last second of 9999: a datetime can hold it)."""
     delivery_id: str | None = None
     type: str | None = None
     """Of a `bounce`: "bounce" (the address is dead) or "blocked" (refused for now)."""
@@ -92,7 +94,8 @@ async def sendgrid_feedback(
             unmatched += 1
             continue
         occurred_at = datetime.fromtimestamp(event.timestamp, UTC)
-        reported.append((event.delivery_id, outcome, occurred_at, event.reason or event.response))
+        detail = (event.reason or event.response or "")[:1000] or None
+        reported.append((event.delivery_id, outcome, occurred_at, detail))
     if unmatched:
         logger.warning(
             "SendGrid events without a delivery_id custom argument",

@@ -304,6 +304,18 @@ async def test_sendgrid_events_signed_with_ecdsa_set_outcomes(client, db):
     assert (await suppression(client, "user2@example.com")) is None
 
 
+async def test_a_malformed_sendgrid_body_is_400_with_its_path(client):
+    for payload, path in [
+        ([{"event": "delivered"}], "$[0]"),
+        ([{"event": "delivered", "timestamp": 10**20}], "$[0].timestamp"),
+        ({"events": []}, "$"),
+    ]:
+        body = json.dumps(payload).encode()
+        response = await client.post(SENDGRID, content=body, headers=sendgrid_headers(body))
+        assert response.status_code == 400, response.text
+        assert list(response.json()["details"]) == [path]
+
+
 async def test_sendgrid_events_not_signed_by_its_key_are_401(client, db, settings):
     campaign, run = await sent_run(client, db, n=1)
     body = json.dumps([sendgrid_event("bounce", f"{run['id']}:0", type="bounce")]).encode()
