@@ -81,27 +81,10 @@ async def send_pending_events(
             return 0
     if not events:
         return 0
-    assert settings.events_webhook_url is not None and settings.events_webhook_secret is not None
     timeout = httpx.Timeout(TIMEOUT_SECONDS, connect=5.0)
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
         for event in events:
-            body = event_body(event)
-            headers = {
-                "Content-Type": "application/json",
-                "Idempotency-Key": str(event["id"]),
-                HEADER: signature(settings.events_webhook_secret, body),
-            }
-            try:
-                response = await client.post(
-                    settings.events_webhook_url, content=body, headers=headers
-                )
-                error = (
-                    None
-                    if response.is_success
-                    else f"HTTP {response.status_code}: {response.text[:500]}"
-                )
-            except httpx.HTTPError as exc:  # timeouts, refused or lost connections
-                error = f"{type(exc).__name__}: {exc}"
+            error = await _post(client, settings, event)
             async with pool.acquire() as conn:
                 if error is None:
                     await RunEventRepository(conn).delivered(event["id"])
@@ -111,10 +94,29 @@ async def send_pending_events(
     return len(events)
 
 
+async def _post(client: httpx.AsyncClient, settings: Settings, event: asyncpg.Record) -> str | None:
+    """POST one event; None if the receiver accepted it (2xx), else what went wrong."""
+    assert settings.events_webhook_url is not None and settings.events_webhook_secret is not None
+    body = event_body(event)
+    headers = {
+        "Content-Type": "application/json",
+        "Idempotency-Key": str(event["id"]),
+        HEADER: signature(settings.events_webhook_secret, body),
+    }
+    try:
+        response = await client.post(settings.events_webhook_url, content=body, headers=headers)
+    except httpx.HTTPError as exc:  # timeouts, refused or lost connections
+        return f"{type(exc).__name__}: {exc}"
+    if response.is_success:
+        return None
+    # Redirects are not followed: they count as failures like any other answer.
+    return f"HTTP {response.status_code}: {response.text[:500]}"
+
+
 def _retry_at(event: asyncpg.Record, attempts: int, settings: Settings) -> datetime | None:
     """When to try again; None once the event is older than EVENTS_RETRY_HOURS."""
     now = datetime.now(UTC)
-    extra = {"event_id": str(event["id"]), "event_type": event["type"], "attempts": attempts + 1}
+    extra = {"event_id": str(event["id"]), "event_type": event["type"], "job_attempt": attempts + 1}
     if now - event["occurred_at"] >= timedelta(hours=settings.events_retry_hours):
         logger.error("gave up sending a run event (EVENTS_RETRY_HOURS)", extra=extra)
         return None
