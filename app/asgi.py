@@ -11,16 +11,20 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components
 
 from app.auth import build_jwt_auth
 from app.dependencies import provide_connection
 from app.error_handlers import EXCEPTION_HANDLERS
+from app.feedback import load_sendgrid_key
 from app.logs import configure_logging
 from app.metrics import metrics, metrics_middleware
+from app.openapi import SECURITY_SCHEMES
 from app.pagination import cursor_key
 from app.request_id import request_id_middleware, send_request_id
 from app.routes.campaigns import CampaignController
 from app.routes.health import healthz, readyz
+from app.routes.providers import sendgrid_events, webhook_events
 from app.routes.suppressions import SuppressionController
 from app.settings import Settings, SettingsError, get_settings
 from db.pool import create_pool
@@ -35,6 +39,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "no JWT key: set JWT_SECRET or JWT_PUBLIC_KEY "
             "(or MESSAGING_DEV_MODE=1 for local development only)"
         )
+    settings.check_events_webhook()
+    sendgrid_key = None
+    if settings.sendgrid_webhook_public_key:
+        try:
+            sendgrid_key = load_sendgrid_key(settings.sendgrid_webhook_public_key)
+        except ValueError as exc:
+            raise SettingsError(f"SENDGRID_WEBHOOK_PUBLIC_KEY: {exc}") from None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -51,7 +62,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await pool.close()
 
     return Litestar(
-        route_handlers=[CampaignController, SuppressionController, healthz, readyz, metrics],
+        route_handlers=[
+            CampaignController,
+            SuppressionController,
+            webhook_events,
+            sendgrid_events,
+            healthz,
+            readyz,
+            metrics,
+        ],
         lifespan=[lifespan],
         on_app_init=[build_jwt_auth(settings).on_app_init],
         middleware=[request_id_middleware, metrics_middleware],
@@ -63,6 +82,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             {
                 "settings": settings,
                 "cursor_key": cursor_key(settings.cursor_secret or settings.jwt_key),
+                "sendgrid_key": sendgrid_key,
             }
         ),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
@@ -73,6 +93,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             description="Campaign publishing and delivery. Every error response has the "
             "`Error` body: `{error, message, details}`.",
             use_handler_docstrings=True,
+            components=Components(security_schemes=dict(SECURITY_SCHEMES)),
         ),
         logging_config=None,  # the process entry point configures logging (app/logs.py)
         debug=False,

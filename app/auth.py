@@ -25,7 +25,8 @@ PUBLISH = "messaging:campaigns:publish"
 BEARER_SCHEME = "BearerToken"
 """Name of the security scheme in the OpenAPI document."""
 
-PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/metrics$", "^/schema"]
+# Providers authenticate by signing their requests (app/routes/providers.py), not by token.
+PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/metrics$", "^/schema", "^/v1/messaging/providers/"]
 
 
 @dataclass

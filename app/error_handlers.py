@@ -15,6 +15,7 @@ from litestar.exceptions import (
 )
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
+    HTTP_401_UNAUTHORIZED,
     HTTP_403_FORBIDDEN,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
@@ -36,6 +37,7 @@ from app.errors import (
     NotFound,
     RequestInProgress,
     ServiceError,
+    Unauthenticated,
     UnsupportedMediaType,
 )
 from app.request_id import request_id_of
@@ -46,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 STATUS_OF: dict[type[ServiceError], int] = {
     InvalidInput: HTTP_400_BAD_REQUEST,
+    Unauthenticated: HTTP_401_UNAUTHORIZED,
     ForbiddenBrand: HTTP_403_FORBIDDEN,
     NotFound: HTTP_404_NOT_FOUND,
     Gone: HTTP_410_GONE,

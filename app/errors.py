@@ -16,6 +16,12 @@ class InvalidInput(ServiceError):
     code = "validation_error"
 
 
+class Unauthenticated(ServiceError):
+    """A provider's request whose signature does not match its body."""
+
+    code = "unauthorized"
+
+
 class NotFound(ServiceError):
     code = "not_found"
 
@@ -27,8 +33,8 @@ class ForbiddenBrand(ServiceError):
 class BadState(ServiceError):
     code = "bad_state"
 
-    def __init__(self, message: str, *, status: str, allowed: list[str]) -> None:
-        super().__init__(message, {"status": status, "allowed": allowed})
+    def __init__(self, message: str, *, status: str, allowed: list[str], **details: Any) -> None:
+        super().__init__(message, {"status": status, "allowed": allowed, **details})
 
 
 class Gone(ServiceError):

@@ -48,6 +48,14 @@ def idempotency_key(header: str | None, body: PublishRequest) -> IdempotencyKey 
     return IdempotencyKey(parse_key(header), hashlib.sha256(msgspec.json.encode(body)).digest())
 
 
+def retry_key(header: str | None, run_id: UUID) -> IdempotencyKey | None:
+    """The key of a retry of run `run_id`: its "body" is the run it retries, so the same
+    key on a publish or on a retry of another run is a reuse (422)."""
+    if header is None:
+        return None
+    return IdempotencyKey(parse_key(header), hashlib.sha256(f"retry {run_id}".encode()).digest())
+
+
 def parse_key(header: str) -> str:
     if match := _SF_STRING.fullmatch(header):
         key = re.sub(r"\\(.)", r"\1", match.group(1))

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from litestar.openapi import ResponseSpec
-from litestar.openapi.spec import Example, OpenAPIHeader, Operation, Reference, Schema
+from litestar.openapi.spec import (
+    Example,
+    OpenAPIHeader,
+    Operation,
+    Reference,
+    Schema,
+    SecurityScheme,
+)
 from litestar.openapi.spec.enums import OpenAPIType
 from litestar.types import Guard
 
@@ -82,22 +89,60 @@ class Access(TypedDict):
     operation_class: type[Operation]
 
 
-def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
-    """An `Error`-bodied response for each status."""
-    return {
-        status: ResponseSpec(
+def error_responses(*statuses: int, **overrides: tuple[str, str]) -> dict[int, ResponseSpec]:
+    """An `Error`-bodied response for each status; `overrides` ("s401": (code, when))
+    replace a status's line of ERRORS."""
+    responses = {}
+    for status in statuses:
+        code, when = overrides.get(f"s{status}", ERRORS[status])
+        responses[status] = ResponseSpec(
             data_container=Error,
-            description=ERRORS[status][1],
+            description=when,
             generate_examples=False,
-            examples=[
-                Example(
-                    summary=ERRORS[status][0],
-                    value={"error": ERRORS[status][0], "message": ERRORS[status][1]},
-                )
-            ],
+            examples=[Example(summary=code, value={"error": code, "message": when})],
         )
-        for status in statuses
-    }
+    return responses
+
+
+class Signed(TypedDict):
+    guards: list[Guard]
+    security: list[dict[str, list[str]]]
+    responses: dict[int, ResponseSpec]
+    operation_class: type[Operation]
+
+
+def signed(scheme: str, guard: Guard, *statuses: int) -> Signed:
+    """Route keyword arguments of a route that a signature authenticates instead of a token:
+    the `guard` that checks it, the security `scheme` (SECURITY_SCHEMES) in the document,
+    and the error `statuses` (besides 401 and 500)."""
+    return Signed(
+        guards=[guard],
+        security=[{scheme: []}],
+        responses=error_responses(
+            *sorted({*statuses, 401, 500}),
+            s401=("unauthorized", "The signature is missing or does not match the body."),
+        ),
+        operation_class=DocumentedOperation,
+    )
+
+
+SECURITY_SCHEMES = {
+    "WebhookSignature": SecurityScheme(
+        type="apiKey",
+        name="X-Signature",
+        security_scheme_in="header",
+        description="`sha256=<hex HMAC-SHA256 of the raw body with WEBHOOK_SECRET>`.",
+    ),
+    "SendGridSignature": SecurityScheme(
+        type="apiKey",
+        name="X-Twilio-Email-Event-Webhook-Signature",
+        security_scheme_in="header",
+        description="SendGrid's signed Event Webhook: ECDSA (P-256, SHA-256) over "
+        "`X-Twilio-Email-Event-Webhook-Timestamp` + the raw body, verified with "
+        "SENDGRID_WEBHOOK_PUBLIC_KEY.",
+    ),
+}
+"""Security schemes of the routes that providers call (besides the BearerToken)."""
 
 
 def access(scope: str, *statuses: int) -> Access:
@@ -127,6 +172,8 @@ class DocumentedOperation(Operation):
                 # Litestar's default validation response: our handlers never send its
                 # shape (app/error_handlers.py rewrites it), so it must not be documented.
                 del responses[status]
+            elif status == "401" and not scopes:
+                continue  # a signature is not a bearer token: no WWW-Authenticate
             elif status in _HEADERS and not isinstance(response, Reference):
                 response.headers = {**(response.headers or {}), **_HEADERS[status]}
 

@@ -12,13 +12,14 @@ from procrastinate.types import JSONValue
 from app.auth import AccessToken
 from app.campaigns import visible_campaign
 from app.errors import BadState, InvalidInput
-from app.idempotency import IdempotencyKey, claim_key
+from app.idempotency import IdempotencyKey, claim_key, retry_key
 from app.metrics import PUBLISH_RECIPIENTS
 from app.recipients import normalise_all, skip_reasons
+from app.runs import visible_run
 from app.schemas import Recipient, Run
 from db.ids import uuid7
 from db.pool import DATABASE_AWAY
-from db.runs import DeliveryRow, RunRepository
+from db.runs import ENDED, DeliveryRow, RunRepository
 from db.suppressions import SuppressionRepository
 from jobs.tasks import deliver_batch
 
@@ -34,10 +35,11 @@ async def publish_campaign(
     max_recipients: int,
     batch_size: int,
     idempotency_key: IdempotencyKey | None = None,
+    retry_of: UUID | None = None,
     pool: asyncpg.Pool | None = None,
 ) -> Run:
     """The new run; or, for a repeat of `idempotency_key` with the same body, the
-    original run (nothing is created).
+    original run (nothing is created). `retry_of`: the run this one retries.
 
     When the connection is lost at the commit, the commit may have happened all the same:
     the run is then looked up on another connection of `pool`, and returned if it exists,
@@ -52,7 +54,7 @@ async def publish_campaign(
     run_id = uuid7()
     try:
         return await _publish(
-            conn, run_id, campaign_id, recipients, caller, batch_size, idempotency_key
+            conn, run_id, campaign_id, recipients, caller, batch_size, idempotency_key, retry_of
         )
     except DATABASE_AWAY:
         if pool is None:
@@ -73,6 +75,7 @@ async def _publish(
     caller: AccessToken,
     batch_size: int,
     idempotency_key: IdempotencyKey | None,
+    retry_of: UUID | None,
 ) -> Run:
     async with conn.transaction():
         campaign = await visible_campaign(conn, campaign_id, caller, lock="share")
@@ -101,6 +104,7 @@ async def _publish(
             skipped_count=len(skips),
             created_by=caller.sub,
             run_id=run_id,
+            retry_of=retry_of,
         )
         await runs.copy_deliveries(_delivery_rows(run["id"], recipients, skips))
         job_ids = await defer_deliveries(conn, str(run["id"]), len(recipients), batch_size)
@@ -114,9 +118,53 @@ async def _publish(
             "recipients": len(recipients),
             "skipped": len(skips),
             "jobs": len(job_ids),
+            "retry_of": str(retry_of) if retry_of else None,
         },
     )
     return Run(**run)
+
+
+async def retry_failed(
+    conn: asyncpg.Connection,
+    campaign_id: str,
+    run_id: str,
+    caller: AccessToken,
+    *,
+    batch_size: int,
+    idempotency_key_header: str | None = None,
+    pool: asyncpg.Pool | None = None,
+) -> Run:
+    """A new run of the failed deliveries of an ended run (same person_id and recipient,
+    in their order), published like any other: skips, suppressions added since and the
+    Idempotency-Key apply. The original run is not changed."""
+    original = await visible_run(conn, campaign_id, run_id, caller)
+    if original["status"] not in ENDED:
+        raise BadState(
+            f"run is {original['status']}; only an ended run can be retried",
+            status=original["status"],
+            allowed=list(ENDED),
+        )
+    if original["failed_count"] == 0:
+        raise BadState(
+            "the run has no failed delivery to retry",
+            status=original["status"],
+            allowed=list(ENDED),
+            failed_count=0,
+        )
+    rows = await RunRepository(conn).failed_recipients(original["id"])
+    recipients = [Recipient(person_id=row[0], recipient=row[1]) for row in rows]
+    return await publish_campaign(
+        conn,
+        campaign_id,
+        recipients,
+        caller,
+        # The original was accepted; a limit lowered since does not make its retry a 400.
+        max_recipients=len(recipients),
+        batch_size=batch_size,
+        idempotency_key=retry_key(idempotency_key_header, original["id"]),
+        retry_of=original["id"],
+        pool=pool,
+    )
 
 
 def _delivery_rows(

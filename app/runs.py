@@ -110,4 +110,7 @@ def _delivery(row: asyncpg.Record) -> Delivery:
         last_error=row["last_error"],
         provider_message_id=row["provider_message_id"],
         sent_at=row["sent_at"],
+        outcome=row["outcome"],
+        outcome_at=row["outcome_at"],
+        outcome_detail=row["outcome_detail"],
     )

@@ -14,6 +14,7 @@ CampaignStatus = Literal["draft", "active", "archived"]
 RunStatus = Literal["queued", "running", "completed", "cancelled"]
 DeliveryStatus = Literal["pending", "sent", "failed", "skipped"]
 SuppressionReason = Literal["unsubscribed", "bounced", "complained", "manual"]
+Outcome = Literal["delivered", "bounced", "complained"]
 
 PersonId = Annotated[str, Meta(min_length=1, max_length=256)]
 Address = Annotated[str, Meta(min_length=1, max_length=320)]
@@ -90,6 +91,8 @@ class Run(msgspec.Struct):
     completed_at: datetime | None
     created_by: str
     created_at: datetime
+    retry_of: UUID | None
+    """The run whose failed deliveries this run retries (POST .../retry); null otherwise."""
 
 
 class CampaignPage(msgspec.Struct):
@@ -115,6 +118,10 @@ class Delivery(msgspec.Struct):
     last_error: str | None
     provider_message_id: str | None
     sent_at: datetime | None
+    outcome: Outcome | None
+    """What the provider reported after the send (its events webhook); null until then."""
+    outcome_at: datetime | None
+    outcome_detail: str | None
 
 
 class DeliveryPage(msgspec.Struct):
@@ -137,6 +144,33 @@ class Suppression(msgspec.Struct):
 class SuppressionPage(msgspec.Struct):
     items: list[Suppression]
     next_cursor: str | None
+
+
+MAX_PROVIDER_EVENTS = 1000
+
+
+class ProviderEvent(msgspec.Struct):
+    delivery_id: Annotated[str, Meta(min_length=1, max_length=100)]
+    """The `delivery_id` of the webhook message (`{run_id}:{position}`)."""
+    type: Outcome
+    occurred_at: Annotated[datetime, Meta(tz=True)]
+    detail: Annotated[str, Meta(max_length=1000)] | None = None
+
+
+class ProviderEvents(msgspec.Struct):
+    """What the webhook provider reports about the messages it was given."""
+
+    events: Annotated[list[ProviderEvent], Meta(min_length=1, max_length=MAX_PROVIDER_EVENTS)]
+
+
+class ProviderEventsResult(msgspec.Struct):
+    received: int
+    applied: int
+    """Deliveries whose outcome changed (a replay, or news older than the outcome, changes none)."""
+    ignored: int
+    """Events that carry no outcome of ours (SendGrid's opens, clicks, deferrals...)."""
+    unknown_delivery_ids: list[str]
+    """Delivery ids of events that match no delivery; the other events still applied."""
 
 
 class Health(msgspec.Struct):

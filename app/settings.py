@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 Provider = Literal["log", "smtp", "webhook"]
 
@@ -47,6 +48,18 @@ class Settings:
     webhook_url: str | None = None
     webhook_secret: str | None = None
     """HMAC-SHA256 key that signs each webhook body (X-Signature)."""
+    events_webhook_url: str | None = None
+    """Where run events (run.started, run.completed, run.cancelled) are POSTed. Unset: events
+    are still recorded (table run_events) but never sent."""
+    events_webhook_secret: str | None = None
+    """HMAC-SHA256 key that signs each event body (X-Signature); required with the URL."""
+    events_retry_hours: int = 72
+    """How long an event is retried while the receiver fails (the contract asks >= 24 h)."""
+    events_retry_base_seconds: float = 5.0
+    """Backoff of a failed event POST: base * 2^attempts, +-50% jitter, at most 1 h."""
+    sendgrid_webhook_public_key: str | None = None
+    """The verification key of SendGrid's signed Event Webhook (base64 DER, as SendGrid shows
+    it, or PEM): POST /v1/messaging/providers/sendgrid/events is refused (401) without it."""
     webhook_max_connections: int = 8
     """Connections one worker process keeps to WEBHOOK_URL. More is slower with a fast
     receiver (httpcore's pool scans its connections on every request: 8 gave ~1,200/s on
@@ -113,7 +126,7 @@ class Settings:
         env = dict(os.environ if env is None else env)
         defaults = cls()
         try:
-            return cls(
+            settings = cls(
                 database_url=env.get("DATABASE_URL", defaults.database_url),
                 port=int(env.get("PORT", defaults.port)),
                 jwt_secret=env.get("JWT_SECRET") or None,
@@ -128,6 +141,11 @@ class Settings:
                 smtp_starttls=_choice(env, "SMTP_STARTTLS", ("auto", "always", "never")),
                 webhook_url=env.get("WEBHOOK_URL") or None,
                 webhook_secret=env.get("WEBHOOK_SECRET") or None,
+                events_webhook_url=env.get("EVENTS_WEBHOOK_URL") or None,
+                events_webhook_secret=env.get("EVENTS_WEBHOOK_SECRET") or None,
+                events_retry_hours=_at_least(env, "EVENTS_RETRY_HOURS", 72, minimum=24),
+                events_retry_base_seconds=float(env.get("EVENTS_RETRY_BASE_SECONDS") or 5.0),
+                sendgrid_webhook_public_key=env.get("SENDGRID_WEBHOOK_PUBLIC_KEY") or None,
                 webhook_max_connections=_positive(env, "WEBHOOK_MAX_CONNECTIONS", 8),
                 webhook_timeout_seconds=float(env.get("WEBHOOK_TIMEOUT_SECONDS") or 10.0),
                 delivery_batch_size=_positive(env, "DELIVERY_BATCH_SIZE", 500),
@@ -151,6 +169,18 @@ class Settings:
             )
         except ValueError as exc:
             raise SettingsError(str(exc)) from exc
+        settings.check_events_webhook()
+        return settings
+
+    def check_events_webhook(self) -> None:
+        """An events URL needs its signing key: unsigned events could be forged."""
+        url = self.events_webhook_url
+        if url is not None and urlsplit(url).scheme not in {"http", "https"}:
+            raise SettingsError(f"EVENTS_WEBHOOK_URL must be an http(s):// URL; got {url!r}")
+        if url is not None and not self.events_webhook_secret:
+            raise SettingsError(
+                "EVENTS_WEBHOOK_URL needs EVENTS_WEBHOOK_SECRET, the key that signs events"
+            )
 
 
 def _choice(env: dict[str, str], name: str, allowed: tuple[str, ...]) -> Any:
@@ -161,6 +191,10 @@ def _choice(env: dict[str, str], name: str, allowed: tuple[str, ...]) -> Any:
 
 
 def _positive(env: dict[str, str], name: str, default: int) -> int:
+    return _at_least(env, name, default, minimum=1)
+
+
+def _at_least(env: dict[str, str], name: str, default: int, *, minimum: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -168,8 +202,8 @@ def _positive(env: dict[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a whole number; got {raw!r}") from None
-    if value < 1:
-        raise SettingsError(f"{name} must be at least 1; got {value}")
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}; got {value}")
     return value
 
 

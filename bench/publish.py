@@ -9,6 +9,8 @@ both see the same machine noise:
   deliveries table's shape (LIKE ... INCLUDING ALL), in one transaction;
 - publish of 1, 1,000, 10,000 and 100,000 recipients, request sent to 202 received;
 - 1-recipient publishes from 8 concurrent clients (p50, p99);
+- retry of a run of 100,000 whose 30,000 failed (POST .../retry, to 202 received), beside
+  its own baseline: a publish of 30,000 recipients;
 - the web process's peak RSS (VmHWM) after all of it.
 No worker runs: the jobs stay queued.
 """
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +49,7 @@ PORT = int(os.environ.get("BENCH_PORT", "8765"))
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 BASE = f"http://127.0.0.1:{PORT}"
 SIZES = (1, 1_000, 10_000, 100_000)
+RETRIED, FAILED = 100_000, 30_000
 
 
 def token() -> str:
@@ -102,6 +106,12 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def start_web() -> subprocess.Popen[bytes]:
+    # Another process on the port would answer the bench instead (and receive its runs).
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", PORT))
+        except OSError:
+            raise SystemExit(f"port {PORT} is taken: set BENCH_PORT to a free one") from None
     env = {**os.environ, "DATABASE_URL": DATABASE_URL, "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING"}
     return subprocess.Popen(
         [
@@ -174,6 +184,41 @@ def concurrent_small(url: str, clients: int, seconds: int) -> str:
     return "\n".join(line for line in result.stdout.splitlines() if line.strip().startswith(wanted))
 
 
+async def run_with_failures(client: httpx.AsyncClient, conn: asyncpg.Connection, url: str) -> str:
+    """A run of RETRIED recipients that ended with FAILED of them failed (3 in every 10),
+    as workers would leave it; its retry URL."""
+    response = await client.post(url, content=body(RETRIED))
+    run = response.json()
+    run_id = uuid.UUID(run["id"])
+    await conn.execute(
+        """
+        UPDATE deliveries SET attempts = 1,
+            status = CASE WHEN position % 10 < 3 THEN 'failed' ELSE 'sent' END
+        WHERE run_id = $1
+        """,
+        run_id,
+    )
+    await conn.execute(
+        """
+        UPDATE runs SET status = 'completed', started_at = now(), completed_at = now(),
+            failed_count = $2, sent_count = total_recipients - $2
+        WHERE id = $1
+        """,
+        run_id,
+        FAILED,
+    )
+    return f"{url.removesuffix('/publish')}/runs/{run_id}/retry"
+
+
+async def timed_retry(client: httpx.AsyncClient, url: str) -> float:
+    start = time.perf_counter()
+    response = await client.post(url)
+    elapsed = time.perf_counter() - start
+    if response.status_code != 202 or response.json()["total_recipients"] != FAILED:
+        raise SystemExit(f"retry failed: {response.status_code} {response.text[:300]}")
+    return elapsed
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:8.1f} ms"
 
@@ -196,19 +241,28 @@ async def main(repeat: int) -> None:
         ) as client:
             await wait_ready(client)
             url = f"/v1/messaging/campaigns/{await campaign(client)}/publish"
-            payloads = {n: body(n) for n in SIZES}
+            payloads = {n: body(n) for n in (*SIZES, FAILED)}
+            retry_url = await run_with_failures(client, conn, url)
             for n in SIZES:  # warm up every path once
                 await timed_publish(client, url, payloads[n])
+            await timed_retry(client, retry_url)
             # Small publishes first, before the large ones leave PostgreSQL writing back.
             small = concurrent_small(url, clients=8, seconds=10)
 
-            results: dict[str, list[float]] = {"copy 100000": []} | {
-                f"publish {n}": [] for n in SIZES
-            }
+            results: dict[str, list[float]] = (
+                {"copy 100000": []}
+                | {f"publish {n}": [] for n in SIZES}
+                | {f"publish {FAILED}": [], f"retry {FAILED}/{RETRIED}": []}
+            )
             for _ in range(repeat):
                 results["copy 100000"].append(await baseline_copy(conn, 100_000))
                 for n in SIZES:
                     results[f"publish {n}"].append(await timed_publish(client, url, payloads[n]))
+                # The retry (of the same original each time: it is never changed) beside
+                # its baseline, a publish of as many recipients.
+                publish_failed = await timed_publish(client, url, payloads[FAILED])
+                results[f"publish {FAILED}"].append(publish_failed)
+                results[f"retry {FAILED}/{RETRIED}"].append(await timed_retry(client, retry_url))
 
             rss = peak_rss_mb(web.pid)
     finally:
@@ -220,8 +274,12 @@ async def main(repeat: int) -> None:
     print(f"median of {repeat} (interleaved); machine: {os.cpu_count()} cores")
     for name, values in results.items():
         median = statistics.median(values)
-        ratio = f"  {median / copy_median:4.2f}x baseline" if name.endswith("100000") else ""
+        ratio = f"  {median / copy_median:4.2f}x baseline" if name.endswith(" 100000") else ""
         print(f"{name:>16}: {ms(median)}  (min {ms(min(values))}, max {ms(max(values))}){ratio}")
+    retry_ratio = statistics.median(results[f"retry {FAILED}/{RETRIED}"]) / statistics.median(
+        results[f"publish {FAILED}"]
+    )
+    print(f"retry of {FAILED:,} failed of {RETRIED:,} / publish of {FAILED:,}: {retry_ratio:4.2f}x")
     print(f"1 recipient, 8 concurrent clients (wrk, 10 s):\n{small}")
     print(f"web process peak RSS (VmHWM): {rss:.0f} MB")
 

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from db.params import Params
+from db.run_events import EVENT_TYPES, RunEventRepository
 
 ENDED = ("completed", "cancelled")
 """Run statuses after which nothing is sent any more."""
 
 COLUMNS = (
     "id, campaign_id, brand_id, status, total_recipients, sent_count, failed_count, "
-    "skipped_count, started_at, completed_at, created_by, created_at"
+    "skipped_count, started_at, completed_at, created_by, created_at, retry_of"
 )
+"""The fields of a run as the API shows it (app.schemas.Run)."""
+_RUN_FIELDS = [column.strip() for column in COLUMNS.split(",")]
+_UPDATED_COLUMNS = ", ".join(f"runs.{column}" for column in _RUN_FIELDS)
 DELIVERY_COLUMNS = (
     "run_id, position, person_id, recipient, status, reason, attempts, last_error, "
-    "provider_message_id, sent_at"
+    "provider_message_id, sent_at, outcome, outcome_at, outcome_detail"
 )
 DELIVERY_COPY_COLUMNS = ("run_id", "position", "person_id", "recipient", "status", "reason")
 
@@ -47,13 +52,15 @@ class RunRepository:
         skipped_count: int,
         created_by: str,
         run_id: UUID | None = None,
+        retry_of: UUID | None = None,
     ) -> asyncpg.Record:
         """The new run; its id is `run_id` if given (an idempotency key already names it)."""
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
             INSERT INTO runs
-                (id, campaign_id, brand_id, total_recipients, skipped_count, created_by)
-            VALUES (COALESCE($6, uuid_v7()), $1, $2, $3, $4, $5)
+                (id, campaign_id, brand_id, total_recipients, skipped_count, created_by,
+                 retry_of)
+            VALUES (COALESCE($6, uuid_v7()), $1, $2, $3, $4, $5, $7)
             RETURNING {COLUMNS}
             """,
             campaign_id,
@@ -62,6 +69,7 @@ class RunRepository:
             skipped_count,
             created_by,
             run_id,
+            retry_of,
         )
         return record
 
@@ -128,6 +136,17 @@ class RunRepository:
         )
         return rows
 
+    async def failed_recipients(self, run_id: UUID) -> list[asyncpg.Record]:
+        """(person_id, recipient) of the run's failed deliveries, in position order."""
+        rows: list[asyncpg.Record] = await self.conn.fetch(
+            """
+            SELECT person_id, recipient FROM deliveries
+            WHERE run_id = $1 AND status = 'failed' ORDER BY position
+            """,
+            run_id,
+        )
+        return rows
+
     async def copy_deliveries(self, rows: Iterable[DeliveryRow]) -> None:
         """Bulk-write deliveries with COPY (binary): the one write that scales with the list."""
         await self.conn.copy_records_to_table(
@@ -155,12 +174,14 @@ class RunRepository:
             f"SELECT pg_advisory_xact_lock({_LOCK_NAMESPACE}, {_RUN_LOCK})", str(run_id)
         )
 
-    async def count_outcomes(self, run_id: UUID, sent: int, failed: int, skipped: int) -> str:
+    async def count_outcomes(
+        self, run_id: UUID, sent: int, failed: int, skipped: int
+    ) -> str | None:
         """Add to the counters in the same transaction as the deliveries changed; the run is
         `running` from its first attempt and `completed` by the window that settles its
-        last pending delivery. Returns the run's new status."""
-        status: str = await self.conn.fetchval(
-            """
+        last pending delivery. Returns the run's new status (None if it had ended)."""
+        record: asyncpg.Record | None = await self.conn.fetchrow(
+            f"""
             UPDATE runs SET
                 sent_count = sent_count + $2,
                 failed_count = failed_count + $3,
@@ -172,21 +193,45 @@ class RunRepository:
                 completed_at = CASE WHEN sent_count + failed_count + skipped_count + $2 + $3 + $4
                                          = total_recipients
                                     THEN now() END
-            WHERE id = $1 AND status IN ('queued', 'running')
-            RETURNING status
+            FROM {_BEFORE}
+            WHERE runs.id = $1 AND runs.status IN ('queued', 'running')
+            RETURNING before.status AS previous_status, {_UPDATED_COLUMNS}
             """,
             run_id, sent, failed, skipped,
         )  # fmt: skip
+        if record is None:
+            return None
+        await self._record_event(record)
+        status: str = record["status"]
         return status
 
-    async def cancel(self, run_id: UUID, skipped: int) -> asyncpg.Record:
+    async def cancel(self, run_id: UUID, skipped: int) -> dict[str, Any]:
+        """The run, now cancelled (its fields as the API shows them)."""
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
             UPDATE runs SET status = 'cancelled', skipped_count = skipped_count + $2,
                             completed_at = now()
-            WHERE id = $1
-            RETURNING {COLUMNS}
+            FROM {_BEFORE}
+            WHERE runs.id = $1
+            RETURNING before.status AS previous_status, {_UPDATED_COLUMNS}
             """,
             run_id, skipped,
         )  # fmt: skip
-        return record
+        await self._record_event(record)
+        return _run_of(record)
+
+    async def _record_event(self, change: asyncpg.Record) -> None:
+        """Every status change to running, completed or cancelled writes its event (and
+        the job that sends it) in the transaction of the change."""
+        status = change["status"]
+        if status != change["previous_status"] and status in EVENT_TYPES:
+            await RunEventRepository(self.conn).record(change["id"], status, _run_of(change))
+
+
+def _run_of(record: asyncpg.Record) -> dict[str, Any]:
+    return {field: record[field] for field in _RUN_FIELDS}
+
+
+# The run's status before an UPDATE (RETURNING shows only the new row): read with the
+# row lock that the UPDATE takes anyway, so nothing can change it in between.
+_BEFORE = "(SELECT status FROM runs WHERE id = $1 FOR UPDATE) AS before"

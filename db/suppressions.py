@@ -77,3 +77,17 @@ class SuppressionRepository:
             *p.values,
         )
         return rows
+
+    async def add_missing(self, entries: Sequence[tuple[str, str, str]]) -> None:
+        """Suppress each (brand_id, address, reason); an address already suppressed keeps
+        the reason it has."""
+        await self.conn.execute(
+            """
+            INSERT INTO suppressions (brand_id, address, reason)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+            ON CONFLICT (brand_id, address) DO NOTHING
+            """,
+            [entry[0] for entry in entries],
+            [entry[1] for entry in entries],
+            [entry[2] for entry in entries],
+        )

@@ -10,6 +10,8 @@ from jobs.asyncpg_connector import AsyncpgConnector
 DELIVERY_QUEUE = "deliveries"
 MAINTENANCE_QUEUE = "maintenance"
 """Housekeeping (periodic purges), apart from deliveries in the queue views."""
+EVENTS_QUEUE = "events"
+"""Run events POSTed to EVENTS_WEBHOOK_URL (jobs/run_events.py)."""
 
 app = App(
     connector=AsyncpgConnector(get_settings().database_url),

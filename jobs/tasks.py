@@ -16,11 +16,13 @@ from app.settings import get_settings
 from db.idempotency import IdempotencyKeyRepository
 from db.jobs import JobRepository
 from db.pool import database_away
-from jobs.app import DELIVERY_QUEUE, MAINTENANCE_QUEUE, app
+from db.run_events import SEND_TASK
+from jobs.app import DELIVERY_QUEUE, EVENTS_QUEUE, MAINTENANCE_QUEUE, app
 from jobs.asyncpg_connector import AsyncpgConnector
 from jobs.delivery import DeliveryInterrupted, deliver_chunk, fail_range
 from jobs.resources import WorkerResources
 from jobs.retention import maintain_deliveries
+from jobs.run_events import EventRetry, send_pending_events
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +120,21 @@ async def defer_follow_up(conn: asyncpg.Connection, at: datetime, **job: Any) ->
             ).defer_async(**job)
     except exceptions.AlreadyEnqueued:
         pass  # a follow-up of this range is waiting already; it takes these too
+
+
+# Deferred by each run status change, in its transaction (db/run_events.py), with the
+# run's lock: one job of a run at a time, in order. Retried with backoff while the
+# receiver fails, for EVENTS_RETRY_HOURS; then the job fails and ops_undelivered_events
+# shows its events.
+@app.task(name=SEND_TASK, queue=EVENTS_QUEUE, pass_context=True, retry=EventRetry())
+async def send_run_events(context: JobContext, run_id: str) -> None:
+    """POST the pending events of run `run_id` to EVENTS_WEBHOOK_URL, oldest first."""
+    pool = cast(AsyncpgConnector, app.connector).pool
+    settings = context.additional_context["settings"]
+    with bind_log_context(run_id=run_id, job_id=context.job.id):
+        sent = await send_pending_events(pool, settings, UUID(run_id), context.job.attempts)
+        if sent:
+            logger.info("run events delivered", extra={"events": sent})
 
 
 # Keys hold 24 h; purging every 10 minutes keeps at most that much extra in the table.

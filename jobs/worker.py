@@ -35,7 +35,7 @@ from app.logs import configure_logging
 from app.settings import Settings, get_settings
 from db.jobs import JobRepository
 from db.pool import DATABASE_UNAVAILABLE, create_pool
-from jobs.app import DELIVERY_QUEUE, MAINTENANCE_QUEUE, app
+from jobs.app import DELIVERY_QUEUE, EVENTS_QUEUE, MAINTENANCE_QUEUE, app
 from jobs.providers import Provider, build_providers, close_providers
 from jobs.resources import DeliveryConfig, WorkerResources
 
@@ -167,9 +167,9 @@ async def run_worker(
         app.perform_import_paths()
         worker = Worker(
             app=app,
-            queues=[DELIVERY_QUEUE, MAINTENANCE_QUEUE],
+            queues=[DELIVERY_QUEUE, MAINTENANCE_QUEUE, EVENTS_QUEUE],
             concurrency=settings.worker_jobs,
-            additional_context={"resources": resources},
+            additional_context={"resources": resources, "settings": settings},
             wait=wait,
             fetch_job_polling_interval=FETCH_POLLING_SECONDS,
             install_signal_handlers=False,

@@ -4,6 +4,7 @@ them and answer as the test scripts, per recipient."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import ipaddress
@@ -202,6 +203,8 @@ class ReceivedRequest:
     body: bytes
     client: tuple[str, int]
     """The client's end of the connection: the same for requests sent on one connection."""
+    status: int = 0
+    """The status the sink answered (or was about to, if the client went away first)."""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -209,7 +212,8 @@ class ReceivedRequest:
 
 class HttpSink:
     """A threaded HTTP/1.1 server (keep-alive) that records every request and answers with
-    `replies[recipient]` (the "recipient" of a JSON body), else `default`."""
+    `replies[recipient]` (the "recipient" of a JSON body), else `default`. `script` answers
+    the next requests first, one reply each, in order."""
 
     def __init__(self, port: int = 0) -> None:
         """On `port`, or on a free one; a sink stopped and started again on the same port
@@ -217,6 +221,7 @@ class HttpSink:
         self.requests: list[ReceivedRequest] = []
         self.replies: dict[str, Reply] = {}
         self.default = Reply()
+        self.script: collections.deque[Reply] = collections.deque()
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._server = _HttpServer((HOST, port), _handler_for(self))
@@ -248,6 +253,8 @@ class HttpSink:
         self.stop()
 
     def reply_for(self, body: bytes) -> Reply:
+        with contextlib.suppress(IndexError):
+            return self.script.popleft()
         try:
             recipient = json.loads(body).get("recipient")
         except (ValueError, AttributeError):
@@ -281,6 +288,7 @@ def _handler_for(sink: HttpSink) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length)
             if len(body) < length:
                 return  # the client died mid-request (a killed worker): nothing arrived
+            reply = sink.reply_for(body)
             sink.requests.append(
                 ReceivedRequest(
                     method=self.command,
@@ -288,9 +296,9 @@ def _handler_for(sink: HttpSink) -> type[BaseHTTPRequestHandler]:
                     headers={name.lower(): value for name, value in self.headers.items()},
                     body=body,
                     client=self.client_address,
+                    status=reply.status,
                 )
             )
-            reply = sink.reply_for(body)
             if reply.delay and sink._stopping.wait(reply.delay):
                 return
             answer = reply.body

@@ -22,7 +22,7 @@ from app.campaigns import (
 from app.idempotency import idempotency_key
 from app.openapi import access
 from app.pagination import DEFAULT_LIMIT
-from app.publishing import publish_campaign
+from app.publishing import publish_campaign, retry_failed
 from app.routes.params import Cursor, IdempotencyKeyHeader, Limit
 from app.runs import cancel_run, list_deliveries, list_runs, visible_run
 from app.schemas import (
@@ -176,6 +176,39 @@ class CampaignController(Controller):
         """Pending deliveries become `skipped` (reason `cancelled`); sends in flight finish
         first, and none follows. 412 if the run already ended."""
         return await cancel_run(conn, campaign_id, run_id, request.auth)
+
+    @post(
+        "/{campaign_id:str}/runs/{run_id:str}/retry",
+        status_code=202,
+        response_headers=[
+            ResponseHeader(name="Location", documentation_only=True, description="URL of the run.")
+        ],
+        **access(PUBLISH, 400, 404, 409, 412, 422),
+    )
+    async def retry(
+        self,
+        request: AuthRequest,
+        conn: Conn,
+        state: State,
+        campaign_id: FromPath[str],
+        run_id: FromPath[str],
+        idempotency_key_header: IdempotencyKeyHeader = None,
+    ) -> Response[Run]:
+        """Queue a new run (`retry_of`: this run) of exactly the run's `failed` deliveries,
+        published like any run: duplicates, invalid addresses and suppressions (also those
+        added since) are skipped, and `Idempotency-Key` makes a repeat safe. The original
+        run is not changed. 412 while the run has not ended, or if nothing failed."""
+        run = await retry_failed(
+            conn,
+            campaign_id,
+            run_id,
+            request.auth,
+            batch_size=state.settings.delivery_batch_size,
+            idempotency_key_header=idempotency_key_header,
+            pool=state.pool,
+        )
+        location = f"{self.path}/{run.campaign_id}/runs/{run.id}"
+        return Response(run, status_code=202, headers={"Location": location})
 
     @get("/{campaign_id:str}/runs/{run_id:str}/deliveries", **access(READ, 400, 404, 410))
     async def deliveries(

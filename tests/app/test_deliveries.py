@@ -19,6 +19,10 @@ DELIVERY_FIELDS = {
     "last_error",
     "provider_message_id",
     "sent_at",
+    # what the provider reported after the send (POST /v1/messaging/providers/*/events)
+    "outcome",
+    "outcome_at",
+    "outcome_detail",
 }
 
 
@@ -142,6 +146,9 @@ async def test_deliveries_show_the_fate_of_each_recipient_in_request_order(clien
         "last_error": None,
         "provider_message_id": None,
         "sent_at": None,
+        "outcome": None,
+        "outcome_at": None,
+        "outcome_detail": None,
     }
     assert (duplicate["status"], duplicate["reason"]) == ("skipped", "duplicate")
     assert duplicate["recipient"] == "ANN@example.com"  # as the caller sent it

@@ -9,7 +9,11 @@ happy paths send must match the documented request body.
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
+import hmac
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,17 +22,28 @@ from typing import Any
 
 import jsonschema
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.feedback import MAX_BODY_BYTES as FEEDBACK_MAX_BODY
 from app.idempotency import lock_id
 from tests.helpers import CAMPAIGNS, create_campaign, database_unreachable, recipients
 from tests.tokens import ALL_SCOPES, bearer
 
 BRANDS = "/v1/messaging/brands"
 MAX_BODY = 64 * 1024  # small, so that 413 needs no huge body
+WEBHOOK_SECRET = "tour-secret"
+SENDGRID_KEY = ec.generate_private_key(ec.SECP256R1())
+PROVIDERS = "/v1/messaging/providers"
+# Routes that providers call, authenticated by a signature instead of a token.
+SIGNED = {
+    f"{PROVIDERS}/webhook/events": "WebhookSignature",
+    f"{PROVIDERS}/sendgrid/events": "SendGridSignature",
+}
 APP_TABLES = ("campaigns", "runs", "deliveries", "suppressions", "idempotency_keys")
 
 Op = tuple[str, str]  # (method, path as documented)
@@ -37,7 +52,17 @@ Request = dict[str, Any]  # keyword arguments of client.request besides the meth
 
 @pytest.fixture
 async def tour_client(settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    app = create_app(replace(settings, publish_max_body_bytes=MAX_BODY))
+    public_key = SENDGRID_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    app = create_app(
+        replace(
+            settings,
+            publish_max_body_bytes=MAX_BODY,
+            webhook_secret=WEBHOOK_SECRET,
+            sendgrid_webhook_public_key=public_key.decode(),
+        )
+    )
     async with AsyncTestClient(app=app) as client:
         yield client
 
@@ -78,9 +103,13 @@ async def test_every_route_is_documented(client):
     for method, path in documented:
         operation = document["paths"][path][method.lower()]
         public = path in ("/healthz", "/readyz")
-        assert operation["security"] == (
-            [{}] if public else [{"BearerToken": [scope_of(operation)]}]
-        )
+        if path in SIGNED:
+            assert operation["security"] == [{SIGNED[path]: []}]
+            assert path.startswith(f"{PROVIDERS}/")  # left out of the bearer check (auth.py)
+        else:
+            assert operation["security"] == (
+                [{}] if public else [{"BearerToken": [scope_of(operation)]}]
+            )
         assert operation.get("description"), (method, path)
 
 
@@ -163,9 +192,11 @@ class Tour:
             assert response.headers["content-type"].startswith("application/json")
             (media,) = content.values()
             validate(self.document, media["schema"], response.json(), (op, status))
-        if request is not None and "json" in request and "requestBody" in operation:
+        sent = request or {}
+        if "requestBody" in operation and ("json" in sent or "content" in sent):
+            body = sent["json"] if "json" in sent else json.loads(sent["content"])
             (media,) = operation["requestBody"]["content"].values()
-            validate(self.document, media["schema"], request["json"], (op, "request body"))
+            validate(self.document, media["schema"], body, (op, "request body"))
         self.checked.add((method, path, status))
 
 
@@ -269,6 +300,59 @@ async def delete_suppression_req(t: Tour) -> Request:
     return {"url": f"{BRANDS}/brand-a/suppressions/{await t.suppression()}", "headers": bearer()}
 
 
+async def fail_run(db: Any, run_id: str) -> None:
+    """What workers leave behind when every delivery of the run failed."""
+    await db.execute(
+        "UPDATE deliveries SET status = 'failed', attempts = 1 WHERE run_id = $1", uuid.UUID(run_id)
+    )
+    await db.execute(
+        "UPDATE runs SET status = 'completed', failed_count = total_recipients,"
+        " started_at = now(), completed_at = now() WHERE id = $1",
+        uuid.UUID(run_id),
+    )
+
+
+async def retry_req(t: Tour) -> Request:
+    campaign, run = await t.run()
+    await fail_run(t.db, run["id"])
+    return {"url": f"{CAMPAIGNS}/{campaign['id']}/runs/{run['id']}/retry", "headers": bearer()}
+
+
+def webhook_signed(body: bytes) -> dict[str, str]:
+    digest = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return {"Content-Type": "application/json", "X-Signature": f"sha256={digest}"}
+
+
+def sendgrid_signed(body: bytes) -> dict[str, str]:
+    signature = SENDGRID_KEY.sign(b"1795860000" + body, ec.ECDSA(hashes.SHA256()))
+    return {
+        "Content-Type": "application/json",
+        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+        "X-Twilio-Email-Event-Webhook-Timestamp": "1795860000",
+    }
+
+
+async def webhook_events_req(t: Tour) -> Request:
+    _, run = await t.run()
+    events = [
+        {"delivery_id": f"{run['id']}:0", "type": "bounced", "occurred_at": "2026-11-28T10:00:00Z"},
+        {"delivery_id": "unknown", "type": "delivered", "occurred_at": "2026-11-28T10:00:00Z"},
+    ]
+    body = json.dumps({"events": events}).encode()
+    return {"url": f"{PROVIDERS}/webhook/events", "content": body, "headers": webhook_signed(body)}
+
+
+async def sendgrid_events_req(t: Tour) -> Request:
+    _, run = await t.run()
+    events = [{"event": "delivered", "timestamp": 1795860000, "delivery_id": f"{run['id']}:1"}]
+    body = json.dumps(events).encode()
+    return {
+        "url": f"{PROVIDERS}/sendgrid/events",
+        "content": body,
+        "headers": sendgrid_signed(body),
+    }
+
+
 async def healthz_req(t: Tour) -> Request:
     return {"url": "/healthz"}
 
@@ -291,6 +375,9 @@ HAPPY: dict[Op, tuple[int, Callable[[Tour], Awaitable[Request]]]] = {
     ("GET", f"{C}/{{campaign_id}}/runs/{{run_id}}"): (200, run_req),
     ("GET", f"{C}/{{campaign_id}}/runs/{{run_id}}/deliveries"): (200, deliveries_req),
     ("POST", f"{C}/{{campaign_id}}/runs/{{run_id}}/cancel"): (200, cancel_req),
+    ("POST", f"{C}/{{campaign_id}}/runs/{{run_id}}/retry"): (202, retry_req),
+    ("POST", f"{PROVIDERS}/webhook/events"): (200, webhook_events_req),
+    ("POST", f"{PROVIDERS}/sendgrid/events"): (200, sendgrid_events_req),
     ("GET", S): (200, suppressions_req),
     ("GET", f"{S}/{{recipient}}"): (200, suppression_req),
     ("PUT", f"{S}/{{recipient}}"): (200, put_suppression_req),
@@ -371,6 +458,50 @@ async def cancel_twice(t: Tour, op: Op) -> Any:
     return await t.send(op, request)
 
 
+async def retry_bad_key(t: Tour, op: Op) -> Any:
+    return await t.send(op, await HAPPY[op][1](t), headers={"Idempotency-Key": '"unclosed'})
+
+
+async def retry_key_reused(t: Tour, op: Op) -> Any:
+    request = await HAPPY[op][1](t)
+    await t.send(op, request, headers={"Idempotency-Key": "k"})
+    # Another ended run of the same campaign, retried with the same key.
+    campaign_id = request["url"].split("/")[4]
+    publish = {"recipients": recipients(2)}
+    run = await t.client.post(f"{C}/{campaign_id}/publish", json=publish, headers=bearer())
+    await fail_run(t.db, run.json()["id"])
+    other = f"{C}/{campaign_id}/runs/{run.json()['id']}/retry"
+    return await t.send(op, with_url(request, other), headers={"Idempotency-Key": "k"})
+
+
+async def provider_body(
+    t: Tour, op: Op, body: bytes, content_type: str = "application/json"
+) -> Any:
+    """`body`, signed as the provider of `op` signs."""
+    sign = webhook_signed if "webhook" in op[1] else sendgrid_signed
+    headers = {**sign(body), "Content-Type": content_type}
+    return await t.send(op, {"url": op[1], "content": body, "headers": headers})
+
+
+async def provider_malformed(t: Tour, op: Op) -> Any:
+    return await provider_body(
+        t, op, b'{"events": [{"type": "opened"}]}' if "webhook" in op[1] else b"{}"
+    )
+
+
+async def provider_unsigned(t: Tour, op: Op) -> Any:
+    request = await HAPPY[op][1](t)
+    return await t.send(op, {**request, "headers": {"Content-Type": "application/json"}})
+
+
+async def provider_too_large(t: Tour, op: Op) -> Any:
+    return await provider_body(t, op, b"[" + b" " * FEEDBACK_MAX_BODY + b"]")
+
+
+async def provider_not_json(t: Tour, op: Op) -> Any:
+    return await provider_body(t, op, b"[]", content_type="text/plain")
+
+
 async def foreign_brand(t: Tour, op: Op) -> Any:
     request = await HAPPY[op][1](t)
     return await t.send(op, request, headers=bearer(brands=["brand-b"]))
@@ -393,6 +524,19 @@ SPECIFIC: dict[tuple[str, str, int], Callable[[Tour, Op], Awaitable[Any]]] = {
     ("POST", f"{C}/{{campaign_id}}/publish", 422): publish_key_reused,
     ("POST", f"{C}/{{campaign_id}}/runs/{{run_id}}/cancel", 412): cancel_twice,
     ("GET", f"{C}/{{campaign_id}}/runs/{{run_id}}/deliveries", 410): deliveries_purged,
+    ("POST", f"{C}/{{campaign_id}}/runs/{{run_id}}/retry", 400): retry_bad_key,
+    ("POST", f"{C}/{{campaign_id}}/runs/{{run_id}}/retry", 409): publish_in_flight,
+    ("POST", f"{C}/{{campaign_id}}/runs/{{run_id}}/retry", 422): retry_key_reused,
+    **{
+        ("POST", path, status): scenario
+        for path in SIGNED
+        for status, scenario in [
+            (400, provider_malformed),
+            (401, provider_unsigned),
+            (413, provider_too_large),
+            (415, provider_not_json),
+        ]
+    },
 }
 
 
@@ -419,7 +563,8 @@ async def test_every_documented_response_is_what_the_route_answers(tour_client, 
         success, make_request = HAPPY[op]
         request = await make_request(t)
         t.check(op, success, await t.send(op, request), request)
-        scope = None if op[1] in ("/healthz", "/readyz") else scope_of(operation)
+        public = op[1] in ("/healthz", "/readyz") or op[1] in SIGNED
+        scope = None if public else scope_of(operation)
 
         # Every route that takes a campaign id answers 404 for another brand's: that
         # is tried whether or not it is documented, and then must be.

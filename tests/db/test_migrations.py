@@ -15,13 +15,14 @@ TABLES = {
     "suppressions",
     "idempotency_keys",
     "delivery_job_failures",
+    "run_events",
     "procrastinate_jobs",
     "procrastinate_events",
     "procrastinate_workers",
     "procrastinate_periodic_defers",
 }
 
-LATER_THAN_0004 = {"delivery_job_failures"}
+LATER_THAN_0004 = {"delivery_job_failures", "run_events"}
 
 VIEWS_0004 = {
     "ops_run_progress",
@@ -31,7 +32,7 @@ VIEWS_0004 = {
     "ops_delivery_failures",
     "ops_queue_depth",
 }
-VIEWS = VIEWS_0004 | {"ops_delivery_partitions"}
+VIEWS = VIEWS_0004 | {"ops_delivery_partitions", "ops_undelivered_events"}
 
 
 @pytest.fixture
@@ -94,7 +95,7 @@ async def test_0005_downgrades_to_0004_and_back(empty_database):
     command.upgrade(config, "head")
 
     command.downgrade(config, "0004")
-    assert (await objects(empty_database))[0] == TABLES - {"delivery_job_failures"}
+    assert (await objects(empty_database))[0] == TABLES - LATER_THAN_0004
 
     command.upgrade(config, "0005")
     assert "delivery_job_failures" in (await objects(empty_database))[0]
@@ -120,3 +121,33 @@ async def test_0004_ops_views_downgrade_to_0003_and_back(empty_database):
 
     command.upgrade(config, "0004")
     assert await views(empty_database) == VIEWS_0004
+
+
+async def columns(url: str, table: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = $1", table
+        )
+        return {r["column_name"] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def test_0007_run_events_downgrade_to_0004_and_back(empty_database):
+    config = alembic_config(empty_database)
+    command.upgrade(config, "head")
+    assert "retry_of" in await columns(empty_database, "runs")
+    assert {"outcome", "outcome_at", "outcome_detail"} <= await columns(
+        empty_database, "deliveries"
+    )
+
+    command.downgrade(config, "0004")
+    assert (await objects(empty_database))[0] == TABLES - LATER_THAN_0004
+    assert await views(empty_database) == VIEWS_0004
+    assert "retry_of" not in await columns(empty_database, "runs")
+    assert "outcome" not in await columns(empty_database, "deliveries")
+
+    command.upgrade(config, "0007")
+    assert (await objects(empty_database))[0] == TABLES
+    assert await views(empty_database) == VIEWS

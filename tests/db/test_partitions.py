@@ -120,7 +120,10 @@ async def test_the_migration_keeps_every_row_of_a_populated_table(empty_database
 
         command.upgrade(config, "head")
 
-        after = sorted(map(tuple, await conn.fetch("SELECT * FROM deliveries")))
+        # Every row, as it was (columns later migrations added come after, empty).
+        after = sorted(
+            tuple(row)[: len(before[0])] for row in await conn.fetch("SELECT * FROM deliveries")
+        )
         assert after == before
         places = {
             row["run_id"]: row["t"]

@@ -140,6 +140,7 @@ async def test_transient_failure_is_retried_then_sent(client, db, webhook_settin
     assert await run_status(db, run["id"]) == "running"
     follow_up = await db.fetchrow(
         "SELECT args, scheduled_at - now() AS wait FROM procrastinate_jobs WHERE status = 'todo'"
+        " AND task_name = 'deliver_batch'"
     )
     assert follow_up["args"] == {"run_id": run["id"], "first": 0, "last": 2}
     assert 29 < follow_up["wait"].total_seconds() < 91  # 60 s +-50% jitter

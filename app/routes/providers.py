@@ -1,0 +1,96 @@
+"""/v1/messaging/providers/{provider}/events: what providers report after a send. No bearer
+token: each provider signs its requests, and a guard lets in only a body whose signature
+matches (else 401), before the body is even decoded."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Body
+
+from app.body import MsgspecJSON
+from app.errors import Unauthenticated
+from app.feedback import (
+    MAX_BODY_BYTES,
+    BadSignature,
+    sendgrid_feedback,
+    verify_sendgrid,
+    webhook_feedback,
+)
+from app.openapi import signed
+from app.routes.campaigns import Conn
+from app.schemas import ProviderEvents, ProviderEventsResult
+from app.signing import HEADER, signature_matches
+
+SENDGRID_SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
+SENDGRID_TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
+
+
+async def _raw_body(connection: ASGIConnection[Any, Any, Any, Any]) -> bytes:
+    # Guards get the request itself on HTTP routes; its body is read once and cached.
+    assert isinstance(connection, Request)
+    return await connection.body()
+
+
+async def webhook_signature(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    body = await _raw_body(connection)
+    secret = connection.app.state.settings.webhook_secret
+    if not signature_matches(secret, body, connection.headers.get(HEADER)):
+        raise Unauthenticated(f"{HEADER} is missing or does not match the body")
+
+
+async def sendgrid_signature(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    body = await _raw_body(connection)
+    try:
+        verify_sendgrid(
+            connection.app.state.sendgrid_key,
+            body,
+            connection.headers.get(SENDGRID_SIGNATURE),
+            connection.headers.get(SENDGRID_TIMESTAMP),
+        )
+    except BadSignature as exc:
+        raise Unauthenticated(str(exc)) from None
+
+
+@post(
+    "/v1/messaging/providers/webhook/events",
+    status_code=200,
+    tags=["providers"],
+    dto=MsgspecJSON[ProviderEvents],
+    return_dto=None,
+    request_max_body_size=MAX_BODY_BYTES,
+    **signed("WebhookSignature", webhook_signature, 400, 413, 415),
+)
+async def webhook_events(
+    conn: Conn, data: Annotated[ProviderEvents, Body()]
+) -> ProviderEventsResult:
+    """Outcomes reported by the webhook provider, 1 to 1,000 events per request, signed
+    with `X-Signature: sha256=<hex HMAC-SHA256 of the raw body with WEBHOOK_SECRET>`.
+    Each sets its delivery's `outcome`; `bounced` and `complained` suppress the address for
+    the run's brand. A replay changes nothing; unknown delivery ids are listed in the
+    answer and the other events still apply."""
+    return await webhook_feedback(conn, data)
+
+
+@post(
+    "/v1/messaging/providers/sendgrid/events",
+    status_code=200,
+    tags=["providers"],
+    request_max_body_size=MAX_BODY_BYTES,
+    **signed("SendGridSignature", sendgrid_signature, 400, 413, 415),
+)
+async def sendgrid_events(request: Request[Any, Any, State], conn: Conn) -> ProviderEventsResult:
+    """SendGrid's Event Webhook: a JSON array of SendGrid events, signed with ECDSA
+    (SENDGRID_WEBHOOK_PUBLIC_KEY). Its `delivered`, `bounce` and `spamreport` events set the
+    outcome of the delivery named by their `delivery_id` custom argument; the others
+    (processed, deferred, open, click, blocked bounces, ...) are ignored."""
+    body = await request.body()
+    return await sendgrid_feedback(conn, request.headers.get("content-type"), body)

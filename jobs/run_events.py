@@ -1,0 +1,129 @@
+"""Sending run events: the send_run_events job POSTs a run's pending events to
+EVENTS_WEBHOOK_URL, oldest first, signed like the webhook provider's messages.
+
+Order: the jobs of one run share a procrastinate lock (db.run_events.events_lock), so they
+run one at a time in the order they were deferred, and each sends all of the run's pending
+events oldest first, stopping at the first that fails: a later event never reaches the
+receiver before an earlier one was accepted. Delivery is at least once: an event whose
+answer was lost (timeout, a worker killed mid-POST) is sent again with the same
+`Idempotency-Key`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import asyncpg
+import httpx
+import msgspec
+from procrastinate import BaseRetryStrategy, RetryDecision
+from procrastinate.jobs import Job
+
+from app.settings import Settings
+from app.signing import HEADER, signature
+from db.run_events import RunEventRepository
+
+logger = logging.getLogger(__name__)
+
+TIMEOUT_SECONDS = 10.0
+MAX_BACKOFF_SECONDS = 3600.0
+
+
+class EventNotDelivered(Exception):
+    """The receiver did not accept an event: retried at `retry_at`, or given up (None)."""
+
+    def __init__(self, detail: str, retry_at: datetime | None) -> None:
+        super().__init__(detail)
+        self.retry_at = retry_at
+
+
+class EventRetry(BaseRetryStrategy):
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, EventNotDelivered):
+            return (
+                None if exception.retry_at is None else RetryDecision(retry_at=exception.retry_at)
+            )
+        # The database away, or a surprise: again soon, for ever; the events wait in their
+        # table meanwhile, and a job that gave up would strand them.
+        return RetryDecision(retry_in={"seconds": min(60, 1 + 2 * job.attempts)})
+
+
+def backoff_seconds(attempts: int, base: float) -> float:
+    """Exponential in the job's attempts so far, +-50% jitter, at most an hour (before the
+    jitter): a receiver that is down for a day is tried about once an hour."""
+    return min(MAX_BACKOFF_SECONDS, base * 2.0 ** min(attempts, 30)) * random.uniform(0.5, 1.5)
+
+
+def event_body(event: asyncpg.Record) -> bytes:
+    return msgspec.json.encode(
+        {
+            "id": event["id"],
+            "type": event["type"],
+            "occurred_at": event["occurred_at"],
+            "data": event["data"],
+        }
+    )
+
+
+async def send_pending_events(
+    pool: asyncpg.Pool, settings: Settings, run_id: UUID, attempts: int
+) -> int:
+    """POST the run's pending events, oldest first; returns how many were delivered.
+    Raises EventNotDelivered at the first one the receiver does not accept (2xx).
+    `attempts`: earlier attempts of this job, for the backoff."""
+    async with pool.acquire() as conn:
+        events = await RunEventRepository(conn).pending(run_id)
+        if events and settings.events_webhook_url is None:
+            await RunEventRepository(conn).unsent(run_id)
+            return 0
+    if not events:
+        return 0
+    timeout = httpx.Timeout(TIMEOUT_SECONDS, connect=5.0)
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+        for event in events:
+            error = await _post(client, settings, event)
+            async with pool.acquire() as conn:
+                if error is None:
+                    await RunEventRepository(conn).delivered(event["id"])
+                    continue
+                await RunEventRepository(conn).failed_attempt(event["id"], error)
+            raise EventNotDelivered(error, _retry_at(event, attempts, settings))
+    return len(events)
+
+
+async def _post(client: httpx.AsyncClient, settings: Settings, event: asyncpg.Record) -> str | None:
+    """POST one event; None if the receiver accepted it (2xx), else what went wrong."""
+    assert settings.events_webhook_url is not None and settings.events_webhook_secret is not None
+    body = event_body(event)
+    headers = {
+        "Content-Type": "application/json",
+        "Idempotency-Key": str(event["id"]),
+        HEADER: signature(settings.events_webhook_secret, body),
+    }
+    try:
+        response = await client.post(settings.events_webhook_url, content=body, headers=headers)
+    except httpx.HTTPError as exc:  # timeouts, refused or lost connections
+        return f"{type(exc).__name__}: {exc}"
+    if response.is_success:
+        return None
+    # Redirects are not followed: they count as failures like any other answer.
+    return f"HTTP {response.status_code}: {response.text[:500]}"
+
+
+def _retry_at(event: asyncpg.Record, attempts: int, settings: Settings) -> datetime | None:
+    """When to try again; None once the event is older than EVENTS_RETRY_HOURS."""
+    now = datetime.now(UTC)
+    extra = {"event_id": str(event["id"]), "event_type": event["type"], "job_attempt": attempts + 1}
+    if now - event["occurred_at"] >= timedelta(hours=settings.events_retry_hours):
+        logger.error("gave up sending a run event (EVENTS_RETRY_HOURS)", extra=extra)
+        return None
+    retry_at = now + timedelta(
+        seconds=backoff_seconds(attempts, settings.events_retry_base_seconds)
+    )
+    logger.warning(
+        "run event not delivered; will retry", extra={**extra, "retry_at": retry_at.isoformat()}
+    )
+    return retry_at
