@@ -96,7 +96,7 @@ async def maintain_deliveries(
     logger.info(
         "deliveries maintenance done",
         extra={
-            "created": report.created,
+            "partitions_created": report.created,
             "dropped": report.dropped,
             "waiting": report.waiting,
             "purged_runs": report.purged_runs,

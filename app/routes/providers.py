@@ -67,7 +67,7 @@ async def sendgrid_signature(
     dto=MsgspecJSON[ProviderEvents],
     return_dto=None,
     request_max_body_size=MAX_BODY_BYTES,
-    **signed("WebhookSignature", webhook_signature, 400, 413, 415),
+    **signed("WebhookSignature", webhook_signature, 400, 413, 415, 503),
 )
 async def webhook_events(
     conn: Conn, data: Annotated[ProviderEvents, Body()]
@@ -85,7 +85,7 @@ async def webhook_events(
     status_code=200,
     tags=["providers"],
     request_max_body_size=MAX_BODY_BYTES,
-    **signed("SendGridSignature", sendgrid_signature, 400, 413, 415),
+    **signed("SendGridSignature", sendgrid_signature, 400, 413, 415, 503),
 )
 async def sendgrid_events(request: Request[Any, Any, State], conn: Conn) -> ProviderEventsResult:
     """SendGrid's Event Webhook: a JSON array of SendGrid events, signed with ECDSA

@@ -301,12 +301,15 @@ async def delete_suppression_req(t: Tour) -> Request:
 
 
 async def fail_run(db: Any, run_id: str) -> None:
-    """What workers leave behind when every delivery of the run failed."""
+    """What workers leave behind when every delivery of the run that was not skipped at
+    publish failed."""
     await db.execute(
-        "UPDATE deliveries SET status = 'failed', attempts = 1 WHERE run_id = $1", uuid.UUID(run_id)
+        "UPDATE deliveries SET status = 'failed', attempts = 1"
+        " WHERE run_id = $1 AND status = 'pending'",
+        uuid.UUID(run_id),
     )
     await db.execute(
-        "UPDATE runs SET status = 'completed', failed_count = total_recipients,"
+        "UPDATE runs SET status = 'completed', failed_count = total_recipients - skipped_count,"
         " started_at = now(), completed_at = now() WHERE id = $1",
         uuid.UUID(run_id),
     )
