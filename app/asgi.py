@@ -15,6 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from app.auth import build_jwt_auth
 from app.dependencies import provide_connection
 from app.error_handlers import EXCEPTION_HANDLERS
+from app.jwks import JwksKeys
 from app.logs import configure_logging
 from app.metrics import metrics, metrics_middleware
 from app.pagination import cursor_key
@@ -22,7 +23,7 @@ from app.request_id import request_id_middleware, send_request_id
 from app.routes.campaigns import CampaignController
 from app.routes.health import healthz, readyz
 from app.routes.suppressions import SuppressionController
-from app.settings import Settings, SettingsError, get_settings
+from app.settings import DEV_JWT_SECRET, Settings, SettingsError, get_settings
 from db.pool import create_pool
 
 logger = logging.getLogger("app")
@@ -30,30 +31,40 @@ logger = logging.getLogger("app")
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
-    if settings.jwt_key is None:
-        raise SettingsError(
-            "no JWT key: set JWT_SECRET or JWT_PUBLIC_KEY "
-            "(or MESSAGING_DEV_MODE=1 for local development only)"
+    _check_token_settings(settings)
+    jwks = (
+        JwksKeys(
+            settings.jwt_jwks_url,
+            refetch_seconds=settings.jwt_jwks_refetch_seconds,
+            max_age_seconds=settings.jwt_jwks_max_age_seconds,
+            timeout_seconds=settings.jwt_jwks_timeout_seconds,
         )
+        if settings.jwt_jwks_url
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        if settings.dev_mode and not (settings.jwt_secret or settings.jwt_public_key):
+        if settings.dev_mode and settings.jwt_key == DEV_JWT_SECRET:
             logger.warning(
                 "DEVELOPMENT MODE: tokens are verified with a fixed, public secret. "
                 "Never run this way in production; set JWT_SECRET or JWT_PUBLIC_KEY."
             )
         pool = await _open_pool(settings)
         app.state.pool = pool
+        if jwks is not None:
+            jwks.start()
         try:
             yield
         finally:
+            if jwks is not None:
+                await jwks.aclose()
             await pool.close()
 
     return Litestar(
         route_handlers=[CampaignController, SuppressionController, healthz, readyz, metrics],
         lifespan=[lifespan],
-        on_app_init=[build_jwt_auth(settings).on_app_init],
+        on_app_init=[build_jwt_auth(settings, jwks).on_app_init],
         middleware=[request_id_middleware, metrics_middleware],
         before_send=[send_request_id],
         dependencies={
@@ -62,7 +73,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state=State(
             {
                 "settings": settings,
-                "cursor_key": cursor_key(settings.cursor_secret or settings.jwt_key),
+                "cursor_key": cursor_key(settings.cursor_secret or settings.jwt_key or ""),
             }
         ),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
@@ -77,6 +88,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,  # the process entry point configures logging (app/logs.py)
         debug=False,
     )
+
+
+def _check_token_settings(settings: Settings) -> None:
+    if settings.jwt_jwks_url:
+        if settings.jwt_secret or settings.jwt_public_key:
+            raise SettingsError(
+                "JWT_JWKS_URL excludes JWT_SECRET and JWT_PUBLIC_KEY: set one way to verify tokens"
+            )
+        if not settings.cursor_secret:
+            raise SettingsError(
+                "JWT_JWKS_URL needs CURSOR_SECRET: pagination cursors are signed with it, "
+                "and a JWKS holds no secret to derive it from"
+            )
+    elif settings.jwt_key is None:
+        raise SettingsError(
+            "no JWT key: set JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL "
+            "(or MESSAGING_DEV_MODE=1 for local development only)"
+        )
 
 
 async def _open_pool(settings: Settings) -> asyncpg.Pool:

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import asyncpg
@@ -97,7 +98,13 @@ def live_server(settings: Settings) -> Iterator[str]:
     """The app behind a real uvicorn server on a free localhost port, in a thread with
     its own event loop: requests to it run truly concurrently, on separate connections
     of a pool big enough for all of them."""
-    app = create_app(replace(settings, db_pool_max_size=40))
+    with serving(create_app(replace(settings, db_pool_max_size=40))) as url:
+        yield url
+
+
+@contextmanager
+def serving(app: Litestar) -> Iterator[str]:
+    """`app` behind a real uvicorn server (see live_server); yields its base URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -113,6 +120,8 @@ def live_server(settings: Settings) -> Iterator[str]:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the test server did not start")
         time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -300,3 +300,57 @@ def _handler_for(sink: HttpSink) -> type[BaseHTTPRequestHandler]:
             pass  # keep the test output clean
 
     return Handler
+
+
+class JwksServer:
+    """An identity provider's JWKS endpoint: serves `{"keys": keys}` (change `keys` to
+    rotate), counts the requests that reached it, and answers after `delay` seconds (a slow
+    provider); `stop()` takes it down."""
+
+    def __init__(self) -> None:
+        self.keys: list[dict[str, Any]] = []
+        self.delay = 0.0
+        self.requests = 0
+        self._stopping = threading.Event()
+        self._server = _HttpServer((HOST, 0), _jwks_handler_for(self))
+        self.url = f"http://{HOST}:{self._server.server_address[1]}/.well-known/jwks.json"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def start(self) -> JwksServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._stopping.set()  # wakes the handlers that play a slow provider
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> JwksServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _jwks_handler_for(server: JwksServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            server.requests += 1
+            if server.delay and server._stopping.wait(server.delay):
+                return
+            body = json.dumps({"keys": server.keys}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
