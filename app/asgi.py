@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 from litestar import Litestar
+from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
+from app import tracing
 from app.auth import build_jwt_auth
 from app.dependencies import provide_connection
 from app.error_handlers import EXCEPTION_HANDLERS
@@ -24,6 +26,8 @@ from app.routes.campaigns import CampaignController
 from app.routes.health import healthz, readyz
 from app.routes.suppressions import SuppressionController
 from app.settings import DEV_JWT_SECRET, Settings, SettingsError, get_settings
+from app.tracing import configure_tracing
+from app.tracing_middleware import tracing_middleware
 from db.pool import create_pool
 
 logger = logging.getLogger("app")
@@ -64,7 +68,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[CampaignController, SuppressionController, healthz, readyz, metrics],
         lifespan=[lifespan],
-        on_app_init=[build_jwt_auth(settings, jwks).on_app_init],
+        on_app_init=[build_jwt_auth(settings, jwks).on_app_init, _outermost_tracing],
         middleware=[request_id_middleware, metrics_middleware],
         before_send=[send_request_id],
         dependencies={
@@ -88,6 +92,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,  # the process entry point configures logging (app/logs.py)
         debug=False,
     )
+
+
+def _outermost_tracing(config: AppConfig) -> AppConfig:
+    """With tracing on, the request's span wraps everything, authentication included
+    (the JWT middleware put itself first just before)."""
+    if tracing.enabled():
+        config.middleware.insert(0, tracing_middleware)
+    return config
 
 
 def _check_token_settings(settings: Settings) -> None:
@@ -128,4 +140,5 @@ def web() -> Litestar:
     """The web process (`uvicorn --factory app.asgi:web`): JSON logs, settings from the env."""
     settings = get_settings()
     configure_logging(settings.log_level)
+    configure_tracing(settings)
     return create_app(settings)

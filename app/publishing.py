@@ -7,8 +7,11 @@ from collections.abc import Iterator
 from uuid import UUID, uuid4
 
 import asyncpg
+from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 from procrastinate.types import JSONValue
 
+from app import tracing
 from app.auth import AccessToken
 from app.campaigns import visible_campaign
 from app.errors import BadState, InvalidInput
@@ -18,9 +21,21 @@ from app.recipients import normalise_all, skip_reasons
 from app.schemas import Recipient, Run
 from db.runs import DeliveryRow, RunRepository
 from db.suppressions import SuppressionRepository
+from jobs.app import DELIVERY_QUEUE
 from jobs.tasks import deliver_batch
 
 logger = logging.getLogger(__name__)
+
+_COPY: dict[str, AttributeValue] = {
+    **tracing.POSTGRESQL,
+    "db.operation.name": "COPY",
+    "db.collection.name": "deliveries",
+}
+_DEFER: dict[str, AttributeValue] = {
+    "messaging.system": "procrastinate",
+    "messaging.operation.type": "send",
+    "messaging.destination.name": DELIVERY_QUEUE,
+}
 
 
 async def publish_campaign(
@@ -40,7 +55,7 @@ async def publish_campaign(
             f"recipients must have 1 to {max_recipients} entries",
             {"$.recipients": f"has {len(recipients)} entries; allowed 1 to {max_recipients}"},
         )
-    async with conn.transaction():
+    async with tracing.transaction(conn, "publish transaction"):
         campaign = await visible_campaign(conn, campaign_id, caller, lock="share")
         run_id = None
         if idempotency_key is not None:
@@ -69,7 +84,8 @@ async def publish_campaign(
             created_by=caller.sub,
             run_id=run_id,
         )
-        await runs.copy_deliveries(_delivery_rows(run["id"], recipients, skips))
+        with tracing.span("COPY deliveries", kind=SpanKind.CLIENT, attributes=_COPY):
+            await runs.copy_deliveries(_delivery_rows(run["id"], recipients, skips))
         job_ids = await defer_deliveries(conn, str(run["id"]), len(recipients), batch_size)
     PUBLISH_RECIPIENTS.observe(len(recipients))
     logger.info(
@@ -101,10 +117,18 @@ async def defer_deliveries(
     conn: asyncpg.Connection, run_id: str, total: int, batch_size: int
 ) -> list[int]:
     """One deliver_batch job per `batch_size` positions, deferred on `conn` (so inside
-    its transaction: the jobs exist exactly when the run does)."""
+    its transaction: the jobs exist exactly when the run does). With tracing on, each job
+    carries this span's trace context (`traceparent`): its run continues the trace."""
     batches: list[dict[str, JSONValue]] = [
         {"run_id": run_id, "first": first, "last": min(first + batch_size, total) - 1}
         for first in range(0, total, batch_size)
     ]
-    job_ids: list[int] = await deliver_batch.configure(connection=conn).batch_defer_async(*batches)
+    attributes = {**_DEFER, "messaging.batch.message_count": len(batches), "run_id": run_id}
+    with tracing.span("defer deliver_batch", kind=SpanKind.PRODUCER, attributes=attributes):
+        if trace_args := tracing.job_trace_args():
+            for batch in batches:
+                batch.update(trace_args)
+        job_ids: list[int] = await deliver_batch.configure(connection=conn).batch_defer_async(
+            *batches
+        )
     return job_ids

@@ -7,8 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import cast
 from uuid import UUID
 
+from opentelemetry.util.types import AttributeValue
 from procrastinate import JobContext, RetryStrategy
 
+from app import tracing
 from app.logs import bind_log_context
 from app.settings import get_settings
 from db.idempotency import IdempotencyKeyRepository
@@ -29,21 +31,27 @@ logger = logging.getLogger(__name__)
     pass_context=True,
     retry=RetryStrategy(wait=1, linear_wait=2),
 )
-async def deliver_batch(context: JobContext, run_id: str, first: int, last: int) -> None:
-    """Deliver the pending deliveries of run `run_id` at positions first..last."""
+async def deliver_batch(
+    context: JobContext, run_id: str, first: int, last: int, traceparent: str | None = None
+) -> None:
+    """Deliver the pending deliveries of run `run_id` at positions first..last.
+    `traceparent` (tracing on): the trace context of the span that deferred the job."""
     resources: WorkerResources = context.additional_context["resources"]
     job_id = context.job.id
     assert job_id is not None
     resources.running.add(job_id)  # see jobs.worker.requeue_orphaned_jobs
     try:
-        with bind_log_context(run_id=run_id, job_id=job_id):
+        with (
+            bind_log_context(run_id=run_id, job_id=job_id),
+            tracing.job_span("deliver_batch", traceparent, _job_attributes(context, run_id)),
+        ):
             report = await deliver_chunk(resources, UUID(run_id), first, last)
             if report.retry_in is not None:
                 # Transient failures are tried again by a follow-up job, so that the rest
                 # of the chunk (and the worker) never waits out a backoff.
                 retry_at = datetime.now(UTC) + timedelta(seconds=report.retry_in)
                 await deliver_batch.configure(schedule_at=retry_at).defer_async(
-                    run_id=run_id, first=first, last=last
+                    run_id=run_id, first=first, last=last, **tracing.job_trace_args()
                 )
             logger.info(
                 "chunk delivered",
@@ -57,6 +65,16 @@ async def deliver_batch(context: JobContext, run_id: str, first: int, last: int)
             )
     finally:
         resources.running.discard(job_id)
+
+
+def _job_attributes(context: JobContext, run_id: str) -> dict[str, AttributeValue]:
+    return {
+        "messaging.system": "procrastinate",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": DELIVERY_QUEUE,
+        "messaging.message.id": str(context.job.id),
+        "run_id": run_id,
+    }
 
 
 # Keys hold 24 h; purging every 10 minutes keeps at most that much extra in the table.

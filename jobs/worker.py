@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 import jobs.metrics  # noqa: F401 - registered before the metrics endpoint serves
 from app.logs import configure_logging
 from app.settings import Settings, get_settings
+from app.tracing import configure_tracing
 from db.jobs import JobRepository
 from db.pool import DATABASE_UNAVAILABLE, create_pool
 from jobs.app import DELIVERY_QUEUE, MAINTENANCE_QUEUE, app
@@ -144,6 +145,7 @@ async def run_worker(settings: Settings, *, wait: bool = True, handle_signals: b
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
+    configure_tracing(settings)
     if settings.worker_metrics_port:
         # A daemon thread serving the process's default registry (jobs/metrics.py).
         start_http_server(settings.worker_metrics_port)
