@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             if jwks is not None:
                 await jwks.aclose()
             await pool.close()
+            tracing.flush_spans()
 
     return Litestar(
         route_handlers=[CampaignController, SuppressionController, healthz, readyz, metrics],

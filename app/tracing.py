@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Any
 
@@ -33,13 +33,14 @@ tracer = trace.get_tracer("messaging")
 POSTGRESQL: Mapping[str, AttributeValue] = {"db.system.name": "postgresql"}
 
 _enabled = False
+_flush: Callable[[], object] | None = None
 _NO_SPAN: AbstractContextManager[Any] = contextlib.nullcontext()
 _W3C = TraceContextTextMapPropagator()
 
 
 def configure_tracing(settings: Settings) -> None:
     """Set up the SDK and its OTLP/HTTP exporter if `settings.tracing`; else nothing."""
-    global _enabled
+    global _enabled, _flush
     if not settings.tracing or _enabled:
         return
     # Imported here: a process without tracing never loads the SDK.
@@ -51,10 +52,10 @@ def configure_tracing(settings: Settings) -> None:
     resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: "messaging"}))
-    # shutdown_on_exit (the default): the spans still batched are sent when the process exits.
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    _flush = provider.force_flush
     _enabled = True
     logger.info(
         "tracing on: OTLP/HTTP export", extra={"service": resource.attributes[SERVICE_NAME]}
@@ -63,6 +64,13 @@ def configure_tracing(settings: Settings) -> None:
 
 def enabled() -> bool:
     return _enabled
+
+
+def flush_spans() -> None:
+    """Send the spans still batched (at most OTEL_BSP_SCHEDULE_DELAY old), before the
+    process stops: uvicorn ends by re-raising SIGTERM, which skips the SDK's atexit hook."""
+    if _flush is not None:
+        _flush()
 
 
 def span(

@@ -101,8 +101,9 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
-def start_web() -> subprocess.Popen[bytes]:
+def start_web(extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DATABASE_URL": DATABASE_URL, "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING"}
+    env.update(extra_env or {})
     return subprocess.Popen(
         [
             sys.executable,

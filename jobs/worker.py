@@ -21,7 +21,7 @@ from prometheus_client import start_http_server
 import jobs.metrics  # noqa: F401 - registered before the metrics endpoint serves
 from app.logs import configure_logging
 from app.settings import Settings, get_settings
-from app.tracing import configure_tracing
+from app.tracing import configure_tracing, flush_spans
 from db.jobs import JobRepository
 from db.pool import DATABASE_UNAVAILABLE, create_pool
 from jobs.app import DELIVERY_QUEUE, MAINTENANCE_QUEUE, app
@@ -150,7 +150,10 @@ def main() -> None:
         # A daemon thread serving the process's default registry (jobs/metrics.py).
         start_http_server(settings.worker_metrics_port)
         logger.info("metrics on :%d/metrics", settings.worker_metrics_port)
-    asyncio.run(run_until_signalled(settings))
+    try:
+        asyncio.run(run_until_signalled(settings))
+    finally:
+        flush_spans()
 
 
 async def run_until_signalled(settings: Settings) -> None:

@@ -1,0 +1,183 @@
+"""Tracing off and on: the 1-recipient publish under load, and the cost of one span.
+
+    python3 -m uv run --frozen python bench/tracing.py [--rounds 3] [--seconds 10]
+
+1. In this process, the cost of one `with span(...)` block (app/tracing.py): with tracing
+   off (what web and worker run when no OTEL_* variable is set), beside an empty `with`
+   (the floor), the API's no-op tracer (an unconditional `start_as_current_span` without
+   SDK) and the SDK recording into a batch processor whose exporter drops everything.
+2. The web process of bench/publish.py (uvicorn, as in the Procfile, database
+   `messaging_bench`), started alternately without and with OTEL_EXPORTER_OTLP_ENDPOINT
+   (every request sampled), 1-recipient publishes from 8 wrk connections: p50, p99 and
+   throughput per round, then the medians. The traces go to a local OTLP/HTTP receiver
+   that decodes every export (tests/servers.py), in this process, on the same 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import statistics
+import sys
+import timeit
+from collections.abc import Sequence
+from pathlib import Path
+
+import asyncpg
+import httpx
+from alembic import command
+from alembic.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.publish import (  # noqa: E402
+    BASE,
+    DATABASE_URL,
+    body,
+    campaign,
+    concurrent_small,
+    start_web,
+    timed_publish,
+    token,
+    wait_ready,
+)
+from db.create_database import create_database  # noqa: E402
+from tests.servers import OtlpReceiver  # noqa: E402
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def span_costs() -> dict[str, float]:
+    """Microseconds per `with` block of each kind."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    from app import tracing
+
+    class Drop(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    attributes = {"delivery_id": "run:1", "channel": "email"}
+    noop = trace.NoOpTracer()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    sdk = provider.get_tracer("bench")
+    empty = contextlib.nullcontext()
+
+    def floor() -> None:
+        with empty:
+            pass
+
+    def off() -> None:
+        with tracing.span("send log", attributes=attributes):
+            pass
+
+    def api_noop() -> None:
+        with noop.start_as_current_span("send log", attributes=attributes):
+            pass
+
+    def recorded() -> None:
+        with sdk.start_as_current_span("send log", attributes=attributes):
+            pass
+
+    assert not tracing.enabled()
+    n = 100_000
+    costs = {}
+    for name, block in [("floor", floor), ("off", off), ("api_noop", api_noop), ("sdk", recorded)]:
+        costs[name] = min(timeit.repeat(block, number=n, repeat=5)) / n * 1e6
+    provider.shutdown()
+    return costs
+
+
+def latency_ms(wrk_lines: str, percentile: str) -> float:
+    match = re.search(rf"{percentile}\s+([\d.]+)(us|ms|s)\b", wrk_lines)
+    assert match, wrk_lines
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def throughput(wrk_lines: str) -> float:
+    match = re.search(r"Requests/sec:\s+([\d.]+)", wrk_lines)
+    assert match, wrk_lines
+    return float(match.group(1))
+
+
+def figures(result: tuple[float, ...]) -> str:
+    p50, p99, rate = result[:3]
+    return f"p50 {p50:5.2f} ms  p99 {p99:6.2f} ms  {rate:6.0f}/s"
+
+
+async def load_round(
+    extra_env: dict[str, str], seconds: int, db: asyncpg.Connection
+) -> tuple[float, float, float, int]:
+    """p50, p99, throughput, and the number of publishes answered (warm-up included)."""
+    web = start_web(extra_env)
+    headers = {"Authorization": f"Bearer {token()}", "Content-Type": "application/json"}
+    try:
+        async with httpx.AsyncClient(base_url=BASE, headers=headers, timeout=60) as client:
+            await wait_ready(client)
+            campaign_id = await campaign(client)
+            url = f"/v1/messaging/campaigns/{campaign_id}/publish"
+            for _ in range(50):  # warm up
+                await timed_publish(client, url, body(1))
+            lines = concurrent_small(url, clients=8, seconds=seconds)
+    finally:
+        web.terminate()
+        web.wait()
+    runs = await db.fetchval("SELECT count(*) FROM runs WHERE campaign_id = $1", campaign_id)
+    return latency_ms(lines, "50%"), latency_ms(lines, "99%"), throughput(lines), runs
+
+
+async def main(rounds: int, seconds: int) -> None:
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        del os.environ[name]  # "off" means none of them
+    costs = span_costs()
+    print("one span block, microseconds (best of 5 x 100,000):")
+    for name, label in [
+        ("floor", "empty `with` (floor)"),
+        ("off", "span() with tracing off"),
+        ("api_noop", "API no-op tracer (no SDK)"),
+        ("sdk", "SDK, recorded, batch processor"),
+    ]:
+        print(f"  {label:>32}: {costs[name]:6.2f} us")
+
+    await create_database(DATABASE_URL)
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = DATABASE_URL
+    command.upgrade(config, "head")
+    results: dict[str, list[tuple[float, float, float, int]]] = {"off": [], "on": []}
+    db = await asyncpg.connect(DATABASE_URL)
+    with OtlpReceiver() as receiver:
+        on = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_SERVICE_NAME": "bench"}
+        for _ in range(rounds):
+            for mode, env in (("off", {}), ("on", on)):
+                results[mode].append(await load_round(env, seconds, db))
+                print(f"  round, tracing {mode:>3}: {figures(results[mode][-1])}")
+        traced = len([s for s in receiver.spans if s.name.endswith("/publish")])
+    await db.close()
+    requests_on = sum(r[3] for r in results["on"])
+    print(f"1 recipient, 8 wrk connections, {seconds} s per round, median of {rounds} rounds:")
+    for mode in ("off", "on"):
+        medians = tuple(statistics.median(r[i] for r in results[mode]) for i in range(3))
+        print(f"  tracing {mode:>3}: {figures(medians)}")
+    off_p50 = statistics.median(r[0] for r in results["off"])
+    on_p50 = statistics.median(r[0] for r in results["on"])
+    print(f"  p50 on / off: {on_p50 / off_p50:4.2f}x")
+    print(f"  publish requests answered with tracing on: {requests_on}; traced: {traced}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    asyncio.run(main(args.rounds, args.seconds))
