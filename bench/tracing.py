@@ -1,16 +1,19 @@
 """Tracing off and on: the 1-recipient publish under load, and the cost of one span.
 
-    python3 -m uv run --frozen python bench/tracing.py [--rounds 3] [--seconds 10]
+    python3 -m uv run --frozen python bench/tracing.py [--rounds 5] [--seconds 8]
 
 1. In this process, the cost of one `with span(...)` block (app/tracing.py): with tracing
    off (what web and worker run when no OTEL_* variable is set), beside an empty `with`
    (the floor), the API's no-op tracer (an unconditional `start_as_current_span` without
    SDK) and the SDK recording into a batch processor whose exporter drops everything.
 2. The web process of bench/publish.py (uvicorn, as in the Procfile, database
-   `messaging_bench`), started alternately without and with OTEL_EXPORTER_OTLP_ENDPOINT
-   (every request sampled), 1-recipient publishes from 8 wrk connections: p50, p99 and
-   throughput per round, then the medians. The traces go to a local OTLP/HTTP receiver
-   that decodes every export (tests/servers.py), in this process, on the same 2 cores.
+   `messaging_bench`) started in turn with tracing off, on (every request sampled) and on
+   with 10 % of the traces sampled; 1-recipient publishes from 8 wrk connections. Per
+   round: p50, p99, throughput, and the web process's CPU time per publish (/proc, all
+   its threads, the span exporter's included), then the medians. CPU per publish is the
+   steadier figure on a shared machine: other sessions' load stretches latencies more
+   than CPU time. The traces go to a local OTLP/HTTP receiver that decodes every export
+   (tests/servers.py), in this process, on the same 2 cores.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import re
 import statistics
 import sys
+import time
 import timeit
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,9 +58,11 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 def span_costs() -> dict[str, float]:
     """Microseconds per `with` block of each kind."""
     from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import (
         BatchSpanProcessor,
+        SimpleSpanProcessor,
         SpanExporter,
         SpanExportResult,
     )
@@ -65,6 +71,14 @@ def span_costs() -> dict[str, float]:
 
     class Drop(SpanExporter):
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    class Keep(SpanExporter):
+        def __init__(self) -> None:
+            self.spans: list[ReadableSpan] = []
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            self.spans.extend(spans)
             return SpanExportResult.SUCCESS
 
     attributes = {"delivery_id": "run:1", "channel": "email"}
@@ -96,6 +110,19 @@ def span_costs() -> dict[str, float]:
     for name, block in [("floor", floor), ("off", off), ("api_noop", api_noop), ("sdk", recorded)]:
         costs[name] = min(timeit.repeat(block, number=n, repeat=5)) / n * 1e6
     provider.shutdown()
+
+    # What the exporter's thread does per span: OTLP protobuf encoding (then one POST per
+    # batch of up to 512).
+    kept = Keep()
+    keeper = TracerProvider()
+    keeper.add_span_processor(SimpleSpanProcessor(kept))
+    for _ in range(2048):
+        with keeper.get_tracer("bench").start_as_current_span("send log", attributes=attributes):
+            pass
+    started = time.process_time()
+    for first in range(0, 2048, 512):
+        encode_spans(kept.spans[first : first + 512]).SerializeToString()
+    costs["encode"] = (time.process_time() - started) / 2048 * 1e6
     return costs
 
 
@@ -112,14 +139,21 @@ def throughput(wrk_lines: str) -> float:
 
 
 def figures(result: tuple[float, ...]) -> str:
-    p50, p99, rate = result[:3]
-    return f"p50 {p50:5.2f} ms  p99 {p99:6.2f} ms  {rate:6.0f}/s"
+    p50, p99, rate, cpu = result[:4]
+    return f"p50 {p50:5.2f} ms  p99 {p99:6.2f} ms  {rate:6.0f}/s  web CPU {cpu:4.2f} ms/publish"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def load_round(
     extra_env: dict[str, str], seconds: int, db: asyncpg.Connection
-) -> tuple[float, float, float, int]:
-    """p50, p99, throughput, and the number of publishes answered (warm-up included)."""
+) -> tuple[float, float, float, float, int]:
+    """p50, p99, throughput and web CPU ms per publish under wrk, and the number of
+    publishes answered (warm-up included)."""
     web = start_web(extra_env)
     headers = {"Authorization": f"Bearer {token()}", "Content-Type": "application/json"}
     try:
@@ -129,12 +163,24 @@ async def load_round(
             url = f"/v1/messaging/campaigns/{campaign_id}/publish"
             for _ in range(50):  # warm up
                 await timed_publish(client, url, body(1))
+            before, cpu_before = await runs_of(db, campaign_id), cpu_seconds(web.pid)
             lines = concurrent_small(url, clients=8, seconds=seconds)
+            cpu = cpu_seconds(web.pid) - cpu_before
+            published = await runs_of(db, campaign_id)
     finally:
         web.terminate()
         web.wait()
-    runs = await db.fetchval("SELECT count(*) FROM runs WHERE campaign_id = $1", campaign_id)
-    return latency_ms(lines, "50%"), latency_ms(lines, "99%"), throughput(lines), runs
+    cpu_ms = cpu * 1000 / (published - before)
+    return latency_ms(lines, "50%"), latency_ms(lines, "99%"), throughput(lines), cpu_ms, published
+
+
+def publish_spans(receiver: OtlpReceiver) -> int:
+    return sum(1 for span in list(receiver.spans) if span.name.endswith("/publish"))
+
+
+async def runs_of(db: asyncpg.Connection, campaign_id: str) -> int:
+    count: int = await db.fetchval("SELECT count(*) FROM runs WHERE campaign_id = $1", campaign_id)
+    return count
 
 
 async def main(rounds: int, seconds: int) -> None:
@@ -147,6 +193,7 @@ async def main(rounds: int, seconds: int) -> None:
         ("off", "span() with tracing off"),
         ("api_noop", "API no-op tracer (no SDK)"),
         ("sdk", "SDK, recorded, batch processor"),
+        ("encode", "OTLP encoding of a recorded span"),
     ]:
         print(f"  {label:>32}: {costs[name]:6.2f} us")
 
@@ -154,30 +201,41 @@ async def main(rounds: int, seconds: int) -> None:
     config = Config(str(ROOT / "alembic.ini"))
     config.attributes["database_url"] = DATABASE_URL
     command.upgrade(config, "head")
-    results: dict[str, list[tuple[float, float, float, int]]] = {"off": [], "on": []}
+    modes = ("off", "on", "on 10%")
+    results: dict[str, list[tuple[float, float, float, float, int]]] = {m: [] for m in modes}
     db = await asyncpg.connect(DATABASE_URL)
+    traced = 0
     with OtlpReceiver() as receiver:
         on = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_SERVICE_NAME": "bench"}
+        sampled = {
+            **on,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.1",
+        }
         for _ in range(rounds):
-            for mode, env in (("off", {}), ("on", on)):
+            for mode, env in zip(modes, ({}, on, sampled), strict=True):
+                before = publish_spans(receiver)
                 results[mode].append(await load_round(env, seconds, db))
-                print(f"  round, tracing {mode:>3}: {figures(results[mode][-1])}")
-        traced = len([s for s in receiver.spans if s.name.endswith("/publish")])
+                print(f"  round, tracing {mode:>6}: {figures(results[mode][-1])}")
+                if mode == "on":
+                    traced += publish_spans(receiver) - before
     await db.close()
-    requests_on = sum(r[3] for r in results["on"])
+    requests_on = sum(r[4] for r in results["on"])
     print(f"1 recipient, 8 wrk connections, {seconds} s per round, median of {rounds} rounds:")
-    for mode in ("off", "on"):
-        medians = tuple(statistics.median(r[i] for r in results[mode]) for i in range(3))
-        print(f"  tracing {mode:>3}: {figures(medians)}")
+    for mode in modes:
+        medians = tuple(statistics.median(r[i] for r in results[mode]) for i in range(4))
+        print(f"  tracing {mode:>6}: {figures(medians)}")
     off_p50 = statistics.median(r[0] for r in results["off"])
     on_p50 = statistics.median(r[0] for r in results["on"])
-    print(f"  p50 on / off: {on_p50 / off_p50:4.2f}x")
-    print(f"  publish requests answered with tracing on: {requests_on}; traced: {traced}")
+    off_cpu = statistics.median(r[3] for r in results["off"])
+    on_cpu = statistics.median(r[3] for r in results["on"])
+    print(f"  on / off: p50 {on_p50 / off_p50:4.2f}x, web CPU per publish {on_cpu / off_cpu:4.2f}x")
+    print(f"  runs created with tracing on (all sampled): {requests_on}; their spans: {traced}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=8)
     args = parser.parse_args()
     asyncio.run(main(args.rounds, args.seconds))
