@@ -185,8 +185,16 @@ def publish_route(receiver: OtlpReceiver) -> str:
     return routes[0]
 
 
-def test_without_otel_variables_no_sdk_is_set_up(database_url):
-    """Off: the web and worker entry points load no SDK and trace with the API's no-op."""
+@pytest.mark.parametrize(
+    ("otel", "expected"),
+    [
+        ({}, ["False", "ProxyTracerProvider"]),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, ["True", "TracerProvider"]),
+    ],
+    ids=["off", "on"],
+)
+def test_the_sdk_is_set_up_only_when_the_otel_variables_ask(database_url, otel, expected):
+    """Off: the web and worker entry points load no SDK; spans are a shared nullcontext."""
     probe = (
         "import sys\n"
         "from opentelemetry import trace\n"
@@ -200,12 +208,12 @@ def test_without_otel_variables_no_sdk_is_set_up(database_url):
     result = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=ROOT,
-        env=environment(database_url),
+        env=environment(database_url, **otel),
         capture_output=True,
         text=True,
         check=True,
     )
-    assert result.stdout.split() == ["False", "ProxyTracerProvider"]
+    assert result.stdout.split() == expected
 
 
 async def test_jobs_carry_no_trace_argument_when_tracing_is_off(client, db):
