@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from opentelemetry import trace
@@ -26,6 +26,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,6 @@ _W3C = TraceContextTextMapPropagator()
 
 def configure_tracing(settings: Settings) -> None:
     """Set up the SDK and its OTLP/HTTP exporter if `settings.tracing`; else nothing."""
-    global _enabled, _flush
     if not settings.tracing or _enabled:
         return
     # Imported here: a process without tracing never loads the SDK.
@@ -54,12 +56,18 @@ def configure_tracing(settings: Settings) -> None:
         resource = resource.merge(Resource({SERVICE_NAME: "messaging"}))
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
-    _flush = provider.force_flush
-    _enabled = True
+    install(provider)
     logger.info(
         "tracing on: OTLP/HTTP export", extra={"service": resource.attributes[SERVICE_NAME]}
     )
+
+
+def install(provider: SdkTracerProvider) -> None:
+    """Make `provider` the process's tracer provider, and the spans of this module real."""
+    global _enabled, _flush
+    trace.set_tracer_provider(provider)
+    _flush = provider.force_flush
+    _enabled = True
 
 
 def enabled() -> bool:
