@@ -5,7 +5,9 @@
 1. In this process, the cost of one `with span(...)` block (app/tracing.py): with tracing
    off (what web and worker run when no OTEL_* variable is set), beside an empty `with`
    (the floor), the API's no-op tracer (an unconditional `start_as_current_span` without
-   SDK) and the SDK recording into a batch processor whose exporter drops everything.
+   SDK), the SDK recording a span for an exporter that drops it, and the OTLP encoding of
+   a recorded span; then the tracing work of one publish (its request span, through
+   app/tracing_middleware.py, and its three spans) per sampler, beside tracing off.
 2. The web process of bench/publish.py (uvicorn, as in the Procfile, database
    `messaging_bench`) started in turn with tracing off, on (every request sampled) and on
    with 10 % of the traces sampled; 1-recipient publishes from 8 wrk connections. Per
@@ -62,7 +64,6 @@ def span_costs() -> dict[str, float]:
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import (
-        BatchSpanProcessor,
         SimpleSpanProcessor,
         SpanExporter,
         SpanExportResult,
@@ -85,7 +86,7 @@ def span_costs() -> dict[str, float]:
     attributes = {"delivery_id": "run:1", "channel": "email"}
     noop = trace.NoOpTracer()
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    provider.add_span_processor(SimpleSpanProcessor(Drop()))
     sdk = provider.get_tracer("bench")
     empty = contextlib.nullcontext()
 
@@ -266,16 +267,14 @@ async def runs_of(db: asyncpg.Connection, campaign_id: str) -> int:
     return count
 
 
-async def main(rounds: int, seconds: int) -> None:
-    for name in [name for name in os.environ if name.startswith("OTEL_")]:
-        del os.environ[name]  # "off" means none of them
+def in_process() -> None:
     costs = span_costs()
     print("one span block, microseconds (best of 5 x 100,000):")
     for name, label in [
         ("floor", "empty `with` (floor)"),
         ("off", "span() with tracing off"),
         ("api_noop", "API no-op tracer (no SDK)"),
-        ("sdk", "SDK, recorded, batch processor"),
+        ("sdk", "SDK, recorded (exporter drops)"),
         ("encode", "OTLP encoding of a recorded span"),
     ]:
         print(f"  {label:>32}: {costs[name]:6.2f} us")
@@ -287,6 +286,10 @@ async def main(rounds: int, seconds: int) -> None:
     encoding = 4 * costs["encode"]
     print(f"  {'+ OTLP encoding, when sampled':>32}: {encoding:6.1f} us (exporter thread)")
 
+
+async def under_load(rounds: int, seconds: int) -> None:
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        del os.environ[name]  # "off" means none of them
     await create_database(DATABASE_URL)
     config = Config(str(ROOT / "alembic.ini"))
     config.attributes["database_url"] = DATABASE_URL
@@ -328,4 +331,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=8)
     args = parser.parse_args()
-    asyncio.run(main(args.rounds, args.seconds))
+    in_process()
+    asyncio.run(under_load(args.rounds, args.seconds))
