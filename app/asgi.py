@@ -8,15 +8,18 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 from litestar import Litestar
+from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components
 
+from app import tracing
 from app.auth import build_jwt_auth
 from app.dependencies import provide_connection
 from app.error_handlers import EXCEPTION_HANDLERS
 from app.feedback import load_sendgrid_key
+from app.jwks import JwksKeys
 from app.logs import configure_logging
 from app.metrics import metrics, metrics_middleware
 from app.openapi import SECURITY_SCHEMES
@@ -26,7 +29,9 @@ from app.routes.campaigns import CampaignController
 from app.routes.health import healthz, readyz
 from app.routes.providers import sendgrid_events, webhook_events
 from app.routes.suppressions import SuppressionController
-from app.settings import Settings, SettingsError, get_settings
+from app.settings import DEV_JWT_SECRET, Settings, SettingsError, get_settings
+from app.tracing import configure_tracing
+from app.tracing_middleware import tracing_middleware
 from db.pool import create_pool
 
 logger = logging.getLogger("app")
@@ -34,11 +39,17 @@ logger = logging.getLogger("app")
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
-    if settings.jwt_key is None:
-        raise SettingsError(
-            "no JWT key: set JWT_SECRET or JWT_PUBLIC_KEY "
-            "(or MESSAGING_DEV_MODE=1 for local development only)"
+    _check_token_settings(settings)
+    jwks = (
+        JwksKeys(
+            settings.jwt_jwks_url,
+            refetch_seconds=settings.jwt_jwks_refetch_seconds,
+            max_age_seconds=settings.jwt_jwks_max_age_seconds,
+            timeout_seconds=settings.jwt_jwks_timeout_seconds,
         )
+        if settings.jwt_jwks_url
+        else None
+    )
     settings.check_events_webhook()
     sendgrid_key = None
     if settings.sendgrid_webhook_public_key:
@@ -49,17 +60,22 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        if settings.dev_mode and not (settings.jwt_secret or settings.jwt_public_key):
+        if settings.dev_mode and settings.jwt_key == DEV_JWT_SECRET:
             logger.warning(
                 "DEVELOPMENT MODE: tokens are verified with a fixed, public secret. "
                 "Never run this way in production; set JWT_SECRET or JWT_PUBLIC_KEY."
             )
         pool = await _open_pool(settings)
         app.state.pool = pool
+        if jwks is not None:
+            jwks.start()
         try:
             yield
         finally:
+            if jwks is not None:
+                await jwks.aclose()
             await pool.close()
+            tracing.flush_spans()
 
     return Litestar(
         route_handlers=[
@@ -72,7 +88,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             metrics,
         ],
         lifespan=[lifespan],
-        on_app_init=[build_jwt_auth(settings).on_app_init],
+        on_app_init=[build_jwt_auth(settings, jwks).on_app_init, _outermost_tracing],
         middleware=[request_id_middleware, metrics_middleware],
         before_send=[send_request_id],
         dependencies={
@@ -81,7 +97,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state=State(
             {
                 "settings": settings,
-                "cursor_key": cursor_key(settings.cursor_secret or settings.jwt_key),
+                "cursor_key": cursor_key(settings.cursor_secret or settings.jwt_key or ""),
                 "sendgrid_key": sendgrid_key,
             }
         ),
@@ -98,6 +114,32 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,  # the process entry point configures logging (app/logs.py)
         debug=False,
     )
+
+
+def _outermost_tracing(config: AppConfig) -> AppConfig:
+    """With tracing on, the request's span wraps everything, authentication included
+    (the JWT middleware put itself first just before)."""
+    if tracing.enabled():
+        config.middleware.insert(0, tracing_middleware)
+    return config
+
+
+def _check_token_settings(settings: Settings) -> None:
+    if settings.jwt_jwks_url:
+        if settings.jwt_secret or settings.jwt_public_key:
+            raise SettingsError(
+                "JWT_JWKS_URL excludes JWT_SECRET and JWT_PUBLIC_KEY: set one way to verify tokens"
+            )
+        if not settings.cursor_secret:
+            raise SettingsError(
+                "JWT_JWKS_URL needs CURSOR_SECRET: pagination cursors are signed with it, "
+                "and a JWKS holds no secret to derive it from"
+            )
+    elif settings.jwt_key is None:
+        raise SettingsError(
+            "no JWT key: set JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL "
+            "(or MESSAGING_DEV_MODE=1 for local development only)"
+        )
 
 
 async def _open_pool(settings: Settings) -> asyncpg.Pool:
@@ -120,4 +162,5 @@ def web() -> Litestar:
     """The web process (`uvicorn --factory app.asgi:web`): JSON logs, settings from the env."""
     settings = get_settings()
     configure_logging(settings.log_level)
+    configure_tracing(settings)
     return create_app(settings)

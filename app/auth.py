@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.security.jwt import JWTAuth, Token
+from litestar.middleware import DefineMiddleware
+from litestar.middleware.authentication import AuthenticationResult
+from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 from litestar.types import Guard
 
+from app.jwks import JwksKeys
 from app.settings import Settings
 
 READ = "messaging:campaigns:read"
@@ -83,19 +86,63 @@ async def _caller(token: AccessToken, _: ASGIConnection[Any, Any, Any, Any]) -> 
     return token.sub
 
 
-def build_jwt_auth(settings: Settings) -> JWTAuth[str, AccessToken]:
+class JwksAuthenticationMiddleware(JWTAuthenticationMiddleware):
+    """Litestar's JWT middleware, verifying each token with the JWKS key its `kid` names."""
+
+    def __init__(self, *, jwks: JwksKeys, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.jwks = jwks
+
+    async def authenticate_token(
+        self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        key = await self.jwks.key_for(encoded_token)
+        token = self.token_cls.decode(
+            encoded_token=encoded_token,
+            # PyJWT verifies with a PyJWK (and only with its own algorithm); Litestar's
+            # annotation says str because it only ever passes a secret.
+            secret=cast(str, key),
+            algorithm=key.algorithm_name,
+            audience=self.token_audience,
+            issuer=self.token_issuer,
+            require_claims=self.require_claims,
+        )
+        return AuthenticationResult(
+            user=await _caller(cast(AccessToken, token), connection), auth=token
+        )
+
+
+@dataclass
+class JwksAuth(JWTAuth[str, AccessToken]):
+    """JWTAuth whose keys come from a JWKS (`token_secret` is then unused)."""
+
+    jwks: JwksKeys | None = None
+    authentication_middleware_class: type[JWTAuthenticationMiddleware] = (
+        JwksAuthenticationMiddleware
+    )
+
+    @property
+    def middleware(self) -> DefineMiddleware:
+        define = super().middleware
+        define.kwargs["jwks"] = self.jwks
+        return define
+
+
+def build_jwt_auth(settings: Settings, jwks: JwksKeys | None = None) -> JWTAuth[str, AccessToken]:
+    """Tokens verified with `jwks` when given (JWT_JWKS_URL), else with the configured key."""
+    common: dict[str, Any] = {
+        "token_cls": AccessToken,
+        "retrieve_user_handler": _caller,
+        "require_claims": ["exp"],
+        "accepted_issuers": [settings.jwt_issuer] if settings.jwt_issuer else None,
+        "accepted_audiences": [settings.jwt_audience] if settings.jwt_audience else None,
+        "exclude": PUBLIC_PATHS,
+        "openapi_security_scheme_name": BEARER_SCHEME,
+        "description": "Bearer JWT with claims sub, scope (space-separated), brands and exp.",
+    }
+    if jwks is not None:
+        return JwksAuth(token_secret="", jwks=jwks, **common)
     key = settings.jwt_key
     if key is None:
         raise ValueError("no JWT key configured")
-    return JWTAuth[str, AccessToken](
-        token_secret=key,
-        algorithm=settings.jwt_algorithm,
-        token_cls=AccessToken,
-        retrieve_user_handler=_caller,
-        require_claims=["exp"],
-        accepted_issuers=[settings.jwt_issuer] if settings.jwt_issuer else None,
-        accepted_audiences=[settings.jwt_audience] if settings.jwt_audience else None,
-        exclude=PUBLIC_PATHS,
-        openapi_security_scheme_name=BEARER_SCHEME,
-        description="Bearer JWT with claims sub, scope (space-separated), brands and exp.",
-    )
+    return JWTAuth[str, AccessToken](token_secret=key, algorithm=settings.jwt_algorithm, **common)

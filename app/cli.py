@@ -47,7 +47,7 @@ def mint_token(
 ) -> str:
     if settings.jwt_public_key or settings.jwt_key is None:
         raise CliError(
-            "cannot mint a token: set JWT_SECRET (tokens verified by JWT_PUBLIC_KEY are "
+            "cannot mint a token: set JWT_SECRET (tokens verified by JWT_PUBLIC_KEY or a JWKS are "
             "issued by the identity service), or MESSAGING_DEV_MODE=1 for the development key"
         )
     claims: dict[str, Any] = {

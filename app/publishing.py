@@ -7,8 +7,11 @@ from collections.abc import Iterator
 from uuid import UUID
 
 import asyncpg
+from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 from procrastinate.types import JSONValue
 
+from app import tracing
 from app.auth import AccessToken
 from app.campaigns import visible_campaign
 from app.errors import BadState, InvalidInput
@@ -21,9 +24,21 @@ from db.ids import uuid7
 from db.pool import DATABASE_AWAY
 from db.runs import ENDED, DeliveryRow, RunRepository
 from db.suppressions import SuppressionRepository
+from jobs.app import DELIVERY_QUEUE
 from jobs.tasks import deliver_batch
 
 logger = logging.getLogger(__name__)
+
+_COPY: dict[str, AttributeValue] = {
+    **tracing.POSTGRESQL,
+    "db.operation.name": "COPY",
+    "db.collection.name": "deliveries",
+}
+_DEFER: dict[str, AttributeValue] = {
+    "messaging.system": "procrastinate",
+    "messaging.operation.type": "send",
+    "messaging.destination.name": DELIVERY_QUEUE,
+}
 
 
 async def publish_campaign(
@@ -77,7 +92,7 @@ async def _publish(
     idempotency_key: IdempotencyKey | None,
     retry_of: UUID | None,
 ) -> Run:
-    async with conn.transaction():
+    async with tracing.transaction(conn, "publish transaction"):
         campaign = await visible_campaign(conn, campaign_id, caller, lock="share")
         # Before the status check: a repeat returns its run even if the campaign was
         # archived since.
@@ -106,7 +121,8 @@ async def _publish(
             run_id=run_id,
             retry_of=retry_of,
         )
-        await runs.copy_deliveries(_delivery_rows(run["id"], recipients, skips))
+        with tracing.span("COPY deliveries", kind=SpanKind.CLIENT, attributes=_COPY):
+            await runs.copy_deliveries(_delivery_rows(run["id"], recipients, skips))
         job_ids = await defer_deliveries(conn, str(run["id"]), len(recipients), batch_size)
     PUBLISH_RECIPIENTS.observe(len(recipients))
     logger.info(
@@ -182,10 +198,18 @@ async def defer_deliveries(
     conn: asyncpg.Connection, run_id: str, total: int, batch_size: int
 ) -> list[int]:
     """One deliver_batch job per `batch_size` positions, deferred on `conn` (so inside
-    its transaction: the jobs exist exactly when the run does)."""
+    its transaction: the jobs exist exactly when the run does). With tracing on, each job
+    carries this span's trace context (`traceparent`): its run continues the trace."""
     batches: list[dict[str, JSONValue]] = [
         {"run_id": run_id, "first": first, "last": min(first + batch_size, total) - 1}
         for first in range(0, total, batch_size)
     ]
-    job_ids: list[int] = await deliver_batch.configure(connection=conn).batch_defer_async(*batches)
+    attributes = {**_DEFER, "messaging.batch.message_count": len(batches), "run_id": run_id}
+    with tracing.span("defer deliver_batch", kind=SpanKind.PRODUCER, attributes=attributes):
+        if trace_args := tracing.job_trace_args():
+            for batch in batches:
+                batch.update(trace_args)
+        job_ids: list[int] = await deliver_batch.configure(connection=conn).batch_defer_async(
+            *batches
+        )
     return job_ids

@@ -29,6 +29,16 @@ class Settings:
     """HS256 key that verifies bearer tokens."""
     jwt_public_key: str | None = None
     """PEM public key (RSA or EC) that verifies RS256/ES256 tokens instead of a shared secret."""
+    jwt_jwks_url: str | None = None
+    """URL of an identity provider's JWKS document: RS256/ES256 tokens are verified with
+    the key their `kid` names, instead of JWT_SECRET / JWT_PUBLIC_KEY (not allowed with it)."""
+    jwt_jwks_refetch_seconds: float = 10.0
+    """Fetches of the JWKS are at least this far apart, whatever unknown `kid`s arrive."""
+    jwt_jwks_max_age_seconds: float = 300.0
+    """Keys fetched longer ago are refetched in the background on the next request (so a key
+    the provider withdrew stops working); requests go on with the keys in hand meanwhile."""
+    jwt_jwks_timeout_seconds: float = 2.0
+    """The longest a fetch of the JWKS may take; only requests with an unknown `kid` wait."""
     jwt_issuer: str | None = None
     """When set, tokens must carry this `iss`."""
     jwt_audience: str | None = None
@@ -99,6 +109,11 @@ class Settings:
     """How long a request waits for a free database connection before it is answered
     503 with Retry-After (every connection busy, or the database away)."""
     log_level: str = "INFO"
+    tracing: bool = False
+    """Export OpenTelemetry traces (OTLP over HTTP): on when OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_TRACES_EXPORTER=otlp is set, unless
+    OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none. The SDK reads the other OTEL_*
+    variables itself (service name, headers, sampler, batching)."""
 
     @property
     def delivery_retention(self) -> timedelta | None:
@@ -109,6 +124,8 @@ class Settings:
     @property
     def jwt_key(self) -> str | None:
         """The key that verifies tokens: the public key if configured, else the secret."""
+        if self.jwt_jwks_url:
+            return None  # the keys are fetched, by kid
         if self.jwt_public_key:
             return self.jwt_public_key
         if self.jwt_secret:
@@ -131,6 +148,10 @@ class Settings:
                 port=int(env.get("PORT", defaults.port)),
                 jwt_secret=env.get("JWT_SECRET") or None,
                 jwt_public_key=env.get("JWT_PUBLIC_KEY") or None,
+                jwt_jwks_url=env.get("JWT_JWKS_URL") or None,
+                jwt_jwks_refetch_seconds=_seconds(env, "JWT_JWKS_REFETCH_SECONDS", 10.0),
+                jwt_jwks_max_age_seconds=_seconds(env, "JWT_JWKS_MAX_AGE_SECONDS", 300.0),
+                jwt_jwks_timeout_seconds=_seconds(env, "JWT_JWKS_TIMEOUT_SECONDS", 2.0),
                 jwt_issuer=env.get("JWT_ISSUER") or None,
                 jwt_audience=env.get("JWT_AUDIENCE") or None,
                 cursor_secret=env.get("CURSOR_SECRET") or None,
@@ -166,6 +187,7 @@ class Settings:
                 db_pool_max_size=_positive(env, "DB_POOL_MAX_SIZE", 10),
                 db_pool_timeout_seconds=float(env.get("DB_POOL_TIMEOUT_SECONDS") or 5.0),
                 log_level=env.get("LOG_LEVEL", "INFO").upper(),
+                tracing=_tracing_wanted(env),
             )
         except ValueError as exc:
             raise SettingsError(str(exc)) from exc
@@ -211,6 +233,40 @@ def _optional_positive(env: dict[str, str], name: str) -> int | None:
     if not env.get(name):
         return None
     return _positive(env, name, 0)
+
+
+def _seconds(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds; got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be more than 0; got {raw}")
+    return value
+
+
+def _tracing_wanted(env: dict[str, str]) -> bool:
+    """Whether the standard OpenTelemetry variables ask for traces (see Settings.tracing).
+    A configuration this service cannot honour is an error, not silently no traces."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporter == "none":
+        return False
+    if exporter not in ("", "otlp"):
+        raise SettingsError(f"OTEL_TRACES_EXPORTER must be otlp or none; got {exporter!r}")
+    endpoints = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if exporter != "otlp" and not any(env.get(name) for name in endpoints):
+        return False
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", ""
+    )
+    if protocol.strip() not in ("", "http/protobuf"):
+        raise SettingsError(f"OTLP protocol: only http/protobuf is supported; got {protocol!r}")
+    return True
 
 
 def _is_ec_key(pem: str) -> bool:

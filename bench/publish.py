@@ -105,7 +105,7 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
-def start_web() -> subprocess.Popen[bytes]:
+def start_web(extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     # Another process on the port would answer the bench instead (and receive its runs).
     with socket.socket() as probe:
         try:
@@ -113,6 +113,7 @@ def start_web() -> subprocess.Popen[bytes]:
         except OSError:
             raise SystemExit(f"port {PORT} is taken: set BENCH_PORT to a free one") from None
     env = {**os.environ, "DATABASE_URL": DATABASE_URL, "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING"}
+    env.update(extra_env or {})
     return subprocess.Popen(
         [
             sys.executable,

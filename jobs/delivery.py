@@ -39,7 +39,9 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
+from opentelemetry.trace import SpanKind
 
+from app import tracing
 from app.recipients import normalise
 from db.deliveries import DeliveryRepository, Outcome, delivery_id
 from db.pool import database_away
@@ -340,7 +342,12 @@ async def _send(
         async with resources.sends:
             started = time.perf_counter()
             try:
-                result = await provider.send(message)
+                with tracing.span(
+                    f"send {provider.name}",
+                    kind=SpanKind.CLIENT,
+                    attributes={"delivery_id": message.delivery_id, "channel": message.channel},
+                ):
+                    result = await provider.send(message)
             finally:
                 latency.observe(time.perf_counter() - started)
     except PermanentError as exc:

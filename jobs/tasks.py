@@ -8,9 +8,11 @@ from typing import Any, cast
 from uuid import UUID
 
 import asyncpg
+from opentelemetry.util.types import AttributeValue
 from procrastinate import BaseRetryStrategy, JobContext, RetryDecision, exceptions
 from procrastinate.jobs import Job
 
+from app import tracing
 from app.logs import bind_log_context
 from app.settings import get_settings
 from db.idempotency import IdempotencyKeyRepository
@@ -44,8 +46,11 @@ class DeliveryRetry(BaseRetryStrategy):
 
 
 @app.task(name="deliver_batch", queue=DELIVERY_QUEUE, pass_context=True, retry=DeliveryRetry())
-async def deliver_batch(context: JobContext, run_id: str, first: int, last: int) -> None:
+async def deliver_batch(
+    context: JobContext, run_id: str, first: int, last: int, traceparent: str | None = None
+) -> None:
     """Deliver the pending deliveries of run `run_id` at positions first..last.
+    `traceparent` (tracing on): the trace context of the span that deferred the job.
 
     A try that fails for a reason other than the database being away (a bug, a
     constraint) may have reached providers before it failed. Such failures are counted
@@ -59,7 +64,10 @@ async def deliver_batch(context: JobContext, run_id: str, first: int, last: int)
     async def schedule_retry(conn: asyncpg.Connection, at: datetime) -> None:
         await defer_follow_up(conn, at, run_id=run_id, first=first, last=last)
 
-    with bind_log_context(run_id=run_id, job_id=job_id):
+    with (
+        bind_log_context(run_id=run_id, job_id=job_id),
+        tracing.job_span("deliver_batch", traceparent, _job_attributes(context, run_id)),
+    ):
         if context.job.attempts:  # tried before: maybe too often already
             failures, last_error = await _failures(resources, job_id)
             if failures >= _limit(resources):
@@ -117,7 +125,7 @@ async def defer_follow_up(conn: asyncpg.Connection, at: datetime, **job: Any) ->
         async with conn.transaction():  # a savepoint: a refused insert spoils nothing else
             await deliver_batch.configure(
                 connection=conn, schedule_at=at, queueing_lock=lock
-            ).defer_async(**job)
+            ).defer_async(**job, **tracing.job_trace_args())
     except exceptions.AlreadyEnqueued:
         pass  # a follow-up of this range is waiting already; it takes these too
 
@@ -135,6 +143,16 @@ async def send_run_events(context: JobContext, run_id: str) -> None:
         sent = await send_pending_events(pool, settings, UUID(run_id), context.job.attempts)
         if sent:
             logger.info("run events delivered", extra={"events": sent})
+
+
+def _job_attributes(context: JobContext, run_id: str) -> dict[str, AttributeValue]:
+    return {
+        "messaging.system": "procrastinate",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": DELIVERY_QUEUE,
+        "messaging.message.id": str(context.job.id),
+        "run_id": run_id,
+    }
 
 
 # Keys hold 24 h; purging every 10 minutes keeps at most that much extra in the table.

@@ -33,6 +33,7 @@ import jobs.metrics  # noqa: F401 - registered before the metrics endpoint serve
 from app import supervision
 from app.logs import configure_logging
 from app.settings import Settings, get_settings
+from app.tracing import configure_tracing, flush_spans
 from db.jobs import JobRepository
 from db.pool import DATABASE_UNAVAILABLE, create_pool
 from jobs.app import DELIVERY_QUEUE, EVENTS_QUEUE, MAINTENANCE_QUEUE, app
@@ -236,6 +237,7 @@ async def run_until_signalled(settings: Settings) -> int:
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
+    configure_tracing(settings)
     try:
         if settings.worker_metrics_port:
             # A daemon thread serving the process's default registry (jobs/metrics.py).
@@ -245,6 +247,8 @@ def main() -> None:
     except Exception:
         logger.critical("the worker process failed", exc_info=True)
         status = 1
+    finally:
+        flush_spans()
     sys.exit(status)
 
 

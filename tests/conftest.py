@@ -94,11 +94,10 @@ async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
 
 
 @contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """The app behind a real uvicorn server on a free localhost port, in a thread with
-    its own event loop: requests to it run truly concurrently, each on its own pooled
-    connection (at most DB_POOL_MAX_SIZE of them)."""
-    app = create_app(settings)
+def serving(app: Litestar) -> Iterator[str]:
+    """`app` behind a real uvicorn server on a free localhost port, in a thread with its
+    own event loop: requests to it run truly concurrently, each on its own pooled
+    connection (at most DB_POOL_MAX_SIZE of them). Yields its base URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -124,5 +123,5 @@ def serving(settings: Settings) -> Iterator[str]:
 @pytest.fixture
 def live_server(settings: Settings) -> Iterator[str]:
     """`serving` the test's settings, with a pool big enough for any test's concurrency."""
-    with serving(replace(settings, db_pool_max_size=40)) as url:
+    with serving(create_app(replace(settings, db_pool_max_size=40))) as url:
         yield url

@@ -1,12 +1,14 @@
 """Real servers for tests, each on 127.0.0.1 in its own thread: an SMTP server (aiosmtpd) and
-an HTTP server that stand in for a mail relay and a webhook receiver. They record what reaches
-them and answer as the test scripts, per recipient."""
+an HTTP server that stand in for a mail relay and a webhook receiver, an identity provider's
+JWKS endpoint and an OpenTelemetry collector's OTLP/HTTP receiver. They record what reaches
+them and answer as the test scripts."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
 import datetime
+import gzip
 import ipaddress
 import json
 import socket
@@ -26,6 +28,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 HOST = "127.0.0.1"
 
@@ -315,5 +319,159 @@ def _handler_for(sink: HttpSink) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # keep the test output clean
+
+    return Handler
+
+
+class JwksServer:
+    """An identity provider's JWKS endpoint: serves `{"keys": keys}` (change `keys` to
+    rotate), counts the requests that reached it, and answers after `delay` seconds (a slow
+    provider); `stop()` takes it down."""
+
+    def __init__(self) -> None:
+        self.keys: list[dict[str, Any]] = []
+        self.delay = 0.0
+        self.requests = 0
+        self._stopping = threading.Event()
+        self._server = _HttpServer((HOST, 0), _jwks_handler_for(self))
+        self.url = f"http://{HOST}:{self._server.server_address[1]}/.well-known/jwks.json"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def start(self) -> JwksServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._stopping.set()  # wakes the handlers that play a slow provider
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> JwksServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _jwks_handler_for(server: JwksServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            server.requests += 1
+            if server.delay and server._stopping.wait(server.delay):
+                return
+            body = json.dumps({"keys": server.keys}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@dataclass
+class ReceivedSpan:
+    """One span as an OTLP receiver decodes it; ids in lower-case hex."""
+
+    service: str
+    name: str
+    kind: str
+    """SERVER, CLIENT, PRODUCER, CONSUMER or INTERNAL."""
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    """"" for a root span."""
+    attributes: dict[str, Any]
+    error: bool
+
+
+class OtlpReceiver:
+    """An OpenTelemetry collector's OTLP/HTTP traces endpoint (`POST /v1/traces`, protobuf):
+    decodes every ExportTraceServiceRequest into `spans`."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReceivedSpan] = []
+        self.exports = 0
+        self._server = _HttpServer((HOST, 0), _otlp_handler_for(self))
+        self.endpoint = f"http://{HOST}:{self._server.server_address[1]}"
+        """The value of OTEL_EXPORTER_OTLP_ENDPOINT (the exporter appends /v1/traces)."""
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def start(self) -> OtlpReceiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> OtlpReceiver:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def named(self, name: str) -> list[ReceivedSpan]:
+        return [span for span in list(self.spans) if span.name == name]
+
+    def receive(self, body: bytes) -> None:
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in request.resource_spans:
+            resource = _attributes(resource_spans.resource.attributes)
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    self.spans.append(
+                        ReceivedSpan(
+                            service=resource.get("service.name", ""),
+                            name=span.name,
+                            kind=Span.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_span_id=span.parent_span_id.hex(),
+                            attributes=_attributes(span.attributes),
+                            error=span.status.code == Status.STATUS_CODE_ERROR,
+                        )
+                    )
+        self.exports += 1
+
+
+def _attributes(pairs: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        kind = pair.value.WhichOneof("value")
+        values[pair.key] = getattr(pair.value, kind) if kind else None
+    return values
+
+
+def _otlp_handler_for(receiver: OtlpReceiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            if self.path != "/v1/traces":
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            receiver.receive(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")  # an empty ExportTraceServiceResponse
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
 
     return Handler

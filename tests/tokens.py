@@ -21,6 +21,7 @@ def make_token(
     expires_in: int = 3600,
     secret: str = TEST_SECRET,
     algorithm: str = "HS256",
+    kid: str | None = None,
     **claims: object,
 ) -> str:
     payload = {
@@ -30,7 +31,8 @@ def make_token(
         "exp": int(time.time()) + expires_in,
         **claims,
     }
-    return jwt.encode(payload, secret, algorithm=algorithm)
+    headers = {"kid": kid} if kid is not None else None
+    return jwt.encode(payload, secret, algorithm=algorithm, headers=headers)
 
 
 def bearer(**kwargs: object) -> dict[str, str]:

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import httpx
 
+from app.asgi import create_app
 from tests.conftest import serving
 from tests.helpers import CAMPAIGNS, create_campaign, recipients
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, ended, running_worker
@@ -30,7 +31,7 @@ def assert_unavailable(response: httpx.Response) -> None:
 async def test_every_connection_cut_mid_publish_leaves_whole_runs_or_503s(client, db, settings):
     campaign = await create_campaign(client)
     settings = replace(settings, db_pool_max_size=40, delivery_batch_size=BATCH)
-    with serving(settings) as url:
+    with serving(create_app(settings)) as url:
         async with httpx.AsyncClient(base_url=url, headers=bearer(), timeout=30) as http:
 
             async def client_publishing(i: int) -> list[httpx.Response]:
@@ -79,7 +80,7 @@ async def test_more_requests_than_connections_wait_a_bounded_time_then_get_503(
     campaign = await create_campaign(client)
     pool_size, timeout, extra = 3, 0.5, 4
     settings = replace(settings, db_pool_max_size=pool_size, db_pool_timeout_seconds=timeout)
-    with serving(settings) as url:
+    with serving(create_app(settings)) as url:
         async with httpx.AsyncClient(base_url=url, headers=bearer(), timeout=30) as http:
             await http.get("/readyz")
             async with db.transaction():

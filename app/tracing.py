@@ -1,0 +1,123 @@
+"""OpenTelemetry traces of web and worker, exported over OTLP/HTTP when the standard OTEL_*
+variables ask for them (`Settings.tracing`).
+
+Off (the default), no SDK is imported or set up and `span()` hands out one shared
+`nullcontext`: a span costs a function call. On, `configure_tracing` installs the SDK's
+tracer provider with a batching OTLP exporter; the SDK itself reads the other variables
+(OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_HEADERS, OTEL_TRACES_SAMPLER, OTEL_BSP_...).
+
+A publish and the deliveries of its run share one trace: each deliver_batch job carries
+the W3C `traceparent` of the span that deferred it (an optional job argument), and its
+span continues that trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+
+logger = logging.getLogger(__name__)
+
+tracer = trace.get_tracer("messaging")
+POSTGRESQL: Mapping[str, AttributeValue] = {"db.system.name": "postgresql"}
+
+_enabled = False
+_flush: Callable[[], object] | None = None
+_NO_SPAN: AbstractContextManager[Any] = contextlib.nullcontext()
+_W3C = TraceContextTextMapPropagator()
+
+
+def configure_tracing(settings: Settings) -> None:
+    """Set up the SDK and its OTLP/HTTP exporter if `settings.tracing`; else nothing."""
+    if not settings.tracing or _enabled:
+        return
+    # Imported here: a process without tracing never loads the SDK.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: "messaging"}))
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    install(provider)
+    logger.info(
+        "tracing on: OTLP/HTTP export", extra={"service": resource.attributes[SERVICE_NAME]}
+    )
+
+
+def install(provider: SdkTracerProvider) -> None:
+    """Make `provider` the process's tracer provider, and the spans of this module real."""
+    global _enabled, _flush
+    trace.set_tracer_provider(provider)
+    _flush = provider.force_flush
+    _enabled = True
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def flush_spans() -> None:
+    """Send the spans still batched (at most OTEL_BSP_SCHEDULE_DELAY old), before the
+    process stops: uvicorn ends by re-raising SIGTERM, which skips the SDK's atexit hook."""
+    if _flush is not None:
+        _flush()
+
+
+def span(
+    name: str,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, AttributeValue] | None = None,
+) -> AbstractContextManager[Any]:
+    """A span around a block, the current one inside it; nothing at all when tracing is off."""
+    if not _enabled:
+        return _NO_SPAN
+    return tracer.start_as_current_span(name, kind=kind, attributes=attributes)
+
+
+@asynccontextmanager
+async def transaction(conn: asyncpg.Connection, name: str) -> AsyncIterator[None]:
+    """`conn.transaction()` in a span `name` that lasts from BEGIN to COMMIT or ROLLBACK."""
+    with span(name, kind=SpanKind.CLIENT, attributes=POSTGRESQL):
+        async with conn.transaction():
+            yield
+
+
+def job_trace_args() -> dict[str, str]:
+    """The optional `traceparent` argument of a job deferred now: the current span's W3C
+    trace context, so that the job's span continues this trace. Empty when off."""
+    if not _enabled:
+        return {}
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier)
+    return {"traceparent": carrier["traceparent"]} if "traceparent" in carrier else {}
+
+
+def job_span(
+    name: str, traceparent: str | None, attributes: Mapping[str, AttributeValue]
+) -> AbstractContextManager[Any]:
+    """The span of a job's run, a child of the span that deferred it (`traceparent`)."""
+    if not _enabled:
+        return _NO_SPAN
+    parent = _W3C.extract({"traceparent": traceparent}) if traceparent else None
+    return tracer.start_as_current_span(
+        name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+    )

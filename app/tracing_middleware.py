@@ -1,0 +1,61 @@
+"""The SERVER span of each HTTP request (installed only when tracing is on)."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from litestar.exceptions import HTTPException
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from app.request_id import request_id_of
+from app.tracing import tracer
+
+
+def tracing_middleware(app: ASGIApp) -> ASGIApp:
+    """One SERVER span per HTTP request, named by route template, continuing the caller's
+    trace (W3C `traceparent` by default, OTEL_PROPAGATORS otherwise)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # type: ignore[comparison-overlap]
+            await app(scope, receive, send)
+            return
+        http = cast("HTTPScope", scope)
+        method, route = http["method"], scope.get("path_template") or http["path"]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in http["headers"]}
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with tracer.start_as_current_span(
+            f"{method} {route}",
+            context=propagate.extract(headers),
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": method,
+                "http.route": route,
+                "url.path": http["path"],
+                "request_id": request_id_of(scope),
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as request_span:
+            try:
+                await app(scope, receive, send_with_status)
+            except HTTPException as exc:  # answered by the app's exception handlers, outside
+                status = exc.status_code
+                raise
+            except Exception as exc:
+                request_span.record_exception(exc)
+                raise
+            finally:
+                request_span.set_attribute("http.response.status_code", status)
+                if status >= 500:  # 4xx are the caller's, not this server's, errors
+                    request_span.set_status(Status(StatusCode.ERROR))
+
+    return middleware

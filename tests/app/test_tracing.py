@@ -1,0 +1,257 @@
+"""OpenTelemetry traces: web and worker processes, started as the Procfile starts them, export
+to a real OTLP/HTTP receiver; one trace shows a run from the publish request to its last send."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.settings import Settings, SettingsError
+from tests.helpers import CAMPAIGNS, create_campaign, publish
+from tests.jobs.delivery_helpers import ENDED, run_status
+from tests.servers import HttpSink, OtlpReceiver, ReceivedSpan, Reply, free_port
+from tests.tokens import TEST_SECRET, bearer
+
+ROOT = Path(__file__).resolve().parents[2]
+FAILING = "down@example.com"
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def sink() -> Iterator[HttpSink]:
+    with HttpSink() as sink:
+        yield sink
+
+
+def environment(database_url: str, **variables: str) -> dict[str, str]:
+    """The process environment without any OTEL_* variable of the test's own, plus these."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    return {**env, "DATABASE_URL": database_url, "JWT_SECRET": TEST_SECRET, **variables}
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and wait for a clean exit (the spans still batched are sent on the way)."""
+    process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(20):
+        while process.poll() is None:  # noqa: ASYNC110 - another process
+            await asyncio.sleep(0.05)
+
+
+async def ready(base_url: str) -> None:
+    async with httpx.AsyncClient(base_url=base_url) as http, asyncio.timeout(15):
+        while True:
+            try:
+                if (await http.get("/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+def only(spans: list[ReceivedSpan]) -> ReceivedSpan:
+    assert len(spans) == 1, spans
+    return spans[0]
+
+
+async def test_one_trace_shows_a_run_from_the_publish_request_to_its_last_send(
+    database_url, db, receiver, sink, tmp_path
+):
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_SERVICE_NAME": "messaging-test",
+        # No periodic export during the test: the spans leave when each process stops.
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",
+    }
+    port = free_port()
+    web = start(
+        [sys.executable, "-m", "uvicorn", "app.asgi:web", "--factory", "--port", str(port)],
+        environment(database_url, DELIVERY_BATCH_SIZE="2", **otel),
+        tmp_path / "web.log",
+    )
+    worker_env = environment(
+        database_url,
+        EMAIL_PROVIDER="webhook",
+        WEBHOOK_URL=sink.url,
+        WEBHOOK_SECRET="s",
+        DELIVERY_MAX_ATTEMPTS="2",
+        DELIVERY_RETRY_BASE_SECONDS="0.05",
+        **otel,
+    )
+    worker: subprocess.Popen[bytes] | None = None
+    sink.replies[FAILING] = Reply(status=503)  # transient: a follow-up job tries again
+    # The caller is traced too: the request continues its trace.
+    caller_trace, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        await ready(base_url)
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+            campaign = await create_campaign(http)
+            response = await http.post(
+                f"{CAMPAIGNS}/{campaign['id']}/publish",
+                json={
+                    "recipients": [
+                        {"person_id": "p0", "recipient": "ann@example.com"},
+                        {"person_id": "p1", "recipient": "bob@example.com"},
+                        {"person_id": "p2", "recipient": FAILING},
+                    ]
+                },
+                headers={**bearer(), "traceparent": f"00-{caller_trace}-{caller_span}-01"},
+            )
+        assert response.status_code == 202, response.text
+        run_id = response.json()["id"]
+
+        worker = start([sys.executable, "-m", "jobs.worker"], worker_env, tmp_path / "worker.log")
+        async with asyncio.timeout(30):
+            while await run_status(db, run_id) not in ENDED:  # noqa: ASYNC110 - another process
+                await asyncio.sleep(0.05)
+        # Both flush their batched spans when they stop.
+        await stop(worker)
+        await stop(web)
+    finally:
+        for process in (web, worker):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+
+    request = only(
+        [s for s in receiver.named(f"POST {publish_route(receiver)}") if s.kind == "SERVER"]
+    )
+    assert request.trace_id == caller_trace
+    assert request.parent_span_id == caller_span
+    assert request.attributes["http.response.status_code"] == 202
+    assert request.service == "messaging-test"
+
+    transaction = only(receiver.named("publish transaction"))
+    copy = only(receiver.named("COPY deliveries"))
+    defer = only(receiver.named("defer deliver_batch"))
+    assert transaction.parent_span_id == request.span_id
+    assert copy.parent_span_id == transaction.span_id
+    assert defer.parent_span_id == transaction.span_id
+    assert (copy.kind, defer.kind) == ("CLIENT", "PRODUCER")
+    assert defer.attributes["run_id"] == run_id
+
+    jobs = receiver.named("deliver_batch")
+    assert len(jobs) == 3  # 2 jobs, and 1 follow-up of the transient failure
+    first_jobs = [job for job in jobs if job.parent_span_id == defer.span_id]
+    follow_ups = [job for job in jobs if job.parent_span_id != defer.span_id]
+    assert len(first_jobs) == 2  # 3 recipients in jobs of 2
+    # The transient failure's follow-up job continues the trace of the job that deferred it.
+    assert [job.parent_span_id for job in follow_ups] in (
+        [first_jobs[0].span_id],
+        [first_jobs[1].span_id],
+    )
+    assert {job.service for job in jobs} == {"messaging-test"}
+    assert {job.kind for job in jobs} == {"CONSUMER"}
+
+    sends = receiver.named("send webhook")
+    assert {send.parent_span_id for send in sends} <= {job.span_id for job in jobs}
+    by_delivery = sorted((s.attributes["delivery_id"], s.error) for s in sends)
+    assert by_delivery == [
+        (f"{run_id}:0", False),
+        (f"{run_id}:1", False),
+        (f"{run_id}:2", True),  # the 503, then the follow-up's last attempt
+        (f"{run_id}:2", True),
+    ]
+    # One trace, from the caller's request to the last send.
+    assert {s.trace_id for s in [transaction, copy, defer, *jobs, *sends]} == {caller_trace}
+
+
+def publish_route(receiver: OtlpReceiver) -> str:
+    """The publish route's template, as the server spans name it (whatever the name of the
+    campaign's path parameter)."""
+    names = {s.name for s in receiver.spans if s.kind == "SERVER"}
+    routes = [n.removeprefix("POST ") for n in names if n.endswith("/publish")]
+    assert len(routes) == 1, names
+    assert routes[0].startswith(f"{CAMPAIGNS}/{{")
+    return routes[0]
+
+
+@pytest.mark.parametrize(
+    ("otel", "expected"),
+    [
+        ({}, ["False", "ProxyTracerProvider"]),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, ["True", "TracerProvider"]),
+    ],
+    ids=["off", "on"],
+)
+def test_the_sdk_is_set_up_only_when_the_otel_variables_ask(database_url, otel, expected):
+    """Off: the web and worker entry points load no SDK; spans are a shared nullcontext."""
+    probe = (
+        "import sys\n"
+        "from opentelemetry import trace\n"
+        "from app.asgi import web\n"
+        "import jobs.worker\n"
+        "from app.settings import get_settings\n"
+        "from app.tracing import configure_tracing\n"
+        "web(); configure_tracing(get_settings())\n"
+        "print('opentelemetry.sdk' in sys.modules, type(trace.get_tracer_provider()).__name__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env=environment(database_url, **otel),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.split() == expected
+
+
+async def test_jobs_carry_no_trace_argument_when_tracing_is_off(client, db):
+    campaign = await create_campaign(client)
+    response = await publish(
+        client, campaign["id"], {"recipients": [{"person_id": "p", "recipient": "a@example.com"}]}
+    )
+    assert response.status_code == 202
+
+    args = await db.fetch("SELECT args FROM procrastinate_jobs WHERE task_name = 'deliver_batch'")
+    assert [row["args"] for row in args] == [
+        {"run_id": response.json()["id"], "first": 0, "last": 0}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env", "tracing"),
+    [
+        ({}, False),
+        ({"OTEL_SERVICE_NAME": "messaging"}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, True),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, True),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, False),
+        ({"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, False),
+    ],
+)
+def test_tracing_is_on_when_the_otel_variables_ask_for_an_export(env, tracing):
+    assert Settings.from_env(env).tracing is tracing
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_TRACES_EXPORTER": "zipkin"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+    ],
+)
+def test_an_export_this_service_cannot_make_refuses_to_start(env):
+    with pytest.raises(SettingsError):
+        Settings.from_env(env)
