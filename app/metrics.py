@@ -120,4 +120,6 @@ async def refresh_queue_metrics(pool: asyncpg.Pool) -> None:
 async def metrics(state: State) -> Response[bytes]:
     """Prometheus text format: this process's counters and the queue read from the database."""
     await refresh_queue_metrics(state.pool)
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    # Litestar appends the charset to a text/ media type itself.
+    media_type = CONTENT_TYPE_LATEST.removesuffix("; charset=utf-8")
+    return Response(generate_latest(REGISTRY), media_type=media_type)

@@ -10,7 +10,7 @@ import asyncpg
 from app.auth import AccessToken
 from app.campaigns import parse_id, visible_campaign
 from app.errors import BadState, NotFound
-from app.pagination import decode_cursor, split_page
+from app.pagination import decode_cursor, listing_of, split_page
 from app.schemas import Delivery, DeliveryPage, Run, RunPage
 from db.deliveries import DeliveryRepository, delivery_id
 from db.runs import ENDED, RunRepository
@@ -59,7 +59,7 @@ async def list_runs(
 ) -> RunPage:
     """The campaign's runs, newest first."""
     campaign = await visible_campaign(conn, campaign_id, caller)
-    listing = ("runs", str(campaign["id"]))
+    listing = listing_of(caller.brands, "runs", str(campaign["id"]))
     after = decode_cursor(cursor_key, listing, cursor, tuple[datetime, UUID]) if cursor else None
     rows = await RunRepository(conn).page(campaign["id"], after=after, limit=limit + 1)
     page, next_cursor = split_page(
@@ -81,7 +81,7 @@ async def list_deliveries(
 ) -> DeliveryPage:
     """The run's deliveries in the order of the publish request (position)."""
     run = await visible_run(conn, campaign_id, run_id, caller)
-    listing = ("deliveries", str(run["id"]), status)
+    listing = listing_of(caller.brands, "deliveries", str(run["id"]), status)
     after = decode_cursor(cursor_key, listing, cursor, tuple[int])[0] if cursor else -1
     rows = await RunRepository(conn).page_deliveries(
         run["id"], status=status, after=after, limit=limit + 1

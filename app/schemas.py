@@ -15,10 +15,23 @@ RunStatus = Literal["queued", "running", "completed", "cancelled"]
 DeliveryStatus = Literal["pending", "sent", "failed", "skipped"]
 SuppressionReason = Literal["unsubscribed", "bounced", "complained", "manual"]
 
+BRAND_ID_LENGTH = (1, 100)
+BRAND_ID_PATTERN = r"^(?:[^*]|\*[\s\S])"
+"""Anything but the literal `*`, which in a token's `brands` means every brand."""
+ADDRESS_LENGTH = (1, 320)
+
 PersonId = Annotated[str, Meta(min_length=1, max_length=256)]
-Address = Annotated[str, Meta(min_length=1, max_length=320)]
+Address = Annotated[str, Meta(min_length=ADDRESS_LENGTH[0], max_length=ADDRESS_LENGTH[1])]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
-BrandId = Annotated[str, Meta(min_length=1, max_length=100)]
+BrandId = Annotated[
+    str,
+    Meta(
+        min_length=BRAND_ID_LENGTH[0],
+        max_length=BRAND_ID_LENGTH[1],
+        pattern=BRAND_ID_PATTERN,
+        description="1 to 100 characters; not `*`.",
+    ),
+]
 Subject = Annotated[str, Meta(min_length=1, max_length=998)]
 MessageBody = Annotated[str, Meta(min_length=1, max_length=100_000)]
 

@@ -23,6 +23,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from app.asgi import create_app
 from app.settings import Settings
 from db.pool import connect
+from tests.servers import WebProcess, web_process
 from tests.tokens import TEST_SECRET
 
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
@@ -116,3 +117,10 @@ def live_server(settings: Settings) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+async def web(database_url: str) -> AsyncIterator[WebProcess]:
+    """The web process as the Procfile starts it, on the test's database."""
+    async with web_process(database_url) as web:
+        yield web

@@ -8,7 +8,7 @@ import asyncpg
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.datastructures import ResponseHeader, State
 from litestar.di import NamedDependency
-from litestar.params import Body, FromPath, FromQuery, SkipValidation
+from litestar.params import Body, FromQuery, SkipValidation
 
 from app.auth import PUBLISH, READ, WRITE, AccessToken
 from app.body import MsgspecJSON
@@ -23,10 +23,10 @@ from app.idempotency import idempotency_key
 from app.openapi import access
 from app.pagination import DEFAULT_LIMIT
 from app.publishing import publish_campaign
-from app.routes.params import Cursor, IdempotencyKeyHeader, Limit
+from app.raw_params import raw_params_middleware
+from app.routes.params import BrandFilter, CampaignId, Cursor, IdempotencyKeyHeader, Limit, RunId
 from app.runs import cancel_run, list_deliveries, list_runs, visible_run
 from app.schemas import (
-    BrandId,
     Campaign,
     CampaignCreate,
     CampaignPage,
@@ -49,8 +49,14 @@ AuthRequest = Request[str, AccessToken, State]
 class CampaignController(Controller):
     path = "/v1/messaging/campaigns"
     tags = ["campaigns"]  # noqa: RUF012 - Litestar declares it as a list
+    middleware = [raw_params_middleware]  # noqa: RUF012
 
-    @post(status_code=201, **access(WRITE, 400, 413))
+    @post(
+        status_code=201,
+        dto=MsgspecJSON[CampaignCreate],
+        return_dto=None,
+        **access(WRITE, 400, 413, 415),
+    )
     async def create(
         self, request: AuthRequest, conn: Conn, data: Annotated[CampaignCreate, Body()]
     ) -> Campaign:
@@ -63,7 +69,7 @@ class CampaignController(Controller):
         request: AuthRequest,
         conn: Conn,
         state: State,
-        brand_id: FromQuery[BrandId | None] = None,
+        brand_id: BrandFilter = None,
         status: FromQuery[CampaignStatus | None] = None,
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
@@ -79,16 +85,21 @@ class CampaignController(Controller):
             cursor_key=state.cursor_key,
         )
 
-    @get("/{campaign_id:str}", **access(READ, 404))
-    async def read(self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str]) -> Campaign:
+    @get("/{campaign_id:str}", **access(READ, 400, 404))
+    async def read(self, request: AuthRequest, conn: Conn, campaign_id: CampaignId) -> Campaign:
         return Campaign(**await visible_campaign(conn, campaign_id, request.auth))
 
-    @patch("/{campaign_id:str}", **access(WRITE, 400, 404, 412, 413))
+    @patch(
+        "/{campaign_id:str}",
+        dto=MsgspecJSON[CampaignUpdate],
+        return_dto=None,
+        **access(WRITE, 400, 404, 412, 413, 415),
+    )
     async def update(
         self,
         request: AuthRequest,
         conn: Conn,
-        campaign_id: FromPath[str],
+        campaign_id: CampaignId,
         data: Annotated[CampaignUpdate, Body()],
     ) -> Campaign:
         """Change the content of a draft: absent fields stay, `null` clears `sender` or
@@ -96,16 +107,12 @@ class CampaignController(Controller):
         return await update_campaign(conn, campaign_id, data, request.auth)
 
     @post("/{campaign_id:str}/activate", status_code=200, **access(WRITE, 400, 404, 412))
-    async def activate(
-        self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str]
-    ) -> Campaign:
+    async def activate(self, request: AuthRequest, conn: Conn, campaign_id: CampaignId) -> Campaign:
         """`draft` -> `active`; the content must be complete (400 if not)."""
         return await change_status(conn, campaign_id, request.auth, to="active", allowed=["draft"])
 
-    @post("/{campaign_id:str}/archive", status_code=200, **access(WRITE, 404, 412))
-    async def archive(
-        self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str]
-    ) -> Campaign:
+    @post("/{campaign_id:str}/archive", status_code=200, **access(WRITE, 400, 404, 412))
+    async def archive(self, request: AuthRequest, conn: Conn, campaign_id: CampaignId) -> Campaign:
         """`draft` or `active` -> `archived`; queued and running runs go on."""
         return await change_status(
             conn, campaign_id, request.auth, to="archived", allowed=["draft", "active"]
@@ -126,7 +133,7 @@ class CampaignController(Controller):
         request: AuthRequest,
         conn: Conn,
         state: State,
-        campaign_id: FromPath[str],
+        campaign_id: CampaignId,
         data: Annotated[PublishRequest, Body()],
         idempotency_key_header: IdempotencyKeyHeader = None,
     ) -> Response[Run]:
@@ -150,7 +157,7 @@ class CampaignController(Controller):
         request: AuthRequest,
         conn: Conn,
         state: State,
-        campaign_id: FromPath[str],
+        campaign_id: CampaignId,
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
     ) -> RunPage:
@@ -159,18 +166,20 @@ class CampaignController(Controller):
             conn, campaign_id, request.auth, limit=limit, cursor=cursor, cursor_key=state.cursor_key
         )
 
-    @get("/{campaign_id:str}/runs/{run_id:str}", **access(READ, 404))
+    @get("/{campaign_id:str}/runs/{run_id:str}", **access(READ, 400, 404))
     async def read_run(
-        self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str], run_id: FromPath[str]
+        self, request: AuthRequest, conn: Conn, campaign_id: CampaignId, run_id: RunId
     ) -> Run:
         """The run, with live counters."""
         return Run(**await visible_run(conn, campaign_id, run_id, request.auth))
 
     @post(
-        "/{campaign_id:str}/runs/{run_id:str}/cancel", status_code=200, **access(PUBLISH, 404, 412)
+        "/{campaign_id:str}/runs/{run_id:str}/cancel",
+        status_code=200,
+        **access(PUBLISH, 400, 404, 412),
     )
     async def cancel(
-        self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str], run_id: FromPath[str]
+        self, request: AuthRequest, conn: Conn, campaign_id: CampaignId, run_id: RunId
     ) -> Run:
         """Pending deliveries become `skipped` (reason `cancelled`); sends in flight finish
         first, and none follows. 412 if the run already ended."""
@@ -182,8 +191,8 @@ class CampaignController(Controller):
         request: AuthRequest,
         conn: Conn,
         state: State,
-        campaign_id: FromPath[str],
-        run_id: FromPath[str],
+        campaign_id: CampaignId,
+        run_id: RunId,
         status: FromQuery[DeliveryStatus | None] = None,
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,

@@ -6,13 +6,15 @@ from typing import Annotated
 
 from litestar import Controller, delete, get, put
 from litestar.datastructures import State
-from litestar.params import Body, FromPath, FromQuery
+from litestar.params import Body, FromQuery
 
 from app.auth import READ, WRITE
+from app.body import MsgspecJSON
 from app.openapi import access
 from app.pagination import DEFAULT_LIMIT
+from app.raw_params import raw_params_middleware
 from app.routes.campaigns import AuthRequest, Conn
-from app.routes.params import Cursor, Limit
+from app.routes.params import BrandPath, Cursor, Limit, RecipientPath
 from app.schemas import Suppression, SuppressionPage, SuppressionPut, SuppressionReason
 from app.suppressions import (
     delete_suppression,
@@ -25,6 +27,7 @@ from app.suppressions import (
 class SuppressionController(Controller):
     path = "/v1/messaging/brands/{brand_id:str}/suppressions"
     tags = ["suppressions"]  # noqa: RUF012 - Litestar declares it as a list
+    middleware = [raw_params_middleware]  # noqa: RUF012
 
     @get(**access(READ, 400))
     async def index(
@@ -32,7 +35,7 @@ class SuppressionController(Controller):
         request: AuthRequest,
         conn: Conn,
         state: State,
-        brand_id: FromPath[str],
+        brand_id: BrandPath,
         reason: FromQuery[SuppressionReason | None] = None,
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
@@ -50,18 +53,23 @@ class SuppressionController(Controller):
 
     @get("/{recipient:str}", **access(READ, 400, 404))
     async def read(
-        self, request: AuthRequest, conn: Conn, brand_id: FromPath[str], recipient: FromPath[str]
+        self, request: AuthRequest, conn: Conn, brand_id: BrandPath, recipient: RecipientPath
     ) -> Suppression:
         """Whether, and why, the address is suppressed (404 if it is not)."""
         return await get_suppression(conn, brand_id, recipient, request.auth)
 
-    @put("/{recipient:str}", **access(WRITE, 400, 413))
+    @put(
+        "/{recipient:str}",
+        dto=MsgspecJSON[SuppressionPut],
+        return_dto=None,
+        **access(WRITE, 400, 413, 415),
+    )
     async def put(
         self,
         request: AuthRequest,
         conn: Conn,
-        brand_id: FromPath[str],
-        recipient: FromPath[str],
+        brand_id: BrandPath,
+        recipient: RecipientPath,
         data: Annotated[SuppressionPut, Body()],
     ) -> Suppression:
         """Never send to this address again (for this brand). Idempotent: a repeat, or a
@@ -71,7 +79,7 @@ class SuppressionController(Controller):
 
     @delete("/{recipient:str}", status_code=204, **access(WRITE, 400, 404))
     async def remove(
-        self, request: AuthRequest, conn: Conn, brand_id: FromPath[str], recipient: FromPath[str]
+        self, request: AuthRequest, conn: Conn, brand_id: BrandPath, recipient: RecipientPath
     ) -> None:
         """Send to this address again; 404 if it was not suppressed."""
         await delete_suppression(conn, brand_id, recipient, request.auth)

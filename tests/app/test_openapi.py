@@ -319,14 +319,18 @@ async def not_found(t: Tour, op: Op) -> Any:
 async def bad_request(t: Tour, op: Op) -> Any:
     method, path = op
     request = await HAPPY[op][1](t)
-    if method == "GET" and not path.endswith("{recipient}"):
-        return await t.send(op, {**request, "params": {"limit": 0}})
     if path.endswith("{recipient}"):
         return await t.send(op, with_url(request, f"{BRANDS}/brand-a/suppressions/nobody"))
+    if method == "GET" and path.endswith(("/campaigns", "/runs", "/deliveries", "/suppressions")):
+        return await t.send(op, {**request, "params": {"limit": 0}})
     if path.endswith("/activate"):
         await t.db.execute("UPDATE campaigns SET body = '' WHERE status = 'draft'")
         return await t.send(op, request)
-    return await t.send(op, {**request, "json": {"name": ""}})
+    if "json" in request:
+        return await t.send(op, {**request, "json": {"name": ""}})
+    url = request["url"].split("/")
+    url[-1 if path.endswith("_id}") else -2] = "%FF"  # the last id: not UTF-8
+    return await t.send(op, with_url(request, "/".join(url)))
 
 
 async def too_large(t: Tour, op: Op) -> Any:
@@ -359,7 +363,7 @@ async def publish_key_reused(t: Tour, op: Op) -> Any:
     return await t.send(op, other, headers={"Idempotency-Key": "k"})
 
 
-async def publish_not_json(t: Tour, op: Op) -> Any:
+async def not_json(t: Tour, op: Op) -> Any:
     request = await HAPPY[op][1](t)
     request = {key: value for key, value in request.items() if key != "json"}
     return await t.send(op, {**request, "content": b"x"}, headers={"Content-Type": "text/plain"})
@@ -378,7 +382,6 @@ async def foreign_brand(t: Tour, op: Op) -> Any:
 
 SPECIFIC: dict[tuple[str, str, int], Callable[[Tour, Op], Awaitable[Any]]] = {
     ("POST", f"{C}/{{campaign_id}}/publish", 409): publish_in_flight,
-    ("POST", f"{C}/{{campaign_id}}/publish", 415): publish_not_json,
     ("POST", f"{C}/{{campaign_id}}/publish", 422): publish_key_reused,
     ("POST", f"{C}/{{campaign_id}}/runs/{{run_id}}/cancel", 412): cancel_twice,
 }
@@ -430,6 +433,8 @@ async def test_every_documented_response_is_what_the_route_answers(tour_client, 
                 response = await bad_state(t, op)
             elif status == 413:
                 response = await too_large(t, op)
+            elif status == 415:
+                response = await not_json(t, op)
             elif status == 500:
                 request = await make_request(t)
                 async with broken(db):

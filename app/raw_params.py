@@ -1,0 +1,62 @@
+"""Checks of path and query parameters on the raw URL, before Litestar's decoded view.
+
+The server decodes `%FF` into U+FFFD, so `/brands/%FF` and `/brands/%FE` would both name
+the brand "\ufffd"; and msgspec converts `limit=1e2` to 100. Both are refused here with
+the 400 that names the parameter, like every other bound of a parameter.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes
+
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from app.errors import InvalidInput
+
+INTEGER_QUERY_PARAMETERS = frozenset({"limit"})
+"""Query parameters of integer type: decimal digits only."""
+
+
+def raw_params_middleware(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":  # type: ignore[comparison-overlap]
+            problems = {**_path_problems(scope), **_query_problems(scope)}
+            if problems:
+                raise InvalidInput("a parameter of the request is not valid", problems)
+        await app(scope, receive, send)
+
+    return middleware
+
+
+def _path_problems(scope: Scope) -> dict[str, str]:
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    if _is_utf8(raw_path):
+        return {}
+    # Routed: the template's segments line up with the raw path's (`%2F` stays encoded).
+    template = scope.get("path_template", "").split("/")
+    return {
+        f"path.{name[1:-1].split(':')[0]}": "not valid UTF-8"
+        for name, segment in zip(template, raw_path.split(b"/"), strict=False)
+        if name.startswith("{") and not _is_utf8(segment)
+    } or {"path": "not valid UTF-8"}
+
+
+def _query_problems(scope: Scope) -> dict[str, str]:
+    problems = {}
+    for pair in scope.get("query_string", b"").split(b"&"):
+        raw_name, _, raw_value = pair.partition(b"=")
+        name = unquote_to_bytes(raw_name.replace(b"+", b" ")).decode("utf-8", "replace")
+        if not (_is_utf8(raw_name) and _is_utf8(raw_value)):
+            problems[f"query.{name}"] = "not valid UTF-8"
+        elif name in INTEGER_QUERY_PARAMETERS and not unquote_to_bytes(raw_value).isdigit():
+            problems[f"query.{name}"] = "must be written in decimal digits"
+    return problems
+
+
+def _is_utf8(raw: bytes) -> bool:
+    """Whether the percent-encoded `raw` decodes to UTF-8."""
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
