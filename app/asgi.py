@@ -17,6 +17,7 @@ from app.dependencies import provide_connection
 from app.error_handlers import EXCEPTION_HANDLERS
 from app.logs import configure_logging
 from app.metrics import metrics, metrics_middleware
+from app.openapi import complete_document
 from app.pagination import cursor_key
 from app.request_id import request_id_middleware, send_request_id
 from app.routes.campaigns import CampaignController
@@ -53,6 +54,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[CampaignController, SuppressionController, healthz, readyz, metrics],
         lifespan=[lifespan],
+        on_startup=[
+            lambda app: complete_document(
+                app.openapi_schema, max_recipients=settings.publish_max_recipients
+            )
+        ],
         on_app_init=[build_jwt_auth(settings).on_app_init],
         middleware=[request_id_middleware, metrics_middleware],
         before_send=[send_request_id],

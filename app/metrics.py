@@ -1,6 +1,6 @@
 """Prometheus metrics of the web process: `GET /metrics` (text format, no token).
 
-Requests are labelled by route *template* (`/v1/messaging/campaigns/{campaign_id}`), never
+Requests are labelled by route *template* (`/v1/messaging/campaigns/{id}`), never
 by raw path, so that ids do not blow up the series. Queue figures are read from the
 database at scrape time (ops_queue_depth) with a short timeout: a scrape never hangs on a
 database that is away, it only lacks those series (and says so in

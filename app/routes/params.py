@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from litestar.openapi.spec.enums import OpenAPIType
 from litestar.params import HeaderParameter, PathParameter, QueryParameter
 
 from app.idempotency import HEADER as IDEMPOTENCY_KEY
@@ -77,7 +78,13 @@ IdempotencyKeyHeader = Annotated[
         name=IDEMPOTENCY_KEY,
         # Bounded by app.idempotency.parse_key, which names the header in its 400; a
         # `max_length` here would make Litestar name the Python parameter instead.
-        schema_extra={"minLength": 1, "maxLength": MAX_KEY_LENGTH + 2},  # + SF quotes
+        # A string when sent (not the `null` of the Python default); + 2: the SF quotes.
+        schema_extra={
+            "oneOf": None,
+            "type": OpenAPIType.STRING,
+            "minLength": 1,
+            "maxLength": MAX_KEY_LENGTH + 2,
+        },
         description="Makes a retry safe: a repeat with the same body within 24 h returns "
         f"the original run (202) and creates nothing; with another body it is a 422. "
         f'1 to {MAX_KEY_LENGTH} printable ASCII characters, bare or as a quoted string ("...").',

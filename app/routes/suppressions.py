@@ -29,7 +29,7 @@ class SuppressionController(Controller):
     tags = ["suppressions"]  # noqa: RUF012 - Litestar declares it as a list
     middleware = [raw_params_middleware]  # noqa: RUF012
 
-    @get(**access(READ, 400))
+    @get(operation_id="listSuppressions", **access(READ, 400))
     async def index(
         self,
         request: AuthRequest,
@@ -51,7 +51,7 @@ class SuppressionController(Controller):
             cursor_key=state.cursor_key,
         )
 
-    @get("/{recipient:str}", **access(READ, 400, 404))
+    @get("/{recipient:str}", operation_id="readSuppression", **access(READ, 400, 404))
     async def read(
         self, request: AuthRequest, conn: Conn, brand_id: BrandPath, recipient: RecipientPath
     ) -> Suppression:
@@ -62,6 +62,7 @@ class SuppressionController(Controller):
         "/{recipient:str}",
         dto=MsgspecJSON[SuppressionPut],
         return_dto=None,
+        operation_id="putSuppression",
         **access(WRITE, 400, 413, 415),
     )
     async def put(
@@ -77,7 +78,12 @@ class SuppressionController(Controller):
         worker compare addresses normalised (e-mail lower-cased); so is the one kept."""
         return await put_suppression(conn, brand_id, recipient, data.reason, request.auth)
 
-    @delete("/{recipient:str}", status_code=204, **access(WRITE, 400, 404))
+    @delete(
+        "/{recipient:str}",
+        status_code=204,
+        operation_id="deleteSuppression",
+        **access(WRITE, 400, 404),
+    )
     async def remove(
         self, request: AuthRequest, conn: Conn, brand_id: BrandPath, recipient: RecipientPath
     ) -> None:

@@ -269,8 +269,8 @@ async def test_ids_limits_cursors_and_keys_are_bounded_and_named(web, http):
     publish = f"{CAMPAIGNS}/{active}/publish"
     body = {"recipients": [{"person_id": "p", "recipient": "a@example.com"}]}
     cases = [
-        ("GET", f"{CAMPAIGNS}/{'a' * 37}", {}, "path.campaign_id"),
-        ("GET", f"{CAMPAIGNS}/%FF", {}, "path.campaign_id"),
+        ("GET", f"{CAMPAIGNS}/{'a' * 37}", {}, "path.id"),
+        ("GET", f"{CAMPAIGNS}/%FF", {}, "path.id"),
         ("GET", f"{CAMPAIGNS}/{active}/runs/{'a' * 3000}", {}, "path.run_id"),
         ("GET", f"{CAMPAIGNS}?limit=1e2", {}, "query.limit"),
         ("GET", f"{CAMPAIGNS}?limit=100.0", {}, "query.limit"),

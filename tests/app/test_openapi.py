@@ -282,15 +282,15 @@ S = f"{BRANDS}/{{brand_id}}/suppressions"
 HAPPY: dict[Op, tuple[int, Callable[[Tour], Awaitable[Request]]]] = {
     ("POST", C): (201, create_req),
     ("GET", C): (200, list_req),
-    ("GET", f"{C}/{{campaign_id}}"): (200, read_req),
-    ("PATCH", f"{C}/{{campaign_id}}"): (200, patch_req),
-    ("POST", f"{C}/{{campaign_id}}/activate"): (200, activate_req),
-    ("POST", f"{C}/{{campaign_id}}/archive"): (200, archive_req),
-    ("POST", f"{C}/{{campaign_id}}/publish"): (202, publish_req),
-    ("GET", f"{C}/{{campaign_id}}/runs"): (200, runs_req),
-    ("GET", f"{C}/{{campaign_id}}/runs/{{run_id}}"): (200, run_req),
-    ("GET", f"{C}/{{campaign_id}}/runs/{{run_id}}/deliveries"): (200, deliveries_req),
-    ("POST", f"{C}/{{campaign_id}}/runs/{{run_id}}/cancel"): (200, cancel_req),
+    ("GET", f"{C}/{{id}}"): (200, read_req),
+    ("PATCH", f"{C}/{{id}}"): (200, patch_req),
+    ("POST", f"{C}/{{id}}/activate"): (200, activate_req),
+    ("POST", f"{C}/{{id}}/archive"): (200, archive_req),
+    ("POST", f"{C}/{{id}}/publish"): (202, publish_req),
+    ("GET", f"{C}/{{id}}/runs"): (200, runs_req),
+    ("GET", f"{C}/{{id}}/runs/{{run_id}}"): (200, run_req),
+    ("GET", f"{C}/{{id}}/runs/{{run_id}}/deliveries"): (200, deliveries_req),
+    ("POST", f"{C}/{{id}}/runs/{{run_id}}/cancel"): (200, cancel_req),
     ("GET", S): (200, suppressions_req),
     ("GET", f"{S}/{{recipient}}"): (200, suppression_req),
     ("PUT", f"{S}/{{recipient}}"): (200, put_suppression_req),
@@ -312,7 +312,7 @@ async def not_found(t: Tour, op: Op) -> Any:
         return await t.send(op, with_url(request, request["url"].replace("@", "-gone@")))
     theirs = await t.campaign(brand="brand-b")
     url = request["url"].split("/")
-    url[4] = theirs["id"]  # /v1/messaging/campaigns/{campaign_id}/...
+    url[4] = theirs["id"]  # /v1/messaging/campaigns/{id}/...
     return await t.send(op, with_url(request, "/".join(url)))
 
 
@@ -329,7 +329,7 @@ async def bad_request(t: Tour, op: Op) -> Any:
     if "json" in request:
         return await t.send(op, {**request, "json": {"name": ""}})
     url = request["url"].split("/")
-    url[-1 if path.endswith("_id}") else -2] = "%FF"  # the last id: not UTF-8
+    url[-1 if path.endswith("id}") else -2] = "%FF"  # the last id: not UTF-8
     return await t.send(op, with_url(request, "/".join(url)))
 
 
@@ -381,9 +381,9 @@ async def foreign_brand(t: Tour, op: Op) -> Any:
 
 
 SPECIFIC: dict[tuple[str, str, int], Callable[[Tour, Op], Awaitable[Any]]] = {
-    ("POST", f"{C}/{{campaign_id}}/publish", 409): publish_in_flight,
-    ("POST", f"{C}/{{campaign_id}}/publish", 422): publish_key_reused,
-    ("POST", f"{C}/{{campaign_id}}/runs/{{run_id}}/cancel", 412): cancel_twice,
+    ("POST", f"{C}/{{id}}/publish", 409): publish_in_flight,
+    ("POST", f"{C}/{{id}}/publish", 422): publish_key_reused,
+    ("POST", f"{C}/{{id}}/runs/{{run_id}}/cancel", 412): cancel_twice,
 }
 
 
@@ -414,7 +414,7 @@ async def test_every_documented_response_is_what_the_route_answers(tour_client, 
 
         # Every route that takes a campaign id answers 404 for another brand's: that
         # is tried whether or not it is documented, and then must be.
-        tried = documented | ({404} if "{campaign_id}" in op[1] else set())
+        tried = documented | ({404} if "{id}" in op[1] else set())
         for status in sorted(tried - {success}):
             specific = SPECIFIC.get((*op, status))
             if specific is not None:
