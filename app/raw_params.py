@@ -1,8 +1,12 @@
 """Checks of path and query parameters on the raw URL, before Litestar's decoded view.
 
 The server decodes `%FF` into U+FFFD, so `/brands/%FF` and `/brands/%FE` would both name
-the brand "\ufffd"; and msgspec converts `limit=1e2` to 100. Both are refused here with
-the 400 that names the parameter, like every other bound of a parameter.
+the brand "\ufffd"; msgspec converts `limit=1e2` to 100; and a query parameter given twice
+reaches Litestar as a list, which it let through unchecked (`status=x&status=x` listed
+every status), and the value `null` as absent (`status=null` listed every status too).
+All are refused here with the 400 that names the parameter, like every other bound of a
+parameter. Every query parameter of this API is a single value, and none is ever `null`
+(a brand literally named "null" cannot be a filter: refused rather than widened).
 """
 
 from __future__ import annotations
@@ -43,11 +47,17 @@ def _path_problems(scope: Scope) -> dict[str, str]:
 
 def _query_problems(scope: Scope) -> dict[str, str]:
     problems = {}
+    seen = set()
     for pair in scope.get("query_string", b"").split(b"&"):
         raw_name, _, raw_value = pair.partition(b"=")
         name = unquote_to_bytes(raw_name.replace(b"+", b" ")).decode("utf-8", "replace")
+        if name in seen and name:
+            problems[f"query.{name}"] = "given more than once"
+        seen.add(name)
         if not (_is_utf8(raw_name) and _is_utf8(raw_value)):
             problems[f"query.{name}"] = "not valid UTF-8"
+        elif unquote_to_bytes(raw_value.replace(b"+", b" ")) == b"null":
+            problems[f"query.{name}"] = "null is no value: leave the parameter out"
         elif name in INTEGER_QUERY_PARAMETERS and not unquote_to_bytes(raw_value).isdigit():
             problems[f"query.{name}"] = "must be written in decimal digits"
     return problems

@@ -14,8 +14,10 @@ from litestar.openapi.spec.enums import OpenAPIType
 from litestar.params import HeaderParameter, PathParameter, QueryParameter
 
 from app.idempotency import HEADER as IDEMPOTENCY_KEY
+from app.idempotency import KEY_PATTERN as IDEMPOTENCY_KEY_PATTERN
 from app.idempotency import MAX_KEY_LENGTH
 from app.pagination import MAX_LIMIT
+from app.recipients import ADDRESS_PATTERN
 from app.schemas import ADDRESS_LENGTH, BRAND_ID_LENGTH, BRAND_ID_PATTERN
 
 Limit = Annotated[
@@ -52,6 +54,8 @@ RecipientPath = Annotated[
     PathParameter(
         min_length=ADDRESS_LENGTH[0],
         max_length=ADDRESS_LENGTH[1],
+        # Checked by app.suppressions.suppression_address, which names `path.recipient`.
+        schema_extra={"pattern": ADDRESS_PATTERN},
         description="An e-mail address or an E.164 phone number (`+` and 2 to 15 digits).",
     ),
 ]
@@ -84,6 +88,7 @@ IdempotencyKeyHeader = Annotated[
             "type": OpenAPIType.STRING,
             "minLength": 1,
             "maxLength": MAX_KEY_LENGTH + 2,
+            "pattern": IDEMPOTENCY_KEY_PATTERN,
         },
         description="Makes a retry safe: a repeat with the same body within 24 h returns "
         f"the original run (202) and creates nothing; with another body it is a 422. "

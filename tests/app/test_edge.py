@@ -7,9 +7,9 @@ import asyncio
 import json
 import socket
 import statistics
-import threading
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import httpx
@@ -38,60 +38,80 @@ def assert_no_traceback(web: WebProcess) -> None:
 
 # Header bombs
 
-BOMB = b"a" * (64 << 20)  # 64 MiB: one header value, sent by each of 4 clients
-
-
-def header_bomb(port: int) -> tuple[str, float]:
-    """Sends a request whose one header is 64 MiB: (how the server answered, seconds)."""
+BOMBER = """
+import socket, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+bomb = b"a" * (64 << 20)  # one header value of 64 MiB
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
     started = time.perf_counter()
-    with socket.create_connection((HOST, port), timeout=60) as sock:
+    with socket.socket() as sock:
+        # A small send buffer: the client tries to send all 64 MiB, but does not spend
+        # this machine's CPU copying megabytes into the kernel that the server never reads.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.settimeout(60)
+        sock.connect(("127.0.0.1", port))
         try:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bomb: ")
-            sock.sendall(BOMB)
-            sock.sendall(b"\r\n\r\n")
-            answer = sock.recv(64).split(b"\r\n")[0].decode()
+            sock.sendall(b"GET /healthz HTTP/1.1\\r\\nHost: x\\r\\nX-Bomb: ")
+            sock.sendall(bomb)
+            sock.sendall(b"\\r\\n\\r\\n")
+            answer = sock.recv(64).split(b"\\r\\n")[0].decode()
         except (ConnectionResetError, BrokenPipeError):
             answer = "connection reset"
-    return answer, time.perf_counter() - started
+    print(f"{time.perf_counter() - started:.3f} {answer}", flush=True)
+"""
+
+
+async def healthz_latencies(http: httpx.AsyncClient, until: Callable[[], bool]) -> list[float]:
+    latencies = []
+    while not until():
+        started = time.perf_counter()
+        response = await http.get("/healthz")
+        latencies.append(time.perf_counter() - started)
+        assert response.status_code == 200
+        await asyncio.sleep(0.01)
+    return latencies
 
 
 async def test_header_bombs_are_refused_and_healthz_stays_fast_beside_them(web):
     port = urlsplit(web.url).port
-    assert port is not None
-    rss_before = web.peak_rss_mb()
-    bombs: list[tuple[str, float]] = []
-    stop = threading.Event()
-
-    def bomber() -> None:
-        while not stop.is_set():
-            bombs.append(header_bomb(port))
-
-    threads = [threading.Thread(target=bomber) for _ in range(4)]
-    latencies: list[float] = []
     async with httpx.AsyncClient(base_url=web.url, timeout=30) as http:
-        for thread in threads:
-            thread.start()
-        try:
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline:
-                started = time.perf_counter()
-                response = await http.get("/healthz")
-                latencies.append(time.perf_counter() - started)
-                assert response.status_code == 200
-                await asyncio.sleep(0.01)
-        finally:
-            stop.set()
-            for thread in threads:
-                await asyncio.to_thread(thread.join)
+        # The baseline, in the same run: this machine is shared, and its noise is not
+        # what this test is about.
+        quiet_until = time.monotonic() + 3
+        quiet = await healthz_latencies(http, lambda: time.monotonic() > quiet_until)
+        rss_before = web.peak_rss_mb()
+        # 4 clients, each in its own process (so that they do not slow this one's probe),
+        # sending one 64 MiB header after another for 3 s.
+        bombers = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", BOMBER, str(port), "3", stdout=asyncio.subprocess.PIPE
+            )
+            for _ in range(4)
+        ]
+        bombed = await healthz_latencies(
+            http, lambda: all(bomber.returncode is not None for bomber in bombers)
+        )
+    bombs = [
+        (float(seconds), answer)
+        for bomber in bombers
+        for seconds, _, answer in (
+            line.partition(" ") for line in (await bomber.communicate())[0].decode().splitlines()
+        )
+    ]
 
-    p99 = statistics.quantiles(latencies, n=100)[98]
-    assert p99 < 0.050, f"/healthz p99 {p99 * 1000:.1f} ms beside header bombs"
+    p99, quiet_p99 = (statistics.quantiles(values, n=100)[98] for values in (bombed, quiet))
+    # Under 50 ms more than without bombs (httptools: seconds more). On a quiet machine
+    # quiet_p99 is a few ms: docs/performance.md quotes bench/headers.py.
+    assert p99 < quiet_p99 + 0.050, (
+        f"/healthz p99 {p99 * 1000:.1f} ms, alone {quiet_p99 * 1000:.1f}"
+    )
     assert len(bombs) >= 4
-    answers = {answer for answer, _ in bombs}
+    answers = {answer for _, answer in bombs}
     # Refused at the limit: the server closes with most of the 64 MiB unread, so the
     # client's send fails (reset) unless it reads the 431 first.
     assert answers <= {"HTTP/1.1 431 ", "connection reset"}, answers
-    assert max(seconds for _, seconds in bombs) < 5
+    assert max(seconds for seconds, _ in bombs) < 5
     assert web.peak_rss_mb() - rss_before < 50
 
 
