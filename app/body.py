@@ -69,7 +69,7 @@ def decode_json(content_type: str | None, body: bytes, type_: type[T]) -> T:
 def nested_deeper_than(body: bytes, levels: int) -> bool:
     """Whether the JSON text `body` nests arrays and objects more than `levels` deep.
 
-    Fast path, about 1 ms for a 7 MB publish: the brackets alone, innermost pairs removed
+    Fast path, 2.5 ms for a 7 MB publish: the brackets alone, innermost pairs removed
     pass after pass (a pass removes one or two levels); empty within `levels / 2` passes
     means shallow enough. Otherwise (deep, unbalanced, or brackets inside strings) the
     exact depth of the brackets outside strings is computed.
