@@ -16,8 +16,9 @@ DeliveryStatus = Literal["pending", "sent", "failed", "skipped"]
 SuppressionReason = Literal["unsubscribed", "bounced", "complained", "manual"]
 
 BRAND_ID_LENGTH = (1, 100)
-BRAND_ID_PATTERN = r"^(?:[^*]|\*[\s\S])"
-"""Anything but the literal `*`, which in a token's `brands` means every brand."""
+BRAND_ID_PATTERN = r"^(?:[^*\x00]|\*[^\x00])[^\x00]*$"
+"""Anything but the literal `*` (in a token's `brands`, every brand) and NUL (which
+PostgreSQL cannot store)."""
 ADDRESS_LENGTH = (1, 320)
 
 PersonId = Annotated[str, Meta(min_length=1, max_length=256)]
@@ -29,7 +30,7 @@ BrandId = Annotated[
         min_length=BRAND_ID_LENGTH[0],
         max_length=BRAND_ID_LENGTH[1],
         pattern=BRAND_ID_PATTERN,
-        description="1 to 100 characters; not `*`.",
+        description="1 to 100 characters; not `*`, no NUL.",
     ),
 ]
 Subject = Annotated[str, Meta(min_length=1, max_length=998)]

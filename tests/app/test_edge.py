@@ -217,18 +217,19 @@ async def test_nesting_up_to_the_bound_is_decoded_and_one_more_level_is_not(web,
 # Parameters
 
 
-BAD_BRANDS = {
-    "101 characters": "b" * 101,
-    "3,000 characters": "b" * 3000,
-    "invalid UTF-8 %FF": "%FF",
-    "invalid UTF-8 %FE": "%FE",
-    "the literal *": "*",
-    "the literal * escaped": "%2A",
+BAD_BRANDS = {  # what: (in a URL, in a JSON body or None)
+    "101 characters": ("b" * 101, "b" * 101),
+    "3,000 characters": ("b" * 3000, "b" * 3000),
+    "invalid UTF-8 %FF": ("%FF", None),  # JSON text has no percent escapes
+    "invalid UTF-8 %FE": ("%FE", None),
+    "the literal *": ("*", "*"),
+    "the literal * escaped": ("%2A", None),
+    "a NUL": ("a%00b", "a\x00b"),
 }
 
 
 async def test_a_bad_brand_is_a_400_naming_it_on_every_brand_route_and_filter(web, http, db):
-    for what, brand in BAD_BRANDS.items():
+    for what, (brand, in_body) in BAD_BRANDS.items():
         suppression = f"{BRANDS}/{brand}/suppressions"
         requests = [
             ("GET", suppression, None, "path.brand_id"),
@@ -243,8 +244,8 @@ async def test_a_bad_brand_is_a_400_naming_it_on_every_brand_route_and_filter(we
             error = response.json()
             assert error["error"] == "validation_error"
             assert list(error["details"]) == [parameter], (what, method, error)
-        if not brand.startswith("%"):  # a body is JSON text: it has no percent escapes
-            response = await http.post(CAMPAIGNS, json={**CAMPAIGN, "brand_id": brand})
+        if in_body is not None:
+            response = await http.post(CAMPAIGNS, json={**CAMPAIGN, "brand_id": in_body})
             assert response.status_code == 400, (what, response.text[:300])
             assert list(response.json()["details"]) == ["$.brand_id"]
 
