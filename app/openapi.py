@@ -11,6 +11,7 @@ come from settings.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Any, TypedDict
 
@@ -171,6 +172,13 @@ def complete_document(openapi: OpenAPI, *, max_recipients: int) -> None:
         for method in _METHODS
         if isinstance(item, PathItem) and (operation := getattr(item, method)) is not None
     ]
+    components = (openapi.components.schemas or {}) if openapi.components else {}
+    _add_request_ids_and_links(operations)
+    _simplify(operations, components)
+    _state_limits(components, max_recipients=max_recipients)
+
+
+def _add_request_ids_and_links(operations: list[tuple[str, Operation]]) -> None:
     for _, operation in operations:
         for status, response in (operation.responses or {}).items():
             if isinstance(response, Reference):
@@ -179,18 +187,26 @@ def complete_document(openapi: OpenAPI, *, max_recipients: int) -> None:
             target = _linked_schema(response) if status.startswith("2") else None
             if target is not None:
                 response.links = _links(target, operations, exclude=operation)
+
+
+def _simplify(operations: list[tuple[str, Operation]], components: dict[str, Schema]) -> None:
     for _, operation in operations:
         for parameter in operation.parameters or []:
             if isinstance(parameter, Parameter) and isinstance(parameter.schema, Schema):
                 # Optional in a query or a header means absent, never `null`.
                 parameter.schema = _simplified(parameter.schema, drop_null=True)
-    components = (openapi.components.schemas or {}) if openapi.components else {}
     for schema in components.values():
-        for name, field in (schema.properties or {}).items():
+        properties = schema.properties or {}
+        for name, field in properties.items():
             if isinstance(field, Schema):
-                schema.properties[name] = _simplified(field, drop_null=False)  # type: ignore[index]
-    recipients = components["PublishRequest"].properties["recipients"]  # type: ignore[index]
-    recipients.min_items, recipients.max_items = 1, max_recipients  # type: ignore[union-attr]
+                properties[name] = _simplified(field, drop_null=False)
+
+
+def _state_limits(components: dict[str, Schema], *, max_recipients: int) -> None:
+    """Limits that come from settings, or from Struct options Litestar does not render."""
+    recipients = (components["PublishRequest"].properties or {})["recipients"]
+    if isinstance(recipients, Schema):
+        recipients.min_items, recipients.max_items = 1, max_recipients
     for name, struct in vars(schemas).items():
         closed = isinstance(struct, type) and issubclass(struct, msgspec.Struct)
         if closed and struct.__struct_config__.forbid_unknown_fields and name in components:
@@ -234,6 +250,8 @@ def _linked_schema(response: Any) -> str | None:
 def _links(
     schema: str, operations: list[tuple[str, Operation]], *, exclude: Operation
 ) -> dict[str, Link | Reference]:
+    """Links to the operations at or below the schema's path that take exactly the
+    parameters the link gives (so a campaign does not lead to a run's operations)."""
     prefix, parameters = LINKED[schema]
     return {
         operation.operation_id: Link(operation_id=operation.operation_id, parameters=parameters)
@@ -241,5 +259,5 @@ def _links(
         if operation is not exclude
         and operation.operation_id
         and (path == prefix or path.startswith(f"{prefix}/"))
-        and (schema == "Run" or "{run_id}" not in path)
+        and set(re.findall(r"\{(\w+)\}", path)) == set(parameters)
     }
