@@ -326,3 +326,26 @@ async def test_metrics_content_type_names_its_charset_once(http):
     assert response.status_code == 200
     assert response.headers["content-type"].lower().count("charset") == 1
     assert response.headers["content-type"].startswith("text/plain; version=")
+
+
+async def test_a_cursor_is_bound_to_the_brands_of_the_token_it_was_issued_to(web):
+    async with httpx.AsyncClient(base_url=web.url, timeout=30) as http:
+        for brand in ("pb1", "pb1", "pb2", "pb2"):
+            headers = bearer(brands=[brand])
+            response = await http.post(
+                CAMPAIGNS, json={**CAMPAIGN, "brand_id": brand}, headers=headers
+            )
+            assert response.status_code == 201
+        first = await http.get(CAMPAIGNS, params={"limit": 1}, headers=bearer(brands=["pb1"]))
+        cursor = first.json()["next_cursor"]
+
+        mine = await http.get(CAMPAIGNS, params={"cursor": cursor}, headers=bearer(brands=["pb1"]))
+        theirs = await http.get(
+            CAMPAIGNS, params={"cursor": cursor}, headers=bearer(brands=["pb2"])
+        )
+        everyone = await http.get(CAMPAIGNS, params={"cursor": cursor}, headers=EVERY_BRAND)
+
+    assert mine.status_code == 200 and len(mine.json()["items"]) == 1
+    for response in (theirs, everyone):
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid_cursor"
