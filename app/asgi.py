@@ -22,7 +22,7 @@ from app.feedback import load_sendgrid_key
 from app.jwks import JwksKeys
 from app.logs import configure_logging
 from app.metrics import metrics, metrics_middleware
-from app.openapi import SECURITY_SCHEMES
+from app.openapi import SECURITY_SCHEMES, complete_document
 from app.pagination import cursor_key
 from app.request_id import request_id_middleware, send_request_id
 from app.routes.campaigns import CampaignController
@@ -88,6 +88,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             metrics,
         ],
         lifespan=[lifespan],
+        on_startup=[
+            lambda app: complete_document(
+                app.openapi_schema, max_recipients=settings.publish_max_recipients
+            )
+        ],
         on_app_init=[build_jwt_auth(settings, jwks).on_app_init, _outermost_tracing],
         middleware=[request_id_middleware, metrics_middleware],
         before_send=[send_request_id],

@@ -10,7 +10,7 @@ from msgspec import UNSET
 
 from app.auth import AccessToken
 from app.errors import BadState, ForbiddenBrand, InvalidInput, NotFound
-from app.pagination import decode_cursor, split_page
+from app.pagination import decode_cursor, listing_of, split_page
 from app.schemas import Campaign, CampaignCreate, CampaignPage, CampaignUpdate
 from db.campaigns import CampaignRepository, Lock
 
@@ -79,7 +79,7 @@ async def list_campaigns(
         brands: list[str] | None = [brand_id]
     else:
         brands = None if caller.all_brands else list(caller.brands)
-    listing = ("campaigns", brand_id, status)
+    listing = listing_of(caller.brands, "campaigns", brand_id, status)
     after = decode_cursor(cursor_key, listing, cursor, tuple[datetime, UUID]) if cursor else None
     if brands == []:
         return CampaignPage(items=[], next_cursor=None)

@@ -32,6 +32,8 @@ MAX_KEY_LENGTH = 255
 # which we accept when it is visible ASCII without quotes.
 _SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
 _BARE = re.compile(r"[\x21\x23-\x7e]+")
+KEY_PATTERN = f"^(?:{_SF_STRING.pattern}|{_BARE.pattern})$"
+"""The header's syntax as a JSON Schema (ECMA 262) pattern; its length is bounded apart."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Prometheus metrics of the web process: `GET /metrics` (text format, no token).
 
-Requests are labelled by route *template* (`/v1/messaging/campaigns/{campaign_id}`), never
+Requests are labelled by route *template* (`/v1/messaging/campaigns/{id}`), never
 by raw path, so that ids do not blow up the series. Queue figures are read from the
 database at scrape time (ops_queue_depth) with a short timeout: a scrape never hangs on a
 database that is away, it only lacks those series (and says so in
@@ -120,4 +120,6 @@ async def refresh_queue_metrics(pool: asyncpg.Pool) -> None:
 async def metrics(state: State) -> Response[bytes]:
     """Prometheus text format: this process's counters and the queue read from the database."""
     await refresh_queue_metrics(state.pool)
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    # Litestar appends the charset to a text/ media type itself.
+    media_type = CONTENT_TYPE_LATEST.removesuffix("; charset=utf-8")
+    return Response(generate_latest(REGISTRY), media_type=media_type)

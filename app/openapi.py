@@ -1,27 +1,38 @@
-"""What the OpenAPI document says about access and errors, declared once per route.
+"""What the OpenAPI document says about access and errors, declared once per route, and
+what it says about the whole API, added once the document is built.
 
 Litestar derives paths, parameters, bodies and success responses from the handlers.
-`access()` adds the rest: the guard of the scope a route needs and that scope in the
-document, and every error status the route can answer, each with the `Error` body.
+`access()` adds the rest of an operation: the guard of the scope a route needs and that
+scope in the document, and every error status the route can answer, each with the
+`Error` body. `complete_document()` adds what spans operations: links from a campaign or
+a run to the operations on it, the `X-Request-ID` of every response, and the limits that
+come from settings.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any, TypedDict
 
+import msgspec
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import (
     Example,
+    Link,
+    OpenAPI,
     OpenAPIHeader,
     Operation,
+    Parameter,
+    PathItem,
     Reference,
     Schema,
     SecurityScheme,
 )
-from litestar.openapi.spec.enums import OpenAPIType
+from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.types import Guard
 
+from app import schemas
 from app.auth import BEARER_SCHEME, requires
 from app.schemas import Error
 
@@ -59,6 +70,13 @@ ERRORS: dict[int, tuple[str, str]] = {
 _ALWAYS = (401, 403, 500, 503)  # every route behind a bearer token
 
 _HEADERS: dict[str, dict[str, OpenAPIHeader]] = {
+    "202": {  # every 202 of this API is a queued run
+        "Location": OpenAPIHeader(
+            schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.URI_REFERENCE),
+            required=True,
+            description="Path of the run: `/v1/messaging/campaigns/{id}/runs/{run_id}`.",
+        )
+    },
     "401": {
         "WWW-Authenticate": OpenAPIHeader(
             schema=Schema(type=OpenAPIType.STRING), description="`Bearer`"
@@ -74,12 +92,15 @@ _HEADERS: dict[str, dict[str, OpenAPIHeader]] = {
             schema=Schema(type=OpenAPIType.INTEGER), description="Seconds to wait."
         )
     },
-    "500": {
-        "X-Request-ID": OpenAPIHeader(
-            schema=Schema(type=OpenAPIType.STRING), description="Quote it when reporting."
-        )
-    },
 }
+
+REQUEST_ID = OpenAPIHeader(
+    schema=Schema(type=OpenAPIType.STRING),
+    required=True,
+    description="The request's id: the caller's `X-Request-ID` if it sent one of 1 to 128 "
+    "characters `A-Za-z0-9._:-`, else a new one. Every log line of the request has it; "
+    "quote it when reporting a failure.",
+)
 
 
 class Access(TypedDict):
@@ -183,3 +204,115 @@ def _is_error_body(response: Any) -> bool:
     are built); Litestar's defaults inline a schema of their own."""
     content = getattr(response, "content", None) or {}
     return bool(content) and all(isinstance(m.schema, Reference) for m in content.values())
+
+
+# Links: a response holding a campaign or a run leads to the operations on it, matched by
+# path, so that an operation added under `/campaigns/{id}` or `/runs/{run_id}` (say
+# `POST .../runs/{run_id}/retry`) is linked without a line here.
+CAMPAIGN_PATH = "/v1/messaging/campaigns/{id}"
+RUN_PATH = f"{CAMPAIGN_PATH}/runs/{{run_id}}"
+LINKED: dict[str, tuple[str, dict[str, str]]] = {
+    # response schema: (path of the operations it leads to, their parameters from it)
+    "Campaign": (CAMPAIGN_PATH, {"id": "$response.body#/id"}),
+    "Run": (RUN_PATH, {"id": "$response.body#/campaign_id", "run_id": "$response.body#/id"}),
+}
+_METHODS = ("get", "put", "post", "patch", "delete")
+
+
+def complete_document(openapi: OpenAPI, *, max_recipients: int) -> None:
+    """Adds to the built document what no single handler declares."""
+    operations = [
+        (path, operation)
+        for path, item in (openapi.paths or {}).items()
+        for method in _METHODS
+        if isinstance(item, PathItem) and (operation := getattr(item, method)) is not None
+    ]
+    components = (openapi.components.schemas or {}) if openapi.components else {}
+    _add_request_ids_and_links(operations)
+    _simplify(operations, components)
+    _state_limits(components, max_recipients=max_recipients)
+
+
+def _add_request_ids_and_links(operations: list[tuple[str, Operation]]) -> None:
+    for _, operation in operations:
+        for status, response in (operation.responses or {}).items():
+            if isinstance(response, Reference):
+                continue
+            response.headers = {**(response.headers or {}), "X-Request-ID": REQUEST_ID}
+            target = _linked_schema(response) if status.startswith("2") else None
+            if target is not None:
+                response.links = _links(target, operations, exclude=operation)
+
+
+def _simplify(operations: list[tuple[str, Operation]], components: dict[str, Schema]) -> None:
+    for _, operation in operations:
+        for parameter in operation.parameters or []:
+            if isinstance(parameter, Parameter) and isinstance(parameter.schema, Schema):
+                # Optional in a query or a header means absent, never `null`.
+                parameter.schema = _simplified(parameter.schema, drop_null=True)
+    for schema in components.values():
+        properties = schema.properties or {}
+        for name, field in properties.items():
+            if isinstance(field, Schema):
+                properties[name] = _simplified(field, drop_null=False)
+
+
+def _state_limits(components: dict[str, Schema], *, max_recipients: int) -> None:
+    """Limits that come from settings, or from Struct options Litestar does not render."""
+    recipients = (components["PublishRequest"].properties or {})["recipients"]
+    if isinstance(recipients, Schema):
+        recipients.min_items, recipients.max_items = 1, max_recipients
+    for name, struct in vars(schemas).items():
+        closed = isinstance(struct, type) and issubclass(struct, msgspec.Struct)
+        if closed and struct.__struct_config__.forbid_unknown_fields and name in components:
+            components[name].additional_properties = False
+
+
+def _simplified(schema: Schema, *, drop_null: bool) -> Schema:
+    """`schema` without a `oneOf` of one member (Litestar's rendering of `T | UNSET`),
+    and without its `null` alternative if `drop_null`."""
+    null = OpenAPIType.NULL
+    if isinstance(schema.type, list) and drop_null and null in schema.type:
+        (kind,) = [t for t in schema.type if t != null]
+        enum = [v for v in schema.enum or [] if v is not None] or None
+        return replace(schema, type=kind, enum=enum)
+    members = [
+        m
+        for m in schema.one_of or []
+        if not (drop_null and isinstance(m, Schema) and m.type == null)
+    ]
+    member = members[0] if len(members) == 1 else None
+    if not isinstance(member, Schema):
+        return schema
+    return replace(
+        schema,
+        one_of=None,
+        type=member.type,
+        enum=member.enum or schema.enum,
+        format=member.format or schema.format,
+    )
+
+
+def _linked_schema(response: Any) -> str | None:
+    for media in (getattr(response, "content", None) or {}).values():
+        if isinstance(media.schema, Reference):
+            name = media.schema.ref.rsplit("/", 1)[-1]
+            if name in LINKED:
+                return name
+    return None
+
+
+def _links(
+    schema: str, operations: list[tuple[str, Operation]], *, exclude: Operation
+) -> dict[str, Link | Reference]:
+    """Links to the operations at or below the schema's path that take exactly the
+    parameters the link gives (so a campaign does not lead to a run's operations)."""
+    prefix, parameters = LINKED[schema]
+    return {
+        operation.operation_id: Link(operation_id=operation.operation_id, parameters=parameters)
+        for path, operation in operations
+        if operation is not exclude
+        and operation.operation_id
+        and (path == prefix or path.startswith(f"{prefix}/"))
+        and set(re.findall(r"\{(\w+)\}", path)) == set(parameters)
+    }

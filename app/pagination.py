@@ -2,8 +2,9 @@
 
 A cursor is the sort key of the last row of a page, msgpack-encoded, behind an HMAC that
 also covers the listing it was issued for (which list, whose campaign or run, which
-filters). A cursor that was altered, made up, or issued for another listing fails the
-check and is a 400 `invalid_cursor`. The MAC is not what keeps brands apart: every page
+filters, and the brands of the token it was issued to: `listing_of`). A cursor that was
+altered, made up, or issued for another listing or another brand scope fails the check
+and is a 400 `invalid_cursor`. The MAC is not what keeps brands apart: every page
 query applies the caller's brands again, so a cursor only ever says where to resume.
 """
 
@@ -31,6 +32,12 @@ _MAC_BYTES = 16
 def cursor_key(secret: str) -> bytes:
     """The HMAC key of cursors, derived so that it is never the secret itself."""
     return hmac.new(secret.encode(), b"messaging pagination cursor", hashlib.sha256).digest()
+
+
+def listing_of(brands: Sequence[str], *parts: Any) -> tuple[Any, ...]:
+    """What a cursor is bound to: the listing's `parts` and the caller's brand scope (the
+    token's `brands` as a set, `*` included as it is)."""
+    return (*parts, sorted(set(brands)))
 
 
 def _mac(key: bytes, listing: Sequence[Any], payload: bytes) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import timedelta
 from uuid import UUID
 
 import asyncpg
@@ -15,10 +16,10 @@ from app import tracing
 from app.auth import AccessToken
 from app.campaigns import visible_campaign
 from app.errors import BadState, InvalidInput
-from app.idempotency import IdempotencyKey, claim_key, retry_key
+from app.idempotency import IdempotencyKey, claim_key, parse_key, retry_key
 from app.metrics import PUBLISH_RECIPIENTS
 from app.recipients import normalise_all, skip_reasons
-from app.runs import visible_run
+from app.runs import ensure_deliveries_kept, visible_run
 from app.schemas import Recipient, Run
 from db.ids import uuid7
 from db.pool import DATABASE_AWAY
@@ -149,11 +150,15 @@ async def retry_failed(
     batch_size: int,
     idempotency_key_header: str | None = None,
     pool: asyncpg.Pool | None = None,
+    retention: timedelta | None = None,
 ) -> Run:
     """A new run of the failed deliveries of an ended run (same person_id and recipient,
     in their order), published like any other: skips, suppressions added since and the
     Idempotency-Key apply. The original run is not changed."""
+    if idempotency_key_header is not None:
+        parse_key(idempotency_key_header)  # a malformed request is 400 whatever the run's state
     original = await visible_run(conn, campaign_id, run_id, caller)
+    await ensure_deliveries_kept(conn, original, retention)
     if original["status"] not in ENDED:
         raise BadState(
             f"run is {original['status']}; only an ended run can be retried",

@@ -10,7 +10,7 @@ import asyncpg
 from app.auth import AccessToken
 from app.campaigns import parse_id, visible_campaign
 from app.errors import BadState, Gone, NotFound
-from app.pagination import decode_cursor, split_page
+from app.pagination import decode_cursor, listing_of, split_page
 from app.schemas import Delivery, DeliveryPage, Run, RunPage
 from db.deliveries import DeliveryRepository, delivery_id
 from db.retention import RetentionRepository
@@ -60,13 +60,26 @@ async def list_runs(
 ) -> RunPage:
     """The campaign's runs, newest first."""
     campaign = await visible_campaign(conn, campaign_id, caller)
-    listing = ("runs", str(campaign["id"]))
+    listing = listing_of(caller.brands, "runs", str(campaign["id"]))
     after = decode_cursor(cursor_key, listing, cursor, tuple[datetime, UUID]) if cursor else None
     rows = await RunRepository(conn).page(campaign["id"], after=after, limit=limit + 1)
     page, next_cursor = split_page(
         rows, limit, cursor_key, listing, lambda row: (row["created_at"], row["id"])
     )
     return RunPage(items=[Run(**row) for row in page], next_cursor=next_cursor)
+
+
+async def ensure_deliveries_kept(
+    conn: asyncpg.Connection, run: asyncpg.Record, retention: timedelta | None
+) -> None:
+    """Gone once the run's deliveries are past `retention` (removed, or about to be:
+    jobs/retention.py)."""
+    if await RetentionRepository(conn).deliveries_gone(run["id"], retention):
+        raise Gone(
+            f"the deliveries of run {run['id']} were removed: it ended more than the "
+            "retention period ago; the run and its counters remain",
+            {"completed_at": run["completed_at"].isoformat()},
+        )
 
 
 async def list_deliveries(
@@ -84,13 +97,8 @@ async def list_deliveries(
     """The run's deliveries in the order of the publish request (position). Gone once
     they are past `retention` (removed, or about to be: jobs/retention.py)."""
     run = await visible_run(conn, campaign_id, run_id, caller)
-    if await RetentionRepository(conn).deliveries_gone(run["id"], retention):
-        raise Gone(
-            f"the deliveries of run {run_id} were removed: it ended more than the retention "
-            "period ago; the run and its counters remain",
-            {"completed_at": run["completed_at"].isoformat()},
-        )
-    listing = ("deliveries", str(run["id"]), status)
+    await ensure_deliveries_kept(conn, run, retention)
+    listing = listing_of(caller.brands, "deliveries", str(run["id"]), status)
     after = decode_cursor(cursor_key, listing, cursor, tuple[int])[0] if cursor else -1
     rows = await RunRepository(conn).page_deliveries(
         run["id"], status=status, after=after, limit=limit + 1

@@ -16,10 +16,24 @@ DeliveryStatus = Literal["pending", "sent", "failed", "skipped"]
 SuppressionReason = Literal["unsubscribed", "bounced", "complained", "manual"]
 Outcome = Literal["delivered", "bounced", "complained"]
 
+BRAND_ID_LENGTH = (1, 100)
+BRAND_ID_PATTERN = r"^(?:[^*\x00]|\*[^\x00])[^\x00]*$"
+"""Anything but the literal `*` (in a token's `brands`, every brand) and NUL (which
+PostgreSQL cannot store)."""
+ADDRESS_LENGTH = (1, 320)
+
 PersonId = Annotated[str, Meta(min_length=1, max_length=256)]
-Address = Annotated[str, Meta(min_length=1, max_length=320)]
+Address = Annotated[str, Meta(min_length=ADDRESS_LENGTH[0], max_length=ADDRESS_LENGTH[1])]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
-BrandId = Annotated[str, Meta(min_length=1, max_length=100)]
+BrandId = Annotated[
+    str,
+    Meta(
+        min_length=BRAND_ID_LENGTH[0],
+        max_length=BRAND_ID_LENGTH[1],
+        pattern=BRAND_ID_PATTERN,
+        description="1 to 100 characters; not `*`, no NUL.",
+    ),
+]
 Subject = Annotated[str, Meta(min_length=1, max_length=998)]
 MessageBody = Annotated[str, Meta(min_length=1, max_length=100_000)]
 

@@ -103,6 +103,9 @@ class Settings:
     """Largest recipient list one publish accepts."""
     publish_max_body_bytes: int = 32 * 1024 * 1024
     """Largest request body the web process reads (a 100,000-recipient publish is ~7 MB)."""
+    http_max_header_bytes: int = 32 * 1024
+    """Largest request line plus headers the web process reads (app/http_protocol.py); more
+    is refused with 431 before it costs more. A bearer token is typically under 2 KiB."""
     db_pool_min_size: int = 2
     db_pool_max_size: int = 10
     db_pool_timeout_seconds: float = 5.0
@@ -182,6 +185,9 @@ class Settings:
                 publish_max_recipients=_positive(env, "PUBLISH_MAX_RECIPIENTS", 100_000),
                 publish_max_body_bytes=_positive(
                     env, "PUBLISH_MAX_BODY_BYTES", defaults.publish_max_body_bytes
+                ),
+                http_max_header_bytes=_positive(
+                    env, "HTTP_MAX_HEADER_BYTES", defaults.http_max_header_bytes
                 ),
                 db_pool_min_size=_positive(env, "DB_POOL_MIN_SIZE", 2),
                 db_pool_max_size=_positive(env, "DB_POOL_MAX_SIZE", 10),

@@ -7,7 +7,7 @@ import asyncpg
 from app.auth import AccessToken
 from app.campaigns import require_brand
 from app.errors import InvalidInput, NotFound
-from app.pagination import decode_cursor, split_page
+from app.pagination import decode_cursor, listing_of, split_page
 from app.recipients import channel_of, normalise
 from app.schemas import Suppression, SuppressionPage
 from db.suppressions import SuppressionRepository
@@ -63,7 +63,7 @@ async def list_suppressions(
 ) -> SuppressionPage:
     """The brand's suppressions in address order."""
     require_brand(caller, brand_id)
-    listing = ("suppressions", brand_id, reason)
+    listing = listing_of(caller.brands, "suppressions", brand_id, reason)
     after = decode_cursor(cursor_key, listing, cursor, tuple[str])[0] if cursor else None
     rows = await SuppressionRepository(conn).page(
         brand_id, reason=reason, after=after, limit=limit + 1

@@ -1,9 +1,10 @@
 """Publish through the real HTTP server on localhost, beside a raw COPY baseline.
 
-    python3 -m uv run --frozen python bench/publish.py [--repeat 7]
+    python3 -m uv run --frozen python bench/publish.py [--repeat 7] [--http httptools]
 
 Creates (or reuses) the database `messaging_bench` on the local PostgreSQL, migrates it,
-starts the web process (uvicorn, as in the Procfile) and measures, interleaved so that
+starts the web process (the Procfile's web line; `--http httptools` for the parser used
+before issue 15) and measures, interleaved so that
 both see the same machine noise:
 - baseline: asyncpg `copy_records_to_table` of 100,000 delivery rows into a table of the
   deliveries table's shape (LIKE ... INCLUDING ALL), in one transaction;
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from db.create_database import create_database  # noqa: E402
+from tests.servers import web_command  # noqa: E402
 
 DATABASE_URL = os.environ.get(
     "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/messaging_bench"
@@ -105,7 +107,10 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
-def start_web(extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_web(
+    http: str | None = None, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """The Procfile's web line; `http` swaps its HTTP implementation (see --http)."""
     # Another process on the port would answer the bench instead (and receive its runs).
     with socket.socket() as probe:
         try:
@@ -115,22 +120,7 @@ def start_web(extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes
     env = {**os.environ, "DATABASE_URL": DATABASE_URL, "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING"}
     env.update(extra_env or {})
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.asgi:web",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(PORT),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
+        [*web_command(PORT, http=http), "--log-level", "warning"], cwd=ROOT, env=env
     )
 
 
@@ -224,7 +214,7 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:8.1f} ms"
 
 
-async def main(repeat: int) -> None:
+async def main(repeat: int, http: str | None) -> None:
     await create_database(DATABASE_URL)
     config = Config(str(ROOT / "alembic.ini"))
     config.attributes["database_url"] = DATABASE_URL
@@ -233,7 +223,7 @@ async def main(repeat: int) -> None:
     await conn.execute("DROP TABLE IF EXISTS bench_copy")
     await conn.execute("CREATE TABLE bench_copy (LIKE deliveries INCLUDING ALL)")
 
-    web = start_web()
+    web = start_web(http)
     headers = {"Authorization": f"Bearer {token()}", "Content-Type": "application/json"}
     limits = httpx.Limits(max_connections=16)
     try:
@@ -272,6 +262,7 @@ async def main(repeat: int) -> None:
         await conn.close()
 
     copy_median = statistics.median(results["copy 100000"])
+    print(f"server: {' '.join(web.args[2:-2])}")
     print(f"median of {repeat} (interleaved); machine: {os.cpu_count()} cores")
     for name, values in results.items():
         median = statistics.median(values)
@@ -288,4 +279,10 @@ async def main(repeat: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
-    asyncio.run(main(parser.parse_args().repeat))
+    parser.add_argument(
+        "--http",
+        choices=("h11", "httptools"),
+        help="swap the Procfile's HTTP implementation (httptools: the one before issue 15)",
+    )
+    args = parser.parse_args()
+    asyncio.run(main(args.repeat, args.http))

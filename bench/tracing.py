@@ -238,7 +238,7 @@ async def load_round(
 ) -> tuple[float, float, float, float, int]:
     """p50, p99, throughput and web CPU ms per publish under wrk, and the number of
     publishes answered (warm-up included)."""
-    web = start_web(extra_env)
+    web = start_web(extra_env=extra_env)
     headers = {"Authorization": f"Bearer {token()}", "Content-Type": "application/json"}
     try:
         async with httpx.AsyncClient(base_url=BASE, headers=headers, timeout=60) as client:

@@ -24,6 +24,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from app.asgi import create_app
 from app.settings import Settings
 from db.pool import connect
+from tests.servers import WebProcess, web_process
 from tests.tokens import TEST_SECRET
 
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
@@ -125,3 +126,10 @@ def live_server(settings: Settings) -> Iterator[str]:
     """`serving` the test's settings, with a pool big enough for any test's concurrency."""
     with serving(create_app(replace(settings, db_pool_max_size=40))) as url:
         yield url
+
+
+@pytest.fixture
+async def web(database_url: str) -> AsyncIterator[WebProcess]:
+    """The web process as the Procfile starts it, on the test's database."""
+    async with web_process(database_url) as web:
+        yield web

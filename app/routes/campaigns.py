@@ -6,9 +6,9 @@ from typing import Annotated
 
 import asyncpg
 from litestar import Controller, Request, Response, get, patch, post
-from litestar.datastructures import ResponseHeader, State
+from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import Body, FromPath, FromQuery, SkipValidation
+from litestar.params import Body, FromQuery, SkipValidation
 
 from app.auth import PUBLISH, READ, WRITE, AccessToken
 from app.body import MsgspecJSON
@@ -23,10 +23,10 @@ from app.idempotency import idempotency_key
 from app.openapi import access
 from app.pagination import DEFAULT_LIMIT
 from app.publishing import publish_campaign, retry_failed
-from app.routes.params import Cursor, IdempotencyKeyHeader, Limit
+from app.raw_params import raw_params_middleware
+from app.routes.params import BrandFilter, CampaignId, Cursor, IdempotencyKeyHeader, Limit, RunId
 from app.runs import cancel_run, list_deliveries, list_runs, visible_run
 from app.schemas import (
-    BrandId,
     Campaign,
     CampaignCreate,
     CampaignPage,
@@ -49,21 +49,28 @@ AuthRequest = Request[str, AccessToken, State]
 class CampaignController(Controller):
     path = "/v1/messaging/campaigns"
     tags = ["campaigns"]  # noqa: RUF012 - Litestar declares it as a list
+    middleware = [raw_params_middleware]  # noqa: RUF012
 
-    @post(status_code=201, **access(WRITE, 400, 413))
+    @post(
+        status_code=201,
+        dto=MsgspecJSON[CampaignCreate],
+        return_dto=None,
+        operation_id="createCampaign",
+        **access(WRITE, 400, 413, 415),
+    )
     async def create(
         self, request: AuthRequest, conn: Conn, data: Annotated[CampaignCreate, Body()]
     ) -> Campaign:
         """Create a draft campaign."""
         return await create_campaign(conn, data, request.auth)
 
-    @get(**access(READ, 400))
+    @get(operation_id="listCampaigns", **access(READ, 400))
     async def index(
         self,
         request: AuthRequest,
         conn: Conn,
         state: State,
-        brand_id: FromQuery[BrandId | None] = None,
+        brand_id: BrandFilter = None,
         status: FromQuery[CampaignStatus | None] = None,
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
@@ -79,46 +86,56 @@ class CampaignController(Controller):
             cursor_key=state.cursor_key,
         )
 
-    @get("/{campaign_id:str}", **access(READ, 404))
-    async def read(self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str]) -> Campaign:
-        return Campaign(**await visible_campaign(conn, campaign_id, request.auth))
+    @get("/{id:str}", operation_id="readCampaign", **access(READ, 400, 404))
+    async def read(self, request: AuthRequest, conn: Conn, id: CampaignId) -> Campaign:
+        return Campaign(**await visible_campaign(conn, id, request.auth))
 
-    @patch("/{campaign_id:str}", **access(WRITE, 400, 404, 412, 413))
+    @patch(
+        "/{id:str}",
+        dto=MsgspecJSON[CampaignUpdate],
+        return_dto=None,
+        operation_id="updateCampaign",
+        **access(WRITE, 400, 404, 412, 413, 415),
+    )
     async def update(
         self,
         request: AuthRequest,
         conn: Conn,
-        campaign_id: FromPath[str],
+        id: CampaignId,
         data: Annotated[CampaignUpdate, Body()],
     ) -> Campaign:
         """Change the content of a draft: absent fields stay, `null` clears `sender` or
         `subject`. 412 once the campaign is active or archived."""
-        return await update_campaign(conn, campaign_id, data, request.auth)
+        return await update_campaign(conn, id, data, request.auth)
 
-    @post("/{campaign_id:str}/activate", status_code=200, **access(WRITE, 400, 404, 412))
-    async def activate(
-        self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str]
-    ) -> Campaign:
+    @post(
+        "/{id:str}/activate",
+        status_code=200,
+        operation_id="activateCampaign",
+        **access(WRITE, 400, 404, 412),
+    )
+    async def activate(self, request: AuthRequest, conn: Conn, id: CampaignId) -> Campaign:
         """`draft` -> `active`; the content must be complete (400 if not)."""
-        return await change_status(conn, campaign_id, request.auth, to="active", allowed=["draft"])
+        return await change_status(conn, id, request.auth, to="active", allowed=["draft"])
 
-    @post("/{campaign_id:str}/archive", status_code=200, **access(WRITE, 404, 412))
-    async def archive(
-        self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str]
-    ) -> Campaign:
+    @post(
+        "/{id:str}/archive",
+        status_code=200,
+        operation_id="archiveCampaign",
+        **access(WRITE, 400, 404, 412),
+    )
+    async def archive(self, request: AuthRequest, conn: Conn, id: CampaignId) -> Campaign:
         """`draft` or `active` -> `archived`; queued and running runs go on."""
         return await change_status(
-            conn, campaign_id, request.auth, to="archived", allowed=["draft", "active"]
+            conn, id, request.auth, to="archived", allowed=["draft", "active"]
         )
 
     @post(
-        "/{campaign_id:str}/publish",
+        "/{id:str}/publish",
         status_code=202,
         dto=MsgspecJSON[PublishRequest],
         return_dto=None,
-        response_headers=[
-            ResponseHeader(name="Location", documentation_only=True, description="URL of the run.")
-        ],
+        operation_id="publishCampaign",
         **access(PUBLISH, 400, 404, 409, 412, 413, 415, 422),
     )
     async def publish(
@@ -126,7 +143,7 @@ class CampaignController(Controller):
         request: AuthRequest,
         conn: Conn,
         state: State,
-        campaign_id: FromPath[str],
+        id: CampaignId,
         data: Annotated[PublishRequest, Body()],
         idempotency_key_header: IdempotencyKeyHeader = None,
     ) -> Response[Run]:
@@ -134,7 +151,7 @@ class CampaignController(Controller):
         per recipient and the jobs that deliver them commit in one transaction."""
         run = await publish_campaign(
             conn,
-            campaign_id,
+            id,
             data.recipients,
             request.auth,
             max_recipients=state.settings.publish_max_recipients,
@@ -145,79 +162,84 @@ class CampaignController(Controller):
         location = f"{self.path}/{run.campaign_id}/runs/{run.id}"
         return Response(run, status_code=202, headers={"Location": location})
 
-    @get("/{campaign_id:str}/runs", **access(READ, 400, 404))
+    @get("/{id:str}/runs", operation_id="listRuns", **access(READ, 400, 404))
     async def runs(
         self,
         request: AuthRequest,
         conn: Conn,
         state: State,
-        campaign_id: FromPath[str],
+        id: CampaignId,
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
     ) -> RunPage:
         """The campaign's runs, newest first."""
         return await list_runs(
-            conn, campaign_id, request.auth, limit=limit, cursor=cursor, cursor_key=state.cursor_key
+            conn, id, request.auth, limit=limit, cursor=cursor, cursor_key=state.cursor_key
         )
 
-    @get("/{campaign_id:str}/runs/{run_id:str}", **access(READ, 404))
+    @get("/{id:str}/runs/{run_id:str}", operation_id="readRun", **access(READ, 400, 404))
     async def read_run(
-        self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str], run_id: FromPath[str]
+        self, request: AuthRequest, conn: Conn, id: CampaignId, run_id: RunId
     ) -> Run:
         """The run, with live counters."""
-        return Run(**await visible_run(conn, campaign_id, run_id, request.auth))
+        return Run(**await visible_run(conn, id, run_id, request.auth))
 
     @post(
-        "/{campaign_id:str}/runs/{run_id:str}/cancel", status_code=200, **access(PUBLISH, 404, 412)
+        "/{id:str}/runs/{run_id:str}/cancel",
+        status_code=200,
+        operation_id="cancelRun",
+        **access(PUBLISH, 400, 404, 412),
     )
-    async def cancel(
-        self, request: AuthRequest, conn: Conn, campaign_id: FromPath[str], run_id: FromPath[str]
-    ) -> Run:
+    async def cancel(self, request: AuthRequest, conn: Conn, id: CampaignId, run_id: RunId) -> Run:
         """Pending deliveries become `skipped` (reason `cancelled`); sends in flight finish
         first, and none follows. 412 if the run already ended."""
-        return await cancel_run(conn, campaign_id, run_id, request.auth)
+        return await cancel_run(conn, id, run_id, request.auth)
 
     @post(
-        "/{campaign_id:str}/runs/{run_id:str}/retry",
+        "/{id:str}/runs/{run_id:str}/retry",
         status_code=202,
-        response_headers=[
-            ResponseHeader(name="Location", documentation_only=True, description="URL of the run.")
-        ],
-        **access(PUBLISH, 400, 404, 409, 412, 422),
+        operation_id="retryRun",
+        **access(PUBLISH, 400, 404, 409, 410, 412, 422),
     )
     async def retry(
         self,
         request: AuthRequest,
         conn: Conn,
         state: State,
-        campaign_id: FromPath[str],
-        run_id: FromPath[str],
+        id: CampaignId,
+        run_id: RunId,
         idempotency_key_header: IdempotencyKeyHeader = None,
     ) -> Response[Run]:
         """Queue a new run (`retry_of`: this run) of exactly the run's `failed` deliveries,
         published like any run: duplicates, invalid addresses and suppressions (also those
         added since) are skipped, and `Idempotency-Key` makes a repeat safe. The original
-        run is not changed. 412 while the run has not ended, or if nothing failed."""
+        run is not changed. 412 while the run has not ended, or if nothing failed; 410 once
+        its deliveries are past DELIVERY_RETENTION_DAYS."""
         run = await retry_failed(
             conn,
-            campaign_id,
+            id,
             run_id,
             request.auth,
             batch_size=state.settings.delivery_batch_size,
             idempotency_key_header=idempotency_key_header,
             pool=state.pool,
+            retention=state.settings.delivery_retention,
         )
         location = f"{self.path}/{run.campaign_id}/runs/{run.id}"
         return Response(run, status_code=202, headers={"Location": location})
 
-    @get("/{campaign_id:str}/runs/{run_id:str}/deliveries", **access(READ, 400, 404, 410))
+    @get(
+        "/{id:str}/runs/{run_id:str}/deliveries",
+        operation_id="listDeliveries",
+        **access(READ, 400, 404, 410),
+    )
     async def deliveries(
         self,
         request: AuthRequest,
         conn: Conn,
         state: State,
-        campaign_id: FromPath[str],
-        run_id: FromPath[str],
+        id: CampaignId,
+        run_id: RunId,
         status: FromQuery[DeliveryStatus | None] = None,
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
@@ -226,7 +248,7 @@ class CampaignController(Controller):
         410 once the run's deliveries are past DELIVERY_RETENTION_DAYS."""
         return await list_deliveries(
             conn,
-            campaign_id,
+            id,
             run_id,
             request.auth,
             status=status,

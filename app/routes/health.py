@@ -14,13 +14,19 @@ from db.pool import DATABASE_UNAVAILABLE
 PUBLIC: list[dict[str, list[str]]] = [{}]  # OpenAPI: no token needed
 
 
-@get("/healthz", tags=["health"], security=PUBLIC)
+@get("/healthz", tags=["health"], security=PUBLIC, operation_id="healthz")
 async def healthz() -> Health:
     """The process is up."""
     return Health(status="ok")
 
 
-@get("/readyz", tags=["health"], security=PUBLIC, responses=error_responses(503))
+@get(
+    "/readyz",
+    tags=["health"],
+    security=PUBLIC,
+    operation_id="readyz",
+    responses=error_responses(503),
+)
 async def readyz(state: State) -> Response[Health] | Response[Error]:
     """The process can reach the database."""
     pool: asyncpg.Pool = state.pool

@@ -6,13 +6,15 @@ from typing import Annotated
 
 from litestar import Controller, delete, get, put
 from litestar.datastructures import State
-from litestar.params import Body, FromPath, FromQuery
+from litestar.params import Body, FromQuery
 
 from app.auth import READ, WRITE
+from app.body import MsgspecJSON
 from app.openapi import access
 from app.pagination import DEFAULT_LIMIT
+from app.raw_params import raw_params_middleware
 from app.routes.campaigns import AuthRequest, Conn
-from app.routes.params import Cursor, Limit
+from app.routes.params import BrandPath, Cursor, Limit, RecipientPath
 from app.schemas import Suppression, SuppressionPage, SuppressionPut, SuppressionReason
 from app.suppressions import (
     delete_suppression,
@@ -25,14 +27,15 @@ from app.suppressions import (
 class SuppressionController(Controller):
     path = "/v1/messaging/brands/{brand_id:str}/suppressions"
     tags = ["suppressions"]  # noqa: RUF012 - Litestar declares it as a list
+    middleware = [raw_params_middleware]  # noqa: RUF012
 
-    @get(**access(READ, 400))
+    @get(operation_id="listSuppressions", **access(READ, 400))
     async def index(
         self,
         request: AuthRequest,
         conn: Conn,
         state: State,
-        brand_id: FromPath[str],
+        brand_id: BrandPath,
         reason: FromQuery[SuppressionReason | None] = None,
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
@@ -48,20 +51,26 @@ class SuppressionController(Controller):
             cursor_key=state.cursor_key,
         )
 
-    @get("/{recipient:str}", **access(READ, 400, 404))
+    @get("/{recipient:str}", operation_id="readSuppression", **access(READ, 400, 404))
     async def read(
-        self, request: AuthRequest, conn: Conn, brand_id: FromPath[str], recipient: FromPath[str]
+        self, request: AuthRequest, conn: Conn, brand_id: BrandPath, recipient: RecipientPath
     ) -> Suppression:
         """Whether, and why, the address is suppressed (404 if it is not)."""
         return await get_suppression(conn, brand_id, recipient, request.auth)
 
-    @put("/{recipient:str}", **access(WRITE, 400, 413))
+    @put(
+        "/{recipient:str}",
+        dto=MsgspecJSON[SuppressionPut],
+        return_dto=None,
+        operation_id="putSuppression",
+        **access(WRITE, 400, 413, 415),
+    )
     async def put(
         self,
         request: AuthRequest,
         conn: Conn,
-        brand_id: FromPath[str],
-        recipient: FromPath[str],
+        brand_id: BrandPath,
+        recipient: RecipientPath,
         data: Annotated[SuppressionPut, Body()],
     ) -> Suppression:
         """Never send to this address again (for this brand). Idempotent: a repeat, or a
@@ -69,9 +78,14 @@ class SuppressionController(Controller):
         worker compare addresses normalised (e-mail lower-cased); so is the one kept."""
         return await put_suppression(conn, brand_id, recipient, data.reason, request.auth)
 
-    @delete("/{recipient:str}", status_code=204, **access(WRITE, 400, 404))
+    @delete(
+        "/{recipient:str}",
+        status_code=204,
+        operation_id="deleteSuppression",
+        **access(WRITE, 400, 404),
+    )
     async def remove(
-        self, request: AuthRequest, conn: Conn, brand_id: FromPath[str], recipient: FromPath[str]
+        self, request: AuthRequest, conn: Conn, brand_id: BrandPath, recipient: RecipientPath
     ) -> None:
         """Send to this address again; 404 if it was not suppressed."""
         await delete_suppression(conn, brand_id, recipient, request.auth)

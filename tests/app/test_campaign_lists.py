@@ -201,18 +201,36 @@ async def test_forged_garbage_or_foreign_cursors_are_400(client):
         assert response.json()["error"] == "invalid_cursor"
 
 
-async def test_a_cursor_never_shows_another_brands_campaigns(client):
+async def test_a_cursor_is_refused_to_a_token_of_other_brands(client):
     for _ in range(3):
         await create_campaign(client, brand="brand-a")
         await create_campaign(client, brand="brand-b")
     everyone_cursor = (
         await client.get(CAMPAIGNS, params={"limit": 1}, headers=bearer(brands=["*"]))
     ).json()["next_cursor"]
+    brand_a_cursor = (
+        await client.get(CAMPAIGNS, params={"limit": 1}, headers=bearer(brands=["brand-a"]))
+    ).json()["next_cursor"]
 
-    # The same listing (no filter) by a token of brand-a only: its own brand's rest.
-    items = await walk(client, CAMPAIGNS, bearer(brands=["brand-a"]), cursor=everyone_cursor)
+    # The same listing (no filter) replayed by tokens of other brands.
+    replays = [
+        (everyone_cursor, ["brand-a"]),
+        (brand_a_cursor, ["brand-b"]),
+        (brand_a_cursor, ["brand-a", "brand-b"]),
+        (brand_a_cursor, ["*"]),
+    ]
+    for cursor, brands in replays:
+        response = await client.get(
+            CAMPAIGNS, params={"cursor": cursor}, headers=bearer(brands=brands)
+        )
+        assert response.status_code == 400, (brands, response.text)
+        assert response.json()["error"] == "invalid_cursor"
 
-    assert items and {c["brand_id"] for c in items} == {"brand-a"}
+    # The same brands in another order, or repeated, are the same scope.
+    items = await walk(
+        client, CAMPAIGNS, bearer(brands=["brand-a", "brand-a"]), cursor=brand_a_cursor
+    )
+    assert len(items) == 2 and {c["brand_id"] for c in items} == {"brand-a"}
 
 
 # PATCH

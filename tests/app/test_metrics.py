@@ -35,7 +35,7 @@ async def test_requests_are_counted_by_route_template_without_a_token(client):
     await client.get(f"{CAMPAIGNS}/{campaign['id']}", headers=bearer(brands=["brand-b"]))
     after = await scrape(client)
 
-    route = "/v1/messaging/campaigns/{campaign_id}"
+    route = "/v1/messaging/campaigns/{id}"
     ok = {"method": "GET", "route": route, "status": "200"}
     hidden = {**ok, "status": "404"}
     assert (

@@ -3,41 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
-from pathlib import Path
 
 import httpx
 
 from tests.helpers import CAMPAIGNS, recipients
-from tests.servers import free_port
-from tests.tokens import TEST_SECRET, bearer
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.servers import web_process
+from tests.tokens import bearer
 
 
 async def test_sigterm_lets_the_request_in_flight_finish(database_url, db):
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "JWT_SECRET": TEST_SECRET}
-    web = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "uvicorn", "app.asgi:web", "--factory", "--port", str(port)),
-        *("--timeout-graceful-shutdown", "30", "--log-level", "warning"),
-        cwd=ROOT,
-        env=env,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", headers=bearer(), timeout=30
-        ) as http:
-            async with asyncio.timeout(15):
-                while True:
-                    try:
-                        if (await http.get("/readyz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        await asyncio.sleep(0.1)
+    async with web_process(database_url) as web:
+        async with httpx.AsyncClient(base_url=web.url, headers=bearer(), timeout=30) as http:
             campaign = (
                 await http.post(
                     CAMPAIGNS,
@@ -63,15 +40,11 @@ async def test_sigterm_lets_the_request_in_flight_finish(database_url, db):
                 " AND state = 'active' AND query LIKE 'COPY%'"
             ):
                 await asyncio.sleep(0.005)
-            web.send_signal(signal.SIGTERM)
+            web.process.send_signal(signal.SIGTERM)
 
             response = await publishing
 
         assert response.status_code == 202, response.text
         # uvicorn re-raises the signal once it has shut down cleanly.
-        assert await asyncio.wait_for(web.wait(), 15) in (0, -signal.SIGTERM)
+        assert await asyncio.wait_for(web.process.wait(), 15) in (0, -signal.SIGTERM)
         assert await db.fetchval("SELECT count(*) FROM deliveries") == 50_000
-    finally:
-        if web.returncode is None:
-            web.kill()
-            await web.wait()
