@@ -28,6 +28,7 @@ from app.request_id import request_id_middleware, send_request_id
 from app.routes.campaigns import CampaignController
 from app.routes.health import healthz, readyz
 from app.routes.providers import sendgrid_events, webhook_events
+from app.routes.rate_limits import RateLimitController
 from app.routes.suppressions import SuppressionController
 from app.settings import DEV_JWT_SECRET, Settings, SettingsError, get_settings
 from app.tracing import configure_tracing
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             CampaignController,
             SuppressionController,
+            RateLimitController,
             webhook_events,
             sendgrid_events,
             healthz,

@@ -14,7 +14,7 @@ from app.pagination import decode_cursor, listing_of, split_page
 from app.schemas import Campaign, CampaignCreate, CampaignPage, CampaignUpdate
 from db.campaigns import CampaignRepository, Lock
 
-CONTENT_FIELDS = ("name", "channel", "body", "subject", "sender")
+CONTENT_FIELDS = ("name", "channel", "body", "subject", "sender", "priority")
 
 
 def parse_id(value: str, what: str) -> UUID:
@@ -59,6 +59,7 @@ async def create_campaign(
         subject=data.subject,
         body=data.body,
         created_by=caller.sub,
+        priority=data.priority,
     )
     return Campaign(**record)
 

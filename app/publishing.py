@@ -25,7 +25,7 @@ from db.ids import uuid7
 from db.pool import DATABASE_AWAY
 from db.runs import ENDED, DeliveryRow, RunRepository
 from db.suppressions import SuppressionRepository
-from jobs.app import DELIVERY_QUEUE
+from jobs.app import DELIVERY_QUEUE, delivery_priority
 from jobs.tasks import deliver_batch
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,9 @@ async def _publish(
         )
         with tracing.span("COPY deliveries", kind=SpanKind.CLIENT, attributes=_COPY):
             await runs.copy_deliveries(_delivery_rows(run["id"], recipients, skips))
-        job_ids = await defer_deliveries(conn, str(run["id"]), len(recipients), batch_size)
+        job_ids = await defer_deliveries(
+            conn, str(run["id"]), len(recipients), batch_size, campaign["priority"]
+        )
     PUBLISH_RECIPIENTS.observe(len(recipients))
     logger.info(
         "run published",
@@ -200,11 +202,13 @@ def _delivery_rows(
 
 
 async def defer_deliveries(
-    conn: asyncpg.Connection, run_id: str, total: int, batch_size: int
+    conn: asyncpg.Connection, run_id: str, total: int, batch_size: int, priority: str = "normal"
 ) -> list[int]:
     """One deliver_batch job per `batch_size` positions, deferred on `conn` (so inside
-    its transaction: the jobs exist exactly when the run does). With tracing on, each job
-    carries this span's trace context (`traceparent`): its run continues the trace."""
+    its transaction: the jobs exist exactly when the run does), the k-th at the
+    procrastinate priority of the k-th job of a run of that campaign `priority`
+    (jobs/app.py). With tracing on, each job carries this span's trace context
+    (`traceparent`): its run continues the trace."""
     batches: list[dict[str, JSONValue]] = [
         {"run_id": run_id, "first": first, "last": min(first + batch_size, total) - 1}
         for first in range(0, total, batch_size)
@@ -214,7 +218,10 @@ async def defer_deliveries(
         if trace_args := tracing.job_trace_args():
             for batch in batches:
                 batch.update(trace_args)
-        job_ids: list[int] = await deliver_batch.configure(connection=conn).batch_defer_async(
-            *batches
-        )
-    return job_ids
+        deferrer = deliver_batch.configure(connection=conn)
+        jobs = [
+            deferrer.make_new_job(**batch).evolve(priority=delivery_priority(priority, rank))
+            for rank, batch in enumerate(batches)
+        ]
+        deferred = await deferrer.job_manager.batch_defer_jobs_async(jobs=jobs, connection=conn)
+    return [job.id for job in deferred if job.id is not None]

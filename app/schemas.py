@@ -15,6 +15,8 @@ RunStatus = Literal["queued", "running", "completed", "cancelled"]
 DeliveryStatus = Literal["pending", "sent", "failed", "skipped"]
 SuppressionReason = Literal["unsubscribed", "bounced", "complained", "manual"]
 Outcome = Literal["delivered", "bounced", "complained"]
+Priority = Literal["high", "normal", "low"]
+"""Deliveries of a higher priority go before those of a lower one (jobs/app.py)."""
 
 BRAND_ID_LENGTH = (1, 100)
 BRAND_ID_PATTERN = r"^(?:[^*\x00]|\*[^\x00])[^\x00]*$"
@@ -65,6 +67,7 @@ class CampaignCreate(msgspec.Struct):
     body: MessageBody
     subject: Subject | None = None
     sender: Address | None = None
+    priority: Priority = "normal"
 
 
 class CampaignUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -76,6 +79,7 @@ class CampaignUpdate(msgspec.Struct, forbid_unknown_fields=True):
     body: MessageBody | UnsetType = UNSET
     subject: Subject | UnsetType | None = UNSET
     sender: Address | UnsetType | None = UNSET
+    priority: Priority | UnsetType = UNSET
 
 
 class Campaign(msgspec.Struct):
@@ -90,6 +94,7 @@ class Campaign(msgspec.Struct):
     created_by: str
     created_at: datetime
     updated_at: datetime
+    priority: Priority
 
 
 class Run(msgspec.Struct):
@@ -185,6 +190,20 @@ class ProviderEventsResult(msgspec.Struct):
     """Events that carry no outcome of ours (SendGrid's opens, clicks, deferrals...)."""
     unknown_delivery_ids: list[str]
     """Delivery ids of events that match no delivery; the other events still applied."""
+
+
+PerSecond = Annotated[
+    float,
+    Meta(gt=0, le=1_000_000, description="Messages per second, more than 0."),
+]
+
+
+class RateLimit(msgspec.Struct, forbid_unknown_fields=True):
+    """A brand's own caps, within EMAIL_RATE_LIMIT / SMS_RATE_LIMIT; `null`: no cap of its
+    own on that channel."""
+
+    email_per_second: PerSecond | None
+    sms_per_second: PerSecond | None
 
 
 class Health(msgspec.Struct):

@@ -97,6 +97,14 @@ class Settings:
     """Deliveries of runs that ended longer ago are removed by the worker's maintenance (a
     month partition at a time, see jobs/retention.py); their listing is 410. Unset: kept
     for ever."""
+    email_rate_limit: float | None = None
+    """EMAIL_RATE_LIMIT: the most e-mails per second that all worker processes together
+    send; unset: no limit. Enforced by token buckets in PostgreSQL (db/rate_limits.py)."""
+    sms_rate_limit: float | None = None
+    """SMS_RATE_LIMIT: the same for SMS."""
+    rate_limit_burst_seconds: float = 0.2
+    """A bucket holds at most this many seconds' worth of its rate (at least 1 message):
+    any one second sends at most the limit plus that burst."""
     smtp_from: str | None = None
     """From address of e-mail campaigns that have no sender of their own."""
     publish_max_recipients: int = 100_000
@@ -182,6 +190,9 @@ class Settings:
                 smtp_from=env.get("SMTP_FROM") or None,
                 job_retention_hours=_positive(env, "JOB_RETENTION_HOURS", 168),
                 delivery_retention_days=_optional_positive(env, "DELIVERY_RETENTION_DAYS"),
+                email_rate_limit=_optional_rate(env, "EMAIL_RATE_LIMIT"),
+                sms_rate_limit=_optional_rate(env, "SMS_RATE_LIMIT"),
+                rate_limit_burst_seconds=_seconds(env, "RATE_LIMIT_BURST_SECONDS", 0.2),
                 publish_max_recipients=_positive(env, "PUBLISH_MAX_RECIPIENTS", 100_000),
                 publish_max_body_bytes=_positive(
                     env, "PUBLISH_MAX_BODY_BYTES", defaults.publish_max_body_bytes
@@ -239,6 +250,13 @@ def _optional_positive(env: dict[str, str], name: str) -> int | None:
     if not env.get(name):
         return None
     return _positive(env, name, 0)
+
+
+def _optional_rate(env: dict[str, str], name: str) -> float | None:
+    """Messages per second, more than 0; unset or empty: None (no limit)."""
+    if not env.get(name):
+        return None
+    return _seconds(env, name, 0.0)
 
 
 def _seconds(env: dict[str, str], name: str, default: float) -> float:

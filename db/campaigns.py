@@ -11,7 +11,8 @@ import asyncpg
 from db.params import Params
 
 COLUMNS = (
-    "id, brand_id, name, channel, status, sender, subject, body, created_by, created_at, updated_at"
+    "id, brand_id, name, channel, status, sender, subject, body, created_by, created_at, "
+    "updated_at, priority"
 )
 
 # "share" lets publishes of one campaign run side by side while a status change waits
@@ -34,11 +35,13 @@ class CampaignRepository:
         subject: str | None,
         body: str,
         created_by: str,
+        priority: str = "normal",
     ) -> asyncpg.Record:
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
-            INSERT INTO campaigns (brand_id, name, channel, sender, subject, body, created_by)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            INSERT INTO campaigns
+                (brand_id, name, channel, sender, subject, body, created_by, priority)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
             RETURNING {COLUMNS}
             """,
             brand_id,
@@ -48,6 +51,7 @@ class CampaignRepository:
             subject,
             body,
             created_by,
+            priority,
         )
         return record
 
@@ -79,11 +83,13 @@ class CampaignRepository:
         sender: str | None,
         subject: str | None,
         body: str,
+        priority: str,
     ) -> asyncpg.Record:
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
             UPDATE campaigns
-            SET name = $2, channel = $3, sender = $4, subject = $5, body = $6, updated_at = now()
+            SET name = $2, channel = $3, sender = $4, subject = $5, body = $6, priority = $7,
+                updated_at = now()
             WHERE id = $1
             RETURNING {COLUMNS}
             """,
@@ -93,6 +99,7 @@ class CampaignRepository:
             sender,
             subject,
             body,
+            priority,
         )
         return record
 

@@ -29,6 +29,9 @@ class Outcome:
     reason: str | None = None
     last_error: str | None = None
     provider_message_id: str | None = None
+    throttled_for: float | None = None
+    """The provider asked to wait this many seconds (429 Retry-After): pending, and the
+    attempt not counted."""
 
 
 class DeliveryRepository:

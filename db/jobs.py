@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import datetime
 
 import asyncpg
 
@@ -56,3 +57,33 @@ class JobRepository:
             storable(error, 1000),
         )
         return failures
+
+    async def newcomer_waiting(self, at_least: int, run_id: str, queues: list[str]) -> bool:
+        """Whether a job of another run, due now, waits with a priority of `at_least` or
+        more: the first job of a run (of the same campaign priority, or a higher one), or
+        housekeeping."""
+        waiting: bool = await self.conn.fetchval(
+            """
+            SELECT EXISTS (
+                SELECT 1 FROM procrastinate_jobs
+                WHERE status = 'todo' AND priority >= $1 AND queue_name = ANY($3::text[])
+                  AND (scheduled_at IS NULL OR scheduled_at <= now())
+                  AND args->>'run_id' IS DISTINCT FROM $2
+            )
+            """,
+            at_least,
+            run_id,
+            queues,
+        )
+        return waiting
+
+    async def bring_forward(self, queueing_lock: str, at: datetime) -> None:
+        """The waiting job of `queueing_lock` runs no later than `at`."""
+        await self.conn.execute(
+            """
+            UPDATE procrastinate_jobs SET scheduled_at = least(scheduled_at, $2)
+            WHERE queueing_lock = $1 AND status = 'todo'
+            """,
+            queueing_lock,
+            at,
+        )

@@ -9,7 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
-from jobs.app import EVENTS_QUEUE, app
+from jobs.app import EVENTS_QUEUE, HOUSEKEEPING_PRIORITY, app
 
 EVENT_TYPES = {"running": "run.started", "completed": "run.completed", "cancelled": "run.cancelled"}
 """The event of each run status that has one (`queued` has none)."""
@@ -31,7 +31,11 @@ class RunEventRepository:
         """The event of the run's new `status` (`run` is its body as the API shows it) and
         the job that sends it, in the caller's transaction."""
         job_id = await app.configure_task(
-            SEND_TASK, queue=EVENTS_QUEUE, lock=events_lock(run_id), connection=self.conn
+            SEND_TASK,
+            queue=EVENTS_QUEUE,
+            lock=events_lock(run_id),
+            priority=HOUSEKEEPING_PRIORITY,
+            connection=self.conn,
         ).defer_async(run_id=str(run_id))
         event_id: UUID = await self.conn.fetchval(
             """

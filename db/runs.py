@@ -153,18 +153,35 @@ class RunRepository:
             "deliveries", records=rows, columns=DELIVERY_COPY_COLUMNS
         )
 
-    async def enter_delivery_window(self, run_id: UUID) -> asyncpg.Record | None:
-        """Take the run's delivery lock (shared) and return the run with its campaign."""
+    async def delivery_target(self, run_id: UUID) -> asyncpg.Record | None:
+        """The run's brand and channel (what its rate limits depend on)."""
+        record: asyncpg.Record | None = await self.conn.fetchrow(
+            """
+            SELECT r.brand_id, c.channel FROM runs r JOIN campaigns c ON c.id = r.campaign_id
+            WHERE r.id = $1
+            """,
+            run_id,
+        )
+        return record
+
+    async def enter_delivery_window(
+        self, run_id: UUID, provider: str = ""
+    ) -> asyncpg.Record | None:
+        """Take the run's delivery lock (shared) and return the run with its campaign, and
+        `paused_for`: the seconds `provider` is still paused for (provider_pauses), if it is."""
         await self.conn.execute(
             f"SELECT pg_advisory_xact_lock_shared({_LOCK_NAMESPACE}, {_RUN_LOCK})", str(run_id)
         )
         record: asyncpg.Record | None = await self.conn.fetchrow(
             """
-            SELECT r.status, r.brand_id, r.campaign_id, c.channel, c.sender, c.subject, c.body
+            SELECT r.status, r.brand_id, r.campaign_id, c.channel, c.sender, c.subject, c.body,
+                   (SELECT extract(epoch FROM p.until - clock_timestamp()) FROM provider_pauses p
+                    WHERE p.provider = $2 AND p.until > clock_timestamp()) AS paused_for
             FROM runs r JOIN campaigns c ON c.id = r.campaign_id
             WHERE r.id = $1
             """,
             run_id,
+            provider,
         )
         return record
 

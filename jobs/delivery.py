@@ -45,16 +45,20 @@ from app import tracing
 from app.recipients import normalise
 from db.deliveries import DeliveryRepository, Outcome, delivery_id
 from db.pool import database_away
+from db.rate_limits import RateLimitRepository
 from db.runs import ENDED, RunRepository
 from db.suppressions import SuppressionRepository
+from jobs.limits import MAX_INLINE_WAIT_SECONDS
 from jobs.metrics import count_outcomes, provider_latency
-from jobs.providers import OutgoingMessage, PermanentError, Provider, TransientError
+from jobs.providers import OutgoingMessage, PermanentError, Provider, Throttled, TransientError
 from jobs.resources import WorkerResources
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BACKOFF_SECONDS = 300.0
+TIME_SLICE_SECONDS = 0.5
+"""How long a job delivers before it checks whether a newcomer waits for its slot."""
 
 
 class DeliveryInterrupted(Exception):
@@ -72,6 +76,9 @@ class ChunkReport:
     skipped: int = 0
     retrying: int = 0
     """Deliveries left pending by a transient failure, for a follow-up job."""
+    comes_back_in: float | None = None
+    """The chunk ended early to wait (rate limit, paused provider): its follow-up job
+    comes back after this many seconds."""
 
 
 @dataclass
@@ -83,7 +90,14 @@ class Window:
     first: int
     last: int
     exclude: list[int]
+    limit: int
+    """Deliveries it may claim: WORKER_CONCURRENCY, or fewer under a rate limit."""
+    provider: str
     outcomes: list[Outcome] | None = None
+    sends: int = 0
+    """Sends it made (claimed deliveries that were not suppressed)."""
+    paused_for: float | None = None
+    """Set instead of sending when the provider is paused (it answered 429 earlier)."""
 
 
 def backoff_seconds(attempts: int, base: float) -> float:
@@ -105,15 +119,40 @@ async def deliver_chunk(
     first: int,
     last: int,
     schedule_retry: ScheduleRetry,
+    newcomer_waiting: Callable[[], Awaitable[bool]] | None = None,
 ) -> ChunkReport:
     """Raises DeliveryInterrupted when the worker stops before the chunk is done, and the
-    error of a window that failed before any of its sends was answered."""
+    error of a window that failed before any of its sends was answered.
+
+    Every TIME_SLICE_SECONDS or so, it asks `newcomer_waiting()`; if a newly published run
+    (or one of a higher priority) waits for a worker slot, the chunk ends and its follow-up
+    job takes the rest: a run published behind a big one starts within a time slice, not
+    when one of the big run's jobs happens to end."""
     report = ChunkReport()
+    next_slice = time.monotonic() + _time_slice()
     retrying: list[int] = []  # positions left for the follow-up job
+    async with resources.pool.acquire() as conn:
+        target = await RunRepository(conn).delivery_target(run_id)
+    if target is None:
+        return report
+    brand_id, channel = target["brand_id"], target["channel"]
+    provider = resources.providers[channel].name
     while True:
         if resources.stopping.is_set():
             raise DeliveryInterrupted("worker stopping")
-        window = Window(run_id, first, last, exclude=list(retrying))
+        if newcomer_waiting is not None and time.monotonic() >= next_slice:
+            if await newcomer_waiting():
+                report.comes_back_in = await _come_back(resources, schedule_retry, 0.0)
+                break
+            next_slice = time.monotonic() + _time_slice()
+        limits = await resources.limiter.limits(brand_id, channel)
+        share, wait = resources.config.window, 0.0
+        if limits:
+            share, wait = await resources.limiter.take(limits, share)
+        if not share:
+            report.comes_back_in = await _come_back(resources, schedule_retry, wait)
+            break
+        window = Window(run_id, first, last, list(retrying), share, provider)
         try:
             outcomes = await _abortable(
                 resources, _window_transaction(resources, window, schedule_retry)
@@ -124,6 +163,16 @@ async def deliver_chunk(
             if window.outcomes is None or database_away(exc):
                 raise  # nothing was sent, or the database is away: going again is safe
             outcomes = await _salvage(resources, window, exc, schedule_retry)
+        if limits:
+            await resources.limiter.give_back(limits, share - window.sends)
+        if window.paused_for is not None:
+            if window.paused_for > MAX_INLINE_WAIT_SECONDS:
+                report.comes_back_in = await _come_back(
+                    resources, schedule_retry, window.paused_for
+                )
+                break
+            await asyncio.sleep(window.paused_for)
+            continue
         if outcomes is None:
             break
         counts = Counter(o.status for o in outcomes)
@@ -133,6 +182,20 @@ async def deliver_chunk(
         report.retrying += counts["pending"]
         retrying += (o.position for o in outcomes if o.status == "pending")
     return report
+
+
+def _time_slice() -> float:
+    """TIME_SLICE_SECONDS, +-50%: the jobs of a worker do not all ask at once."""
+    return TIME_SLICE_SECONDS * random.uniform(0.5, 1.5)
+
+
+async def _come_back(
+    resources: WorkerResources, schedule_retry: ScheduleRetry, seconds: float
+) -> float:
+    """End the chunk early: its follow-up job takes the rest after `seconds`."""
+    async with resources.pool.acquire() as conn, conn.transaction():
+        await schedule_retry(conn, datetime.now(UTC) + timedelta(seconds=seconds))
+    return seconds
 
 
 async def fail_range(
@@ -185,11 +248,14 @@ async def _deliver_window(
     """One window in the caller's transaction; None when the chunk has nothing left."""
     run_id = window.run_id
     runs = RunRepository(conn)
-    run = await runs.enter_delivery_window(run_id)
+    run = await runs.enter_delivery_window(run_id, window.provider)
     if run is None or run["status"] in ENDED:
         return None
+    if run["paused_for"] is not None:
+        window.paused_for = float(run["paused_for"])
+        return None
     claimed = await DeliveryRepository(conn).claim(
-        run_id, window.first, window.last, limit=resources.config.window, exclude=window.exclude
+        run_id, window.first, window.last, limit=window.limit, exclude=window.exclude
     )
     if not claimed:
         # Nothing left here; if nothing is left anywhere (e.g. every recipient was skipped
@@ -210,19 +276,30 @@ async def _deliver_window(
             )
         else:
             to_send.append(row)
+    window.sends = len(to_send)
     outcomes += await asyncio.gather(
         *(_send(provider, resources, run_id, run, row) for row in to_send)
     )
     window.outcomes = outcomes
     await _record(conn, run_id, outcomes)
-    retry_after = [o.attempts for o in outcomes if o.status == "pending"]
-    if retry_after:
-        delay = backoff_seconds(max(retry_after), resources.config.retry_base_seconds)
-        await schedule_retry(conn, datetime.now(UTC) + timedelta(seconds=delay))
+    if throttled := [o.throttled_for for o in outcomes if o.throttled_for is not None]:
+        reason = next(o.last_error for o in outcomes if o.throttled_for) or "throttled"
+        await RateLimitRepository(conn).pause(provider.name, max(throttled), reason)
+    retry_in = [_retry_in(o, resources) for o in outcomes if o.status == "pending"]
+    if retry_in:
+        await schedule_retry(conn, datetime.now(UTC) + timedelta(seconds=min(retry_in)))
     # Counted before the commit: a window that then rolls back is counted, as its sends
     # did reach the provider.
     count_outcomes(channel, provider.name, Counter(o.status for o in outcomes).items())
     return outcomes
+
+
+def _retry_in(outcome: Outcome, resources: WorkerResources) -> float:
+    """When a pending delivery should be tried again: when its provider's pause ends, or
+    after the backoff of its attempts."""
+    if outcome.throttled_for is not None:
+        return outcome.throttled_for
+    return backoff_seconds(outcome.attempts, resources.config.retry_base_seconds)
 
 
 async def _record(conn: asyncpg.Connection, run_id: UUID, outcomes: list[Outcome]) -> None:
@@ -352,6 +429,14 @@ async def _send(
                 latency.observe(time.perf_counter() - started)
     except PermanentError as exc:
         return Outcome(position, "failed", attempts, last_error=exc.detail)
+    except Throttled as exc:  # not an attempt: the provider asked us to wait
+        return Outcome(
+            position,
+            "pending",
+            row["attempts"],
+            last_error=exc.detail,
+            throttled_for=exc.retry_after_seconds,
+        )
     except Exception as exc:
         # TransientError, or a bug (a provider's or ours): either way the window's other
         # outcomes must still commit (else their sends would be repeated), and another

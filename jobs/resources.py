@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from jobs.limits import Limiter
 from jobs.providers import Provider
 
 
@@ -31,3 +32,5 @@ class WorkerResources:
     """First SIGTERM: finish the windows in flight, then hand the jobs back to the queue."""
     aborting: asyncio.Event
     """Second SIGTERM: roll back the windows in flight now and hand the jobs back."""
+    limiter: Limiter
+    """The rate limits every worker process respects together."""

@@ -19,7 +19,15 @@ from db.idempotency import IdempotencyKeyRepository
 from db.jobs import JobRepository
 from db.pool import database_away
 from db.run_events import SEND_TASK
-from jobs.app import DELIVERY_QUEUE, EVENTS_QUEUE, MAINTENANCE_QUEUE, app
+from jobs.app import (
+    DELIVERY_QUEUE,
+    EVENTS_QUEUE,
+    HOUSEKEEPING_PRIORITY,
+    MAINTENANCE_QUEUE,
+    WORKER_QUEUES,
+    app,
+    first_job_priority,
+)
 from jobs.asyncpg_connector import AsyncpgConnector
 from jobs.delivery import DeliveryInterrupted, deliver_chunk, fail_range
 from jobs.resources import WorkerResources
@@ -62,7 +70,12 @@ async def deliver_batch(
     assert job_id is not None
 
     async def schedule_retry(conn: asyncpg.Connection, at: datetime) -> None:
-        await defer_follow_up(conn, at, run_id=run_id, first=first, last=last)
+        await defer_follow_up(conn, at, context.job.priority, run_id=run_id, first=first, last=last)
+
+    async def newcomer_waiting() -> bool:
+        first_job = first_job_priority(context.job.priority)
+        async with resources.pool.acquire() as conn:
+            return await JobRepository(conn).newcomer_waiting(first_job, run_id, WORKER_QUEUES)
 
     with (
         bind_log_context(run_id=run_id, job_id=job_id),
@@ -74,7 +87,9 @@ async def deliver_batch(
                 await _give_up(resources, run_id, first, last, last_error)
                 return
         try:
-            report = await deliver_chunk(resources, UUID(run_id), first, last, schedule_retry)
+            report = await deliver_chunk(
+                resources, UUID(run_id), first, last, schedule_retry, newcomer_waiting
+            )
         except DeliveryInterrupted:
             raise
         except Exception as exc:
@@ -95,6 +110,7 @@ async def deliver_batch(
                 "failed": report.failed,
                 "skipped": report.skipped,
                 "retrying": report.retrying,
+                "comes_back_in_seconds": report.comes_back_in,
             },
         )
 
@@ -116,25 +132,36 @@ async def _give_up(
     logger.error("chunk given up: its pending deliveries failed", extra={"failed": failed})
 
 
-async def defer_follow_up(conn: asyncpg.Connection, at: datetime, **job: Any) -> None:
-    """A deliver_batch job for the same range at `at`, deferred on `conn` (in the window's
-    transaction: it exists exactly when the transient failures that need it do). One is
-    enough however many windows ask: the queueing lock keeps a second one out."""
+async def defer_follow_up(
+    conn: asyncpg.Connection, at: datetime, priority: int, **job: Any
+) -> None:
+    """A deliver_batch job for the same range at `at`, of the same `priority`, deferred on
+    `conn` (in the window's transaction: it exists exactly when the transient failures that
+    need it do). One is enough however many windows ask: the queueing lock keeps a second
+    one out, and the one waiting is brought forward to `at` if it was due later."""
     lock = f"retry:{job['run_id']}:{job['first']}"
     try:
         async with conn.transaction():  # a savepoint: a refused insert spoils nothing else
             await deliver_batch.configure(
-                connection=conn, schedule_at=at, queueing_lock=lock
+                connection=conn, schedule_at=at, queueing_lock=lock, priority=priority
             ).defer_async(**job, **tracing.job_trace_args())
     except exceptions.AlreadyEnqueued:
-        pass  # a follow-up of this range is waiting already; it takes these too
+        # A follow-up of this range is waiting already (it takes these too): no later
+        # than `at`.
+        await JobRepository(conn).bring_forward(lock, at)
 
 
 # Deferred by each run status change, in its transaction (db/run_events.py), with the
 # run's lock: one job of a run at a time, in order. Retried with backoff while the
 # receiver fails, for EVENTS_RETRY_HOURS; then the job fails and ops_undelivered_events
 # shows its events.
-@app.task(name=SEND_TASK, queue=EVENTS_QUEUE, pass_context=True, retry=EventRetry())
+@app.task(
+    name=SEND_TASK,
+    queue=EVENTS_QUEUE,
+    pass_context=True,
+    retry=EventRetry(),
+    priority=HOUSEKEEPING_PRIORITY,
+)
 async def send_run_events(context: JobContext, run_id: str) -> None:
     """POST the pending events of run `run_id` to EVENTS_WEBHOOK_URL, oldest first."""
     pool = cast(AsyncpgConnector, app.connector).pool
@@ -158,7 +185,7 @@ def _job_attributes(context: JobContext, run_id: str) -> dict[str, AttributeValu
 # Keys hold 24 h; purging every 10 minutes keeps at most that much extra in the table.
 # procrastinate defers each tick once however many workers run.
 @app.periodic(cron="*/10 * * * *")
-@app.task(name="purge_idempotency_keys", queue=MAINTENANCE_QUEUE)
+@app.task(name="purge_idempotency_keys", queue=MAINTENANCE_QUEUE, priority=HOUSEKEEPING_PRIORITY)
 async def purge_idempotency_keys(timestamp: int) -> int:
     """Delete the expired Idempotency-Keys of publish; returns how many."""
     pool = cast(AsyncpgConnector, app.connector).pool
@@ -170,7 +197,7 @@ async def purge_idempotency_keys(timestamp: int) -> int:
 # purge every 10 minutes); the last JOB_RETENTION_HOURS stay for the ops views and for
 # post-mortems. Failed and aborted jobs are kept: someone should look at them first.
 @app.periodic(cron="17 * * * *")
-@app.task(name="purge_finished_jobs", queue=MAINTENANCE_QUEUE)
+@app.task(name="purge_finished_jobs", queue=MAINTENANCE_QUEUE, priority=HOUSEKEEPING_PRIORITY)
 async def purge_finished_jobs(timestamp: int) -> None:
     """Delete succeeded jobs finished more than JOB_RETENTION_HOURS ago."""
     await app.job_manager.delete_old_jobs(nb_hours=get_settings().job_retention_hours)
@@ -180,7 +207,7 @@ async def purge_finished_jobs(timestamp: int) -> None:
 # costs nothing), then DELIVERY_RETENTION_DAYS. A failure fails the job (procrastinate
 # logs its traceback; `ops_queue_depth` shows it `failed`), and the next tick tries again.
 @app.periodic(cron="7 * * * *")
-@app.task(name="maintain_deliveries", queue=MAINTENANCE_QUEUE)
+@app.task(name="maintain_deliveries", queue=MAINTENANCE_QUEUE, priority=HOUSEKEEPING_PRIORITY)
 async def maintain_deliveries_task(timestamp: int) -> None:
     """Partitions of `deliveries` ahead of time; retention of old runs' deliveries."""
     pool = cast(AsyncpgConnector, app.connector).pool

@@ -36,7 +36,8 @@ from app.settings import Settings, get_settings
 from app.tracing import configure_tracing, flush_spans
 from db.jobs import JobRepository
 from db.pool import DATABASE_UNAVAILABLE, create_pool
-from jobs.app import DELIVERY_QUEUE, EVENTS_QUEUE, MAINTENANCE_QUEUE, app
+from jobs.app import WORKER_QUEUES, app
+from jobs.limits import Limiter
 from jobs.providers import Provider, build_providers, close_providers
 from jobs.resources import DeliveryConfig, WorkerResources
 
@@ -162,13 +163,19 @@ async def run_worker(
             ),
             stopping=stop.stopping,
             aborting=stop.aborting,
+            limiter=Limiter(
+                pool,
+                {"email": settings.email_rate_limit, "sms": settings.sms_rate_limit},
+                settings.rate_limit_burst_seconds,
+                max_waiting=max(1, settings.worker_jobs - 1),
+            ),
         )
         await app.open_async(pool)
         stack.push_async_callback(app.close_async)
         app.perform_import_paths()
         worker = Worker(
             app=app,
-            queues=[DELIVERY_QUEUE, MAINTENANCE_QUEUE, EVENTS_QUEUE],
+            queues=WORKER_QUEUES,
             concurrency=settings.worker_jobs,
             additional_context={"resources": resources, "settings": settings},
             wait=wait,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import httpx
@@ -13,6 +16,7 @@ from jobs.providers.base import (
     OutgoingMessage,
     PermanentError,
     SendResult,
+    Throttled,
     TransientError,
 )
 
@@ -64,6 +68,9 @@ class WebhookProvider:
             return SendResult(provider_message_id=_message_id(answer))
         text = answer[:500].decode("utf-8", "replace")
         detail = f"HTTP {response.status_code}: {text}"
+        wait = retry_after_seconds(response.headers.get("retry-after"))
+        if response.status_code in (429, 503) and wait is not None:
+            raise Throttled(detail, wait)
         if response.status_code in _TRANSIENT_4XX or response.is_server_error:
             raise TransientError(detail)
         # Other 4xx, and redirects, which we do not follow: another attempt would fare the same.
@@ -71,6 +78,26 @@ class WebhookProvider:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+MAX_RETRY_AFTER_SECONDS = 3600.0
+
+
+def retry_after_seconds(header: str | None) -> float | None:
+    """A Retry-After header (seconds, or an HTTP date) as seconds from now, at most an
+    hour; None when absent or unreadable."""
+    if not header:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(header) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 async def _read_at_most(response: httpx.Response, limit: int) -> bytes:

@@ -44,7 +44,14 @@ SIGNED = {
     f"{PROVIDERS}/webhook/events": "WebhookSignature",
     f"{PROVIDERS}/sendgrid/events": "SendGridSignature",
 }
-APP_TABLES = ("campaigns", "runs", "deliveries", "suppressions", "idempotency_keys")
+APP_TABLES = (
+    "campaigns",
+    "runs",
+    "deliveries",
+    "suppressions",
+    "idempotency_keys",
+    "brand_rate_limits",
+)
 
 Op = tuple[str, str]  # (method, path as documented)
 Request = dict[str, Any]  # keyword arguments of client.request besides the method
@@ -291,6 +298,15 @@ async def suppression_req(t: Tour) -> Request:
     return {"url": f"{BRANDS}/brand-a/suppressions/{await t.suppression()}", "headers": bearer()}
 
 
+async def rate_limit_req(t: Tour) -> Request:
+    return {"url": f"{BRANDS}/brand-a/rate-limit", "headers": bearer()}
+
+
+async def put_rate_limit_req(t: Tour) -> Request:
+    body = {"email_per_second": 50, "sms_per_second": None}
+    return {"url": f"{BRANDS}/brand-a/rate-limit", "json": body, "headers": bearer()}
+
+
 async def put_suppression_req(t: Tour) -> Request:
     url = f"{BRANDS}/brand-a/suppressions/new@example.com"
     return {"url": url, "json": {"reason": "bounced"}, "headers": bearer()}
@@ -366,6 +382,7 @@ async def readyz_req(t: Tour) -> Request:
 
 C = CAMPAIGNS
 S = f"{BRANDS}/{{brand_id}}/suppressions"
+R = f"{BRANDS}/{{brand_id}}/rate-limit"
 HAPPY: dict[Op, tuple[int, Callable[[Tour], Awaitable[Request]]]] = {
     ("POST", C): (201, create_req),
     ("GET", C): (200, list_req),
@@ -384,6 +401,8 @@ HAPPY: dict[Op, tuple[int, Callable[[Tour], Awaitable[Request]]]] = {
     ("GET", S): (200, suppressions_req),
     ("GET", f"{S}/{{recipient}}"): (200, suppression_req),
     ("PUT", f"{S}/{{recipient}}"): (200, put_suppression_req),
+    ("GET", R): (200, rate_limit_req),
+    ("PUT", R): (200, put_rate_limit_req),
     ("DELETE", f"{S}/{{recipient}}"): (204, delete_suppression_req),
     ("GET", "/healthz"): (200, healthz_req),
     ("GET", "/readyz"): (200, readyz_req),
@@ -607,7 +626,7 @@ async def test_every_documented_response_is_what_the_route_answers(tour_client, 
             t.check(op, status, response)
 
     # Naming a brand outside the token is the other 403 (create, suppressions, filter).
-    for op in [("POST", C), ("GET", S), ("PUT", f"{S}/{{recipient}}")]:
+    for op in [("POST", C), ("GET", S), ("PUT", f"{S}/{{recipient}}"), ("GET", R), ("PUT", R)]:
         response = await foreign_brand(t, op)
         t.check(op, 403, response)
         assert response.json()["details"] == {"brand_id": "brand-a"}

@@ -16,13 +16,17 @@ TABLES = {
     "idempotency_keys",
     "delivery_job_failures",
     "run_events",
+    "brand_rate_limits",
+    "rate_buckets",
+    "provider_pauses",
     "procrastinate_jobs",
     "procrastinate_events",
     "procrastinate_workers",
     "procrastinate_periodic_defers",
 }
 
-LATER_THAN_0004 = {"delivery_job_failures", "run_events"}
+LATER_THAN_0007 = {"brand_rate_limits", "rate_buckets", "provider_pauses"}
+LATER_THAN_0004 = {"delivery_job_failures", "run_events", *LATER_THAN_0007}
 
 VIEWS_0004 = {
     "ops_run_progress",
@@ -149,5 +153,18 @@ async def test_0007_run_events_downgrade_to_0004_and_back(empty_database):
     assert "outcome" not in await columns(empty_database, "deliveries")
 
     command.upgrade(config, "0007")
-    assert (await objects(empty_database))[0] == TABLES
+    assert (await objects(empty_database))[0] == TABLES - LATER_THAN_0007
     assert await views(empty_database) == VIEWS
+
+
+async def test_0009_downgrades_to_0007_and_back(empty_database):
+    config = alembic_config(empty_database)
+    command.upgrade(config, "head")
+    assert "priority" in await columns(empty_database, "campaigns")
+
+    command.downgrade(config, "0007")
+    assert (await objects(empty_database))[0] == TABLES - LATER_THAN_0007
+    assert "priority" not in await columns(empty_database, "campaigns")
+
+    command.upgrade(config, "0009")
+    assert (await objects(empty_database))[0] == TABLES

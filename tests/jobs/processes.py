@@ -1,0 +1,72 @@
+"""Real worker processes (`python -m jobs.worker`) for tests, and what reached their
+webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tests.servers import HttpSink
+
+ROOT = Path(__file__).resolve().parents[2]
+CONCURRENCY = 4
+STALLED = 2  # STALLED_JOB_SECONDS of these workers
+
+
+class Workers:
+    """Starts `python -m jobs.worker` processes on the test database."""
+
+    def __init__(self, database_url: str, sink: HttpSink, tmp_path: Path) -> None:
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "EMAIL_PROVIDER": "webhook",
+            "WEBHOOK_URL": sink.url,
+            "WEBHOOK_SECRET": "s",
+            "WORKER_CONCURRENCY": str(CONCURRENCY),
+            "STALLED_JOB_SECONDS": str(STALLED),
+            "DELIVERY_RETRY_BASE_SECONDS": "0.05",
+            "LOG_LEVEL": "INFO",
+        }
+        self.tmp_path = tmp_path
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        with (self.tmp_path / f"worker-{len(self.processes)}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "jobs.worker"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.processes.append(process)
+        return process
+
+    def log(self, index: int) -> str:
+        return (self.tmp_path / f"worker-{index}.log").read_text()
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+def delivery_ids(sink: HttpSink) -> Counter[str]:
+    """How often each delivery reached the receiver; every request must carry the
+    delivery id as its Idempotency-Key."""
+    for request in sink.requests:
+        assert request.headers["idempotency-key"] == request.json()["delivery_id"]
+    return Counter(request.json()["delivery_id"] for request in list(sink.requests))
+
+
+async def wait_exit(process: subprocess.Popen[bytes], seconds: float) -> int:
+    async with asyncio.timeout(seconds):
+        while process.poll() is None:  # noqa: ASYNC110 - another process
+            await asyncio.sleep(0.05)
+    return process.returncode

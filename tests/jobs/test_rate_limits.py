@@ -1,0 +1,120 @@
+"""Rate limits that two real worker processes respect together (token buckets in
+PostgreSQL), and a provider's 429 that pauses every worker. Short and tolerant: the
+precise figures come from bench/deliver.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from app.asgi import create_app
+from tests.helpers import create_campaign, publish, recipients
+from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliveries, run_status
+from tests.jobs.processes import CONCURRENCY, Workers, delivery_ids
+from tests.servers import HttpSink, Reply
+from tests.tokens import bearer
+
+LIMIT, BURST_SECONDS = 20, 0.2
+
+
+@pytest.fixture
+def sink() -> Iterator[HttpSink]:
+    with HttpSink() as sink:
+        sink.default = Reply(delay=0.01)
+        yield sink
+
+
+@pytest.fixture
+def workers(database_url, sink, tmp_path) -> Iterator[Workers]:
+    workers = Workers(database_url, sink, tmp_path)
+    yield workers
+    workers.stop_all()
+
+
+@pytest.fixture
+async def small_jobs(settings) -> AsyncIterator[Any]:
+    """Jobs of 10 deliveries, so that both workers take part in one run."""
+    async with AsyncTestClient(create_app(replace(settings, delivery_batch_size=10))) as client:
+        yield client
+
+
+async def ended(db: Any, run_id: str, seconds: float = 60) -> None:
+    async with asyncio.timeout(seconds):
+        while await run_status(db, run_id) not in ("completed", "cancelled"):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+
+
+def rate_and_busiest_second(sink: HttpSink) -> tuple[float, int]:
+    """Sends per second from the first to the last, and the most in any 1 s window."""
+    times = sorted(request.at for request in sink.requests)
+    busiest = max(sum(1 for t in times if start <= t < start + 1) for start in times)
+    return (len(times) - 1) / (times[-1] - times[0]), busiest
+
+
+async def two_workers_deliver(small_jobs, db, workers, n: int, **env: str) -> str:
+    campaign = await create_campaign(small_jobs)
+    run = (await publish(small_jobs, campaign["id"], {"recipients": recipients(n)})).json()
+    workers.env.update(env)
+    workers.start()
+    workers.start()
+    await ended(db, run["id"])
+    assert all(workers.log(i).count('"chunk delivered"') for i in range(2))  # both sent
+    await assert_counters_equal_rows(db, run["id"])
+    return str(run["id"])
+
+
+async def test_two_workers_together_keep_to_the_channel_limit(small_jobs, db, sink, workers):
+    await two_workers_deliver(
+        small_jobs, db, workers, 120,
+        EMAIL_RATE_LIMIT=str(LIMIT), RATE_LIMIT_BURST_SECONDS=str(BURST_SECONDS),
+    )  # fmt: skip
+
+    rate, busiest = rate_and_busiest_second(sink)
+    assert LIMIT * 0.8 <= rate <= LIMIT * 1.1, rate
+    # Counted where they arrive, sends of a window can bunch up with the previous one's:
+    # one window (WORKER_CONCURRENCY) of slack over the limit plus its burst.
+    assert busiest <= LIMIT + LIMIT * BURST_SECONDS + CONCURRENCY, busiest
+    assert len(delivery_ids(sink)) == 120
+
+
+async def test_a_brand_cap_below_the_channel_limit_is_what_holds(small_jobs, db, sink, workers):
+    response = await small_jobs.put(
+        "/v1/messaging/brands/brand-a/rate-limit",
+        json={"email_per_second": 10, "sms_per_second": None},
+        headers=bearer(),
+    )
+    assert response.status_code == 200
+
+    await two_workers_deliver(small_jobs, db, workers, 60, EMAIL_RATE_LIMIT="100")
+
+    rate, busiest = rate_and_busiest_second(sink)
+    assert 8 <= rate <= 11, rate
+    assert busiest <= 10 + 2 + CONCURRENCY, busiest  # burst: 0.2 s of 10/s, at least 1: 2
+
+
+async def test_a_429_with_retry_after_pauses_every_worker_without_spending_attempts(
+    small_jobs, db, sink, workers
+):
+    sink.script.append(Reply(status=429, body=b"slow down", headers={"Retry-After": "2"}))
+
+    run_id = await two_workers_deliver(small_jobs, db, workers, 60)
+
+    throttled = sink.requests[0]
+    assert throttled.status == 429
+    # Sends already in flight when the 429 came may still arrive; after that, nothing
+    # reaches the provider from either worker until its pause ends.
+    in_pause = [r for r in sink.requests if throttled.at + 0.5 < r.at < throttled.at + 1.9]
+    assert in_pause == []
+    rows = await deliveries(db, run_id)
+    assert {row["status"] for row in rows} == {"sent"}
+    paused_one = next(
+        r for r in rows if f"{run_id}:{r['position']}" == throttled.json()["delivery_id"]
+    )
+    assert paused_one["attempts"] == 1  # the 429 was no attempt
+    pause = await db.fetchrow("SELECT * FROM provider_pauses")
+    assert pause["provider"] == "webhook" and pause["reason"] == "HTTP 429: slow down"
