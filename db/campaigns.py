@@ -11,7 +11,8 @@ import asyncpg
 from db.params import Params
 
 COLUMNS = (
-    "id, brand_id, name, channel, status, sender, subject, body, created_by, created_at, updated_at"
+    "id, brand_id, name, channel, status, sender, subject, body, created_by, created_at, "
+    "updated_at, quiet_hours"
 )
 
 # "share" lets publishes of one campaign run side by side while a status change waits
@@ -34,11 +35,14 @@ class CampaignRepository:
         subject: str | None,
         body: str,
         created_by: str,
+        quiet_hours: object = None,
     ) -> asyncpg.Record:
+        """`quiet_hours`: anything msgspec encodes as the jsonb column's object, or None."""
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
-            INSERT INTO campaigns (brand_id, name, channel, sender, subject, body, created_by)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            INSERT INTO campaigns
+                (brand_id, name, channel, sender, subject, body, created_by, quiet_hours)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
             RETURNING {COLUMNS}
             """,
             brand_id,
@@ -48,6 +52,7 @@ class CampaignRepository:
             subject,
             body,
             created_by,
+            quiet_hours,
         )
         return record
 
@@ -79,11 +84,13 @@ class CampaignRepository:
         sender: str | None,
         subject: str | None,
         body: str,
+        quiet_hours: object,
     ) -> asyncpg.Record:
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
             UPDATE campaigns
-            SET name = $2, channel = $3, sender = $4, subject = $5, body = $6, updated_at = now()
+            SET name = $2, channel = $3, sender = $4, subject = $5, body = $6,
+                quiet_hours = $7, updated_at = now()
             WHERE id = $1
             RETURNING {COLUMNS}
             """,
@@ -93,6 +100,7 @@ class CampaignRepository:
             sender,
             subject,
             body,
+            quiet_hours,
         )
         return record
 

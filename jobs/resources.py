@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 
@@ -31,3 +32,6 @@ class WorkerResources:
     """First SIGTERM: finish the windows in flight, then hand the jobs back to the queue."""
     aborting: asyncio.Event
     """Second SIGTERM: roll back the windows in flight now and hand the jobs back."""
+    clock_offset: timedelta = timedelta(0)
+    """Added to the database's now() wherever delivery decides what is due and what time
+    it is for a recipient (quiet hours). Zero but in tests, which move the clock."""

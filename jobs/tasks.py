@@ -95,6 +95,7 @@ async def deliver_batch(
                 "failed": report.failed,
                 "skipped": report.skipped,
                 "retrying": report.retrying,
+                "waiting": report.waiting,
             },
         )
 
@@ -118,8 +119,11 @@ async def _give_up(
 
 async def defer_follow_up(conn: asyncpg.Connection, at: datetime, **job: Any) -> None:
     """A deliver_batch job for the same range at `at`, deferred on `conn` (in the window's
-    transaction: it exists exactly when the transient failures that need it do). One is
-    enough however many windows ask: the queueing lock keeps a second one out."""
+    transaction: it exists exactly when the deliveries that need it do: transient
+    failures, deliveries waiting for quiet hours to end). One is enough however many
+    windows ask: the queueing lock keeps a second one out, and the one waiting is brought
+    forward to `at` if that is earlier (a wake-up is not delayed by a 300 s backoff, nor
+    a backoff by a wake-up at 8:00 tomorrow)."""
     lock = f"retry:{job['run_id']}:{job['first']}"
     try:
         async with conn.transaction():  # a savepoint: a refused insert spoils nothing else
@@ -127,7 +131,8 @@ async def defer_follow_up(conn: asyncpg.Connection, at: datetime, **job: Any) ->
                 connection=conn, schedule_at=at, queueing_lock=lock
             ).defer_async(**job, **tracing.job_trace_args())
     except exceptions.AlreadyEnqueued:
-        pass  # a follow-up of this range is waiting already; it takes these too
+        # A follow-up of this range is waiting already; it takes these too.
+        await JobRepository(conn).bring_forward(lock, at)
 
 
 # Deferred by each run status change, in its transaction (db/run_events.py), with the

@@ -20,6 +20,7 @@ import ssl
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -287,6 +288,8 @@ class ReceivedRequest:
     """The client's end of the connection: the same for requests sent on one connection."""
     status: int = 0
     """The status the sink answered (or was about to, if the client went away first)."""
+    received_at: float = field(default_factory=time.time)
+    """When its body had arrived (time.time())."""
 
     def json(self) -> Any:
         return json.loads(self.body)
