@@ -6,15 +6,17 @@ from datetime import datetime
 from uuid import UUID
 
 import asyncpg
+import msgspec
 from msgspec import UNSET
 
 from app.auth import AccessToken
 from app.errors import BadState, ForbiddenBrand, InvalidInput, NotFound
 from app.pagination import decode_cursor, listing_of, split_page
-from app.schemas import Campaign, CampaignCreate, CampaignPage, CampaignUpdate
+from app.schedule import check_zone
+from app.schemas import Campaign, CampaignCreate, CampaignPage, CampaignUpdate, QuietHours
 from db.campaigns import CampaignRepository, Lock
 
-CONTENT_FIELDS = ("name", "channel", "body", "subject", "sender", "priority")
+CONTENT_FIELDS = ("name", "channel", "body", "subject", "sender", "priority", "quiet_hours")
 
 
 def parse_id(value: str, what: str) -> UUID:
@@ -43,6 +45,27 @@ async def visible_campaign(
     return record
 
 
+def campaign_of(record: asyncpg.Record) -> Campaign:
+    """The API's view of a campaign row."""
+    fields = dict(record)
+    if fields["quiet_hours"] is not None:  # a jsonb object, validated when written
+        fields["quiet_hours"] = msgspec.convert(fields["quiet_hours"], QuietHours)
+    return Campaign(**fields)
+
+
+def check_quiet_hours(quiet_hours: QuietHours | None) -> None:
+    """InvalidInput naming the path of what msgspec's types cannot say: an empty window,
+    an unknown zone."""
+    if quiet_hours is None:
+        return
+    if quiet_hours.start == quiet_hours.end:
+        raise InvalidInput(
+            "quiet hours must end at another time than they start",
+            {"$.quiet_hours.end": "equals start; omit quiet_hours for none"},
+        )
+    check_zone(quiet_hours.time_zone, "$.quiet_hours.time_zone")
+
+
 async def create_campaign(
     conn: asyncpg.Connection, data: CampaignCreate, caller: AccessToken
 ) -> Campaign:
@@ -51,6 +74,7 @@ async def create_campaign(
         raise InvalidInput(
             "an e-mail campaign needs a subject", {"$.subject": "required for channel email"}
         )
+    check_quiet_hours(data.quiet_hours)
     record = await CampaignRepository(conn).create(
         brand_id=data.brand_id,
         name=data.name,
@@ -60,8 +84,9 @@ async def create_campaign(
         body=data.body,
         created_by=caller.sub,
         priority=data.priority,
+        quiet_hours=data.quiet_hours,
     )
-    return Campaign(**record)
+    return campaign_of(record)
 
 
 async def list_campaigns(
@@ -90,7 +115,7 @@ async def list_campaigns(
     page, next_cursor = split_page(
         rows, limit, cursor_key, listing, lambda row: (row["created_at"], row["id"])
     )
-    return CampaignPage(items=[Campaign(**row) for row in page], next_cursor=next_cursor)
+    return CampaignPage(items=[campaign_of(row) for row in page], next_cursor=next_cursor)
 
 
 async def update_campaign(
@@ -98,6 +123,8 @@ async def update_campaign(
 ) -> Campaign:
     """Change the content of a draft; BadState once it is active or archived."""
     changes = {f: value for f in CONTENT_FIELDS if (value := getattr(data, f)) is not UNSET}
+    if data.quiet_hours is not UNSET:
+        check_quiet_hours(data.quiet_hours)
     async with conn.transaction():
         campaign = await visible_campaign(conn, campaign_id, caller, lock="update")
         if campaign["status"] != "draft":
@@ -107,14 +134,14 @@ async def update_campaign(
                 allowed=["draft"],
             )
         if not changes:
-            return Campaign(**campaign)
+            return campaign_of(campaign)
         content = {f: campaign[f] for f in CONTENT_FIELDS} | changes
         if content["channel"] == "email" and content["subject"] is None:
             raise InvalidInput(
                 "an e-mail campaign needs a subject", {"$.subject": "required for channel email"}
             )
         record = await CampaignRepository(conn).update_content(campaign["id"], **content)
-    return Campaign(**record)
+    return campaign_of(record)
 
 
 def missing_content(campaign: asyncpg.Record) -> dict[str, str]:
@@ -144,4 +171,4 @@ async def change_status(
         if to == "active" and (missing := missing_content(campaign)):
             raise InvalidInput("campaign content is incomplete", missing)
         record = await CampaignRepository(conn).set_status(campaign["id"], to)
-    return Campaign(**record)
+    return campaign_of(record)

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import httpx
@@ -73,6 +73,7 @@ class Progress:
     skipped: int
     started_at: datetime | None
     completed_at: datetime | None
+    scheduled_for: datetime | None = None
 
     @property
     def done(self) -> int:
@@ -106,6 +107,7 @@ class Progress:
             skipped=run["skipped_count"],
             started_at=when(run["started_at"]),
             completed_at=when(run["completed_at"]),
+            scheduled_for=when(run.get("scheduled_for")),
         )
 
 
@@ -152,11 +154,14 @@ def _progress_row(conn: Any, run_id: str) -> Progress:
         raise CliError(f"no run {run_id}")
     return Progress(
         row["status"], row["total"], row["sent"], row["failed"], row["skipped"],
-        row["started_at"], row["completed_at"],
+        row["started_at"], row["completed_at"], row["scheduled_for"],
     )  # fmt: skip
 
 
 def bar(p: Progress, width: int = 30) -> str:
+    if p.status == "scheduled" and p.scheduled_for is not None:
+        starts = p.scheduled_for.astimezone(UTC).isoformat(timespec="seconds")
+        return f"[{'.' * width}]   0%  scheduled  starts at {starts}  pending {p.total:,}"
     filled = width * p.done // p.total if p.total else width
     rate = f"{p.rate:,.0f}/s" if p.rate is not None else "-/s"
     return (

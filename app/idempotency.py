@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from uuid import UUID
 
 import asyncpg
@@ -47,6 +47,8 @@ def idempotency_key(header: str | None, body: PublishRequest) -> IdempotencyKey 
     """The request's key (None without the header); InvalidInput if it is malformed."""
     if header is None:
         return None
+    if body.send_at is not None:  # one instant, whatever offset it was written with
+        body = msgspec.structs.replace(body, send_at=body.send_at.astimezone(UTC))
     return IdempotencyKey(parse_key(header), hashlib.sha256(msgspec.json.encode(body)).digest())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import asyncpg
@@ -20,6 +20,7 @@ from app.idempotency import IdempotencyKey, claim_key, parse_key, retry_key
 from app.metrics import PUBLISH_RECIPIENTS
 from app.recipients import normalise_all, skip_reasons
 from app.runs import ensure_deliveries_kept, visible_run
+from app.schedule import check_recipient_zones, check_send_at
 from app.schemas import Recipient, Run
 from db.ids import uuid7
 from db.pool import DATABASE_AWAY
@@ -52,10 +53,12 @@ async def publish_campaign(
     batch_size: int,
     idempotency_key: IdempotencyKey | None = None,
     retry_of: UUID | None = None,
+    send_at: datetime | None = None,
     pool: asyncpg.Pool | None = None,
 ) -> Run:
     """The new run; or, for a repeat of `idempotency_key` with the same body, the
-    original run (nothing is created). `retry_of`: the run this one retries.
+    original run (nothing is created). `retry_of`: the run this one retries. With
+    `send_at`, the run is `scheduled` and its jobs wait in the queue until that instant.
 
     When the connection is lost at the commit, the commit may have happened all the same:
     the run is then looked up on another connection of `pool`, and returned if it exists,
@@ -65,12 +68,21 @@ async def publish_campaign(
             f"recipients must have 1 to {max_recipients} entries",
             {"$.recipients": f"has {len(recipients)} entries; allowed 1 to {max_recipients}"},
         )
+    check_recipient_zones(recipients)
     # Chosen here, so that a run whose commit lost its answer can be looked up. A UUIDv7:
     # its deliveries go to the partition of this month (db/ids.py).
     run_id = uuid7()
     try:
         return await _publish(
-            conn, run_id, campaign_id, recipients, caller, batch_size, idempotency_key, retry_of
+            conn,
+            run_id,
+            campaign_id,
+            recipients,
+            caller,
+            batch_size,
+            idempotency_key,
+            retry_of,
+            send_at,
         )
     except DATABASE_AWAY:
         if pool is None:
@@ -92,6 +104,7 @@ async def _publish(
     batch_size: int,
     idempotency_key: IdempotencyKey | None,
     retry_of: UUID | None,
+    send_at: datetime | None,
 ) -> Run:
     async with tracing.transaction(conn, "publish transaction"):
         campaign = await visible_campaign(conn, campaign_id, caller, lock="share")
@@ -101,6 +114,10 @@ async def _publish(
             original := await claim_key(conn, campaign, idempotency_key, run_id)
         ):
             return original
+        # After the replay: a repeat of a scheduled publish returns its run even once
+        # its send_at has passed.
+        if send_at is not None:
+            check_send_at(send_at, datetime.now(UTC))
         if campaign["status"] != "active":
             raise BadState(
                 f"campaign is {campaign['status']}; only an active campaign can be published",
@@ -121,11 +138,17 @@ async def _publish(
             created_by=caller.sub,
             run_id=run_id,
             retry_of=retry_of,
+            scheduled_for=send_at,
         )
         with tracing.span("COPY deliveries", kind=SpanKind.CLIENT, attributes=_COPY):
             await runs.copy_deliveries(_delivery_rows(run["id"], recipients, skips))
         job_ids = await defer_deliveries(
-            conn, str(run["id"]), len(recipients), batch_size, campaign["priority"]
+            conn,
+            str(run["id"]),
+            len(recipients),
+            batch_size,
+            campaign["priority"],
+            schedule_at=send_at,
         )
     PUBLISH_RECIPIENTS.observe(len(recipients))
     logger.info(
@@ -138,6 +161,7 @@ async def _publish(
             "skipped": len(skips),
             "jobs": len(job_ids),
             "retry_of": str(retry_of) if retry_of else None,
+            "send_at": send_at.isoformat() if send_at else None,
         },
     )
     return Run(**run)
@@ -175,7 +199,7 @@ async def retry_failed(
             failed_count=0,
         )
     rows = await RunRepository(conn).failed_recipients(original["id"])
-    recipients = [Recipient(person_id=row[0], recipient=row[1]) for row in rows]
+    recipients = [Recipient(person_id=row[0], recipient=row[1], time_zone=row[2]) for row in rows]
     return await publish_campaign(
         conn,
         campaign_id,
@@ -196,19 +220,26 @@ def _delivery_rows(
     """A generator: COPY consumes it while PostgreSQL already ingests earlier chunks."""
     for position, r in enumerate(recipients):
         if position in skips:
-            yield run_id, position, r.person_id, r.recipient, "skipped", skips[position]
+            yield run_id, position, r.person_id, r.recipient, "skipped", skips[position], None
         else:
-            yield run_id, position, r.person_id, r.recipient, "pending", None
+            yield run_id, position, r.person_id, r.recipient, "pending", None, r.time_zone
 
 
 async def defer_deliveries(
-    conn: asyncpg.Connection, run_id: str, total: int, batch_size: int, priority: str = "normal"
+    conn: asyncpg.Connection,
+    run_id: str,
+    total: int,
+    batch_size: int,
+    priority: str = "normal",
+    *,
+    schedule_at: datetime | None = None,
 ) -> list[int]:
     """One deliver_batch job per `batch_size` positions, deferred on `conn` (so inside
     its transaction: the jobs exist exactly when the run does), the k-th at the
     procrastinate priority of the k-th job of a run of that campaign `priority`
-    (jobs/app.py). With tracing on, each job carries this span's trace context
-    (`traceparent`): its run continues the trace."""
+    (jobs/app.py), due at `schedule_at` if given (a scheduled run: they wait in the
+    queue, no process has to remember them). With tracing on, each job carries this
+    span's trace context (`traceparent`): its run continues the trace."""
     batches: list[dict[str, JSONValue]] = [
         {"run_id": run_id, "first": first, "last": min(first + batch_size, total) - 1}
         for first in range(0, total, batch_size)
@@ -218,7 +249,7 @@ async def defer_deliveries(
         if trace_args := tracing.job_trace_args():
             for batch in batches:
                 batch.update(trace_args)
-        deferrer = deliver_batch.configure(connection=conn)
+        deferrer = deliver_batch.configure(connection=conn, schedule_at=schedule_at)
         jobs = [
             deferrer.make_new_job(**batch).evolve(priority=delivery_priority(priority, rank))
             for rank, batch in enumerate(batches)

@@ -13,8 +13,9 @@ from app.errors import BadState, Gone, NotFound
 from app.pagination import decode_cursor, listing_of, split_page
 from app.schemas import Delivery, DeliveryPage, Run, RunPage
 from db.deliveries import DeliveryRepository, delivery_id
+from db.jobs import JobRepository
 from db.retention import RetentionRepository
-from db.runs import ENDED, RunRepository
+from db.runs import ENDED, NOT_ENDED, RunRepository
 
 
 async def visible_run(
@@ -31,8 +32,9 @@ async def visible_run(
 async def cancel_run(
     conn: asyncpg.Connection, campaign_id: str, run_id: str, caller: AccessToken
 ) -> Run:
-    """Pending deliveries become skipped (`cancelled`). Waits for the delivery windows in
-    flight to commit; once this commits, no worker sends for the run again."""
+    """Pending deliveries become skipped (`cancelled`), and the run's delivery jobs still
+    waiting in the queue (all of a scheduled run's) are removed. Waits for the delivery
+    windows in flight to commit; once this commits, no worker sends for the run again."""
     async with conn.transaction():
         run = await visible_run(conn, campaign_id, run_id, caller)
         runs = RunRepository(conn)
@@ -41,11 +43,12 @@ async def cancel_run(
         status = await runs.status_of(run["id"])
         if status in ENDED:
             raise BadState(
-                f"run is {status}; only a queued or running run can be cancelled",
+                f"run is {status}; only a scheduled, queued or running run can be cancelled",
                 status=status,
-                allowed=["queued", "running"],
+                allowed=list(NOT_ENDED),
             )
         skipped = await DeliveryRepository(conn).skip_pending(run["id"], "cancelled")
+        await JobRepository(conn).delete_waiting_deliveries(run["id"])
         return Run(**await runs.cancel(run["id"], skipped))
 
 
@@ -54,15 +57,21 @@ async def list_runs(
     campaign_id: str,
     caller: AccessToken,
     *,
+    status: str | None = None,
     limit: int,
     cursor: str | None,
     cursor_key: bytes,
 ) -> RunPage:
-    """The campaign's runs, newest first."""
+    """The campaign's runs (of `status` only, if given), newest first."""
     campaign = await visible_campaign(conn, campaign_id, caller)
-    listing = listing_of(caller.brands, "runs", str(campaign["id"]))
+    # A filter is part of the listing; without one the listing is what it always was, so
+    # cursors issued before the filter existed still hold.
+    filters = () if status is None else (status,)
+    listing = listing_of(caller.brands, "runs", str(campaign["id"]), *filters)
     after = decode_cursor(cursor_key, listing, cursor, tuple[datetime, UUID]) if cursor else None
-    rows = await RunRepository(conn).page(campaign["id"], after=after, limit=limit + 1)
+    rows = await RunRepository(conn).page(
+        campaign["id"], status=status, after=after, limit=limit + 1
+    )
     page, next_cursor = split_page(
         rows, limit, cursor_key, listing, lambda row: (row["created_at"], row["id"])
     )
@@ -121,4 +130,5 @@ def _delivery(row: asyncpg.Record) -> Delivery:
         outcome=row["outcome"],
         outcome_at=row["outcome_at"],
         outcome_detail=row["outcome_detail"],
+        not_before=row["not_before"],
     )

@@ -11,7 +11,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 Channel = Literal["email", "sms"]
 CampaignStatus = Literal["draft", "active", "archived"]
-RunStatus = Literal["queued", "running", "completed", "cancelled"]
+RunStatus = Literal["scheduled", "queued", "running", "completed", "cancelled"]
 DeliveryStatus = Literal["pending", "sent", "failed", "skipped"]
 SuppressionReason = Literal["unsubscribed", "bounced", "complained", "manual"]
 Outcome = Literal["delivered", "bounced", "complained"]
@@ -48,16 +48,46 @@ class Error(msgspec.Struct, omit_defaults=True):
     details: dict[str, Any] = {}
 
 
-class Recipient(msgspec.Struct, gc=False):
+TimeZoneName = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        description="An IANA time zone name, e.g. `America/New_York`.",
+    ),
+]
+ClockTime = Annotated[
+    str,
+    Meta(pattern=r"^(?:[01][0-9]|2[0-3]):[0-5][0-9]$", description="`HH:MM`, 00:00 to 23:59."),
+]
+
+
+class Recipient(msgspec.Struct, gc=False, omit_defaults=True):
     """gc=False: a publish holds up to 100,000 of these, and they never form cycles;
-    untracked, they do not set off the garbage collector over and over."""
+    untracked, they do not set off the garbage collector over and over. omit_defaults:
+    a recipient without `time_zone` encodes (Idempotency-Key fingerprint) as before."""
 
     person_id: PersonId
     recipient: Address
+    time_zone: TimeZoneName | None = None
+    """The recipient's own zone for the campaign's quiet hours (over the campaign's)."""
 
 
-class PublishRequest(msgspec.Struct):
+class PublishRequest(msgspec.Struct, omit_defaults=True):
     recipients: list[Recipient]
+    send_at: Annotated[datetime, Meta(tz=True)] | None = None
+    """When delivery starts (RFC 3339 with an offset); the run is `scheduled` until then.
+    At most 5 minutes in the past and 90 days ahead."""
+
+
+class QuietHours(msgspec.Struct, forbid_unknown_fields=True):
+    """No message of the campaign reaches a recipient whose local time is in
+    [start, end); the window may cross midnight (22:00 to 07:00)."""
+
+    start: ClockTime
+    end: ClockTime
+    time_zone: TimeZoneName
+    """The recipients' zone, unless a recipient carries its own."""
 
 
 class CampaignCreate(msgspec.Struct):
@@ -68,6 +98,7 @@ class CampaignCreate(msgspec.Struct):
     subject: Subject | None = None
     sender: Address | None = None
     priority: Priority = "normal"
+    quiet_hours: QuietHours | None = None
 
 
 class CampaignUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -80,6 +111,7 @@ class CampaignUpdate(msgspec.Struct, forbid_unknown_fields=True):
     subject: Subject | UnsetType | None = UNSET
     sender: Address | UnsetType | None = UNSET
     priority: Priority | UnsetType = UNSET
+    quiet_hours: QuietHours | UnsetType | None = UNSET
 
 
 class Campaign(msgspec.Struct):
@@ -95,6 +127,8 @@ class Campaign(msgspec.Struct):
     created_at: datetime
     updated_at: datetime
     priority: Priority
+    quiet_hours: QuietHours | None
+    """Null: messages may go at any hour."""
 
 
 class Run(msgspec.Struct):
@@ -112,6 +146,8 @@ class Run(msgspec.Struct):
     created_at: datetime
     retry_of: UUID | None
     """The run whose failed deliveries this run retries (POST .../retry); null otherwise."""
+    scheduled_for: datetime | None
+    """The `send_at` of a scheduled publish; null when delivery started at publish."""
 
 
 class CampaignPage(msgspec.Struct):
@@ -141,6 +177,8 @@ class Delivery(msgspec.Struct):
     """What the provider reported after the send (its events webhook); null until then."""
     outcome_at: datetime | None
     outcome_detail: str | None
+    not_before: datetime | None
+    """A pending delivery waiting for its recipient's quiet hours to end: when it goes."""
 
 
 class DeliveryPage(msgspec.Struct):

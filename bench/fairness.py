@@ -152,7 +152,7 @@ async def rate_limit(
             while len(sink.requests) < limit * (seconds + 2):
                 await asyncio.sleep(0.5)
         await conn.execute("UPDATE runs SET status = 'cancelled' WHERE id = $1::uuid", run_id)
-        times = sorted(request.at for request in list(sink.requests))
+        times = sorted(request.received_at for request in list(sink.requests))
     start = times[0] + 1  # skip the first second: the buckets start full
     measured = [t for t in times if start <= t < start + seconds]
     per_second = [

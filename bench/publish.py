@@ -9,6 +9,8 @@ both see the same machine noise:
 - baseline: asyncpg `copy_records_to_table` of 100,000 delivery rows into a table of the
   deliveries table's shape (LIKE ... INCLUDING ALL), in one transaction;
 - publish of 1, 1,000, 10,000 and 100,000 recipients, request sent to 202 received;
+- publish of 100,000 recipients that each carry a `time_zone` (one of ZONES), to a
+  campaign with quiet hours (issue 11);
 - 1-recipient publishes from 8 concurrent clients (p50, p99);
 - retry of a run of 100,000 whose 30,000 failed (POST .../retry, to 202 received), beside
   its own baseline: a publish of 30,000 recipients;
@@ -52,6 +54,18 @@ SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 BASE = f"http://127.0.0.1:{PORT}"
 SIZES = (1, 1_000, 10_000, 100_000)
 RETRIED, FAILED = 100_000, 30_000
+ZONED = "publish 100000 with zones"
+# A national brand's spread: a handful of zones, each recipient naming one.
+ZONES = (
+    "America/New_York",
+    "America/Chicago",
+    "America/Denver",
+    "America/Phoenix",
+    "America/Los_Angeles",
+    "America/Anchorage",
+    "Pacific/Honolulu",
+    "America/Puerto_Rico",
+)
 
 
 def token() -> str:
@@ -60,11 +74,12 @@ def token() -> str:
     return jwt.encode(claims, SECRET)
 
 
-def body(n: int) -> bytes:
+def body(n: int, *, zones: bool = False) -> bytes:
     return msgspec.json.encode(
         {
             "recipients": [
                 {"person_id": f"person-{i:08d}", "recipient": f"user{i}@example{i % 97}.com"}
+                | ({"time_zone": ZONES[i % len(ZONES)]} if zones else {})
                 for i in range(n)
             ]
         }
@@ -135,7 +150,8 @@ async def wait_ready(client: httpx.AsyncClient) -> None:
     raise SystemExit("web did not become ready")
 
 
-async def campaign(client: httpx.AsyncClient) -> str:
+async def campaign(client: httpx.AsyncClient, quiet_hours: bool = False) -> str:
+    quiet = {"start": "21:00", "end": "08:00", "time_zone": ZONES[0]}
     created = await client.post(
         "/v1/messaging/campaigns",
         json={
@@ -144,7 +160,8 @@ async def campaign(client: httpx.AsyncClient) -> str:
             "channel": "email",
             "subject": "s",
             "body": "b",
-        },
+        }
+        | ({"quiet_hours": quiet} if quiet_hours else {}),
     )
     campaign_id: str = created.json()["id"]
     await client.post(f"/v1/messaging/campaigns/{campaign_id}/activate")
@@ -232,7 +249,10 @@ async def main(repeat: int, http: str | None) -> None:
         ) as client:
             await wait_ready(client)
             url = f"/v1/messaging/campaigns/{await campaign(client)}/publish"
+            zoned_url = f"/v1/messaging/campaigns/{await campaign(client, True)}/publish"
             payloads = {n: body(n) for n in (*SIZES, FAILED)}
+            zoned = body(100_000, zones=True)
+            await timed_publish(client, zoned_url, zoned)
             retry_url = await run_with_failures(client, conn, url)
             for n in SIZES:  # warm up every path once
                 await timed_publish(client, url, payloads[n])
@@ -243,12 +263,14 @@ async def main(repeat: int, http: str | None) -> None:
             results: dict[str, list[float]] = (
                 {"copy 100000": []}
                 | {f"publish {n}": [] for n in SIZES}
+                | {ZONED: []}
                 | {f"publish {FAILED}": [], f"retry {FAILED}/{RETRIED}": []}
             )
             for _ in range(repeat):
                 results["copy 100000"].append(await baseline_copy(conn, 100_000))
                 for n in SIZES:
                     results[f"publish {n}"].append(await timed_publish(client, url, payloads[n]))
+                results[ZONED].append(await timed_publish(client, zoned_url, zoned))
                 # The retry (of the same original each time: it is never changed) beside
                 # its baseline, a publish of as many recipients.
                 publish_failed = await timed_publish(client, url, payloads[FAILED])
@@ -266,8 +288,8 @@ async def main(repeat: int, http: str | None) -> None:
     print(f"median of {repeat} (interleaved); machine: {os.cpu_count()} cores")
     for name, values in results.items():
         median = statistics.median(values)
-        ratio = f"  {median / copy_median:4.2f}x baseline" if name.endswith(" 100000") else ""
-        print(f"{name:>16}: {ms(median)}  (min {ms(min(values))}, max {ms(max(values))}){ratio}")
+        ratio = f"  {median / copy_median:4.2f}x baseline" if " 100000" in name else ""
+        print(f"{name:>25}: {ms(median)}  (min {ms(min(values))}, max {ms(max(values))}){ratio}")
     retry_ratio = statistics.median(results[f"retry {FAILED}/{RETRIED}"]) / statistics.median(
         results[f"publish {FAILED}"]
     )

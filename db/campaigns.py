@@ -12,7 +12,7 @@ from db.params import Params
 
 COLUMNS = (
     "id, brand_id, name, channel, status, sender, subject, body, created_by, created_at, "
-    "updated_at, priority"
+    "updated_at, priority, quiet_hours"
 )
 
 # "share" lets publishes of one campaign run side by side while a status change waits
@@ -36,12 +36,15 @@ class CampaignRepository:
         body: str,
         created_by: str,
         priority: str = "normal",
+        quiet_hours: object = None,
     ) -> asyncpg.Record:
+        """`quiet_hours`: anything msgspec encodes as the jsonb column's object, or None."""
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
             INSERT INTO campaigns
-                (brand_id, name, channel, sender, subject, body, created_by, priority)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                (brand_id, name, channel, sender, subject, body, created_by, priority,
+                 quiet_hours)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
             RETURNING {COLUMNS}
             """,
             brand_id,
@@ -52,6 +55,7 @@ class CampaignRepository:
             body,
             created_by,
             priority,
+            quiet_hours,
         )
         return record
 
@@ -84,12 +88,13 @@ class CampaignRepository:
         subject: str | None,
         body: str,
         priority: str,
+        quiet_hours: object,
     ) -> asyncpg.Record:
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
             UPDATE campaigns
             SET name = $2, channel = $3, sender = $4, subject = $5, body = $6, priority = $7,
-                updated_at = now()
+                quiet_hours = $8, updated_at = now()
             WHERE id = $1
             RETURNING {COLUMNS}
             """,
@@ -100,6 +105,7 @@ class CampaignRepository:
             subject,
             body,
             priority,
+            quiet_hours,
         )
         return record
 

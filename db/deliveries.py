@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
@@ -39,23 +40,58 @@ class DeliveryRepository:
         self.conn = conn
 
     async def claim(
-        self, run_id: UUID, first: int, last: int, *, limit: int, exclude: Sequence[int]
+        self,
+        run_id: UUID,
+        first: int,
+        last: int,
+        *,
+        limit: int,
+        exclude: Sequence[int],
+        now: datetime,
     ) -> list[asyncpg.Record]:
-        """Up to `limit` pending deliveries of positions first..last, row-locked until the
-        transaction ends. Rows another worker holds are skipped, not waited for: no two
-        workers ever hold the same delivery."""
+        """Up to `limit` pending deliveries of positions first..last that are due at `now`
+        (not waiting for quiet hours to end), row-locked until the transaction ends. Rows
+        another worker holds are skipped, not waited for: no two workers ever hold the
+        same delivery."""
         rows: list[asyncpg.Record] = await self.conn.fetch(
             """
-            SELECT position, person_id, recipient, attempts FROM deliveries
+            SELECT position, person_id, recipient, attempts, time_zone FROM deliveries
             WHERE run_id = $1 AND position BETWEEN $2 AND $3 AND status = 'pending'
               AND position <> ALL($4::int[])
+              AND (not_before IS NULL OR not_before <= $6)
             ORDER BY position
             LIMIT $5
             FOR UPDATE SKIP LOCKED
             """,
-            run_id, first, last, list(exclude), limit,
+            run_id, first, last, list(exclude), limit, now,
         )  # fmt: skip
         return rows
+
+    async def wait_until(self, run_id: UUID, not_before: Mapping[int, datetime]) -> None:
+        """The deliveries at these positions stay pending until the given instants."""
+        await self.conn.execute(
+            """
+            UPDATE deliveries AS d SET not_before = w.not_before
+            FROM unnest($2::int[], $3::timestamptz[]) AS w(position, not_before)
+            WHERE d.run_id = $1 AND d.position = w.position
+            """,
+            run_id, list(not_before), list(not_before.values()),
+        )  # fmt: skip
+
+    async def next_not_before(
+        self, run_id: UUID, first: int, last: int, now: datetime
+    ) -> datetime | None:
+        """The earliest instant after `now` at which a pending delivery of positions
+        first..last stops waiting; None if none waits."""
+        at: datetime | None = await self.conn.fetchval(
+            """
+            SELECT min(not_before) FROM deliveries
+            WHERE run_id = $1 AND position BETWEEN $2 AND $3 AND status = 'pending'
+              AND not_before > $4
+            """,
+            run_id, first, last, now,
+        )  # fmt: skip
+        return at
 
     async def record(self, run_id: UUID, outcomes: Sequence[Outcome]) -> None:
         await self.conn.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
+from uuid import UUID
 
 import asyncpg
 
@@ -77,12 +78,28 @@ class JobRepository:
         )
         return waiting
 
+    async def delete_waiting_deliveries(self, run_id: UUID) -> int:
+        """Delete the run's deliver_batch jobs still waiting in the queue (`todo`: those of
+        a scheduled run, follow-ups of a running one) with procrastinate's own cancel, in
+        the caller's transaction; returns how many. Jobs being run are left alone: their
+        windows see the run ended. Its send_run_events jobs are not touched."""
+        deleted: int = await self.conn.fetchval(
+            """
+            SELECT count(procrastinate_cancel_job_v1(id, false, true)) FROM procrastinate_jobs
+            WHERE args ->> 'run_id' = $1 AND status = 'todo' AND task_name = 'deliver_batch'
+            """,
+            str(run_id),
+        )
+        return deleted
+
     async def bring_forward(self, queueing_lock: str, at: datetime) -> None:
-        """The waiting job of `queueing_lock` runs no later than `at`."""
+        """The waiting job of `queueing_lock` runs at `at` if that is earlier than it was
+        due (never later): a follow-up waiting out a backoff also wakes deliveries that
+        wait for less."""
         await self.conn.execute(
             """
-            UPDATE procrastinate_jobs SET scheduled_at = least(scheduled_at, $2)
-            WHERE queueing_lock = $1 AND status = 'todo'
+            UPDATE procrastinate_jobs SET scheduled_at = $2
+            WHERE queueing_lock = $1 AND status = 'todo' AND scheduled_at > $2
             """,
             queueing_lock,
             at,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -14,22 +14,27 @@ from db.run_events import EVENT_TYPES, RunEventRepository
 
 ENDED = ("completed", "cancelled")
 """Run statuses after which nothing is sent any more."""
+NOT_ENDED = ("scheduled", "queued", "running")
+"""Run statuses of a run that may still send."""
 
 COLUMNS = (
     "id, campaign_id, brand_id, status, total_recipients, sent_count, failed_count, "
-    "skipped_count, started_at, completed_at, created_by, created_at, retry_of"
+    "skipped_count, started_at, completed_at, created_by, created_at, retry_of, scheduled_for"
 )
 """The fields of a run as the API shows it (app.schemas.Run)."""
 _RUN_FIELDS = [column.strip() for column in COLUMNS.split(",")]
 _UPDATED_COLUMNS = ", ".join(f"runs.{column}" for column in _RUN_FIELDS)
 DELIVERY_COLUMNS = (
     "run_id, position, person_id, recipient, status, reason, attempts, last_error, "
-    "provider_message_id, sent_at, outcome, outcome_at, outcome_detail"
+    "provider_message_id, sent_at, outcome, outcome_at, outcome_detail, not_before"
 )
-DELIVERY_COPY_COLUMNS = ("run_id", "position", "person_id", "recipient", "status", "reason")
+DELIVERY_COPY_COLUMNS = (
+    "run_id", "position", "person_id", "recipient", "status", "reason", "time_zone"
+)  # fmt: skip
 
-# One delivery as publish writes it: (run_id, position, person_id, recipient, status, reason).
-DeliveryRow = tuple[UUID, int, str, str, str, str | None]
+# One delivery as publish writes it:
+# (run_id, position, person_id, recipient, status, reason, time_zone).
+DeliveryRow = tuple[UUID, int, str, str, str, str | None, str | None]
 
 
 # Every delivery window holds this run's advisory lock shared, cancel holds it exclusive:
@@ -53,14 +58,17 @@ class RunRepository:
         created_by: str,
         run_id: UUID | None = None,
         retry_of: UUID | None = None,
+        scheduled_for: datetime | None = None,
     ) -> asyncpg.Record:
-        """The new run; its id is `run_id` if given (an idempotency key already names it)."""
+        """The new run; its id is `run_id` if given (an idempotency key already names it).
+        `scheduled` with `scheduled_for` if given, else `queued`."""
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
             INSERT INTO runs
                 (id, campaign_id, brand_id, total_recipients, skipped_count, created_by,
-                 retry_of)
-            VALUES (COALESCE($6, uuid_v7()), $1, $2, $3, $4, $5, $7)
+                 retry_of, scheduled_for, status)
+            VALUES (COALESCE($6, uuid_v7()), $1, $2, $3, $4, $5, $7, $8,
+                    CASE WHEN $8::timestamptz IS NULL THEN 'queued' ELSE 'scheduled' END)
             RETURNING {COLUMNS}
             """,
             campaign_id,
@@ -70,6 +78,7 @@ class RunRepository:
             created_by,
             run_id,
             retry_of,
+            scheduled_for,
         )
         return record
 
@@ -90,29 +99,29 @@ class RunRepository:
         return status
 
     async def page(
-        self, campaign_id: UUID, *, after: tuple[datetime, UUID] | None, limit: int
+        self,
+        campaign_id: UUID,
+        *,
+        status: str | None = None,
+        after: tuple[datetime, UUID] | None,
+        limit: int,
     ) -> list[asyncpg.Record]:
-        """Up to `limit` runs of the campaign, newest first, after (created_at, id) `after`."""
-        if after is None:
-            rows: list[asyncpg.Record] = await self.conn.fetch(
-                f"""
-                SELECT {COLUMNS} FROM runs WHERE campaign_id = $1
-                ORDER BY created_at DESC, id DESC LIMIT $2
-                """,
-                campaign_id,
-                limit,
-            )
-        else:
-            rows = await self.conn.fetch(
-                f"""
-                SELECT {COLUMNS} FROM runs
-                WHERE campaign_id = $1 AND (created_at, id) < ($2, $3)
-                ORDER BY created_at DESC, id DESC LIMIT $4
-                """,
-                campaign_id,
-                *after,
-                limit,
-            )
+        """Up to `limit` runs of the campaign (of `status` only, if given), newest first,
+        after (created_at, id) `after`. The index (campaign_id, created_at, id) serves
+        the walk; a status filter is checked along it (a campaign has few runs)."""
+        p = Params()
+        conditions = [f"campaign_id = {p(campaign_id)}"]
+        if status is not None:
+            conditions.append(f"status = {p(status)}")
+        if after is not None:
+            conditions.append(f"(created_at, id) < ({p(after[0])}, {p(after[1])})")
+        rows: list[asyncpg.Record] = await self.conn.fetch(
+            f"""
+            SELECT {COLUMNS} FROM runs WHERE {" AND ".join(conditions)}
+            ORDER BY created_at DESC, id DESC LIMIT {p(limit)}
+            """,
+            *p.values,
+        )
         return rows
 
     async def page_deliveries(
@@ -137,10 +146,11 @@ class RunRepository:
         return rows
 
     async def failed_recipients(self, run_id: UUID) -> list[asyncpg.Record]:
-        """(person_id, recipient) of the run's failed deliveries, in position order."""
+        """(person_id, recipient, time_zone) of the run's failed deliveries, in position
+        order."""
         rows: list[asyncpg.Record] = await self.conn.fetch(
             """
-            SELECT person_id, recipient FROM deliveries
+            SELECT person_id, recipient, time_zone FROM deliveries
             WHERE run_id = $1 AND status = 'failed' ORDER BY position
             """,
             run_id,
@@ -165,10 +175,12 @@ class RunRepository:
         return record
 
     async def enter_delivery_window(
-        self, run_id: UUID, provider: str = ""
+        self, run_id: UUID, provider: str = "", clock_offset: timedelta = timedelta(0)
     ) -> asyncpg.Record | None:
-        """Take the run's delivery lock (shared) and return the run with its campaign, and
-        `paused_for`: the seconds `provider` is still paused for (provider_pauses), if it is."""
+        """Take the run's delivery lock (shared) and return the run with its campaign;
+        `paused_for`: the seconds `provider` is still paused for (provider_pauses), if it
+        is; `now`: the database's now() (+ `clock_offset`, set by tests only), the instant
+        this window decides what is due by."""
         await self.conn.execute(
             f"SELECT pg_advisory_xact_lock_shared({_LOCK_NAMESPACE}, {_RUN_LOCK})", str(run_id)
         )
@@ -176,12 +188,14 @@ class RunRepository:
             """
             SELECT r.status, r.brand_id, r.campaign_id, c.channel, c.sender, c.subject, c.body,
                    (SELECT extract(epoch FROM p.until - clock_timestamp()) FROM provider_pauses p
-                    WHERE p.provider = $2 AND p.until > clock_timestamp()) AS paused_for
+                    WHERE p.provider = $2 AND p.until > clock_timestamp()) AS paused_for,
+                   c.quiet_hours, now() + $3::interval AS now
             FROM runs r JOIN campaigns c ON c.id = r.campaign_id
             WHERE r.id = $1
             """,
             run_id,
             provider,
+            clock_offset,
         )
         return record
 
@@ -211,7 +225,7 @@ class RunRepository:
                                          = total_recipients
                                     THEN now() END
             FROM {_BEFORE}
-            WHERE runs.id = $1 AND runs.status IN ('queued', 'running')
+            WHERE runs.id = $1 AND runs.status IN ('scheduled', 'queued', 'running')
             RETURNING before.status AS previous_status, {_UPDATED_COLUMNS}
             """,
             run_id, sent, failed, skipped,

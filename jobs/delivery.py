@@ -16,6 +16,13 @@ A transient failure leaves the delivery pending with one more attempt; the job d
 retry it itself: the window that met it defers, in its own transaction, a follow-up job
 for the range after the backoff (`schedule_retry`).
 
+A delivery whose recipient is inside the campaign's quiet hours is not sent and spends no
+attempt: it stays pending with `not_before` = the end of the window (UTC), which claims
+respect, and the window defers the range's follow-up job for the earliest such instant
+(the same job as for transient failures: due at the earliest instant either needs). The
+last window of every job also makes sure that such a job exists while deliveries of its
+range wait (`_wait_for_quiet_hours`), so no wait depends on a process remembering it.
+
 A window whose sends happened but whose transaction then fails for a reason that would
 fail again (a bug of ours, a constraint, text the database refuses) is not rolled back
 into another send: `_salvage` records what it can of it, delivery by delivery, with the
@@ -43,6 +50,7 @@ from opentelemetry.trace import SpanKind
 
 from app import tracing
 from app.recipients import normalise
+from app.schedule import QuietWindow
 from db.deliveries import DeliveryRepository, Outcome, delivery_id
 from db.pool import database_away
 from db.rate_limits import RateLimitRepository
@@ -66,7 +74,8 @@ class DeliveryInterrupted(Exception):
 
 
 ScheduleRetry = Callable[[asyncpg.Connection, datetime], Awaitable[None]]
-"""Defers the follow-up job of a range on the given connection (in its transaction)."""
+"""Defers the follow-up job of a range on the given connection (in its transaction), due
+at the given instant, or brings the one already waiting forward to it."""
 
 
 @dataclass
@@ -79,6 +88,8 @@ class ChunkReport:
     comes_back_in: float | None = None
     """The chunk ended early to wait (rate limit, paused provider): its follow-up job
     comes back after this many seconds."""
+    waiting: int = 0
+    """Deliveries held back by their recipients' quiet hours, for a follow-up job."""
 
 
 @dataclass
@@ -98,6 +109,8 @@ class Window:
     """Sends it made (claimed deliveries that were not suppressed)."""
     paused_for: float | None = None
     """Set instead of sending when the provider is paused (it answered 429 earlier)."""
+    waiting: int = 0
+    """Claimed deliveries that wait for the end of their recipients' quiet hours."""
 
 
 def backoff_seconds(attempts: int, base: float) -> float:
@@ -180,6 +193,7 @@ async def deliver_chunk(
         report.failed += counts["failed"]
         report.skipped += counts["skipped"]
         report.retrying += counts["pending"]
+        report.waiting += window.waiting
         retrying += (o.position for o in outcomes if o.status == "pending")
     return report
 
@@ -248,20 +262,29 @@ async def _deliver_window(
     """One window in the caller's transaction; None when the chunk has nothing left."""
     run_id = window.run_id
     runs = RunRepository(conn)
-    run = await runs.enter_delivery_window(run_id, window.provider)
+    run = await runs.enter_delivery_window(run_id, window.provider, resources.clock_offset)
     if run is None or run["status"] in ENDED:
         return None
     if run["paused_for"] is not None:
         window.paused_for = float(run["paused_for"])
         return None
     claimed = await DeliveryRepository(conn).claim(
-        run_id, window.first, window.last, limit=window.limit, exclude=window.exclude
+        run_id,
+        window.first,
+        window.last,
+        limit=window.limit,
+        exclude=window.exclude,
+        now=run["now"],
     )
     if not claimed:
         # Nothing left here; if nothing is left anywhere (e.g. every recipient was skipped
         # at publish), this completes the run.
         await runs.count_outcomes(run_id, 0, 0, 0)
+        await _wait_for_quiet_hours(conn, resources, window, run["now"], schedule_retry)
         return None
+    waiting, wake_at = await _hold_quiet(conn, run_id, run, claimed)
+    window.waiting = len(waiting)
+    claimed = [row for row in claimed if row["position"] not in waiting]
     channel = run["channel"]
     suppressed = await SuppressionRepository(conn).suppressed_among(
         run["brand_id"], [normalise(channel, row["recipient"]) for row in claimed]
@@ -285,9 +308,12 @@ async def _deliver_window(
     if throttled := [o.throttled_for for o in outcomes if o.throttled_for is not None]:
         reason = next(o.last_error for o in outcomes if o.throttled_for) or "throttled"
         await RateLimitRepository(conn).pause(provider.name, max(throttled), reason)
+    follow_up = [wake_at - resources.clock_offset] if wake_at else []  # in the real clock
     retry_in = [_retry_in(o, resources) for o in outcomes if o.status == "pending"]
     if retry_in:
-        await schedule_retry(conn, datetime.now(UTC) + timedelta(seconds=min(retry_in)))
+        follow_up.append(datetime.now(UTC) + timedelta(seconds=min(retry_in)))
+    if follow_up:
+        await schedule_retry(conn, min(follow_up))
     # Counted before the commit: a window that then rolls back is counted, as its sends
     # did reach the provider.
     count_outcomes(channel, provider.name, Counter(o.status for o in outcomes).items())
@@ -300,6 +326,47 @@ def _retry_in(outcome: Outcome, resources: WorkerResources) -> float:
     if outcome.throttled_for is not None:
         return outcome.throttled_for
     return backoff_seconds(outcome.attempts, resources.config.retry_base_seconds)
+
+
+async def _hold_quiet(
+    conn: asyncpg.Connection, run_id: UUID, run: asyncpg.Record, claimed: list[asyncpg.Record]
+) -> tuple[set[int], datetime | None]:
+    """The claimed deliveries whose recipients are inside the campaign's quiet hours at
+    the window's `now`, now pending with `not_before` = the end of their window (no
+    attempt spent), and the earliest of those ends."""
+    quiet = QuietWindow.of(run["quiet_hours"])
+    if quiet is None:
+        return set(), None
+    now: datetime = run["now"]
+    ends: dict[str | None, datetime | None] = {}  # per zone: a window shares a few
+    waiting: dict[int, datetime] = {}
+    for row in claimed:
+        zone = row["time_zone"]
+        if zone not in ends:
+            ends[zone] = quiet.quiet_until(now, zone)
+        if (end := ends[zone]) is not None:
+            waiting[row["position"]] = end
+    if waiting:
+        await DeliveryRepository(conn).wait_until(run_id, waiting)
+    return set(waiting), min(waiting.values(), default=None)
+
+
+async def _wait_for_quiet_hours(
+    conn: asyncpg.Connection,
+    resources: WorkerResources,
+    window: Window,
+    now: datetime,
+    schedule_retry: ScheduleRetry,
+) -> None:
+    """At the end of a job: while deliveries of its range wait for quiet hours to end, a
+    follow-up job is due when the first of them may go. The window that held them back
+    deferred one; but a follow-up brought forward since (a transient failure's backoff)
+    may be this very job, which is ending."""
+    wake_at = await DeliveryRepository(conn).next_not_before(
+        window.run_id, window.first, window.last, now
+    )
+    if wake_at is not None:
+        await schedule_retry(conn, wake_at - resources.clock_offset)
 
 
 async def _record(conn: asyncpg.Connection, run_id: UUID, outcomes: list[Outcome]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 
@@ -34,3 +35,6 @@ class WorkerResources:
     """Second SIGTERM: roll back the windows in flight now and hand the jobs back."""
     limiter: Limiter
     """The rate limits every worker process respects together."""
+    clock_offset: timedelta = timedelta(0)
+    """Added to the database's now() wherever delivery decides what is due and what time
+    it is for a recipient (quiet hours). Zero but in tests, which move the clock."""

@@ -111,6 +111,7 @@ async def deliver_batch(
                 "skipped": report.skipped,
                 "retrying": report.retrying,
                 "comes_back_in_seconds": report.comes_back_in,
+                "waiting": report.waiting,
             },
         )
 
@@ -136,9 +137,12 @@ async def defer_follow_up(
     conn: asyncpg.Connection, at: datetime, priority: int, **job: Any
 ) -> None:
     """A deliver_batch job for the same range at `at`, of the same `priority`, deferred on
-    `conn` (in the window's transaction: it exists exactly when the transient failures that
-    need it do). One is enough however many windows ask: the queueing lock keeps a second
-    one out, and the one waiting is brought forward to `at` if it was due later."""
+    `conn` (in the window's transaction: it exists exactly when the deliveries that need it
+    do: transient failures, deliveries waiting for quiet hours to end, a chunk that made
+    way for a newcomer or waits for its rate limit). One is enough however many windows
+    ask: the queueing lock keeps a second one out, and the one waiting is brought forward
+    to `at` if that is earlier (a wake-up is not delayed by a 300 s backoff, nor a backoff
+    by a wake-up at 8:00 tomorrow)."""
     lock = f"retry:{job['run_id']}:{job['first']}"
     try:
         async with conn.transaction():  # a savepoint: a refused insert spoils nothing else
@@ -146,8 +150,7 @@ async def defer_follow_up(
                 connection=conn, schedule_at=at, queueing_lock=lock, priority=priority
             ).defer_async(**job, **tracing.job_trace_args())
     except exceptions.AlreadyEnqueued:
-        # A follow-up of this range is waiting already (it takes these too): no later
-        # than `at`.
+        # A follow-up of this range is waiting already; it takes these too.
         await JobRepository(conn).bring_forward(lock, at)
 
 

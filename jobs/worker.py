@@ -23,7 +23,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from procrastinate import App, exceptions
 from procrastinate.worker import Worker
@@ -140,11 +140,13 @@ async def run_worker(
     wait: bool = True,
     stop: StopRequest | None = None,
     providers: Mapping[str, Provider] | None = None,
+    clock_offset: timedelta = timedelta(0),
 ) -> None:
     """Run jobs until `stop` is asked (or, with wait=False, until the queue is empty).
     procrastinate also stops a worker, quietly, when its heartbeat or its listener fails
     (the database went away): this then returns without `stop.stopping` set.
-    `providers` replaces those of the settings (the caller then closes them)."""
+    `providers` replaces those of the settings (the caller then closes them).
+    `clock_offset` (tests only): WorkerResources.clock_offset."""
     stop = stop or StopRequest()
     async with contextlib.AsyncExitStack() as stack:
         pool = await create_pool(settings.database_url, max_size=settings.db_pool_max_size)
@@ -169,6 +171,7 @@ async def run_worker(
                 settings.rate_limit_burst_seconds,
                 max_waiting=max(1, settings.worker_jobs - 1),
             ),
+            clock_offset=clock_offset,
         )
         await app.open_async(pool)
         stack.push_async_callback(app.close_async)
@@ -214,10 +217,11 @@ async def _cancel(task: asyncio.Task[object]) -> None:
         await task
 
 
-async def run_until_signalled(settings: Settings) -> int:
+async def run_until_signalled(settings: Settings, *, clock_offset: timedelta = timedelta(0)) -> int:
     """The worker process: starts the worker again whenever it stops for any other reason
     than a signal, so that a database outage costs a pause, not the process. Returns the
-    exit status: 0 when a signal stopped it, 1 when a supervised loop died."""
+    exit status: 0 when a signal stopped it, 1 when a supervised loop died.
+    `clock_offset` (tests only): WorkerResources.clock_offset."""
     stop = StopRequest()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -225,7 +229,7 @@ async def run_until_signalled(settings: Settings) -> int:
     try:
         while not stop.stopping.is_set():
             try:
-                await run_worker(settings, stop=stop)
+                await run_worker(settings, stop=stop, clock_offset=clock_offset)
                 if not stop.stopping.is_set():
                     logger.warning("the worker stopped without being asked to; starting again")
             except DATABASE_ERRORS as exc:

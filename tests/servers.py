@@ -288,8 +288,8 @@ class ReceivedRequest:
     """The client's end of the connection: the same for requests sent on one connection."""
     status: int = 0
     """The status the sink answered (or was about to, if the client went away first)."""
-    at: float = field(default_factory=time.monotonic)
-    """When it arrived (time.monotonic)."""
+    received_at: float = field(default_factory=time.time)
+    """When its body had arrived (time.time())."""
 
     def json(self) -> Any:
         return json.loads(self.body)

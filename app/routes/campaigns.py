@@ -13,6 +13,7 @@ from litestar.params import Body, FromQuery, SkipValidation
 from app.auth import PUBLISH, READ, WRITE, AccessToken
 from app.body import MsgspecJSON
 from app.campaigns import (
+    campaign_of,
     change_status,
     create_campaign,
     list_campaigns,
@@ -37,6 +38,7 @@ from app.schemas import (
     PublishRequest,
     Run,
     RunPage,
+    RunStatus,
 )
 
 # The one injected dependency. The caller is `request.auth` and the settings live on
@@ -88,7 +90,7 @@ class CampaignController(Controller):
 
     @get("/{id:str}", operation_id="readCampaign", **access(READ, 400, 404))
     async def read(self, request: AuthRequest, conn: Conn, id: CampaignId) -> Campaign:
-        return Campaign(**await visible_campaign(conn, id, request.auth))
+        return campaign_of(await visible_campaign(conn, id, request.auth))
 
     @patch(
         "/{id:str}",
@@ -148,7 +150,10 @@ class CampaignController(Controller):
         idempotency_key_header: IdempotencyKeyHeader = None,
     ) -> Response[Run]:
         """Queue a run of an active campaign to the recipients: the run, one delivery
-        per recipient and the jobs that deliver them commit in one transaction."""
+        per recipient and the jobs that deliver them commit in one transaction. With
+        `send_at` the run is `scheduled` and delivery starts at that instant (at most
+        5 minutes in the past, 90 days ahead). A recipient's `time_zone` places it for
+        the campaign's quiet hours."""
         run = await publish_campaign(
             conn,
             id,
@@ -157,6 +162,7 @@ class CampaignController(Controller):
             max_recipients=state.settings.publish_max_recipients,
             batch_size=state.settings.delivery_batch_size,
             idempotency_key=idempotency_key(idempotency_key_header, data),
+            send_at=data.send_at,
             pool=state.pool,
         )
         location = f"{self.path}/{run.campaign_id}/runs/{run.id}"
@@ -169,12 +175,20 @@ class CampaignController(Controller):
         conn: Conn,
         state: State,
         id: CampaignId,
+        status: FromQuery[RunStatus | None] = None,
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
     ) -> RunPage:
-        """The campaign's runs, newest first."""
+        """The campaign's runs (of one `status`, if given: `scheduled` lists those waiting
+        for their `send_at`), newest first."""
         return await list_runs(
-            conn, id, request.auth, limit=limit, cursor=cursor, cursor_key=state.cursor_key
+            conn,
+            id,
+            request.auth,
+            status=status,
+            limit=limit,
+            cursor=cursor,
+            cursor_key=state.cursor_key,
         )
 
     @get("/{id:str}/runs/{run_id:str}", operation_id="readRun", **access(READ, 400, 404))

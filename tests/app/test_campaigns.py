@@ -32,9 +32,11 @@ async def test_create_answers_201_with_a_draft(client):
         "created_at",
         "updated_at",
         "priority",
+        "quiet_hours",
     }
     assert campaign["status"] == "draft"
     assert campaign["priority"] == "normal"
+    assert campaign["quiet_hours"] is None
     assert campaign["created_by"] == "svc:crm"
     assert campaign["sender"] is None
     fetched = await client.get(f"{CAMPAIGNS}/{campaign['id']}", headers=bearer())

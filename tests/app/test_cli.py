@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
@@ -119,3 +120,20 @@ async def test_runs_watch_of_an_unknown_run_fails(env, db, capsys):
 
     assert code == 1
     assert "no run" in capsys.readouterr().err
+
+
+async def test_runs_watch_of_a_scheduled_run_says_when_it_starts(env, client, db, settings):
+    env.setenv("JWT_SECRET", TEST_SECRET)
+    campaign = await create_campaign(client)
+    send_at = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+    body = {"recipients": recipients(4), "send_at": send_at.isoformat()}
+    run_id = (await publish(client, campaign["id"], body)).json()["id"]
+
+    code, out = await asyncio.to_thread(
+        cli, "runs", "watch", run_id, "--timeout", "0.2", "--interval", "0.05"
+    )
+
+    assert code == 1  # it has not ended when the watch gives up
+    line = out.splitlines()[0]
+    assert "scheduled" in line and f"starts at {send_at.isoformat()}" in line
+    assert "pending 4" in line

@@ -23,6 +23,8 @@ DELIVERY_FIELDS = {
     "outcome",
     "outcome_at",
     "outcome_detail",
+    # a pending delivery waiting for its recipient's quiet hours to end: until when
+    "not_before",
 }
 
 
@@ -149,6 +151,7 @@ async def test_deliveries_show_the_fate_of_each_recipient_in_request_order(clien
         "outcome": None,
         "outcome_at": None,
         "outcome_detail": None,
+        "not_before": None,
     }
     assert (duplicate["status"], duplicate["reason"]) == ("skipped", "duplicate")
     assert duplicate["recipient"] == "ANN@example.com"  # as the caller sent it

@@ -59,6 +59,7 @@ async def test_lengths_enums_formats_and_required_fields_are_documented(client):
     for name in ("CampaignUpdate", "SuppressionPut"):  # unknown fields are refused
         assert component(document, name)["additionalProperties"] is False
     assert component(document, "Run")["properties"]["status"]["enum"] == [
+        "scheduled",
         "queued",
         "running",
         "completed",
@@ -66,8 +67,8 @@ async def test_lengths_enums_formats_and_required_fields_are_documented(client):
     ]
     for name, fields in {
         "Campaign": ["created_at", "updated_at"],
-        "Run": ["created_at", "started_at", "completed_at"],
-        "Delivery": ["sent_at"],
+        "Run": ["created_at", "started_at", "completed_at", "scheduled_for"],
+        "Delivery": ["sent_at", "not_before"],
         "Suppression": ["created_at"],
     }.items():
         for field in fields:
@@ -85,6 +86,19 @@ async def test_lengths_enums_formats_and_required_fields_are_documented(client):
         "enum": ["draft", "active", "archived"],
     }
     assert listing["brand_id"]["schema"]["maxLength"] == 100
+    runs = parameters(document, f"{CAMPAIGNS}/{{id}}/runs", "get")
+    assert runs["status"]["schema"]["enum"] == [
+        "scheduled",
+        "queued",
+        "running",
+        "completed",
+        "cancelled",
+    ]
+    send_at = component(document, "PublishRequest")["properties"]["send_at"]
+    assert "date-time" in [s.get("format") for s in send_at.get("oneOf", [send_at])]
+    quiet = component(document, "QuietHours")
+    assert sorted(quiet["required"]) == ["end", "start", "time_zone"]
+    assert quiet["properties"]["start"]["pattern"] and quiet["additionalProperties"] is False
     assert listing["cursor"]["schema"]["maxLength"] == 512
     path = parameters(document, "/v1/messaging/brands/{brand_id}/suppressions/{recipient}", "put")
     assert path["brand_id"]["schema"]["pattern"] == brand["pattern"]

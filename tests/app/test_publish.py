@@ -40,7 +40,8 @@ async def test_publish_answers_202_with_the_queued_run_and_its_location(client):
 
     assert response.status_code == 202, response.text
     run = response.json()
-    assert set(run) == SEED_RUN_FIELDS | {"retry_of"}  # second release: additive fields
+    assert set(run) == SEED_RUN_FIELDS | {"retry_of", "scheduled_for"}  # second release: additive
+    assert run["scheduled_for"] is None
     assert run["retry_of"] is None
     assert run["campaign_id"] == campaign["id"]
     assert run["brand_id"] == "brand-a"

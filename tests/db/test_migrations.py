@@ -36,7 +36,8 @@ VIEWS_0004 = {
     "ops_delivery_failures",
     "ops_queue_depth",
 }
-VIEWS = VIEWS_0004 | {"ops_delivery_partitions", "ops_undelivered_events"}
+VIEWS_0007 = VIEWS_0004 | {"ops_delivery_partitions", "ops_undelivered_events"}
+VIEWS = VIEWS_0007 | {"ops_scheduled_runs"}
 
 
 @pytest.fixture
@@ -154,6 +155,42 @@ async def test_0007_run_events_downgrade_to_0004_and_back(empty_database):
 
     command.upgrade(config, "0007")
     assert (await objects(empty_database))[0] == TABLES - LATER_THAN_0007
+    assert await views(empty_database) == VIEWS_0007
+
+
+async def test_0008_schedule_downgrades_to_0007_and_back(empty_database):
+    config = alembic_config(empty_database)
+    command.upgrade(config, "head")
+    conn = await asyncpg.connect(empty_database)
+    try:
+        campaign = await conn.fetchval(
+            "INSERT INTO campaigns (brand_id, name, channel, body, created_by)"
+            " VALUES ('b', 'n', 'email', 'x', 't') RETURNING id"
+        )
+        await conn.execute(
+            "INSERT INTO runs (campaign_id, brand_id, total_recipients, created_by, status,"
+            " scheduled_for) VALUES ($1, 'b', 1, 't', 'scheduled', now() + interval '1 day')",
+            campaign,
+        )
+    finally:
+        await conn.close()
+    progress_0008 = await columns(empty_database, "ops_run_progress")
+    assert "scheduled_for" in progress_0008
+    assert "waiting_until" in await columns(empty_database, "ops_stalled_runs")
+
+    command.downgrade(config, "0007")
+    assert await views(empty_database) == VIEWS_0007
+    assert "scheduled_for" not in await columns(empty_database, "runs")
+    assert {"time_zone", "not_before"}.isdisjoint(await columns(empty_database, "deliveries"))
+    assert "quiet_hours" not in await columns(empty_database, "campaigns")
+    assert await columns(empty_database, "ops_run_progress") == progress_0008 - {"scheduled_for"}
+    conn = await asyncpg.connect(empty_database)
+    try:  # the scheduled run is a queued one to the older schema
+        assert await conn.fetchval("SELECT status FROM runs") == "queued"
+    finally:
+        await conn.close()
+
+    command.upgrade(config, "head")
     assert await views(empty_database) == VIEWS
 
 

@@ -260,7 +260,10 @@ async def test_cancel_mid_run_stops_every_send_after_it_committed(
         f"{CAMPAIGNS}/{campaign['id']}/runs/{run['id']}/cancel", headers=bearer()
     )
     assert again.status_code == 412
-    assert again.json()["details"] == {"status": "cancelled", "allowed": ["queued", "running"]}
+    assert again.json()["details"] == {
+        "status": "cancelled",
+        "allowed": ["scheduled", "queued", "running"],
+    }
 
 
 async def test_cancel_of_a_completed_run_is_412(client, db, settings):

@@ -51,7 +51,7 @@ async def ended(db: Any, run_id: str, seconds: float = 60) -> None:
 
 def rate_and_busiest_second(sink: HttpSink) -> tuple[float, int]:
     """Sends per second from the first to the last, and the most in any 1 s window."""
-    times = sorted(request.at for request in sink.requests)
+    times = sorted(request.received_at for request in sink.requests)
     busiest = max(sum(1 for t in times if start <= t < start + 1) for start in times)
     return (len(times) - 1) / (times[-1] - times[0]), busiest
 
@@ -108,7 +108,11 @@ async def test_a_429_with_retry_after_pauses_every_worker_without_spending_attem
     assert throttled.status == 429
     # Sends already in flight when the 429 came may still arrive; after that, nothing
     # reaches the provider from either worker until its pause ends.
-    in_pause = [r for r in sink.requests if throttled.at + 0.5 < r.at < throttled.at + 1.9]
+    in_pause = [
+        r
+        for r in sink.requests
+        if throttled.received_at + 0.5 < r.received_at < throttled.received_at + 1.9
+    ]
     assert in_pause == []
     rows = await deliveries(db, run_id)
     assert {row["status"] for row in rows} == {"sent"}
