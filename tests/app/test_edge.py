@@ -101,9 +101,11 @@ async def test_header_bombs_are_refused_and_healthz_stays_fast_beside_them(web):
     ]
 
     p99, quiet_p99 = (statistics.quantiles(values, n=100)[98] for values in (bombed, quiet))
-    # Under 50 ms more than without bombs (httptools: seconds more). On a quiet machine
-    # quiet_p99 is a few ms: docs/performance.md quotes bench/headers.py.
-    assert p99 < quiet_p99 + 0.050, (
+    # httptools reads every bomb whole: seconds more. The bounded parser adds a few ms
+    # (docs/performance.md quotes bench/headers.py: p99 8 ms beside 4 bombers, target
+    # 50 ms); the bound here leaves room for this shared machine's noise, which once
+    # reached 80 ms at a load average of 5, while still failing on httptools by far.
+    assert p99 < quiet_p99 + 0.250, (
         f"/healthz p99 {p99 * 1000:.1f} ms, alone {quiet_p99 * 1000:.1f}"
     )
     assert len(bombs) >= 4
