@@ -51,7 +51,7 @@ import httpx  # noqa: E402
 from alembic import command  # noqa: E402
 from alembic.config import Config  # noqa: E402
 
-from tests.servers import HttpSink, Reply, free_port  # noqa: E402
+from tests.servers import HttpSink, Reply, free_port, web_command  # noqa: E402
 from tests.tokens import TEST_SECRET, bearer  # noqa: E402
 
 CAMPAIGNS = "/v1/messaging/campaigns"
@@ -104,11 +104,7 @@ class Deployment:
         """The receiver, and the one that replaced it after it refused connections."""
 
     def start_web(self) -> None:
-        argv = [sys.executable, "-m", "uvicorn", "app.asgi:web", "--factory"]
-        argv += shlex.split(
-            f"--host 127.0.0.1 --port {self.port} --no-access-log --timeout-graceful-shutdown 30"
-        )
-        self.web = self._spawn(argv, "web")
+        self.web = self._spawn(web_command(self.port), "web")  # as the Procfile starts it
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         worker = self._spawn([sys.executable, "-m", "jobs.worker"], f"worker-{len(self.workers)}")

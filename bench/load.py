@@ -35,7 +35,7 @@ from alembic.config import Config
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import free_port  # noqa: E402
+from tests.servers import free_port, web_command  # noqa: E402
 from tests.tokens import TEST_SECRET, bearer  # noqa: E402
 
 CAMPAIGNS = "/v1/messaging/campaigns"
@@ -74,8 +74,7 @@ def start(database_url: str, port: int) -> list[subprocess.Popen[bytes]]:
         "LOG_LEVEL": "WARNING",
         "DB_POOL_MAX_SIZE": "20",
     }
-    web = [sys.executable, "-m", "uvicorn", "app.asgi:web", "--factory", "--port", str(port)]
-    web += ["--no-access-log", "--log-level", "warning"]
+    web = [*web_command(port), "--log-level", "warning"]  # as the Procfile starts it
     log = (ROOT / "bench" / "load-web.log").open("wb")
     processes = [subprocess.Popen(web, cwd=ROOT, env=env, stdout=log, stderr=log)]
     for _ in range(2):
