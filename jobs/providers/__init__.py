@@ -14,6 +14,7 @@ from jobs.providers.base import (
     Provider,
     ProviderError,
     SendResult,
+    Throttled,
     TransientError,
 )
 from jobs.providers.log import LogProvider
@@ -28,6 +29,7 @@ __all__ = [
     "ProviderError",
     "SendResult",
     "SmtpProvider",
+    "Throttled",
     "TransientError",
     "WebhookProvider",
     "build_providers",

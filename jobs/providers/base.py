@@ -45,6 +45,15 @@ class TransientError(ProviderError):
     """Worth another attempt later: a timeout, a lost connection, a busy or failing server."""
 
 
+class Throttled(TransientError):
+    """The provider asked to be left alone for `retry_after_seconds` (a 429 or 503 with
+    Retry-After), for every message, not only this one."""
+
+    def __init__(self, detail: str, retry_after_seconds: float) -> None:
+        super().__init__(detail)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class PermanentError(ProviderError):
     """Will fail the same way every time: the delivery fails at once."""
 

@@ -368,16 +368,17 @@ async def test_webhook_timeout_is_transient(webhook: WebhookProvider, http_sink:
         await webhook.send(message(1))
 
     assert time.monotonic() - started < 2
-    assert "ReadTimeout" in caught.value.detail
+    assert caught.value.detail == "Timeout: no complete answer within 0.5 s"
 
 
 async def test_webhook_receiver_down_is_transient() -> None:
-    provider = WebhookProvider(f"http://127.0.0.1:{free_port()}/hook", SECRET)
+    port = free_port()
+    provider = WebhookProvider(f"http://127.0.0.1:{port}/hook", SECRET)
     with pytest.raises(TransientError) as caught:
         await provider.send(message(1))
     await provider.aclose()
 
-    assert "ConnectError" in caught.value.detail
+    assert f"Cannot connect to host 127.0.0.1:{port}" in caught.value.detail
 
 
 async def test_webhook_reuses_its_connection(webhook: WebhookProvider, http_sink: HttpSink) -> None:
