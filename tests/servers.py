@@ -328,6 +328,11 @@ class HttpSink:
         self._server.server_close()  # joins the handler threads
         self._thread.join()
 
+    @property
+    def open_connections(self) -> int:
+        """Connections that clients hold open to the sink right now."""
+        return len(self._connections)
+
     def __enter__(self) -> HttpSink:
         return self.start()
 
