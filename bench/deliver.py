@@ -97,12 +97,17 @@ async def publish(conn: asyncpg.Connection, n: int, batch_size: int) -> str:
 
 
 async def drain(
-    conn: asyncpg.Connection, run_id: str, env: dict[str, str], workers: int, command: list[str]
+    conn: asyncpg.Connection,
+    run_id: str,
+    env: dict[str, str],
+    workers: int,
+    command: list[str],
+    code: Path,
 ) -> float:
     processes = [
         subprocess.Popen(
             [sys.executable, *command],
-            cwd=ROOT,
+            cwd=code,  # python -m finds jobs.worker there first
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -203,7 +208,12 @@ Scenario = tuple[str, str, Callable[[], Awaitable[float]]]
 
 
 async def main(
-    recipients: int, rounds: int, noop_jobs: int, connections: int, sweep: list[int]
+    recipients: int,
+    rounds: int,
+    noop_jobs: int,
+    connections: int,
+    sweep: list[int],
+    before: Path | None,
 ) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("needs wrk: apt-get install -y wrk")
@@ -228,12 +238,12 @@ async def main(
         }
 
     def delivery(
-        env: dict[str, str], workers: int, command: list[str] = WORKER
+        env: dict[str, str], workers: int, command: list[str] = WORKER, code: Path = ROOT
     ) -> Callable[[], Awaitable[float]]:
         async def measure() -> float:
             await reset(conn)
             run_id = await publish(conn, recipients, settings.delivery_batch_size)
-            return await drain(conn, run_id, env, workers, command)
+            return await drain(conn, run_id, env, workers, command, code)
 
         return measure
 
@@ -269,6 +279,19 @@ async def main(
             ),
             ("webhook (aiohttp), 2 workers", "msg/s", delivery(webhook_env(connections), 2)),
         ]
+        if before is not None:
+            scenarios += [
+                (
+                    "log provider, 1 worker, code before",
+                    "msg/s",
+                    delivery(base_env, 1, code=before),
+                ),
+                (
+                    "webhook, 1 worker, code before",
+                    "msg/s",
+                    delivery(webhook_env(connections), 1, code=before),
+                ),
+            ]
     figures: dict[str, list[float]] = {name: [] for name, _, _ in scenarios}
     try:
         receiver.wait_ready()
@@ -325,6 +348,12 @@ if __name__ == "__main__":
         default=[],
         help="comma-separated WEBHOOK_MAX_CONNECTIONS to compare instead of the scenarios",
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a copy of the code to compare with (git archive main | tar -x -C DIR): its"
+        " worker also delivers with the log and webhook providers, 1 worker, each round",
+    )
     arguments = parser.parse_args()
     asyncio.run(
         main(
@@ -333,5 +362,6 @@ if __name__ == "__main__":
             arguments.noop_jobs,
             arguments.connections,
             arguments.sweep_connections,
+            arguments.before,
         )
     )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ssl
 import time
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import aiohttp
+import certifi
 import msgspec
 from yarl import URL
 
@@ -47,7 +49,12 @@ class WebhookProvider:
         self._url = URL(url)
         self._key = secret.encode()
         self._timeout = timeout
-        self._max_connections = max_connections
+        # Mozilla's CAs (certifi), as httpx trusted before: not whatever the image ships.
+        self._tls = (
+            ssl.create_default_context(cafile=certifi.where())
+            if self._url.scheme == "https"
+            else None
+        )
         # A send holds a slot from before it takes a connection until it gave it back, so
         # that the pool never makes a send wait: the wait is here, outside the send's
         # timeout, and a wait that never reached the receiver costs no attempt.
@@ -95,7 +102,7 @@ class WebhookProvider:
             self._session = aiohttp.ClientSession(
                 # No limit of its own: the slots above are the limit, and waiting in the
                 # connector would run down the send's timeout.
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+                connector=aiohttp.TCPConnector(limit=0, ssl=self._tls or True),
                 # The whole send on a connection (connect, request, answer): the longest a
                 # slot is held.
                 timeout=aiohttp.ClientTimeout(total=self._timeout),

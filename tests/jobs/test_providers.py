@@ -418,6 +418,19 @@ async def test_webhook_receiver_down_is_transient() -> None:
     assert f"Cannot connect to host 127.0.0.1:{port}" in caught.value.detail
 
 
+async def test_webhook_refuses_a_receiver_whose_certificate_is_not_trusted(tls: Tls) -> None:
+    with HttpSink(tls=tls) as sink:
+        provider = WebhookProvider(sink.url, SECRET, timeout=2)
+        try:
+            with pytest.raises(TransientError) as caught:
+                await provider.send(message(1))
+        finally:
+            await provider.aclose()
+
+    assert "CERTIFICATE_VERIFY_FAILED" in caught.value.detail
+    assert sink.requests == []
+
+
 async def test_webhook_reuses_its_connection(webhook: WebhookProvider, http_sink: HttpSink) -> None:
     for n in range(5):
         await webhook.send(message(n))
