@@ -5,18 +5,22 @@ jobs and the webhook receiver's own rate under a bare client, all measured in th
     python3 -m uv run --frozen python bench/deliver.py --sweep-connections 2,4,8,16,32
 
 Needs wrk (apt-get install -y wrk), the bare client. Uses the database `messaging_bench` on
-the local PostgreSQL (created and migrated if missing). Tracing off (no OTEL_* variable
+the local PostgreSQL (created and migrated if missing; BENCH_DATABASE_URL names another:
+give each session its own, the bench empties its tables). Tracing off (no OTEL_* variable
 reaches the workers). For each delivery scenario it empties the queue and the runs,
 publishes one run with `publish_campaign` (as the web process does), starts the worker
 processes (`python -m jobs.worker`, output to /dev/null) and reports messages per second
 over the run's own clock (completed_at - started_at). The scenarios of a round run one
-after the other, rounds repeat them, and medians are printed at the end:
+after the other, each round starting one scenario further, and medians are printed at the
+end:
 - baseline: procrastinate's stock PsycopgConnector running no-op jobs, 1 worker process;
 - receiver alone: the local webhook receiver (bench/sink.py under uvicorn, its own process)
   under wrk, a C client, with as many connections as the worker keeps (requests/s);
 - log provider, 1 and 2 workers (each message is a JSON log line, to /dev/null);
 - webhook provider to that receiver, 1 and 2 workers;
-- the webhook provider before issue 10 (httpx, bench/httpx_webhook.py), 1 worker.
+- the webhook provider before issue 10 (httpx, bench/httpx_webhook.py), 1 worker;
+- with --before DIR, a copy of older code (git archive main | tar -x -C DIR): its worker
+  with the log and webhook providers, 1 worker.
 With --sweep-connections, the rounds are the receiver alone and the webhook provider,
 1 worker, at each WEBHOOK_MAX_CONNECTIONS given.
 """
@@ -296,7 +300,10 @@ async def main(
     try:
         receiver.wait_ready()
         for round_number in range(1, rounds + 1):
-            for name, unit, measure in scenarios:
+            # Each round starts one scenario further, so that none always follows the same
+            # one: an order kept fixed once put the log provider 26% below itself.
+            shift = (round_number - 1) % len(scenarios)
+            for name, unit, measure in scenarios[shift:] + scenarios[:shift]:
                 figure = await measure()
                 figures[name].append(figure)
                 print(f"round {round_number}: {name:>40}: {figure:8.0f} {unit}", flush=True)
