@@ -408,6 +408,42 @@ async def test_webhook_timeout_is_transient(webhook: WebhookProvider, http_sink:
     assert caught.value.detail == "Timeout: no complete answer within 0.5 s"
 
 
+async def test_webhook_timeout_bounds_the_whole_send_even_when_the_answer_trickles() -> None:
+    # A receiver that answers at once, then one byte of its body every 0.1 s.
+    finished = asyncio.Event()
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+            for _ in range(100):
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        except ConnectionError:
+            pass  # the client gave up
+        finally:
+            writer.close()
+            finished.set()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    provider = WebhookProvider(f"http://127.0.0.1:{port}/hook", SECRET, timeout=0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TransientError) as caught:
+            await provider.send(message(1))
+        took = time.monotonic() - started
+        await asyncio.wait_for(finished.wait(), 5)
+    finally:
+        await provider.aclose()
+        server.close()
+        await server.wait_closed()
+
+    assert caught.value.detail == "Timeout: no complete answer within 0.5 s"
+    assert 0.5 <= took < 1.0
+
+
 async def test_webhook_receiver_down_is_transient() -> None:
     port = free_port()
     provider = WebhookProvider(f"http://127.0.0.1:{port}/hook", SECRET)
