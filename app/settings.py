@@ -72,8 +72,8 @@ class Settings:
     it, or PEM): POST /v1/messaging/providers/sendgrid/events is refused (401) without it."""
     webhook_max_connections: int = 8
     """Connections one worker process keeps to WEBHOOK_URL; a send waits for a free one, and
-    that wait costs neither time of its timeout nor an attempt. 4 to 16 are alike with a
-    fast receiver, 32 is slower (docs/performance.md); raise it for a slow receiver."""
+    that wait costs neither time of its timeout nor an attempt. 2 to 32 measured alike
+    against a fast local receiver (docs/performance.md); raise it for a slow receiver."""
     webhook_timeout_seconds: float = 10.0
     """How long one webhook send may hold its connection (connect, request, the answer read)
     before it counts as a transient failure."""
