@@ -71,11 +71,12 @@ class Settings:
     """The verification key of SendGrid's signed Event Webhook (base64 DER, as SendGrid shows
     it, or PEM): POST /v1/messaging/providers/sendgrid/events is refused (401) without it."""
     webhook_max_connections: int = 8
-    """Connections one worker process keeps to WEBHOOK_URL. More is slower with a fast
-    receiver (httpcore's pool scans its connections on every request: 8 gave ~1,200/s on
-    this machine, 64 gave ~650/s); raise it for a slow receiver."""
+    """Connections one worker process keeps to WEBHOOK_URL; a send waits for a free one, and
+    that wait costs neither time of its timeout nor an attempt. 2 to 32 measured alike
+    against a fast local receiver (docs/performance.md); raise it for a slow receiver."""
     webhook_timeout_seconds: float = 10.0
-    """How long one webhook send may take before it counts as a transient failure."""
+    """How long one webhook send may hold its connection (connect, request, the answer read)
+    before it counts as a transient failure."""
     delivery_batch_size: int = 500
     """Deliveries per procrastinate job."""
     delivery_max_attempts: int = 5

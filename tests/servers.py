@@ -300,9 +300,9 @@ class HttpSink:
     `replies[recipient]` (the "recipient" of a JSON body), else `default`. `script` answers
     the next requests first, one reply each, in order."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, *, tls: Tls | None = None) -> None:
         """On `port`, or on a free one; a sink stopped and started again on the same port
-        stands for a receiver that refused connections meanwhile."""
+        stands for a receiver that refused connections meanwhile. With `tls`, HTTPS."""
         self.requests: list[ReceivedRequest] = []
         self.replies: dict[str, Reply] = {}
         self.default = Reply()
@@ -310,8 +310,11 @@ class HttpSink:
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._server = _HttpServer((HOST, port), _handler_for(self))
+        if tls is not None:
+            self._server.socket = tls.server.wrap_socket(self._server.socket, server_side=True)
         self.port = int(self._server.server_address[1])
-        self.url = f"http://{HOST}:{self.port}/hooks/messages"
+        scheme = "http" if tls is None else "https"
+        self.url = f"{scheme}://{HOST}:{self.port}/hooks/messages"
         # A short poll makes stop() quick: shutdown() waits for the serving loop to notice.
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -330,6 +333,11 @@ class HttpSink:
                 sock.shutdown(socket.SHUT_RDWR)
         self._server.server_close()  # joins the handler threads
         self._thread.join()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections that clients hold open to the sink right now."""
+        return len(self._connections)
 
     def __enter__(self) -> HttpSink:
         return self.start()

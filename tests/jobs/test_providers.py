@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import hmac
 import json
 import logging
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import pytest
@@ -21,12 +25,14 @@ from jobs.providers import (
     OutgoingMessage,
     PermanentError,
     SmtpProvider,
+    Throttled,
     TransientError,
     WebhookProvider,
     build_providers,
     close_providers,
 )
 from jobs.providers.smtp import StartTls
+from tests.jobs.delivery_helpers import until
 from tests.servers import HttpSink, Reply, SmtpSink, Tls, free_port
 
 SECRET = "webhook-test-secret"
@@ -264,6 +270,37 @@ async def test_smtp_refuses_a_subject_that_would_inject_headers(
     assert smtp_sink.messages == []
 
 
+class QuitCountingSmtpSink(SmtpSink):
+    """Also records the client end of every connection that said QUIT."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quits: list[tuple[str, int]] = []
+
+    async def handle_QUIT(self, server: object, session: Any, envelope: object) -> str:
+        self.quits.append(session.peer)
+        return "221 Bye"
+
+
+async def test_closing_the_smtp_provider_quits_every_connection_without_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with QuitCountingSmtpSink() as sink, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        provider = SmtpProvider(sink.url(), pool_size=3)
+        await asyncio.gather(*(provider.send(message(n)) for n in range(9)))
+        await provider.aclose()
+        peers = {mail.peer for mail in sink.messages}
+        await until(lambda: len(sink.quits) >= len(peers), seconds=2)
+        gc.collect()
+
+    assert len(sink.messages) == 9
+    assert sorted(sink.quits) == sorted(peers)
+    assert len(peers) <= 3
+    assert [str(w.message) for w in caught] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 def test_smtp_url_must_be_smtp_or_smtps() -> None:
     with pytest.raises(ValueError, match="SMTP_URL"):
         SmtpProvider("http://mail.example.com", "auto")
@@ -368,16 +405,66 @@ async def test_webhook_timeout_is_transient(webhook: WebhookProvider, http_sink:
         await webhook.send(message(1))
 
     assert time.monotonic() - started < 2
-    assert "ReadTimeout" in caught.value.detail
+    assert caught.value.detail == "Timeout: no complete answer within 0.5 s"
+
+
+async def test_webhook_timeout_bounds_the_whole_send_even_when_the_answer_trickles() -> None:
+    # A receiver that answers at once, then one byte of its body every 0.1 s.
+    finished = asyncio.Event()
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+            for _ in range(100):
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        except ConnectionError:
+            pass  # the client gave up
+        finally:
+            writer.close()
+            finished.set()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    provider = WebhookProvider(f"http://127.0.0.1:{port}/hook", SECRET, timeout=0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TransientError) as caught:
+            await provider.send(message(1))
+        took = time.monotonic() - started
+        await asyncio.wait_for(finished.wait(), 5)
+    finally:
+        await provider.aclose()
+        server.close()
+        await server.wait_closed()
+
+    assert caught.value.detail == "Timeout: no complete answer within 0.5 s"
+    assert 0.5 <= took < 1.0
 
 
 async def test_webhook_receiver_down_is_transient() -> None:
-    provider = WebhookProvider(f"http://127.0.0.1:{free_port()}/hook", SECRET)
+    port = free_port()
+    provider = WebhookProvider(f"http://127.0.0.1:{port}/hook", SECRET)
     with pytest.raises(TransientError) as caught:
         await provider.send(message(1))
     await provider.aclose()
 
-    assert "ConnectError" in caught.value.detail
+    assert f"Cannot connect to host 127.0.0.1:{port}" in caught.value.detail
+
+
+async def test_webhook_refuses_a_receiver_whose_certificate_is_not_trusted(tls: Tls) -> None:
+    with HttpSink(tls=tls) as sink:
+        provider = WebhookProvider(sink.url, SECRET, timeout=2)
+        try:
+            with pytest.raises(TransientError) as caught:
+                await provider.send(message(1))
+        finally:
+            await provider.aclose()
+
+    assert "CERTIFICATE_VERIFY_FAILED" in caught.value.detail
+    assert sink.requests == []
 
 
 async def test_webhook_reuses_its_connection(webhook: WebhookProvider, http_sink: HttpSink) -> None:
@@ -386,6 +473,167 @@ async def test_webhook_reuses_its_connection(webhook: WebhookProvider, http_sink
 
     assert len(http_sink.requests) == 5
     assert len({request.client for request in http_sink.requests}) == 1
+
+
+async def test_webhook_waits_for_a_free_connection_without_running_down_its_timeout(
+    http_sink: HttpSink,
+) -> None:
+    # 8 sends of 0.2 s over 2 connections take 0.8 s, longer than the 0.5 s timeout of
+    # each: only the time on a connection counts, the wait for one does not.
+    http_sink.default = Reply(delay=0.2)
+    provider = WebhookProvider(http_sink.url, SECRET, timeout=0.5, max_connections=2)
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(*(provider.send(message(n)) for n in range(8)))
+        took = time.monotonic() - started
+    finally:
+        await provider.aclose()
+
+    assert [r.provider_message_id for r in results] == [
+        f"hook-{message(n).delivery_id}" for n in range(8)
+    ]
+    assert took >= 0.8
+    assert len({request.client for request in http_sink.requests}) <= 2
+
+
+async def test_webhook_reads_the_start_of_a_huge_answer_and_the_next_send_still_goes_out(
+    webhook: WebhookProvider, http_sink: HttpSink
+) -> None:
+    http_sink.default = Reply(500, b"E" * 10_000_000)
+    started = time.monotonic()
+    with pytest.raises(TransientError) as caught:
+        await webhook.send(message(1))
+    http_sink.default = Reply()
+    result = await webhook.send(message(2))
+
+    assert caught.value.detail == "HTTP 500: " + "E" * 500
+    assert time.monotonic() - started < 2
+    assert result.provider_message_id == f"hook-{message(2).delivery_id}"
+    # The connection of the unread answer was dropped, not reused mid-answer.
+    assert http_sink.requests[0].client != http_sink.requests[1].client
+
+
+async def test_webhook_error_answer_that_is_not_utf8_is_kept_with_replacements(
+    webhook: WebhookProvider, http_sink: HttpSink
+) -> None:
+    http_sink.default = Reply(400, b"bad \xff\xfe name")
+
+    with pytest.raises(PermanentError) as caught:
+        await webhook.send(message(1))
+
+    assert caught.value.detail == "HTTP 400: bad \ufffd\ufffd name"
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_webhook_redirect_is_permanent_and_not_followed(
+    webhook: WebhookProvider, http_sink: HttpSink, status: int
+) -> None:
+    http_sink.default = Reply(status, b"moved", headers={"Location": "/elsewhere"})
+
+    with pytest.raises(PermanentError) as caught:
+        await webhook.send(message(1))
+
+    assert caught.value.detail == f"HTTP {status}: moved"
+    assert [request.path for request in http_sink.requests] == ["/hooks/messages"]
+
+
+async def test_closing_the_webhook_provider_closes_its_connections_without_warnings(
+    http_sink: HttpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        providers = build_providers(
+            settings(
+                email_provider="webhook",
+                webhook_url=http_sink.url,
+                webhook_secret=SECRET,
+                webhook_max_connections=4,
+            )
+        )
+        await asyncio.gather(*(providers["email"].send(message(n)) for n in range(12)))
+        held = http_sink.open_connections
+        await close_providers(providers)
+        await until(lambda: http_sink.open_connections == 0, seconds=2)
+        gc.collect()
+
+    assert 1 <= held <= 4
+    assert [str(w.message) for w in caught] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+# --- Webhook: throttling (Retry-After) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_webhook_throttling_answer_with_retry_after_seconds_is_throttled(
+    webhook: WebhookProvider, http_sink: HttpSink, status: int
+) -> None:
+    http_sink.default = Reply(status, b"slow down", headers={"Retry-After": "30"})
+
+    with pytest.raises(Throttled) as caught:
+        await webhook.send(message(1))
+
+    assert isinstance(caught.value, TransientError)  # delivery treats it as any transient
+    assert caught.value.retry_after_seconds == 30.0
+    assert caught.value.detail == f"HTTP {status}: slow down"
+
+
+async def test_webhook_retry_after_as_an_http_date_is_the_seconds_until_then(
+    webhook: WebhookProvider, http_sink: HttpSink
+) -> None:
+    then = datetime.now(UTC) + timedelta(seconds=120)
+    http_sink.default = Reply(429, b"", headers={"Retry-After": format_datetime(then, True)})
+
+    with pytest.raises(Throttled) as caught:
+        await webhook.send(message(1))
+
+    # The header has whole seconds: 119-120 s are left when the answer is read.
+    assert 118 < caught.value.retry_after_seconds <= 120
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "seconds"),
+    [
+        ("86400", 3600.0),  # a day: at most an hour
+        (format_datetime(datetime.now(UTC) + timedelta(days=2), True), 3600.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # already past: now
+        ("0", 0.0),
+    ],
+    ids=["a-day", "a-date-in-2-days", "a-past-date", "zero"],
+)
+async def test_webhook_retry_after_is_bounded(
+    webhook: WebhookProvider, http_sink: HttpSink, retry_after: str, seconds: float
+) -> None:
+    http_sink.default = Reply(503, b"", headers={"Retry-After": retry_after})
+
+    with pytest.raises(Throttled) as caught:
+        await webhook.send(message(1))
+
+    assert caught.value.retry_after_seconds == seconds
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (429, {}),
+        (429, {"Retry-After": "soon"}),
+        (429, {"Retry-After": "-5"}),
+        (429, {"Retry-After": "1.5"}),
+        (500, {"Retry-After": "30"}),
+        (408, {"Retry-After": "30"}),
+    ],
+    ids=["429-without", "429-not-a-date", "429-negative", "429-fraction", "500", "408"],
+)
+async def test_webhook_other_transient_answers_are_not_throttled(
+    webhook: WebhookProvider, http_sink: HttpSink, status: int, headers: dict[str, str]
+) -> None:
+    http_sink.default = Reply(status, b"busy", headers=headers)
+
+    with pytest.raises(TransientError) as caught:
+        await webhook.send(message(1))
+
+    assert not isinstance(caught.value, Throttled)
+    assert caught.value.detail == f"HTTP {status}: busy"
 
 
 # --- Log ----------------------------------------------------------------------------------
