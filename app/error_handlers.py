@@ -176,7 +176,8 @@ def handle_database_away(_: Request[Any, Any, Any], exc: Exception) -> Response[
     return error_response(
         HTTP_503_SERVICE_UNAVAILABLE,
         "unavailable",
-        "the database is unavailable or busy; nothing was changed, retry after Retry-After",
+        "the service is unavailable or busy (its database, or a service it needs); nothing"
+        " was changed, retry after Retry-After",
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 

@@ -31,6 +31,9 @@ from jobs.tasks import deliver_batch
 
 logger = logging.getLogger(__name__)
 
+LOOKUP_TIMEOUT_SECONDS = 5.0
+"""How long the look-up of a run whose commit lost its answer waits for a connection."""
+
 _COPY: dict[str, AttributeValue] = {
     **tracing.POSTGRESQL,
     "db.operation.name": "COPY",
@@ -87,7 +90,7 @@ async def publish_campaign(
     except DATABASE_AWAY:
         if pool is None:
             raise
-        async with pool.acquire() as fresh:
+        async with pool.acquire(timeout=LOOKUP_TIMEOUT_SECONDS) as fresh:
             committed = await RunRepository(fresh).get_by_id(run_id)
         if committed is None:
             raise

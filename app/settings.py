@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -177,15 +178,15 @@ class Settings:
                 events_webhook_url=env.get("EVENTS_WEBHOOK_URL") or None,
                 events_webhook_secret=env.get("EVENTS_WEBHOOK_SECRET") or None,
                 events_retry_hours=_at_least(env, "EVENTS_RETRY_HOURS", 72, minimum=24),
-                events_retry_base_seconds=float(env.get("EVENTS_RETRY_BASE_SECONDS") or 5.0),
+                events_retry_base_seconds=_seconds(env, "EVENTS_RETRY_BASE_SECONDS", 5.0),
                 sendgrid_webhook_public_key=env.get("SENDGRID_WEBHOOK_PUBLIC_KEY") or None,
                 webhook_max_connections=_positive(env, "WEBHOOK_MAX_CONNECTIONS", 8),
-                webhook_timeout_seconds=float(env.get("WEBHOOK_TIMEOUT_SECONDS") or 10.0),
+                webhook_timeout_seconds=_seconds(env, "WEBHOOK_TIMEOUT_SECONDS", 10.0),
                 delivery_batch_size=_positive(env, "DELIVERY_BATCH_SIZE", 500),
                 delivery_max_attempts=_positive(env, "DELIVERY_MAX_ATTEMPTS", 5),
                 worker_concurrency=_positive(env, "WORKER_CONCURRENCY", 32),
                 worker_jobs=_positive(env, "WORKER_JOBS", 4),
-                delivery_retry_base_seconds=float(env.get("DELIVERY_RETRY_BASE_SECONDS") or 2.0),
+                delivery_retry_base_seconds=_seconds(env, "DELIVERY_RETRY_BASE_SECONDS", 2.0),
                 stalled_job_seconds=_positive(env, "STALLED_JOB_SECONDS", 30),
                 worker_metrics_port=int(env.get("WORKER_METRICS_PORT") or 0) or None,
                 smtp_from=env.get("SMTP_FROM") or None,
@@ -203,7 +204,7 @@ class Settings:
                 ),
                 db_pool_min_size=_positive(env, "DB_POOL_MIN_SIZE", 2),
                 db_pool_max_size=_positive(env, "DB_POOL_MAX_SIZE", 10),
-                db_pool_timeout_seconds=float(env.get("DB_POOL_TIMEOUT_SECONDS") or 5.0),
+                db_pool_timeout_seconds=_seconds(env, "DB_POOL_TIMEOUT_SECONDS", 5.0),
                 log_level=env.get("LOG_LEVEL", "INFO").upper(),
                 tracing=_tracing_wanted(env),
             )
@@ -268,8 +269,8 @@ def _seconds(env: dict[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number of seconds; got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be more than 0; got {raw}")
+    if not math.isfinite(value) or value <= 0:
+        raise SettingsError(f"{name} must be a finite number more than 0; got {raw}")
     return value
 
 

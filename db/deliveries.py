@@ -33,6 +33,9 @@ class Outcome:
     throttled_for: float | None = None
     """The provider asked to wait this many seconds (429 Retry-After): pending, and the
     attempt not counted."""
+    retry_in: float | None = None
+    """Pending: the seconds before it may be tried again (its backoff, or the provider's
+    pause); it is not claimed before (`not_before`), whichever job comes first."""
 
 
 class DeliveryRepository:
@@ -93,7 +96,8 @@ class DeliveryRepository:
         )  # fmt: skip
         return at
 
-    async def record(self, run_id: UUID, outcomes: Sequence[Outcome]) -> None:
+    async def record(self, run_id: UUID, outcomes: Sequence[Outcome], now: datetime) -> None:
+        """The outcomes; a pending one waits `retry_in` seconds from `now` (not_before)."""
         await self.conn.execute(
             """
             UPDATE deliveries AS d SET
@@ -103,11 +107,15 @@ class DeliveryRepository:
                 last_error = coalesce(o.last_error, d.last_error),
                 provider_message_id = o.provider_message_id,
                 sent_at = CASE WHEN o.status = 'sent' THEN now() END,
+                not_before = $1::timestamptz + make_interval(secs => o.retry_in),
                 updated_at = now()
-            FROM unnest($2::int[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[])
-                AS o(position, status, attempts, reason, last_error, provider_message_id)
-            WHERE d.run_id = $1 AND d.position = o.position
+            FROM unnest(
+                $3::int[], $4::text[], $5::int[], $6::text[], $7::text[], $8::text[],
+                $9::float8[]
+            ) AS o(position, status, attempts, reason, last_error, provider_message_id, retry_in)
+            WHERE d.run_id = $2 AND d.position = o.position
             """,
+            now,
             run_id,
             [o.position for o in outcomes],
             [o.status for o in outcomes],
@@ -117,19 +125,8 @@ class DeliveryRepository:
             # in it would otherwise fail the window after its sends.
             [storable(o.last_error, MAX_LAST_ERROR) for o in outcomes],
             [storable(o.provider_message_id, MAX_PROVIDER_MESSAGE_ID) for o in outcomes],
+            [o.retry_in if o.status == "pending" else None for o in outcomes],
         )
-
-    async def lock_pending(self, run_id: UUID, positions: Sequence[int]) -> set[int]:
-        """Which of `positions` are still pending, row-locked until the transaction ends."""
-        rows = await self.conn.fetch(
-            """
-            SELECT position FROM deliveries
-            WHERE run_id = $1 AND position = ANY($2::int[]) AND status = 'pending'
-            FOR UPDATE
-            """,
-            run_id, list(positions),
-        )  # fmt: skip
-        return {row["position"] for row in rows}
 
     async def fail_pending(self, run_id: UUID, first: int, last: int, why: str) -> int:
         """Every pending delivery of positions first..last becomes failed; returns how many."""

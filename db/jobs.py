@@ -59,24 +59,31 @@ class JobRepository:
         )
         return failures
 
-    async def newcomer_waiting(self, at_least: int, run_id: str, queues: list[str]) -> bool:
-        """Whether a job of another run, due now, waits with a priority of `at_least` or
-        more: the first job of a run (of the same campaign priority, or a higher one), or
-        housekeeping."""
+    async def newcomer_waiting(self, at_least: int, run_id: str) -> bool:
+        """Whether a deliver_batch job of another run, due now, waits with a priority of
+        `at_least` or more: the first job of a run of the same campaign priority, or a job
+        of a higher one. (Delivery jobs carry no procrastinate lock: every one counted can
+        be started at once.)"""
         waiting: bool = await self.conn.fetchval(
             """
             SELECT EXISTS (
                 SELECT 1 FROM procrastinate_jobs
-                WHERE status = 'todo' AND priority >= $1 AND queue_name = ANY($3::text[])
-                  AND (scheduled_at IS NULL OR scheduled_at <= now())
+                WHERE status = 'todo' AND priority >= $1 AND queue_name = 'deliveries'
+                  AND lock IS NULL AND (scheduled_at IS NULL OR scheduled_at <= now())
                   AND args->>'run_id' IS DISTINCT FROM $2
             )
             """,
             at_least,
             run_id,
-            queues,
         )
         return waiting
+
+    async def lock_range(self, run_id: str, first: int) -> None:
+        """Serialise, until the transaction ends, whoever makes sure a job will take the
+        rest of the range of run `run_id` starting at `first`."""
+        await self.conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _RANGE_LOCKS, f"{run_id}:{first}"
+        )
 
     async def delete_waiting_deliveries(self, run_id: UUID) -> int:
         """Delete the run's deliver_batch jobs still waiting in the queue (`todo`: those of
@@ -92,15 +99,47 @@ class JobRepository:
         )
         return deleted
 
-    async def bring_forward(self, queueing_lock: str, at: datetime) -> None:
-        """The waiting job of `queueing_lock` runs at `at` if that is earlier than it was
-        due (never later): a follow-up waiting out a backoff also wakes deliveries that
-        wait for less."""
-        await self.conn.execute(
+    async def bring_forward(self, run_id: str, first: int, at: datetime) -> bool:
+        """If a deliver_batch job of that range waits in the queue, make it due at `at` if
+        that is earlier than it was (never later), and say so; under `lock_range`."""
+        job_id: int | None = await self.conn.fetchval(
             """
-            UPDATE procrastinate_jobs SET scheduled_at = $2
-            WHERE queueing_lock = $1 AND status = 'todo' AND scheduled_at > $2
+            WITH waiting AS (
+                SELECT id, scheduled_at FROM procrastinate_jobs
+                WHERE status = 'todo' AND task_name = 'deliver_batch'
+                  AND args->>'run_id' = $1 AND (args->>'first')::int = $2
+                ORDER BY scheduled_at NULLS FIRST, id LIMIT 1
+                FOR UPDATE
+            )
+            UPDATE procrastinate_jobs j
+            SET scheduled_at = CASE WHEN w.scheduled_at > $3 THEN $3 ELSE w.scheduled_at END
+            FROM waiting w WHERE j.id = w.id
+            RETURNING j.id
             """,
-            queueing_lock,
+            run_id,
+            first,
             at,
         )
+        return job_id is not None
+
+    async def requeue_if_held_by(self, job_id: int, worker_id: int | None) -> bool:
+        """Put the job back in the queue if it is still `doing` for `worker_id` (a dead
+        worker's): another worker's recovery may have requeued it, and a third started it,
+        since this one listed it."""
+        requeued: int | None = await self.conn.fetchval(
+            """
+            SELECT count(procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL))
+            FROM (
+                SELECT id FROM procrastinate_jobs
+                WHERE id = $1 AND status = 'doing' AND worker_id IS NOT DISTINCT FROM $2
+                FOR UPDATE
+            ) AS held
+            """,
+            job_id,
+            worker_id,
+        )
+        return bool(requeued)
+
+
+# Advisory lock namespace of deliver_batch ranges (db/runs.py has 7411 for runs).
+_RANGE_LOCKS = 7412

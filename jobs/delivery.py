@@ -59,14 +59,12 @@ from db.suppressions import SuppressionRepository
 from jobs.limits import MAX_INLINE_WAIT_SECONDS
 from jobs.metrics import count_outcomes, provider_latency
 from jobs.providers import OutgoingMessage, PermanentError, Provider, Throttled, TransientError
-from jobs.resources import WorkerResources
+from jobs.resources import TIME_SLICE_SECONDS, WorkerResources
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BACKOFF_SECONDS = 300.0
-TIME_SLICE_SECONDS = 0.5
-"""How long a job delivers before it checks whether a newcomer waits for its slot."""
 
 
 class DeliveryInterrupted(Exception):
@@ -135,7 +133,8 @@ async def deliver_chunk(
     newcomer_waiting: Callable[[], Awaitable[bool]] | None = None,
 ) -> ChunkReport:
     """Raises DeliveryInterrupted when the worker stops before the chunk is done, and the
-    error of a window that failed before any of its sends was answered.
+    error of a window that failed (the database away; or, before any send or after a
+    salvage that failed too, a bug: tasks.py bounds those).
 
     Every TIME_SLICE_SECONDS or so, it asks `newcomer_waiting()`; if a newly published run
     (or one of a higher priority) waits for a worker slot, the chunk ends and its follow-up
@@ -154,7 +153,9 @@ async def deliver_chunk(
         if resources.stopping.is_set():
             raise DeliveryInterrupted("worker stopping")
         if newcomer_waiting is not None and time.monotonic() >= next_slice:
-            if await newcomer_waiting():
+            # One job of the process makes way per slice: one newcomer needs one slot.
+            if resources.slices.may_yield() and await newcomer_waiting():
+                resources.slices.yielded()
                 report.comes_back_in = await _come_back(resources, schedule_retry, 0.0)
                 break
             next_slice = time.monotonic() + _time_slice()
@@ -166,16 +167,9 @@ async def deliver_chunk(
             report.comes_back_in = await _come_back(resources, schedule_retry, wait)
             break
         window = Window(run_id, first, last, list(retrying), share, provider)
-        try:
-            outcomes = await _abortable(
-                resources, _window_transaction(resources, window, schedule_retry)
-            )
-        except DeliveryInterrupted:
-            raise
-        except Exception as exc:
-            if window.outcomes is None or database_away(exc):
-                raise  # nothing was sent, or the database is away: going again is safe
-            outcomes = await _salvage(resources, window, exc, schedule_retry)
+        outcomes = await _abortable(
+            resources, _window_transaction(resources, window, schedule_retry)
+        )
         if limits:
             await resources.limiter.give_back(limits, share - window.sends)
         if window.paused_for is not None:
@@ -280,7 +274,7 @@ async def _deliver_window(
         # Nothing left here; if nothing is left anywhere (e.g. every recipient was skipped
         # at publish), this completes the run.
         await runs.count_outcomes(run_id, 0, 0, 0)
-        await _wait_for_quiet_hours(conn, resources, window, run["now"], schedule_retry)
+        await _follow_up_the_waiting(conn, resources, window, run["now"], schedule_retry)
         return None
     waiting, wake_at = await _hold_quiet(conn, run_id, run, claimed)
     window.waiting = len(waiting)
@@ -304,28 +298,43 @@ async def _deliver_window(
         *(_send(provider, resources, run_id, run, row) for row in to_send)
     )
     window.outcomes = outcomes
-    await _record(conn, run_id, outcomes)
-    if throttled := [o.throttled_for for o in outcomes if o.throttled_for is not None]:
-        reason = next(o.last_error for o in outcomes if o.throttled_for) or "throttled"
-        await RateLimitRepository(conn).pause(provider.name, max(throttled), reason)
-    follow_up = [wake_at - resources.clock_offset] if wake_at else []  # in the real clock
-    retry_in = [_retry_in(o, resources) for o in outcomes if o.status == "pending"]
-    if retry_in:
-        follow_up.append(datetime.now(UTC) + timedelta(seconds=min(retry_in)))
-    if follow_up:
-        await schedule_retry(conn, min(follow_up))
+    try:
+        async with conn.transaction():  # a savepoint: what fails here spoils nothing else
+            await _commit_outcomes(conn, resources, window, run, wake_at, schedule_retry)
+    except Exception as exc:
+        if database_away(exc):
+            raise  # the window rolls back and goes again: no attempt is spent
+        outcomes = await _salvage(conn, resources, window, run, exc, schedule_retry)
     # Counted before the commit: a window that then rolls back is counted, as its sends
     # did reach the provider.
     count_outcomes(channel, provider.name, Counter(o.status for o in outcomes).items())
     return outcomes
 
 
-def _retry_in(outcome: Outcome, resources: WorkerResources) -> float:
-    """When a pending delivery should be tried again: when its provider's pause ends, or
-    after the backoff of its attempts."""
-    if outcome.throttled_for is not None:
-        return outcome.throttled_for
-    return backoff_seconds(outcome.attempts, resources.config.retry_base_seconds)
+async def _commit_outcomes(
+    conn: asyncpg.Connection,
+    resources: WorkerResources,
+    window: Window,
+    run: asyncpg.Record,
+    wake_at: datetime | None,
+    schedule_retry: ScheduleRetry,
+) -> None:
+    """The window's outcomes, the run's counters, the provider's pause if it asked for
+    one, and the follow-up job its pending deliveries need, when the first of them is
+    due (quiet hours' end, backoff, pause)."""
+    assert window.outcomes is not None
+    outcomes = window.outcomes
+    await _record(conn, window.run_id, outcomes, run["now"])
+    if throttled := [o for o in outcomes if o.throttled_for is not None]:
+        until = max(o.throttled_for or 0.0 for o in throttled)
+        reason = throttled[0].last_error or "throttled"
+        await RateLimitRepository(conn).pause(window.provider, until, reason)
+    follow_up = [wake_at - resources.clock_offset] if wake_at else []  # in the real clock
+    retry_in = [o.retry_in for o in outcomes if o.status == "pending" and o.retry_in is not None]
+    if retry_in:
+        follow_up.append(datetime.now(UTC) + timedelta(seconds=min(retry_in)))
+    if follow_up:
+        await schedule_retry(conn, min(follow_up))
 
 
 async def _hold_quiet(
@@ -351,17 +360,17 @@ async def _hold_quiet(
     return set(waiting), min(waiting.values(), default=None)
 
 
-async def _wait_for_quiet_hours(
+async def _follow_up_the_waiting(
     conn: asyncpg.Connection,
     resources: WorkerResources,
     window: Window,
     now: datetime,
     schedule_retry: ScheduleRetry,
 ) -> None:
-    """At the end of a job: while deliveries of its range wait for quiet hours to end, a
-    follow-up job is due when the first of them may go. The window that held them back
-    deferred one; but a follow-up brought forward since (a transient failure's backoff)
-    may be this very job, which is ending."""
+    """At the end of a job: while deliveries of its range wait (`not_before`: quiet hours,
+    a backoff, a provider's pause), a follow-up job is due when the first of them may go.
+    The window that made them wait deferred one; but a follow-up brought forward since
+    (a yield, an earlier wake-up) may be this very job, which is ending."""
     wake_at = await DeliveryRepository(conn).next_not_before(
         window.run_id, window.first, window.last, now
     )
@@ -369,9 +378,11 @@ async def _wait_for_quiet_hours(
         await schedule_retry(conn, wake_at - resources.clock_offset)
 
 
-async def _record(conn: asyncpg.Connection, run_id: UUID, outcomes: list[Outcome]) -> None:
+async def _record(
+    conn: asyncpg.Connection, run_id: UUID, outcomes: list[Outcome], now: datetime
+) -> None:
     """The outcomes and the run's counters, in the caller's transaction."""
-    await DeliveryRepository(conn).record(run_id, outcomes)
+    await DeliveryRepository(conn).record(run_id, outcomes, now)
     counts = Counter(o.status for o in outcomes)
     await RunRepository(conn).count_outcomes(
         run_id, counts["sent"], counts["failed"], counts["skipped"]
@@ -379,13 +390,19 @@ async def _record(conn: asyncpg.Connection, run_id: UUID, outcomes: list[Outcome
 
 
 async def _salvage(
-    resources: WorkerResources, window: Window, error: Exception, schedule_retry: ScheduleRetry
+    conn: asyncpg.Connection,
+    resources: WorkerResources,
+    window: Window,
+    run: asyncpg.Record,
+    error: Exception,
+    schedule_retry: ScheduleRetry,
 ) -> list[Outcome]:
-    """Record a window whose sends were answered but whose transaction failed for a
-    reason that would fail again. Each delivery goes in its own savepoint, so that one
-    that cannot be stored holds back no other: its outcome without the provider's answer,
-    else `failed`. The attempt is spent either way; what could not even be failed stays
-    pending, for the job's own bounded retries (jobs/tasks.py)."""
+    """Record a window whose sends were answered but whose outcomes could not be, for a
+    reason that would fail again, in the window's own transaction: its deliveries are still
+    locked, no other job can take them meanwhile. Each delivery goes in its own savepoint,
+    so that one that cannot be stored holds back no other: its outcome without the
+    provider's answer, else `failed`. The attempt is spent either way; what could not even
+    be failed stays pending, for the job's own bounded retries (jobs/tasks.py)."""
     assert window.outcomes is not None
     logger.error(
         "a window could not be recorded after its sends; recording it without the "
@@ -393,40 +410,35 @@ async def _salvage(
         exc_info=error,
     )
     lost = f"its outcome could not be stored ({type(error).__name__}); the answer is lost"
-    run_id = window.run_id
-    async with resources.pool.acquire() as conn, conn.transaction():
-        runs = RunRepository(conn)
-        run = await runs.enter_delivery_window(run_id)
-        if run is None or run["status"] in ENDED:
-            return []  # cancelled meanwhile: its deliveries were skipped
-        deliveries = DeliveryRepository(conn)
-        pending = await deliveries.lock_pending(run_id, [o.position for o in window.outcomes])
-        recorded: list[Outcome] = []
-        for outcome in window.outcomes:
-            if outcome.position in pending:
-                stored = await _store_first_possible(conn, run_id, _without_answer(outcome, lost))
-                recorded += [stored] if stored else []
-        if any(o.status == "pending" for o in recorded):
-            retry_at = datetime.now(UTC) + timedelta(seconds=resources.config.retry_base_seconds)
-            if not await _in_savepoint(conn, partial(schedule_retry, conn, retry_at)):
-                unscheduled = [
-                    replace(o, status="failed", last_error=lost)
-                    for o in recorded
-                    if o.status == "pending"
-                ]
-                await deliveries.record(run_id, unscheduled)
-                recorded = [o for o in recorded if o.status != "pending"] + unscheduled
-        counts = Counter(o.status for o in recorded)
-        await runs.count_outcomes(run_id, counts["sent"], counts["failed"], counts["skipped"])
+    run_id, now = window.run_id, run["now"]
+    recorded: list[Outcome] = []
+    for outcome in window.outcomes:
+        if stored := await _store_first_possible(conn, run_id, _without_answer(outcome, lost), now):
+            recorded.append(stored)
+    counts = Counter(o.status for o in recorded)
+    await RunRepository(conn).count_outcomes(
+        run_id, counts["sent"], counts["failed"], counts["skipped"]
+    )
+    if any(o.status == "pending" for o in recorded):
+        retry_at = datetime.now(UTC) + timedelta(seconds=resources.config.retry_base_seconds)
+        if not await _in_savepoint(conn, partial(schedule_retry, conn, retry_at)):
+            # No follow-up job can be made: fail them rather than leave them to no one.
+            unscheduled = [
+                replace(o, status="failed", last_error=lost)
+                for o in recorded
+                if o.status == "pending"
+            ]
+            await _record(conn, run_id, unscheduled, now)
+            recorded = [o for o in recorded if o.status != "pending"] + unscheduled
     return recorded
 
 
 async def _store_first_possible(
-    conn: asyncpg.Connection, run_id: UUID, candidates: tuple[Outcome, ...]
+    conn: asyncpg.Connection, run_id: UUID, candidates: tuple[Outcome, ...], now: datetime
 ) -> Outcome | None:
     deliveries = DeliveryRepository(conn)
     for candidate in candidates:
-        if await _in_savepoint(conn, partial(deliveries.record, run_id, [candidate])):
+        if await _in_savepoint(conn, partial(deliveries.record, run_id, [candidate], now)):
             return candidate
     return None
 
@@ -503,6 +515,7 @@ async def _send(
             row["attempts"],
             last_error=exc.detail,
             throttled_for=exc.retry_after_seconds,
+            retry_in=exc.retry_after_seconds,
         )
     except Exception as exc:
         # TransientError, or a bug (a provider's or ours): either way the window's other
@@ -514,5 +527,6 @@ async def _send(
         if attempts >= resources.config.max_attempts:
             detail = f"gave up after {attempts} attempts; last: {detail}"
             return Outcome(position, "failed", attempts, last_error=detail)
-        return Outcome(position, "pending", attempts, last_error=detail)
+        backoff = backoff_seconds(attempts, resources.config.retry_base_seconds)
+        return Outcome(position, "pending", attempts, last_error=detail, retry_in=backoff)
     return Outcome(position, "sent", attempts, provider_message_id=result.provider_message_id)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import asyncpg
@@ -22,6 +23,25 @@ class DeliveryConfig:
     retry_base_seconds: float
 
 
+TIME_SLICE_SECONDS = 0.5
+"""How long a job delivers before it checks whether a newcomer waits for its slot."""
+
+
+@dataclass
+class TimeSlices:
+    """When a job of this process last gave its slot up to a newcomer (jobs/delivery.py):
+    the process's other jobs do not give theirs up for the same newcomer."""
+
+    slice_seconds: float
+    last_yield: float = float("-inf")
+
+    def may_yield(self) -> bool:
+        return time.monotonic() - self.last_yield >= self.slice_seconds
+
+    def yielded(self) -> None:
+        self.last_yield = time.monotonic()
+
+
 @dataclass(frozen=True)
 class WorkerResources:
     pool: asyncpg.Pool
@@ -35,6 +55,7 @@ class WorkerResources:
     """Second SIGTERM: roll back the windows in flight now and hand the jobs back."""
     limiter: Limiter
     """The rate limits every worker process respects together."""
+    slices: TimeSlices = field(default_factory=lambda: TimeSlices(TIME_SLICE_SECONDS))
     clock_offset: timedelta = timedelta(0)
     """Added to the database's now() wherever delivery decides what is due and what time
     it is for a recipient (quiet hours). Zero but in tests, which move the clock."""

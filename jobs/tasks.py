@@ -9,7 +9,7 @@ from uuid import UUID
 
 import asyncpg
 from opentelemetry.util.types import AttributeValue
-from procrastinate import BaseRetryStrategy, JobContext, RetryDecision, exceptions
+from procrastinate import BaseRetryStrategy, JobContext, RetryDecision
 from procrastinate.jobs import Job
 
 from app import tracing
@@ -24,7 +24,6 @@ from jobs.app import (
     EVENTS_QUEUE,
     HOUSEKEEPING_PRIORITY,
     MAINTENANCE_QUEUE,
-    WORKER_QUEUES,
     app,
     first_job_priority,
 )
@@ -75,7 +74,7 @@ async def deliver_batch(
     async def newcomer_waiting() -> bool:
         first_job = first_job_priority(context.job.priority)
         async with resources.pool.acquire() as conn:
-            return await JobRepository(conn).newcomer_waiting(first_job, run_id, WORKER_QUEUES)
+            return await JobRepository(conn).newcomer_waiting(first_job, run_id)
 
     with (
         bind_log_context(run_id=run_id, job_id=job_id),
@@ -136,22 +135,20 @@ async def _give_up(
 async def defer_follow_up(
     conn: asyncpg.Connection, at: datetime, priority: int, **job: Any
 ) -> None:
-    """A deliver_batch job for the same range at `at`, of the same `priority`, deferred on
-    `conn` (in the window's transaction: it exists exactly when the deliveries that need it
-    do: transient failures, deliveries waiting for quiet hours to end, a chunk that made
-    way for a newcomer or waits for its rate limit). One is enough however many windows
-    ask: the queueing lock keeps a second one out, and the one waiting is brought forward
-    to `at` if that is earlier (a wake-up is not delayed by a 300 s backoff, nor a backoff
-    by a wake-up at 8:00 tomorrow)."""
-    lock = f"retry:{job['run_id']}:{job['first']}"
-    try:
-        async with conn.transaction():  # a savepoint: a refused insert spoils nothing else
-            await deliver_batch.configure(
-                connection=conn, schedule_at=at, queueing_lock=lock, priority=priority
-            ).defer_async(**job, **tracing.job_trace_args())
-    except exceptions.AlreadyEnqueued:
-        # A follow-up of this range is waiting already; it takes these too.
-        await JobRepository(conn).bring_forward(lock, at)
+    """Make sure a deliver_batch job takes the same range no later than `at`, in `conn`'s
+    transaction (the window's: it exists exactly when the deliveries that need it do:
+    transient failures, deliveries waiting for quiet hours to end, a chunk that made way
+    for a newcomer or waits for its rate limit). One is enough however many windows ask:
+    a job of the range waiting in the queue is brought forward to `at` if that is earlier
+    (a wake-up is not delayed by a 300 s backoff, nor a backoff by a wake-up at 8:00
+    tomorrow); else one is deferred, at the same `priority`. No procrastinate queueing
+    lock: a job handed back to the queue while its follow-up waits would collide with it."""
+    jobs = JobRepository(conn)
+    await jobs.lock_range(job["run_id"], job["first"])
+    if not await jobs.bring_forward(job["run_id"], job["first"], at):
+        await deliver_batch.configure(
+            connection=conn, schedule_at=at, priority=priority
+        ).defer_async(**job, **tracing.job_trace_args())
 
 
 # Deferred by each run status change, in its transaction (db/run_events.py), with the

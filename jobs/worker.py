@@ -23,8 +23,9 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
+import asyncpg
 from procrastinate import App, exceptions
 from procrastinate.worker import Worker
 from prometheus_client import start_http_server
@@ -32,7 +33,7 @@ from prometheus_client import start_http_server
 import jobs.metrics  # noqa: F401 - registered before the metrics endpoint serves
 from app import supervision
 from app.logs import configure_logging
-from app.settings import Settings, get_settings
+from app.settings import Settings, SettingsError, get_settings
 from app.tracing import configure_tracing, flush_spans
 from db.jobs import JobRepository
 from db.pool import DATABASE_UNAVAILABLE, create_pool
@@ -44,6 +45,8 @@ from jobs.resources import DeliveryConfig, WorkerResources
 logger = logging.getLogger(__name__)
 
 RESTART_DELAY_SECONDS = 2.0
+SPARE_CONNECTIONS = 3
+"""Pool connections beyond one per running job: heartbeat, recovery, listener."""
 # A job inserted now is announced by NOTIFY; a requeued one, or one scheduled for later (a
 # retry's backoff), is found by polling. procrastinate polls every 5 s by default; one
 # cheap query a second makes either start within a second.
@@ -80,15 +83,20 @@ class StopRequest:
             self.worker.stop()
 
 
-async def requeue_stalled_jobs(procrastinate_app: App, stalled_seconds: float) -> int:
-    """Put back in the queue the jobs of workers without a heartbeat for `stalled_seconds`."""
-    manager = procrastinate_app.job_manager
+async def requeue_stalled_jobs(
+    procrastinate_app: App, pool: asyncpg.Pool, stalled_seconds: float
+) -> int:
+    """Put back in the queue the jobs of workers without a heartbeat for `stalled_seconds`
+    (each only if still held by that worker: another worker's recovery may be first)."""
     requeued = 0
-    for job in await manager.get_stalled_jobs(seconds_since_heartbeat=stalled_seconds):
-        try:
-            await manager.retry_job(job)
-        except exceptions.ConnectorException:
-            continue  # another worker requeued it first, or it just finished
+    stalled = await procrastinate_app.job_manager.get_stalled_jobs(
+        seconds_since_heartbeat=stalled_seconds
+    )
+    for job in stalled:
+        assert job.id is not None
+        async with pool.acquire() as conn:
+            if not await JobRepository(conn).requeue_if_held_by(job.id, job.worker_id):
+                continue
         requeued += 1
         logger.warning(
             "requeued the job of a dead worker",
@@ -104,29 +112,31 @@ def running_job_ids(worker: Worker) -> set[int]:
 
 
 async def requeue_orphaned_jobs(
-    procrastinate_app: App, worker: Worker, resources: WorkerResources, stalled_seconds: float
+    worker: Worker, resources: WorkerResources, stalled_seconds: float
 ) -> int:
     """Put back in the queue the jobs this live worker holds `doing` but does not run: when
     the database is away at the moment procrastinate records a job's end, the job stays
     `doing` and, its worker's heartbeat being fresh, nobody else requeues it."""
     if worker.worker_id is None:
         return 0
+    requeued = 0
     async with resources.pool.acquire() as conn:
-        orphans = await JobRepository(conn).orphaned(
+        jobs = JobRepository(conn)
+        for job_id in await jobs.orphaned(
             worker.worker_id, running_job_ids(worker), stalled_seconds
-        )
-    for job_id in orphans:
-        await procrastinate_app.job_manager.retry_job_by_id_async(job_id, datetime.now(UTC))
-        logger.warning("requeued a job this worker lost track of", extra={"job_id": job_id})
-    return len(orphans)
+        ):
+            if await jobs.requeue_if_held_by(job_id, worker.worker_id):
+                requeued += 1
+                logger.warning("requeued a job this worker lost track of", extra={"job_id": job_id})
+    return requeued
 
 
 async def recover_jobs(
     procrastinate_app: App, worker: Worker, resources: WorkerResources, stalled_seconds: float
 ) -> None:
     """One round of the recovery loop."""
-    await requeue_stalled_jobs(procrastinate_app, stalled_seconds)
-    await requeue_orphaned_jobs(procrastinate_app, worker, resources, stalled_seconds)
+    await requeue_stalled_jobs(procrastinate_app, resources.pool, stalled_seconds)
+    await requeue_orphaned_jobs(worker, resources, stalled_seconds)
 
 
 async def update_heartbeat(procrastinate_app: App, worker: Worker) -> None:
@@ -148,6 +158,13 @@ async def run_worker(
     `providers` replaces those of the settings (the caller then closes them).
     `clock_offset` (tests only): WorkerResources.clock_offset."""
     stop = stop or StopRequest()
+    if settings.db_pool_max_size < settings.worker_jobs + SPARE_CONNECTIONS:
+        # Each running job's window holds a connection while it sends; the heartbeats,
+        # the recovery loop and the listener need theirs even when a provider hangs.
+        raise SettingsError(
+            f"DB_POOL_MAX_SIZE ({settings.db_pool_max_size}) must be at least WORKER_JOBS"
+            f" ({settings.worker_jobs}) + {SPARE_CONNECTIONS}"
+        )
     async with contextlib.AsyncExitStack() as stack:
         pool = await create_pool(settings.database_url, max_size=settings.db_pool_max_size)
         stack.push_async_callback(pool.close)

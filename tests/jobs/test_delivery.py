@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -145,8 +145,11 @@ async def test_transient_failure_is_retried_then_sent(client, db, webhook_settin
     assert follow_up["args"] == {"run_id": run["id"], "first": 0, "last": 2}
     assert 29 < follow_up["wait"].total_seconds() < 91  # 60 s +-50% jitter
 
+    assert first["not_before"] > datetime.now(UTC) + timedelta(seconds=29)  # its backoff
     del sink.replies["user1@example.com"]
+    # The backoff has passed: the follow-up job and the delivery are due.
     await db.execute("UPDATE procrastinate_jobs SET scheduled_at = now() WHERE status = 'todo'")
+    await db.execute("UPDATE deliveries SET not_before = now() WHERE not_before IS NOT NULL")
     await deliver_until_ended(slow_retry, db, run["id"])
 
     retried = (await deliveries(db, run["id"]))[1]

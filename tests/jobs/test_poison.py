@@ -200,7 +200,8 @@ async def test_a_transient_failure_whose_follow_up_cannot_be_deferred_is_not_res
         CREATE FUNCTION refuse_follow_ups() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN RAISE EXCEPTION 'no follow-up'; END $$;
         CREATE TRIGGER refuse_follow_ups BEFORE INSERT ON procrastinate_jobs FOR EACH ROW
-            WHEN (NEW.queueing_lock LIKE 'retry:%') EXECUTE FUNCTION refuse_follow_ups();
+            WHEN (NEW.task_name = 'deliver_batch' AND NEW.scheduled_at IS NOT NULL)
+            EXECUTE FUNCTION refuse_follow_ups();
         """
     )
 
