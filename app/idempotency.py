@@ -30,10 +30,13 @@ RETRY_AFTER_SECONDS = 1
 MAX_KEY_LENGTH = 255
 # The draft makes the key a Structured Field string ("..."); many clients send it bare,
 # which we accept when it is visible ASCII without quotes.
-_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
-_BARE = re.compile(r"[\x21\x23-\x7e]+")
-KEY_PATTERN = f"^(?:{_SF_STRING.pattern}|{_BARE.pattern})$"
-"""The header's syntax as a JSON Schema (ECMA 262) pattern; its length is bounded apart."""
+_SF_CHAR = r'(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])'
+_BARE_CHAR = r"[\x21\x23-\x7e]"
+_SF_STRING = re.compile(f'"({_SF_CHAR}*)"')
+_BARE = re.compile(f"{_BARE_CHAR}+")
+KEY_PATTERN = f'^(?:"{_SF_CHAR}{{1,{MAX_KEY_LENGTH}}}"|{_BARE_CHAR}{{1,{MAX_KEY_LENGTH}}})$'
+"""The header's syntax and length as a JSON Schema (ECMA 262) pattern: 1 to MAX_KEY_LENGTH
+characters of the key, bare or quoted (an escape `\\"` is one character of the key)."""
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,6 @@ logger = logging.getLogger(__name__)
 LOOKUP_TIMEOUT_SECONDS = 5.0
 """How long the look-up of a run whose commit lost its answer waits for a connection."""
 
-_COPY: dict[str, AttributeValue] = {
-    **tracing.POSTGRESQL,
-    "db.operation.name": "COPY",
-    "db.collection.name": "deliveries",
-}
 _DEFER: dict[str, AttributeValue] = {
     "messaging.system": "procrastinate",
     "messaging.operation.type": "send",
@@ -110,13 +105,15 @@ async def _publish(
     send_at: datetime | None,
 ) -> Run:
     async with tracing.transaction(conn, "publish transaction"):
-        campaign = await visible_campaign(conn, campaign_id, caller, lock="share")
+        with tracing.db_span("SELECT", "campaigns"):
+            campaign = await visible_campaign(conn, campaign_id, caller, lock="share")
         # Before the status check: a repeat returns its run even if the campaign was
         # archived since.
-        if idempotency_key is not None and (
-            original := await claim_key(conn, campaign, idempotency_key, run_id)
-        ):
-            return original
+        if idempotency_key is not None:
+            with tracing.db_span("INSERT", "idempotency_keys"):
+                original = await claim_key(conn, campaign, idempotency_key, run_id)
+            if original is not None:
+                return original
         # After the replay: a repeat of a scheduled publish returns its run even once
         # its send_at has passed.
         if send_at is not None:
@@ -129,21 +126,23 @@ async def _publish(
             )
         channel, brand_id = campaign["channel"], campaign["brand_id"]
         keys = normalise_all(channel, recipients)
-        suppressed = await SuppressionRepository(conn).suppressed_among(brand_id, keys)
+        with tracing.db_span("SELECT", "suppressions"):
+            suppressed = await SuppressionRepository(conn).suppressed_among(brand_id, keys)
         skips = skip_reasons(channel, keys, suppressed)
 
         runs = RunRepository(conn)
-        run = await runs.create(
-            campaign_id=campaign["id"],
-            brand_id=brand_id,
-            total_recipients=len(recipients),
-            skipped_count=len(skips),
-            created_by=caller.sub,
-            run_id=run_id,
-            retry_of=retry_of,
-            scheduled_for=send_at,
-        )
-        with tracing.span("COPY deliveries", kind=SpanKind.CLIENT, attributes=_COPY):
+        with tracing.db_span("INSERT", "runs"):
+            run = await runs.create(
+                campaign_id=campaign["id"],
+                brand_id=brand_id,
+                total_recipients=len(recipients),
+                skipped_count=len(skips),
+                created_by=caller.sub,
+                run_id=run_id,
+                retry_of=retry_of,
+                scheduled_for=send_at,
+            )
+        with tracing.db_span("COPY", "deliveries"):
             await runs.copy_deliveries(_delivery_rows(run["id"], recipients, skips))
         job_ids = await defer_deliveries(
             conn,

@@ -13,13 +13,14 @@ _EMAIL = re.compile(
     r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)+"
 )
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-ADDRESS_PATTERN = f"^(?:{_EMAIL.pattern}|{_E164.pattern})$"
-"""An e-mail address or an E.164 number, as a JSON Schema (ECMA 262) pattern."""
+MAX_EMAIL_LENGTH = 254
+ADDRESS_PATTERN = f"^(?:(?=.{{1,{MAX_EMAIL_LENGTH}}}$){_EMAIL.pattern}|{_E164.pattern})$"
+"""An e-mail address (at most MAX_EMAIL_LENGTH characters) or an E.164 number, as a JSON
+Schema (ECMA 262) pattern."""
 _VALIDATORS: dict[str, Callable[[str], re.Match[str] | None]] = {
     "email": _EMAIL.fullmatch,
     "sms": _E164.fullmatch,
 }
-MAX_EMAIL_LENGTH = 254
 _MAX_LENGTH = {"email": MAX_EMAIL_LENGTH, "sms": 16}
 
 DUPLICATE = "duplicate"

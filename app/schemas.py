@@ -82,7 +82,9 @@ class PublishRequest(msgspec.Struct, omit_defaults=True):
 
 class QuietHours(msgspec.Struct, forbid_unknown_fields=True):
     """No message of the campaign reaches a recipient whose local time is in
-    [start, end); the window may cross midnight (22:00 to 07:00)."""
+    [start, end); the window may cross midnight (22:00 to 07:00). `start` and `end`
+    differ (the same time twice is a 400), and `time_zone` is a zone of the IANA
+    database (an unknown one is a 400)."""
 
     start: ClockTime
     end: ClockTime
@@ -232,7 +234,13 @@ class ProviderEventsResult(msgspec.Struct):
 
 PerSecond = Annotated[
     float,
-    Meta(gt=0, le=1_000_000, description="Messages per second, more than 0."),
+    Meta(
+        gt=0,
+        le=1_000_000,
+        description="Messages per second, more than 0.",
+        # Litestar drops a `gt` of 0 (falsy) from the document; said again here.
+        extra_json_schema={"extra": {"exclusiveMinimum": 0}},
+    ),
 ]
 
 

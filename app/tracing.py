@@ -93,6 +93,16 @@ def span(
     return tracer.start_as_current_span(name, kind=kind, attributes=attributes)
 
 
+def db_span(operation: str, table: str) -> AbstractContextManager[Any]:
+    """A CLIENT span `<operation> <table>` around one database call."""
+    if not _enabled:
+        return _NO_SPAN
+    attributes = {**POSTGRESQL, "db.operation.name": operation, "db.collection.name": table}
+    return tracer.start_as_current_span(
+        f"{operation} {table}", kind=SpanKind.CLIENT, attributes=attributes
+    )
+
+
 @asynccontextmanager
 async def transaction(conn: asyncpg.Connection, name: str) -> AsyncIterator[None]:
     """`conn.transaction()` in a span `name` that lasts from BEGIN to COMMIT or ROLLBACK."""

@@ -21,6 +21,8 @@ API while the fault happens. Scenarios:
 After every round: every accepted run is completed, its counters equal its rows, every
 recipient reached the receiver, no run exists that was not accepted, and repeats stay
 within the sends in flight at the fault (workers hit x WORKER_JOBS x WORKER_CONCURRENCY).
+Requests the receiver answered 429 are not sends (the provider refused to take them; they
+spend no attempt) and are counted apart.
 """
 
 from __future__ import annotations
@@ -371,7 +373,7 @@ async def verify(db: asyncpg.Connection, r: Round, d: Deployment, started: float
     assert beyond_attempts <= bound, (beyond_attempts, bound)
     return {"runs": len(runs), "recipients": len(attempts), "repeats": repeats,
             "repeats beyond attempts": beyond_attempts, "in-flight bound": bound,
-            "drained s": round(drained, 1)}  # fmt: skip
+            "answered 429": throttled(d), "drained s": round(drained, 1)}  # fmt: skip
 
 
 async def one_round(
@@ -419,7 +421,15 @@ async def one_round(
 
 
 def received_by(d: Deployment) -> Counter[str]:
-    return Counter(r.json()["delivery_id"] for sink in d.sinks for r in list(sink.requests))
+    """Sends per delivery that the receiver took as such: a 429 is the provider refusing to
+    take it, and spends no attempt (docs/decisions.md, provider pauses)."""
+    return Counter(
+        r.json()["delivery_id"] for sink in d.sinks for r in list(sink.requests) if r.status != 429
+    )
+
+
+def throttled(d: Deployment) -> int:
+    return sum(1 for sink in d.sinks for r in list(sink.requests) if r.status == 429)
 
 
 async def main() -> None:

@@ -77,7 +77,11 @@ async def send_pending_events(
     async with pool.acquire() as conn:
         events = await RunEventRepository(conn).pending(run_id)
         if events and settings.events_webhook_url is None:
-            await RunEventRepository(conn).unsent(run_id)
+            unsent = await RunEventRepository(conn).unsent(run_id)
+            logger.warning(
+                "run events recorded, but this worker has no EVENTS_WEBHOOK_URL: marked unsent",
+                extra={"run_id": str(run_id), "events": unsent},
+            )
             return 0
     if not events:
         return 0

@@ -11,7 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import Body, FromQuery, SkipValidation
 
 from app.auth import PUBLISH, READ, WRITE, AccessToken
-from app.body import MsgspecJSON
+from app.body import CAMPAIGN_BODY_BYTES, MsgspecJSON
 from app.campaigns import (
     campaign_of,
     change_status,
@@ -57,6 +57,7 @@ class CampaignController(Controller):
         status_code=201,
         dto=MsgspecJSON[CampaignCreate],
         return_dto=None,
+        request_max_body_size=CAMPAIGN_BODY_BYTES,
         operation_id="createCampaign",
         **access(WRITE, 400, 413, 415),
     )
@@ -96,6 +97,7 @@ class CampaignController(Controller):
         "/{id:str}",
         dto=MsgspecJSON[CampaignUpdate],
         return_dto=None,
+        request_max_body_size=CAMPAIGN_BODY_BYTES,
         operation_id="updateCampaign",
         **access(WRITE, 400, 404, 412, 413, 415),
     )

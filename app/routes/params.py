@@ -17,7 +17,7 @@ from app.idempotency import HEADER as IDEMPOTENCY_KEY
 from app.idempotency import KEY_PATTERN as IDEMPOTENCY_KEY_PATTERN
 from app.idempotency import MAX_KEY_LENGTH
 from app.pagination import MAX_LIMIT
-from app.recipients import ADDRESS_PATTERN
+from app.recipients import ADDRESS_PATTERN, MAX_EMAIL_LENGTH
 from app.schemas import ADDRESS_LENGTH, BRAND_ID_LENGTH, BRAND_ID_PATTERN
 
 Limit = Annotated[
@@ -53,7 +53,7 @@ RecipientPath = Annotated[
     str,
     PathParameter(
         min_length=ADDRESS_LENGTH[0],
-        max_length=ADDRESS_LENGTH[1],
+        max_length=MAX_EMAIL_LENGTH,
         # Checked by app.suppressions.suppression_address, which names `path.recipient`.
         schema_extra={"pattern": ADDRESS_PATTERN},
         description="An e-mail address or an E.164 phone number (`+` and 2 to 15 digits).",
@@ -82,12 +82,13 @@ IdempotencyKeyHeader = Annotated[
         name=IDEMPOTENCY_KEY,
         # Bounded by app.idempotency.parse_key, which names the header in its 400; a
         # `max_length` here would make Litestar name the Python parameter instead.
-        # A string when sent (not the `null` of the Python default); + 2: the SF quotes.
+        # A string when sent (not the `null` of the Python default); the pattern bounds the
+        # key, maxLength the header: quoted, every character escaped.
         schema_extra={
             "oneOf": None,
             "type": OpenAPIType.STRING,
             "minLength": 1,
-            "maxLength": MAX_KEY_LENGTH + 2,
+            "maxLength": 2 * MAX_KEY_LENGTH + 2,
             "pattern": IDEMPOTENCY_KEY_PATTERN,
         },
         description="Makes a retry safe: a repeat with the same body within 24 h returns "

@@ -8,7 +8,7 @@ from litestar import Controller, get, put
 from litestar.params import Body
 
 from app.auth import READ, WRITE
-from app.body import MsgspecJSON
+from app.body import SMALL_BODY_BYTES, MsgspecJSON
 from app.openapi import access
 from app.rate_limits import get_rate_limit, put_rate_limit
 from app.raw_params import raw_params_middleware
@@ -30,6 +30,7 @@ class RateLimitController(Controller):
     @put(
         dto=MsgspecJSON[RateLimit],
         return_dto=None,
+        request_max_body_size=SMALL_BODY_BYTES,
         operation_id="putRateLimit",
         **access(WRITE, 400, 413, 415),
     )

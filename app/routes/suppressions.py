@@ -9,7 +9,7 @@ from litestar.datastructures import State
 from litestar.params import Body, FromQuery
 
 from app.auth import READ, WRITE
-from app.body import MsgspecJSON
+from app.body import SMALL_BODY_BYTES, MsgspecJSON
 from app.openapi import access
 from app.pagination import DEFAULT_LIMIT
 from app.raw_params import raw_params_middleware
@@ -62,6 +62,7 @@ class SuppressionController(Controller):
         "/{recipient:str}",
         dto=MsgspecJSON[SuppressionPut],
         return_dto=None,
+        request_max_body_size=SMALL_BODY_BYTES,
         operation_id="putSuppression",
         **access(WRITE, 400, 413, 415),
     )

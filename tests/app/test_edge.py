@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from app.body import MAX_JSON_DEPTH
+from app.body import CAMPAIGN_BODY_BYTES, MAX_JSON_DEPTH, SMALL_BODY_BYTES
 from tests.helpers import CAMPAIGNS
 from tests.servers import HOST, WebProcess
 from tests.tokens import bearer
@@ -167,13 +167,20 @@ async def campaign(http: httpx.AsyncClient, *, activate: bool) -> str:
 @pytest.mark.parametrize("depth", [1_000, 100_000])
 async def test_deeply_nested_json_is_a_400_on_every_route_with_a_body(web, http, depth):
     draft, active = await campaign(http, activate=False), await campaign(http, activate=True)
+    publish_limit = 32 * 1024 * 1024
     routes = [
-        ("POST", CAMPAIGNS, CAMPAIGN),
-        ("PATCH", f"{CAMPAIGNS}/{draft}", {"name": "m"}),
-        ("POST", f"{CAMPAIGNS}/{active}/publish", {"recipients": []}),
-        ("PUT", f"{BRANDS}/brand-a/suppressions/a@example.com", {"reason": "manual"}),
+        ("POST", CAMPAIGNS, CAMPAIGN, CAMPAIGN_BODY_BYTES),
+        ("PATCH", f"{CAMPAIGNS}/{draft}", {"name": "m"}, CAMPAIGN_BODY_BYTES),
+        ("POST", f"{CAMPAIGNS}/{active}/publish", {"recipients": []}, publish_limit),
+        (
+            "PUT",
+            f"{BRANDS}/brand-a/suppressions/a@example.com",
+            {"reason": "manual"},
+            SMALL_BODY_BYTES,
+        ),
+        ("PUT", f"{BRANDS}/brand-a/rate-limit", RATE_LIMIT, SMALL_BODY_BYTES),
     ]
-    for method, url, valid in routes:
+    for method, url, valid, limit in routes:
         whole = nested(depth)
         # Inside an unknown field, and inside a known one.
         in_unknown = "{" + f'"deep": {nested(depth)}, ' + json.dumps(valid)[1:]
@@ -182,10 +189,41 @@ async def test_deeply_nested_json_is_a_400_on_every_route_with_a_body(web, http,
             response = await http.request(
                 method, url, content=body, headers={"Content-Type": "application/json"}
             )
-            assert response.status_code == 400, (method, url, response.text[:300])
             error = response.json()
+            if len(body) > limit:  # refused before it is read to the end
+                assert (response.status_code, error["error"]) == (413, "payload_too_large")
+                continue
+            assert response.status_code == 400, (method, url, response.text[:300])
             assert error["error"] == "validation_error"
             assert "nested" in error["details"]["$"], error
+    assert_no_traceback(web)
+
+
+async def test_crafted_bodies_are_told_apart_deep_from_not_json(web, http):
+    """The slow path of the depth check (a string holds brackets, or the body is deep or
+    unbalanced): the exact depth outside strings decides, and what is not JSON says so."""
+    active = await campaign(http, activate=True)
+    url = f"{CAMPAIGNS}/{active}/publish"
+    start = '{"recipients": [{"person_id": "p", "recipient": "a@example.com"}], "x": "]]]", '
+
+    def levels(n: int) -> str:
+        return "[" * n + "]" * n
+
+    cases = {
+        "]" * 1_000_000: "the request body is not valid JSON",
+        "[" * 1_000_000: "the request body is nested too deeply",
+        # The body's object is level 1.
+        start + '"y": ' + levels(MAX_JSON_DEPTH - 1) + "}": "",
+        start + '"y": ' + levels(MAX_JSON_DEPTH) + "}": "the request body is nested too deeply",
+        start + '"y": [[[}' * 3: "the request body is not valid JSON",
+    }
+    for body, message in cases.items():
+        response = await http.post(url, content=body, headers={"Content-Type": "application/json"})
+        if not message:  # 32 levels, brackets in a string: accepted
+            assert response.status_code == 202, response.text[:300]
+            continue
+        assert response.status_code == 400, response.text[:300]
+        assert message in response.json()["message"], (body[:60], response.json())
     assert_no_traceback(web)
 
 
@@ -230,6 +268,9 @@ BAD_BRANDS = {  # what: (in a URL, in a JSON body or None)
 }
 
 
+RATE_LIMIT = {"email_per_second": 5, "sms_per_second": None}
+
+
 async def test_a_bad_brand_is_a_400_naming_it_on_every_brand_route_and_filter(web, http, db):
     for what, (brand, in_body) in BAD_BRANDS.items():
         suppression = f"{BRANDS}/{brand}/suppressions"
@@ -239,6 +280,8 @@ async def test_a_bad_brand_is_a_400_naming_it_on_every_brand_route_and_filter(we
             ("PUT", f"{suppression}/a@example.com", {"reason": "manual"}, "path.brand_id"),
             ("DELETE", f"{suppression}/a@example.com", None, "path.brand_id"),
             ("GET", f"{CAMPAIGNS}?brand_id={brand}", None, "query.brand_id"),
+            ("GET", f"{BRANDS}/{brand}/rate-limit", None, "path.brand_id"),
+            ("PUT", f"{BRANDS}/{brand}/rate-limit", RATE_LIMIT, "path.brand_id"),
         ]
         for method, url, body, parameter in requests:
             response = await http.request(method, url, json=body)
@@ -253,6 +296,7 @@ async def test_a_bad_brand_is_a_400_naming_it_on_every_brand_route_and_filter(we
 
     assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
     assert await db.fetchval("SELECT count(*) FROM campaigns") == 0
+    assert await db.fetchval("SELECT count(*) FROM brand_rate_limits") == 0
     assert_no_traceback(web)
 
 

@@ -29,6 +29,7 @@ from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.body import CAMPAIGN_BODY_BYTES
 from app.feedback import MAX_BODY_BYTES as FEEDBACK_MAX_BODY
 from app.idempotency import lock_id
 from tests.helpers import CAMPAIGNS, create_campaign, database_unreachable, recipients
@@ -444,7 +445,9 @@ async def bad_request(t: Tour, op: Op) -> Any:
 
 async def too_large(t: Tour, op: Op) -> Any:
     request = await HAPPY[op][1](t)
-    return await t.send(op, {**request, "json": {"padding": "x" * MAX_BODY}})
+    # Over every route's limit: publish's MAX_BODY here, a campaign's 1 MiB.
+    padding = "x" * max(MAX_BODY, CAMPAIGN_BODY_BYTES)
+    return await t.send(op, {**request, "json": {"padding": padding}})
 
 
 async def bad_state(t: Tour, op: Op) -> Any:

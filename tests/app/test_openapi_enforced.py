@@ -4,6 +4,7 @@ schemathesis, that what the document forbids is refused."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -111,7 +112,12 @@ async def test_the_headers_are_documented(client):
 
     key = parameters(document, f"{CAMPAIGNS}/{{id}}/publish", "post")["Idempotency-Key"]
     assert key["in"] == "header" and key["required"] is False
-    assert key["schema"].items() >= {"type": "string", "minLength": 1, "maxLength": 257}.items()
+    assert key["schema"].items() >= {"type": "string", "minLength": 1, "maxLength": 512}.items()
+    # The pattern bounds the key itself: 255 characters, bare or quoted (an escape is one).
+    pattern = re.compile(key["schema"]["pattern"])
+    assert pattern.match("k" * 255) and not pattern.match("k" * 256)
+    assert pattern.match('"' + '\\"' * 255 + '"') and not pattern.match('"' + "k" * 256 + '"')
+    assert not pattern.match('""')
     assert publish["responses"]["202"]["headers"]["Location"]["required"] is True
     assert "Retry-After" in publish["responses"]["409"]["headers"]
     assert "WWW-Authenticate" in publish["responses"]["401"]["headers"]

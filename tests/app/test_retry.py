@@ -103,10 +103,21 @@ async def test_retry_skips_addresses_suppressed_since_the_original(client, db):
 async def test_retry_of_a_run_not_ended_or_without_failures_is_412(client, db):
     campaign = await create_campaign(client)
     queued = (await publish(client, campaign["id"], {"recipients": recipients(2)})).json()
+    running = (await publish(client, campaign["id"], {"recipients": recipients(2)})).json()
     clean = (await publish(client, campaign["id"], {"recipients": recipients(2)})).json()
     await end_with_failures(db, clean["id"], set())
+    # A worker's first window: one delivery failed for good, the other still pending.
+    await db.execute(
+        "UPDATE deliveries SET status = 'failed', attempts = 1 WHERE run_id = $1 AND position = 0",
+        uuid.UUID(running["id"]),
+    )
+    await db.execute(
+        "UPDATE runs SET status = 'running', started_at = now(), failed_count = 1 WHERE id = $1",
+        uuid.UUID(running["id"]),
+    )
 
     not_ended = await retry(client, campaign, queued["id"])
+    not_yet = await retry(client, campaign, running["id"])
     nothing_failed = await retry(client, campaign, clean["id"])
 
     assert not_ended.status_code == 412
@@ -115,13 +126,43 @@ async def test_retry_of_a_run_not_ended_or_without_failures_is_412(client, db):
         "status": "queued",
         "allowed": ["completed", "cancelled"],
     }
+    assert not_yet.status_code == 412
+    assert not_yet.json()["details"] == {
+        "status": "running",
+        "allowed": ["completed", "cancelled"],
+    }
     assert nothing_failed.status_code == 412
     assert nothing_failed.json()["details"] == {
         "status": "completed",
         "allowed": ["completed", "cancelled"],
         "failed_count": 0,
     }
-    assert await db.fetchval("SELECT count(*) FROM runs") == 2
+    assert await db.fetchval("SELECT count(*) FROM runs") == 3
+
+
+async def test_a_cancelled_run_retries_its_failed_and_not_its_cancelled(client, db):
+    campaign = await create_campaign(client)
+    people = recipients(4)
+    run = (await publish(client, campaign["id"], {"recipients": people})).json()
+    # A worker failed position 1 for good, then the run was cancelled.
+    await db.execute(
+        "UPDATE deliveries SET status = 'failed', attempts = 1 WHERE run_id = $1 AND position = 1",
+        uuid.UUID(run["id"]),
+    )
+    await db.execute(
+        "UPDATE runs SET status = 'running', failed_count = 1 WHERE id = $1", uuid.UUID(run["id"])
+    )
+    cancelled = await client.post(f"{run_url(campaign, run['id'])}/cancel", headers=bearer())
+    assert cancelled.json()["status"] == "cancelled", cancelled.text
+
+    response = await retry(client, campaign, run["id"])
+
+    assert response.status_code == 202, response.text
+    again = run_url(campaign, response.json()["id"])
+    deliveries = await walk(client, f"{again}/deliveries", bearer())
+    assert [(d["recipient"], d["status"]) for d in deliveries] == [
+        (people[1]["recipient"], "pending")
+    ]
 
 
 async def test_retry_with_an_idempotency_key_creates_one_run(client, db):

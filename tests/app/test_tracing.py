@@ -18,7 +18,7 @@ import pytest
 from app.settings import Settings, SettingsError
 from tests.helpers import CAMPAIGNS, create_campaign, publish
 from tests.jobs.delivery_helpers import ENDED, run_status
-from tests.servers import HttpSink, OtlpReceiver, ReceivedSpan, Reply, free_port
+from tests.servers import HttpSink, OtlpReceiver, ReceivedSpan, Reply, free_port, web_command
 from tests.tokens import TEST_SECRET, bearer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +83,7 @@ async def test_one_trace_shows_a_run_from_the_publish_request_to_its_last_send(
     }
     port = free_port()
     web = start(
-        [sys.executable, "-m", "uvicorn", "app.asgi:web", "--factory", "--port", str(port)],
+        web_command(port),
         environment(database_url, DELIVERY_BATCH_SIZE="2", **otel),
         tmp_path / "web.log",
     )
@@ -114,7 +114,11 @@ async def test_one_trace_shows_a_run_from_the_publish_request_to_its_last_send(
                         {"person_id": "p2", "recipient": FAILING},
                     ]
                 },
-                headers={**bearer(), "traceparent": f"00-{caller_trace}-{caller_span}-01"},
+                headers={
+                    **bearer(),
+                    "traceparent": f"00-{caller_trace}-{caller_span}-01",
+                    "Idempotency-Key": "traced-1",
+                },
             )
         assert response.status_code == 202, response.text
         run_id = response.json()["id"]
@@ -147,6 +151,18 @@ async def test_one_trace_shows_a_run_from_the_publish_request_to_its_last_send(
     assert copy.parent_span_id == transaction.span_id
     assert defer.parent_span_id == transaction.span_id
     assert (copy.kind, defer.kind) == ("CLIENT", "PRODUCER")
+    # Every database call of the publish, each a span inside its transaction.
+    calls = [
+        only(receiver.named(name))
+        for name in (
+            "SELECT campaigns",
+            "INSERT idempotency_keys",
+            "SELECT suppressions",
+            "INSERT runs",
+        )
+    ]
+    assert {(c.parent_span_id, c.kind) for c in calls} == {(transaction.span_id, "CLIENT")}
+    assert {c.attributes["db.system.name"] for c in [*calls, copy]} == {"postgresql"}
     assert defer.attributes["run_id"] == run_id
 
     jobs = receiver.named("deliver_batch")
@@ -172,7 +188,7 @@ async def test_one_trace_shows_a_run_from_the_publish_request_to_its_last_send(
         (f"{run_id}:2", True),
     ]
     # One trace, from the caller's request to the last send.
-    assert {s.trace_id for s in [transaction, copy, defer, *jobs, *sends]} == {caller_trace}
+    assert {s.trace_id for s in [transaction, *calls, copy, defer, *jobs, *sends]} == {caller_trace}
 
 
 def publish_route(receiver: OtlpReceiver) -> str:
