@@ -128,6 +128,42 @@ class DeliveryRepository:
             [o.retry_in if o.status == "pending" else None for o in outcomes],
         )
 
+    async def unrecorded_sends(
+        self, run_id: UUID, first: int, last: int
+    ) -> dict[int, tuple[int, str]]:
+        """Position -> (sends whose outcome could not be recorded, why), for positions
+        first..last (migration 0010); empty but after a window met a bug or a refusing
+        database."""
+        rows = await self.conn.fetch(
+            """
+            SELECT position, sends, last_error FROM delivery_unrecorded_sends
+            WHERE run_id = $1 AND position BETWEEN $2 AND $3
+            """,
+            run_id, first, last,
+        )  # fmt: skip
+        return {row["position"]: (row["sends"], row["last_error"]) for row in rows}
+
+    async def count_unrecorded_sends(
+        self, run_id: UUID, positions: Sequence[int], error: str
+    ) -> None:
+        """One more send of each of `positions` that no window recorded, and why."""
+        await self.conn.execute(
+            """
+            INSERT INTO delivery_unrecorded_sends AS u (run_id, position, sends, last_error)
+            SELECT $1, position, 1, $3 FROM unnest($2::int[]) AS position
+            ON CONFLICT (run_id, position) DO UPDATE
+                SET sends = u.sends + 1, last_error = $3, sent_at = now()
+            """,
+            run_id, list(positions), storable(error, MAX_LAST_ERROR),
+        )  # fmt: skip
+
+    async def forget_unrecorded_sends(self, run_id: UUID, positions: Sequence[int]) -> None:
+        """In the transaction that records `positions` with attempts that count them."""
+        await self.conn.execute(
+            "DELETE FROM delivery_unrecorded_sends WHERE run_id = $1 AND position = ANY($2::int[])",
+            run_id, list(positions),
+        )  # fmt: skip
+
     async def fail_pending(self, run_id: UUID, first: int, last: int, why: str) -> int:
         """Every pending delivery of positions first..last becomes failed; returns how many."""
         result: str = await self.conn.execute(

@@ -9,6 +9,8 @@ from datetime import datetime
 
 import asyncpg
 
+from db.text import storable
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -117,6 +119,6 @@ class RateLimitRepository:
             """,
             provider,
             seconds,
-            reason,
+            storable(reason, 1000),  # the provider's words
         )
         return until

@@ -9,6 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
+from db.text import storable
 from jobs.app import EVENTS_QUEUE, HOUSEKEEPING_PRIORITY, app
 
 EVENT_TYPES = {"running": "run.started", "completed": "run.completed", "cancelled": "run.cancelled"}
@@ -72,7 +73,7 @@ class RunEventRepository:
                 last_error = $2
             WHERE id = $1
             """,
-            event_id, error,
+            event_id, storable(error, 1000),  # the receiver's words: a NUL would fail this
         )  # fmt: skip
 
     async def unsent(self, run_id: UUID) -> int:

@@ -39,7 +39,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -69,6 +69,12 @@ MAX_BACKOFF_SECONDS = 300.0
 
 class DeliveryInterrupted(Exception):
     """The worker is stopping; the job goes back to the queue with its rest pending."""
+
+
+class UnrecordedSends(Exception):
+    """A window failed after its sends, for a reason other than the database being away:
+    its sends are counted per delivery (delivery_unrecorded_sends), and the job is tried
+    again later. No delivery is sent once attempts and such sends reach the limit."""
 
 
 ScheduleRetry = Callable[[asyncpg.Connection, datetime], Awaitable[None]]
@@ -109,12 +115,23 @@ class Window:
     """Set instead of sending when the provider is paused (it answered 429 earlier)."""
     waiting: int = 0
     """Claimed deliveries that wait for the end of their recipients' quiet hours."""
+    unrecorded: dict[int, tuple[int, str]] = field(default_factory=dict)
+    """Position -> (sends no window recorded, why): the chunk's, shared by its windows."""
+    sent: list[int] = field(default_factory=list)
+    """Positions it sent to the provider."""
+    unstored: list[int] = field(default_factory=list)
+    """Positions whose outcome it could not store at all (salvage): sent ones, and ones
+    given up without a send."""
 
 
 def backoff_seconds(attempts: int, base: float) -> float:
     """Exponential in the attempts made so far, with +-50% jitter so that retries of a
     failing provider do not arrive in lockstep."""
     return float(min(MAX_BACKOFF_SECONDS, base * 2 ** (attempts - 1)) * random.uniform(0.5, 1.5))
+
+
+def gave_up(attempts: int, last: str) -> str:
+    return f"gave up after {attempts} attempts; last: {last}"
 
 
 def render(template: str | None, person_id: str, recipient: str) -> str | None:
@@ -145,6 +162,7 @@ async def deliver_chunk(
     retrying: list[int] = []  # positions left for the follow-up job
     async with resources.pool.acquire() as conn:
         target = await RunRepository(conn).delivery_target(run_id)
+        unrecorded = await DeliveryRepository(conn).unrecorded_sends(run_id, first, last)
     if target is None:
         return report
     brand_id, channel = target["brand_id"], target["channel"]
@@ -166,10 +184,26 @@ async def deliver_chunk(
         if not share:
             report.comes_back_in = await _come_back(resources, schedule_retry, wait)
             break
-        window = Window(run_id, first, last, list(retrying), share, provider)
-        outcomes = await _abortable(
-            resources, _window_transaction(resources, window, schedule_retry)
-        )
+        window = Window(run_id, first, last, list(retrying), share, provider, unrecorded=unrecorded)
+        try:
+            outcomes = await _abortable(
+                resources, _window_transaction(resources, window, schedule_retry)
+            )
+        except DeliveryInterrupted:
+            raise
+        except Exception as exc:
+            if not window.sent or database_away(exc):
+                raise
+            # Rolled back after its sends: they count, or they could repeat without bound.
+            await _count_unrecorded(resources, window, window.sent, repr(exc))
+            raise UnrecordedSends(f"{len(window.sent)} sends not recorded: {exc!r}") from exc
+        if window.unstored:
+            # Given up without a send, and not even `failed` could be stored: not again in
+            # this job (nothing left to send it; the row says pending for ops to see).
+            retrying += [p for p in window.unstored if p not in window.sent]
+            if sent := [p for p in window.unstored if p in window.sent]:
+                await _count_unrecorded(resources, window, sent, "its outcome could not be stored")
+                raise UnrecordedSends(f"{len(sent)} sends whose outcome could not be stored")
         if limits:
             await resources.limiter.give_back(limits, share - window.sends)
         if window.paused_for is not None:
@@ -287,15 +321,20 @@ async def _deliver_window(
     outcomes: list[Outcome] = []
     to_send = []
     for row in claimed:
+        position = row["position"]
+        unrecorded, why = window.unrecorded.get(position, (0, ""))
+        tried = row["attempts"] + unrecorded  # sends so far, recorded or not
         if normalise(channel, row["recipient"]) in suppressed:
-            outcomes.append(
-                Outcome(row["position"], "skipped", row["attempts"], reason="suppressed")
-            )
+            outcomes.append(Outcome(position, "skipped", tried, reason="suppressed"))
+        elif tried >= resources.config.max_attempts:
+            detail = f"gave up after {tried} attempts ({unrecorded} not recorded); last: {why}"
+            outcomes.append(Outcome(position, "failed", tried, last_error=detail))
         else:
-            to_send.append(row)
+            to_send.append((row, tried))
     window.sends = len(to_send)
+    window.sent = [row["position"] for row, _ in to_send]
     outcomes += await asyncio.gather(
-        *(_send(provider, resources, run_id, run, row) for row in to_send)
+        *(_send(provider, resources, run_id, run, row, tried) for row, tried in to_send)
     )
     window.outcomes = outcomes
     try:
@@ -324,7 +363,7 @@ async def _commit_outcomes(
     due (quiet hours' end, backoff, pause)."""
     assert window.outcomes is not None
     outcomes = window.outcomes
-    await _record(conn, window.run_id, outcomes, run["now"])
+    await _record(conn, window, outcomes, run["now"])
     if throttled := [o for o in outcomes if o.throttled_for is not None]:
         until = max(o.throttled_for or 0.0 for o in throttled)
         reason = throttled[0].last_error or "throttled"
@@ -379,13 +418,40 @@ async def _follow_up_the_waiting(
 
 
 async def _record(
-    conn: asyncpg.Connection, run_id: UUID, outcomes: list[Outcome], now: datetime
+    conn: asyncpg.Connection, window: Window, outcomes: list[Outcome], now: datetime
 ) -> None:
     """The outcomes and the run's counters, in the caller's transaction."""
-    await DeliveryRepository(conn).record(run_id, outcomes, now)
+    await _store(conn, window, outcomes, now)
     counts = Counter(o.status for o in outcomes)
     await RunRepository(conn).count_outcomes(
-        run_id, counts["sent"], counts["failed"], counts["skipped"]
+        window.run_id, counts["sent"], counts["failed"], counts["skipped"]
+    )
+
+
+async def _store(
+    conn: asyncpg.Connection, window: Window, outcomes: list[Outcome], now: datetime
+) -> None:
+    """The outcomes, whose attempts count the sends no window recorded: those are
+    forgotten with them."""
+    deliveries = DeliveryRepository(conn)
+    await deliveries.record(window.run_id, outcomes, now)
+    if folded := [o.position for o in outcomes if o.position in window.unrecorded]:
+        await deliveries.forget_unrecorded_sends(window.run_id, folded)
+
+
+async def _count_unrecorded(
+    resources: WorkerResources, window: Window, positions: list[int], why: str
+) -> None:
+    """One more unrecorded send of each of `positions`, in a transaction of its own. If
+    that fails too, the error goes up: the job's own count of failures bounds it."""
+    async with resources.pool.acquire() as conn:
+        await DeliveryRepository(conn).count_unrecorded_sends(window.run_id, positions, why)
+    for position in positions:
+        sends, _ = window.unrecorded.get(position, (0, why))
+        window.unrecorded[position] = (sends + 1, why)
+    logger.error(
+        "sends whose outcome could not be recorded are counted",
+        extra={"positions": positions, "reason": why},
     )
 
 
@@ -401,8 +467,9 @@ async def _salvage(
     reason that would fail again, in the window's own transaction: its deliveries are still
     locked, no other job can take them meanwhile. Each delivery goes in its own savepoint,
     so that one that cannot be stored holds back no other: its outcome without the
-    provider's answer, else `failed`. The attempt is spent either way; what could not even
-    be failed stays pending, for the job's own bounded retries (jobs/tasks.py)."""
+    provider's answer, else `failed`. The attempt is spent either way. What could not even
+    be failed stays pending (`window.unstored`): a send of it is counted apart after the
+    commit (deliver_chunk), so the limit of attempts holds for it too."""
     assert window.outcomes is not None
     logger.error(
         "a window could not be recorded after its sends; recording it without the "
@@ -413,8 +480,11 @@ async def _salvage(
     run_id, now = window.run_id, run["now"]
     recorded: list[Outcome] = []
     for outcome in window.outcomes:
-        if stored := await _store_first_possible(conn, run_id, _without_answer(outcome, lost), now):
+        candidates = _without_answer(outcome, lost)
+        if stored := await _store_first_possible(conn, window, candidates, now):
             recorded.append(stored)
+        else:
+            window.unstored.append(outcome.position)
     counts = Counter(o.status for o in recorded)
     await RunRepository(conn).count_outcomes(
         run_id, counts["sent"], counts["failed"], counts["skipped"]
@@ -428,17 +498,16 @@ async def _salvage(
                 for o in recorded
                 if o.status == "pending"
             ]
-            await _record(conn, run_id, unscheduled, now)
+            await _record(conn, window, unscheduled, now)
             recorded = [o for o in recorded if o.status != "pending"] + unscheduled
     return recorded
 
 
 async def _store_first_possible(
-    conn: asyncpg.Connection, run_id: UUID, candidates: tuple[Outcome, ...], now: datetime
+    conn: asyncpg.Connection, window: Window, candidates: tuple[Outcome, ...], now: datetime
 ) -> Outcome | None:
-    deliveries = DeliveryRepository(conn)
     for candidate in candidates:
-        if await _in_savepoint(conn, partial(deliveries.record, run_id, [candidate], now)):
+        if await _in_savepoint(conn, partial(_store, conn, window, [candidate], now)):
             return candidate
     return None
 
@@ -476,11 +545,13 @@ async def _send(
     run_id: UUID,
     run: asyncpg.Record,
     row: asyncpg.Record,
+    tried: int,
 ) -> Outcome:
     """Never raises (but for cancellation): a raise would leave the window's other sends
-    running unseen while the window rolls back."""
+    running unseen while the window rolls back. `tried`: the delivery's sends before this
+    one, recorded or not."""
     position, person_id, recipient = row["position"], row["person_id"], row["recipient"]
-    attempts = row["attempts"] + 1
+    attempts = tried + 1
     latency = provider_latency(run["channel"], provider.name)
     try:
         message = OutgoingMessage(
@@ -512,7 +583,7 @@ async def _send(
         return Outcome(
             position,
             "pending",
-            row["attempts"],
+            tried,
             last_error=exc.detail,
             throttled_for=exc.retry_after_seconds,
             retry_in=exc.retry_after_seconds,
@@ -525,8 +596,7 @@ async def _send(
             logger.exception("sending raised", extra={"delivery_id": delivery_id(run_id, position)})
         detail = exc.detail if isinstance(exc, TransientError) else f"unexpected: {exc!r}"
         if attempts >= resources.config.max_attempts:
-            detail = f"gave up after {attempts} attempts; last: {detail}"
-            return Outcome(position, "failed", attempts, last_error=detail)
+            return Outcome(position, "failed", attempts, last_error=gave_up(attempts, detail))
         backoff = backoff_seconds(attempts, resources.config.retry_base_seconds)
         return Outcome(position, "pending", attempts, last_error=detail, retry_in=backoff)
     return Outcome(position, "sent", attempts, provider_message_id=result.provider_message_id)

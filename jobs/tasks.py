@@ -28,7 +28,7 @@ from jobs.app import (
     first_job_priority,
 )
 from jobs.asyncpg_connector import AsyncpgConnector
-from jobs.delivery import DeliveryInterrupted, deliver_chunk, fail_range
+from jobs.delivery import DeliveryInterrupted, UnrecordedSends, deliver_chunk, fail_range
 from jobs.resources import WorkerResources
 from jobs.retention import maintain_deliveries
 from jobs.run_events import EventRetry, send_pending_events
@@ -59,11 +59,13 @@ async def deliver_batch(
     """Deliver the pending deliveries of run `run_id` at positions first..last.
     `traceparent` (tracing on): the trace context of the span that deferred the job.
 
-    A try that fails for a reason other than the database being away (a bug, a
-    constraint) may have reached providers before it failed. Such failures are counted
-    (db/jobs.py); once there have been DELIVERY_MAX_ATTEMPTS of them, the job fails its
-    pending deliveries with the reason instead of trying again: no send repeats without
-    bound, and the run completes."""
+    A window that fails after its sends for a reason other than the database being away
+    (a bug, a constraint) has its sends counted per delivery (UnrecordedSends,
+    jobs/delivery.py): no delivery is sent more than DELIVERY_MAX_ATTEMPTS times, and the
+    job is tried again for the others. A try that fails otherwise (before any send, or
+    while counting them) is counted per job (db/jobs.py); once there have been
+    DELIVERY_MAX_ATTEMPTS of those, the job fails its pending deliveries with the reason
+    instead of trying again, and the run completes."""
     resources: WorkerResources = context.additional_context["resources"]
     job_id = context.job.id
     assert job_id is not None
@@ -89,7 +91,7 @@ async def deliver_batch(
             report = await deliver_chunk(
                 resources, UUID(run_id), first, last, schedule_retry, newcomer_waiting
             )
-        except DeliveryInterrupted:
+        except (DeliveryInterrupted, UnrecordedSends):
             raise
         except Exception as exc:
             if database_away(exc):
@@ -128,7 +130,15 @@ async def _give_up(
     resources: WorkerResources, run_id: str, first: int, last: int, last_error: str | None
 ) -> None:
     why = f"its delivery job failed {_limit(resources)} times; last: {last_error}"
-    failed = await fail_range(resources, UUID(run_id), first, last, why)
+    try:
+        failed = await fail_range(resources, UUID(run_id), first, last, why)
+    except Exception as exc:
+        if database_away(exc):
+            raise
+        # Not even `failed` can be stored: nothing more to try. The job ends (no loop);
+        # its deliveries stay pending, and ops_stalled_runs shows the run.
+        logger.exception("chunk given up, and its deliveries could not be failed")
+        return
     logger.error("chunk given up: its pending deliveries failed", extra={"failed": failed})
 
 

@@ -19,13 +19,19 @@ TABLES = {
     "brand_rate_limits",
     "rate_buckets",
     "provider_pauses",
+    "delivery_unrecorded_sends",
     "procrastinate_jobs",
     "procrastinate_events",
     "procrastinate_workers",
     "procrastinate_periodic_defers",
 }
 
-LATER_THAN_0007 = {"brand_rate_limits", "rate_buckets", "provider_pauses"}
+LATER_THAN_0007 = {
+    "brand_rate_limits",
+    "rate_buckets",
+    "provider_pauses",
+    "delivery_unrecorded_sends",
+}
 LATER_THAN_0004 = {"delivery_job_failures", "run_events", *LATER_THAN_0007}
 
 VIEWS_0004 = {
@@ -204,4 +210,6 @@ async def test_0009_downgrades_to_0007_and_back(empty_database):
     assert "priority" not in await columns(empty_database, "campaigns")
 
     command.upgrade(config, "0009")
+    assert (await objects(empty_database))[0] == TABLES - {"delivery_unrecorded_sends"}
+    command.upgrade(config, "head")
     assert (await objects(empty_database))[0] == TABLES

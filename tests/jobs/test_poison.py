@@ -5,6 +5,7 @@ completes, and its counters equal its rows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from dataclasses import replace
@@ -185,10 +186,77 @@ async def test_a_window_that_can_never_commit_is_sent_at_most_max_attempts_times
     _, rows = await deliver(client, db, webhook_settings, n=3)
 
     assert reached(sink) == {f"user{i}@example.com": MAX_ATTEMPTS for i in range(3)}
-    assert {r["status"] for r in rows} == {"failed"}
-    assert rows[0]["last_error"].startswith("its delivery job failed 3 times; last: ")
-    failures = await db.fetchval("SELECT failures FROM delivery_job_failures")
-    assert failures == MAX_ATTEMPTS
+    assert {(r["status"], r["attempts"]) for r in rows} == {("failed", MAX_ATTEMPTS)}
+    # Each send was counted per delivery when its window rolled back, then folded into
+    # `attempts` by the window that gave up.
+    assert rows[0]["last_error"].startswith("gave up after 3 attempts (3 not recorded); last: ")
+    assert "refused" in rows[0]["last_error"]
+    assert await db.fetchval("SELECT count(*) FROM delivery_unrecorded_sends") == 0
+
+
+async def test_a_committed_attempt_and_unrecorded_sends_share_one_limit(
+    client, db, webhook_settings, sink
+):
+    # The first send is a 503, recorded (attempt 1, a follow-up job); from then on no send
+    # can be recorded. Attempts of both kinds add up to DELIVERY_MAX_ATTEMPTS, not more.
+    sink.script.append(Reply(status=503, body=b"busy"))
+    await db.execute(
+        """
+        CREATE FUNCTION refuse_counting() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'refused'; END $$;
+        CREATE TRIGGER refuse_counting BEFORE UPDATE ON runs FOR EACH ROW
+            WHEN (NEW.sent_count > OLD.sent_count) EXECUTE FUNCTION refuse_counting();
+        """
+    )
+
+    _, rows = await deliver(client, db, webhook_settings, n=1)
+
+    assert reached(sink) == {"user0@example.com": MAX_ATTEMPTS}
+    assert (rows[0]["status"], rows[0]["attempts"]) == ("failed", MAX_ATTEMPTS)
+    assert rows[0]["last_error"].startswith("gave up after 3 attempts (2 not recorded)")
+
+
+async def test_a_row_that_refuses_every_outcome_is_sent_at_most_max_attempts_times(
+    client, db, webhook_settings, sink
+):
+    # user1's row can be neither sent nor failed: each send of it is counted apart, and
+    # once they reach the limit it is sent no more. The others are delivered once, and
+    # the job ends rather than trying for ever.
+    await db.execute(
+        """
+        CREATE FUNCTION refuse_outcomes() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'refused: %', NEW.recipient; END $$;
+        CREATE TRIGGER refuse_outcomes BEFORE UPDATE ON deliveries FOR EACH ROW
+            WHEN (NEW.recipient = 'user1@example.com' AND NEW.status IN ('sent', 'failed'))
+            EXECUTE FUNCTION refuse_outcomes();
+        """
+    )
+    campaign = await create_campaign(client)
+    run = (await publish(client, campaign["id"], {"recipients": recipients(4)})).json()
+
+    async with running_worker(webhook_settings), asyncio.timeout(60):
+        while await db.fetchval(  # noqa: ASYNC110 - the worker's state is in the database
+            "SELECT count(*) FROM procrastinate_jobs"
+            " WHERE task_name = 'deliver_batch' AND status IN ('todo', 'doing')"
+        ):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # a send that would come after the job's end
+        jobs = await db.fetch(
+            "SELECT DISTINCT status FROM procrastinate_jobs WHERE task_name = 'deliver_batch'"
+        )
+
+    assert reached(sink) == {
+        "user0@example.com": 1,
+        "user1@example.com": MAX_ATTEMPTS,
+        "user2@example.com": 1,
+        "user3@example.com": 1,
+    }
+    assert [j["status"] for j in jobs] == ["succeeded"]
+    rows = await deliveries(db, run["id"])
+    assert [r["status"] for r in rows] == ["sent", "pending", "sent", "sent"]
+    unrecorded = await db.fetchrow("SELECT sends, last_error FROM delivery_unrecorded_sends")
+    assert unrecorded["sends"] == MAX_ATTEMPTS
+    assert unrecorded["last_error"] == "its outcome could not be stored"
 
 
 async def test_a_transient_failure_whose_follow_up_cannot_be_deferred_is_not_resent_early(

@@ -100,7 +100,8 @@ async def test_a_brand_cap_below_the_channel_limit_is_what_holds(small_jobs, db,
 async def test_a_429_with_retry_after_pauses_every_worker_without_spending_attempts(
     small_jobs, db, sink, workers
 ):
-    sink.script.append(Reply(status=429, body=b"slow down", headers={"Retry-After": "2"}))
+    # A NUL in the answer: the pause is stored all the same, the words replaced.
+    sink.script.append(Reply(status=429, body=b"slow\x00down", headers={"Retry-After": "2"}))
 
     run_id = await two_workers_deliver(small_jobs, db, workers, 60)
 
@@ -121,4 +122,4 @@ async def test_a_429_with_retry_after_pauses_every_worker_without_spending_attem
     )
     assert paused_one["attempts"] == 1  # the 429 was no attempt
     pause = await db.fetchrow("SELECT * FROM provider_pauses")
-    assert pause["provider"] == "webhook" and pause["reason"] == "HTTP 429: slow down"
+    assert pause["provider"] == "webhook" and pause["reason"] == "HTTP 429: slow\ufffddown"

@@ -186,6 +186,7 @@ async def test_a_running_run_keeps_its_old_partition_while_expired_runs_there_go
 
 
 async def test_a_month_waits_while_a_run_in_it_ended_within_retention(db, pool, campaign):
+    await ensure_months(db, -1)
     made = month_start(add_months(month_of(NOW), -1))
     old = await add_run(db, campaign, made_at=made, ended_at=made + timedelta(hours=1))
     young = await add_run(db, campaign, made_at=made, ended_at=NOW - timedelta(days=1))
@@ -196,6 +197,9 @@ async def test_a_month_waits_while_a_run_in_it_ended_within_retention(db, pool, 
 
     # Last month is not entirely past the cutoff: nothing goes yet, not even one by one.
     assert report.dropped == [] and report.purged_runs == 0
+    assert name_of(-1) in await partitions(db)
+    where = "SELECT DISTINCT tableoid::regclass::text FROM deliveries WHERE run_id = ANY($1)"
+    assert await db.fetchval(where, [old, young]) == name_of(-1)
     assert await delivery_count(db, old) == 20
     assert await delivery_count(db, young) == 20
 
