@@ -87,15 +87,26 @@ def span(
     kind: SpanKind = SpanKind.INTERNAL,
     attributes: Mapping[str, AttributeValue] | None = None,
 ) -> AbstractContextManager[Any]:
-    """A span around a block, the current one inside it; nothing at all when tracing is off."""
-    if not _enabled:
+    """A span around a block, the current one inside it; nothing at all when tracing is off
+    or the enclosing span is not sampled."""
+    if _untraced():
         return _NO_SPAN
     return tracer.start_as_current_span(name, kind=kind, attributes=attributes)
 
 
+def _untraced() -> bool:
+    """Tracing off, or inside a span that is not sampled: its children would not be either
+    (the samplers are parent-based, and a ratio sampler decides by trace id), so skipping
+    them saves the SDK's work for nothing, about 10 us a span."""
+    if not _enabled:
+        return True
+    current = trace.get_current_span()
+    return current.get_span_context().is_valid and not current.is_recording()
+
+
 def db_span(operation: str, table: str) -> AbstractContextManager[Any]:
     """A CLIENT span `<operation> <table>` around one database call."""
-    if not _enabled:
+    if _untraced():
         return _NO_SPAN
     attributes = {**POSTGRESQL, "db.operation.name": operation, "db.collection.name": table}
     return tracer.start_as_current_span(

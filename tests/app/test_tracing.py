@@ -232,6 +232,36 @@ def test_the_sdk_is_set_up_only_when_the_otel_variables_ask(database_url, otel, 
     assert result.stdout.split() == expected
 
 
+def test_an_unsampled_request_makes_no_child_spans_and_its_jobs_stay_unsampled():
+    """Children of a span that is not sampled are skipped (they would not be sampled
+    either); the trace context still travels, marked unsampled, so the worker does not
+    trace the run's jobs. In a process of its own: it sets the process's tracer provider."""
+    probe = (
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+        "from opentelemetry.sdk.trace.export.in_memory_span_exporter import"
+        " InMemorySpanExporter\n"
+        "from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased\n"
+        "from app import tracing\n"
+        "exported = InMemorySpanExporter()\n"
+        "provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))\n"
+        "provider.add_span_processor(SimpleSpanProcessor(exported))\n"
+        "tracing.install(provider)\n"
+        "root = tracing.span('root')\n"
+        "with root:\n"
+        "    inner = tracing.db_span('SELECT', 'campaigns'), tracing.span('COPY')\n"
+        "    args = tracing.job_trace_args()\n"
+        "print(root is tracing._NO_SPAN, all(s is tracing._NO_SPAN for s in inner),"
+        " int(args['traceparent'][-2:], 16) & 1, len(exported.get_finished_spans()))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    # The root is the SDK's (unsampled) span, its children nothing, and the sampled flag
+    # of the jobs' traceparent is 0.
+    assert result.stdout.split() == ["False", "True", "0", "0"]
+
+
 async def test_jobs_carry_no_trace_argument_when_tracing_is_off(client, db):
     campaign = await create_campaign(client)
     response = await publish(
