@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -42,6 +44,39 @@ DeliveryRow = tuple[UUID, int, str, str, str, str | None, str | None]
 # The first key is this service's namespace among advisory locks.
 _LOCK_NAMESPACE = 7411
 _RUN_LOCK = "hashtext($1)"
+
+
+@asynccontextmanager
+async def delivery_window(conn: asyncpg.Connection, run_id: UUID) -> AsyncIterator[None]:
+    """A transaction that holds the run's delivery lock (shared; cancel takes it
+    exclusively), both begun in one round trip: a window makes about ten, each of them
+    counts at the `log` provider's rate. The lock is a statement of its own, before the
+    run's status is read: that read sees a cancel the lock waited for."""
+    lock = f"pg_advisory_xact_lock_shared({_LOCK_NAMESPACE}, hashtext('{UUID(str(run_id))}'))"
+    await conn.execute(f"BEGIN; SELECT {lock}")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):  # a broken connection: the pool discards it
+            await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+
+
+@asynccontextmanager
+async def savepoint(conn: asyncpg.Connection, *, release: bool = True) -> AsyncIterator[None]:
+    """A savepoint in a `delivery_window` (not an asyncpg transaction, which refuses to
+    nest in one begun by hand): what fails inside rolls back alone. `release=False` leaves
+    it to the commit, one round trip fewer."""
+    await conn.execute("SAVEPOINT step")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):  # the database away: the window fails anyway
+            await conn.execute("ROLLBACK TO SAVEPOINT step")
+        raise
+    if release:
+        await conn.execute("RELEASE SAVEPOINT step")
 
 
 class RunRepository:
@@ -177,13 +212,10 @@ class RunRepository:
     async def enter_delivery_window(
         self, run_id: UUID, provider: str = "", clock_offset: timedelta = timedelta(0)
     ) -> asyncpg.Record | None:
-        """Take the run's delivery lock (shared) and return the run with its campaign;
-        `paused_for`: the seconds `provider` is still paused for (provider_pauses), if it
-        is; `now`: the database's now() (+ `clock_offset`, set by tests only), the instant
-        this window decides what is due by."""
-        await self.conn.execute(
-            f"SELECT pg_advisory_xact_lock_shared({_LOCK_NAMESPACE}, {_RUN_LOCK})", str(run_id)
-        )
+        """In a `delivery_window` transaction: the run with its campaign; `paused_for`: the
+        seconds `provider` is still paused for (provider_pauses), if it is; `now`: the
+        database's now() (+ `clock_offset`, set by tests only), the instant this window
+        decides what is due by."""
         record: asyncpg.Record | None = await self.conn.fetchrow(
             """
             SELECT r.status, r.brand_id, r.campaign_id, c.channel, c.sender, c.subject, c.body,

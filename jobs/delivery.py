@@ -46,7 +46,6 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
-from opentelemetry.trace import SpanKind
 
 from app import tracing
 from app.recipients import normalise
@@ -54,7 +53,7 @@ from app.schedule import QuietWindow
 from db.deliveries import DeliveryRepository, Outcome, delivery_id
 from db.pool import database_away
 from db.rate_limits import RateLimitRepository
-from db.runs import ENDED, RunRepository
+from db.runs import ENDED, RunRepository, delivery_window, savepoint
 from db.suppressions import SuppressionRepository
 from jobs.limits import MAX_INLINE_WAIT_SECONDS
 from jobs.metrics import count_outcomes, provider_latency
@@ -245,7 +244,7 @@ async def fail_range(
 ) -> int:
     """The last resort of a job that keeps failing for a reason other than the database
     being away: its pending deliveries fail with `why`, and the run can complete."""
-    async with resources.pool.acquire() as conn, conn.transaction():
+    async with resources.pool.acquire() as conn, delivery_window(conn, run_id):
         runs = RunRepository(conn)
         run = await runs.enter_delivery_window(run_id)
         if run is None or run["status"] in ENDED:
@@ -277,7 +276,7 @@ async def _abortable(resources: WorkerResources, window: Coroutine[Any, Any, T])
 async def _window_transaction(
     resources: WorkerResources, window: Window, schedule_retry: ScheduleRetry
 ) -> list[Outcome] | None:
-    async with resources.pool.acquire() as conn, conn.transaction():
+    async with resources.pool.acquire() as conn, delivery_window(conn, window.run_id):
         return await _deliver_window(conn, resources, window, schedule_retry)
 
 
@@ -338,7 +337,7 @@ async def _deliver_window(
     )
     window.outcomes = outcomes
     try:
-        async with conn.transaction():  # a savepoint: what fails here spoils nothing else
+        async with savepoint(conn, release=False):  # what fails here spoils nothing else
             await _commit_outcomes(conn, resources, window, run, wake_at, schedule_retry)
     except Exception as exc:
         if database_away(exc):
@@ -518,7 +517,7 @@ async def _in_savepoint(
     """Whether `statement` succeeded; if it failed for a reason other than the database
     being away, only its savepoint rolled back."""
     try:
-        async with conn.transaction():
+        async with savepoint(conn):
             await statement()
     except Exception as exc:
         if database_away(exc):
@@ -569,11 +568,7 @@ async def _send(
         async with resources.sends:
             started = time.perf_counter()
             try:
-                with tracing.span(
-                    f"send {provider.name}",
-                    kind=SpanKind.CLIENT,
-                    attributes={"delivery_id": message.delivery_id, "channel": message.channel},
-                ):
+                with tracing.send_span(provider.name, message.delivery_id, message.channel):
                     result = await provider.send(message)
             finally:
                 latency.observe(time.perf_counter() - started)
