@@ -57,7 +57,7 @@ def decode_cursor(key: bytes, listing: Sequence[Any], cursor: str, type_: type[T
     issued it for this very `listing`."""
     invalid = InvalidCursor(
         "the cursor is not one this listing issued; start again without a cursor",
-        {"cursor": "invalid"},
+        {"query.cursor": "invalid"},
     )
     try:
         token = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))

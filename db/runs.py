@@ -73,7 +73,9 @@ async def savepoint(conn: asyncpg.Connection, *, release: bool = True) -> AsyncI
         yield
     except BaseException:
         with contextlib.suppress(Exception):  # the database away: the window fails anyway
-            await conn.execute("ROLLBACK TO SAVEPOINT step")
+            # Released too: a salvage of many deliveries would otherwise nest one
+            # subtransaction per try.
+            await conn.execute("ROLLBACK TO SAVEPOINT step; RELEASE SAVEPOINT step")
         raise
     if release:
         await conn.execute("RELEASE SAVEPOINT step")

@@ -431,7 +431,8 @@ async def _store(
     conn: asyncpg.Connection, window: Window, outcomes: list[Outcome], now: datetime
 ) -> None:
     """The outcomes, whose attempts count the sends no window recorded: those are
-    forgotten with them."""
+    forgotten with them. (The chunk's copy keeps them: a delivery recorded once is not
+    claimed again by the same job.)"""
     deliveries = DeliveryRepository(conn)
     await deliveries.record(window.run_id, outcomes, now)
     if folded := [o.position for o in outcomes if o.position in window.unrecorded]:

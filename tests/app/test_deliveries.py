@@ -86,6 +86,7 @@ async def test_a_runs_cursor_is_bound_to_its_campaign(client):
 
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_cursor"
+    assert response.json()["details"] == {"query.cursor": "invalid"}  # the parameter's name
 
 
 async def test_runs_of_another_brand_or_unknown_campaign_are_404(client):
