@@ -107,13 +107,12 @@ async def test_a_429_with_retry_after_pauses_every_worker_without_spending_attem
 
     throttled = sink.requests[0]
     assert throttled.status == 429
-    # Sends already in flight when the 429 came may still arrive; after that, nothing
-    # reaches the provider from either worker until its pause ends.
-    in_pause = [
-        r
-        for r in sink.requests
-        if throttled.received_at + 0.5 < r.received_at < throttled.received_at + 1.9
-    ]
+    pause = await db.fetchrow("SELECT * FROM provider_pauses")
+    # Stored by the 429's window just before it committed: until = then + Retry-After. A
+    # window that began before that commit may still send (its sends were in flight);
+    # after it, nothing reaches the provider from either worker until the pause ends.
+    paused_at = pause["until"].timestamp() - 2
+    in_pause = [r for r in sink.requests if paused_at + 0.5 < r.received_at < paused_at + 1.9]
     assert in_pause == []
     rows = await deliveries(db, run_id)
     assert {row["status"] for row in rows} == {"sent"}
@@ -121,5 +120,4 @@ async def test_a_429_with_retry_after_pauses_every_worker_without_spending_attem
         r for r in rows if f"{run_id}:{r['position']}" == throttled.json()["delivery_id"]
     )
     assert paused_one["attempts"] == 1  # the 429 was no attempt
-    pause = await db.fetchrow("SELECT * FROM provider_pauses")
     assert pause["provider"] == "webhook" and pause["reason"] == "HTTP 429: slow\ufffddown"
