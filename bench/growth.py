@@ -53,7 +53,7 @@ import httpx  # noqa: E402
 from alembic import command  # noqa: E402
 from alembic.config import Config  # noqa: E402
 
-from app.pagination import cursor_key, encode_cursor  # noqa: E402
+from app.pagination import cursor_key, encode_cursor, listing_of  # noqa: E402
 from bench.publish import SECRET, baseline_copy, body, token, wait_ready  # noqa: E402
 
 RUN_SIZE = 10_000
@@ -170,6 +170,7 @@ async def forget_run(conn: asyncpg.Connection, run_id: str) -> None:
         "DELETE FROM procrastinate_jobs WHERE task_name = 'deliver_batch' AND args->>'run_id' = $1",
         run_id,
     )
+    await conn.execute("DELETE FROM run_events WHERE run_id = $1", run)  # issue 12's outbox
     await conn.execute("DELETE FROM deliveries WHERE run_id = $1", run)
     await conn.execute("DELETE FROM runs WHERE id = $1", run)
     # Its dead rows gone before the next round, as autovacuum would: they made the empty
@@ -345,7 +346,9 @@ async def read_rounds(targets: list[Target], repeat: int) -> None:
             listing = (
                 f"{target.publish_url.removesuffix('/publish')}/runs/{target.listed}/deliveries"
             )
-            deep = encode_cursor(cursor_key(SECRET), ("deliveries", target.listed, None), (89_999,))
+            # As the API binds it: the listing and the token's brands (bench.publish.token).
+            listing_key = listing_of(["*"], "deliveries", target.listed, None)
+            deep = encode_cursor(cursor_key(SECRET), listing_key, (89_999,))
             for name, cursor in (("listing, first page", None), ("listing, page at 90,000", deep)):
                 params = {"limit": PAGE, **({"cursor": cursor} if cursor else {})}
                 start = time.perf_counter()
