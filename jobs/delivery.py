@@ -108,8 +108,6 @@ class Window:
     """Deliveries it may claim: WORKER_CONCURRENCY, or fewer under a rate limit."""
     provider: str
     outcomes: list[Outcome] | None = None
-    sends: int = 0
-    """Sends it made (claimed deliveries that were not suppressed)."""
     paused_for: float | None = None
     """Set instead of sending when the provider is paused (it answered 429 earlier)."""
     waiting: int = 0
@@ -117,7 +115,7 @@ class Window:
     unrecorded: dict[int, tuple[int, str]] = field(default_factory=dict)
     """Position -> (sends no window recorded, why): the chunk's, shared by its windows."""
     sent: list[int] = field(default_factory=list)
-    """Positions it sent to the provider."""
+    """Positions it sent to the provider (claimed, not suppressed, below the limit)."""
     unstored: list[int] = field(default_factory=list)
     """Positions whose outcome it could not store at all (salvage): sent ones, and ones
     given up without a send."""
@@ -127,10 +125,6 @@ def backoff_seconds(attempts: int, base: float) -> float:
     """Exponential in the attempts made so far, with +-50% jitter so that retries of a
     failing provider do not arrive in lockstep."""
     return float(min(MAX_BACKOFF_SECONDS, base * 2 ** (attempts - 1)) * random.uniform(0.5, 1.5))
-
-
-def gave_up(attempts: int, last: str) -> str:
-    return f"gave up after {attempts} attempts; last: {last}"
 
 
 def render(template: str | None, person_id: str, recipient: str) -> str | None:
@@ -204,7 +198,7 @@ async def deliver_chunk(
                 await _count_unrecorded(resources, window, sent, "its outcome could not be stored")
                 raise UnrecordedSends(f"{len(sent)} sends whose outcome could not be stored")
         if limits:
-            await resources.limiter.give_back(limits, share - window.sends)
+            await resources.limiter.give_back(limits, share - len(window.sent))
         if window.paused_for is not None:
             if window.paused_for > MAX_INLINE_WAIT_SECONDS:
                 report.comes_back_in = await _come_back(
@@ -330,7 +324,6 @@ async def _deliver_window(
             outcomes.append(Outcome(position, "failed", tried, last_error=detail))
         else:
             to_send.append((row, tried))
-    window.sends = len(to_send)
     window.sent = [row["position"] for row, _ in to_send]
     outcomes += await asyncio.gather(
         *(_send(provider, resources, run_id, run, row, tried) for row, tried in to_send)
@@ -592,7 +585,8 @@ async def _send(
             logger.exception("sending raised", extra={"delivery_id": delivery_id(run_id, position)})
         detail = exc.detail if isinstance(exc, TransientError) else f"unexpected: {exc!r}"
         if attempts >= resources.config.max_attempts:
-            return Outcome(position, "failed", attempts, last_error=gave_up(attempts, detail))
+            detail = f"gave up after {attempts} attempts; last: {detail}"
+            return Outcome(position, "failed", attempts, last_error=detail)
         backoff = backoff_seconds(attempts, resources.config.retry_base_seconds)
         return Outcome(position, "pending", attempts, last_error=detail, retry_in=backoff)
     return Outcome(position, "sent", attempts, provider_message_id=result.provider_message_id)
