@@ -24,7 +24,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from app.asgi import create_app
 from app.settings import Settings
 from db.pool import connect
-from tests.servers import WebProcess, web_process
+from tests.servers import HttpSink, WebProcess, web_process
 from tests.tokens import TEST_SECRET
 
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
@@ -126,6 +126,13 @@ def live_server(settings: Settings) -> Iterator[str]:
     """`serving` the test's settings, with a pool big enough for any test's concurrency."""
     with serving(create_app(replace(settings, db_pool_max_size=40))) as url:
         yield url
+
+
+@pytest.fixture
+def sink() -> Iterator[HttpSink]:
+    """A real local HTTP receiver: the webhook provider's, or an events receiver."""
+    with HttpSink() as sink:
+        yield sink
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
-import pytest
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients, walk
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliver_until_ended
-from tests.servers import HttpSink, Reply
+from tests.servers import Reply
 from tests.tokens import bearer
 
 
@@ -195,12 +194,6 @@ async def test_retry_of_another_brands_run_is_404_and_needs_the_publish_scope(cl
     assert foreign.status_code == 404
     assert read_only.status_code == 403
     assert await db.fetchval("SELECT count(*) FROM runs") == 1
-
-
-@pytest.fixture
-def sink():
-    with HttpSink() as sink:
-        yield sink
 
 
 async def test_failed_deliveries_of_a_real_run_are_sent_by_its_retry(settings, db, sink):

@@ -18,7 +18,7 @@ import pytest
 from app.settings import Settings, SettingsError
 from tests.helpers import CAMPAIGNS, create_campaign, publish
 from tests.jobs.delivery_helpers import ENDED, run_status
-from tests.servers import HttpSink, OtlpReceiver, ReceivedSpan, Reply, free_port, web_command
+from tests.servers import OtlpReceiver, ReceivedSpan, Reply, free_port, web_command
 from tests.tokens import TEST_SECRET, bearer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,12 +29,6 @@ FAILING = "down@example.com"
 def receiver() -> Iterator[OtlpReceiver]:
     with OtlpReceiver() as receiver:
         yield receiver
-
-
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as sink:
-        yield sink
 
 
 def environment(database_url: str, **variables: str) -> dict[str, str]:

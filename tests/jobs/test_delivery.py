@@ -23,16 +23,10 @@ from tests.jobs.delivery_helpers import (
     run_status,
     until,
 )
-from tests.servers import HttpSink, Reply, SmtpSink
+from tests.servers import Reply, SmtpSink
 from tests.tokens import bearer
 
 SECRET = "webhook-secret"
-
-
-@pytest.fixture
-def sink():
-    with HttpSink() as sink:
-        yield sink
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import itertools
 from dataclasses import replace
 from datetime import UTC, datetime
 
-import pytest
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
@@ -25,12 +24,6 @@ from tests.jobs.delivery_helpers import (
 )
 from tests.jobs.test_quiet_hours import VirtualClock, people, quiet_campaign, utc
 from tests.servers import HttpSink, Reply
-
-
-@pytest.fixture
-def sink():
-    with HttpSink() as sink:
-        yield sink
 
 
 async def deliver_batch_jobs(db) -> list[dict]:

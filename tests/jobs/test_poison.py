@@ -26,12 +26,6 @@ MAX_ATTEMPTS = 3
 
 
 @pytest.fixture
-def sink():
-    with HttpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
 def webhook_settings(settings, sink):
     return replace(
         settings,

@@ -26,12 +26,6 @@ TIMEOUT = 0.5  # WEBHOOK_TIMEOUT_SECONDS
 
 
 @pytest.fixture
-def sink():
-    with HttpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
 def outage_settings(settings, sink):
     return replace(
         settings,

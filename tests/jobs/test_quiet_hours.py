@@ -68,12 +68,6 @@ class VirtualClock:
 
 
 @pytest.fixture
-def sink():
-    with HttpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
 def webhook_settings(settings, sink):
     return replace(
         settings,

@@ -28,12 +28,6 @@ SECRET = "events-secret"
 
 
 @pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
 def events_settings(settings, sink):
     # Windows of 2: a run of 5 goes queued -> running -> completed over three windows.
     return replace(

@@ -17,17 +17,10 @@ from tests.jobs.delivery_helpers import (
     run_status,
     running_worker,
 )
-from tests.servers import HttpSink
 from tests.tokens import bearer
 
 LEAD = timedelta(seconds=3)
 """How far ahead the tests schedule: enough for the worker to be up and polling."""
-
-
-@pytest.fixture
-def sink():
-    with HttpSink() as sink:
-        yield sink
 
 
 @pytest.fixture

@@ -23,17 +23,11 @@ from tests.jobs.delivery_helpers import (
     until,
 )
 from tests.jobs.processes import CONCURRENCY, STALLED, Workers, delivery_ids, wait_exit
-from tests.servers import HttpSink, Reply, free_port
+from tests.servers import Reply, free_port
 
 JOBS = 4  # WORKER_JOBS, the default
 ROUND_SLACK = 0.5
 """What one recovery round itself may take, on top of its schedule, on a busy machine."""
-
-
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as sink:
-        yield sink
 
 
 @pytest.fixture
