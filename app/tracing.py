@@ -104,23 +104,19 @@ def _untraced() -> bool:
 
 def db_span(operation: str, table: str) -> AbstractContextManager[Any]:
     """A CLIENT span `<operation> <table>` around one database call."""
-    if not _enabled or _untraced():
+    if not _enabled:
         return _NO_SPAN
     attributes = {**POSTGRESQL, "db.operation.name": operation, "db.collection.name": table}
-    return tracer.start_as_current_span(
-        f"{operation} {table}", kind=SpanKind.CLIENT, attributes=attributes
-    )
+    return span(f"{operation} {table}", kind=SpanKind.CLIENT, attributes=attributes)
 
 
 def send_span(provider: str, delivery_id: str, channel: str) -> AbstractContextManager[Any]:
     """The CLIENT span of one provider send; its name and attributes are built only when
-    it is recorded (a send at the `log` provider's rate pays for every instruction)."""
-    if not _enabled or _untraced():
+    tracing is on (a send at the `log` provider's rate pays for every instruction)."""
+    if not _enabled:
         return _NO_SPAN
     attributes = {"delivery_id": delivery_id, "channel": channel}
-    return tracer.start_as_current_span(
-        f"send {provider}", kind=SpanKind.CLIENT, attributes=attributes
-    )
+    return span(f"send {provider}", kind=SpanKind.CLIENT, attributes=attributes)
 
 
 @asynccontextmanager
