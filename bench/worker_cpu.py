@@ -1,0 +1,88 @@
+"""The `log` provider's rate and a worker's CPU per message, this code beside a copy of older code.
+
+    python3 -m uv run --frozen python bench/worker_cpu.py --before DIR   # --pairs 3
+
+DIR is `git archive <rev> | tar -x -C DIR`. Each pair publishes `--recipients` (60,000)
+to the bench database (as bench/deliver.py), starts one worker of this code, waits for the
+run to complete, then the same with the worker of DIR. Prints, per worker: messages per
+second (first send to completion, the runs' own clock) and the worker process's CPU per
+message (user + system from /proc, start-up included), and the ratio of each pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.deliver import DATABASE_URL, connect, publish, reset  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def deliver(code: Path, recipients: int) -> tuple[float, float]:
+    """Messages per second and CPU microseconds per message of one worker of `code`."""
+    conn = await connect(DATABASE_URL)
+    try:
+        await reset(conn)
+        run_id = await publish(conn, recipients, 500)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env |= {"DATABASE_URL": DATABASE_URL, "LOG_LEVEL": "INFO"}
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "jobs.worker"],
+            cwd=code,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            while True:
+                row = await conn.fetchrow(
+                    "SELECT status, sent_count, completed_at - started_at AS took FROM runs"
+                    " WHERE id = $1",
+                    run_id,
+                )
+                if row["status"] == "completed":
+                    break
+                if worker.poll() is not None:
+                    raise SystemExit(f"the worker of {code} exited")
+                await asyncio.sleep(0.1)
+            cpu = cpu_seconds(worker.pid)
+        finally:
+            worker.terminate()
+            worker.wait()
+    finally:
+        await conn.close()
+    return row["sent_count"] / row["took"].total_seconds(), cpu * 1e6 / recipients
+
+
+async def main(before: Path, pairs: int, recipients: int) -> None:
+    ratios = []
+    for n in range(pairs):
+        now_rate, now_cpu = await deliver(ROOT, recipients)
+        old_rate, old_cpu = await deliver(before, recipients)
+        ratios.append(now_rate / old_rate)
+        print(
+            f"pair {n + 1}: this code {now_rate:7.0f} msg/s {now_cpu:6.1f} us/msg;"
+            f" {before} {old_rate:7.0f} msg/s {old_cpu:6.1f} us/msg; ratio {ratios[-1]:.2f}x"
+        )
+    print(f"median ratio of {pairs} pairs: {statistics.median(ratios):.2f}x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", type=Path, required=True)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--recipients", type=int, default=60_000)
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.before, arguments.pairs, arguments.recipients))
