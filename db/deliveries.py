@@ -76,9 +76,10 @@ class DeliveryRepository:
             """
             UPDATE deliveries AS d SET not_before = w.not_before
             FROM unnest($2::int[], $3::timestamptz[]) AS w(position, not_before)
-            WHERE d.run_id = $1 AND d.position = w.position
+            WHERE d.run_id = $1 AND d.position BETWEEN $4 AND $5 AND d.position = w.position
             """,
             run_id, list(not_before), list(not_before.values()),
+            min(not_before), max(not_before),
         )  # fmt: skip
 
     async def next_not_before(
@@ -97,7 +98,16 @@ class DeliveryRepository:
         return at
 
     async def record(self, run_id: UUID, outcomes: Sequence[Outcome], now: datetime) -> None:
-        """The outcomes; a pending one waits `retry_in` seconds from `now` (not_before)."""
+        """The outcomes; a pending one waits `retry_in` seconds from `now` (not_before).
+
+        The range of positions beside the join is for the plan: from the join alone, the
+        planner may read every delivery of the run into a hash (the generic plan a prepared
+        statement settles on did: 9 ms a window at 30,000 recipients, growing with the
+        run); with the range, the primary key finds just the window's rows. (`position =
+        ANY(...)` did not do: the planner preferred a scan of the run, filtered.)"""
+        if not outcomes:  # a window whose deliveries all wait for quiet hours to end
+            return
+        positions = [o.position for o in outcomes]
         await self.conn.execute(
             """
             UPDATE deliveries AS d SET
@@ -113,11 +123,11 @@ class DeliveryRepository:
                 $3::int[], $4::text[], $5::int[], $6::text[], $7::text[], $8::text[],
                 $9::float8[]
             ) AS o(position, status, attempts, reason, last_error, provider_message_id, retry_in)
-            WHERE d.run_id = $2 AND d.position = o.position
+            WHERE d.run_id = $2 AND d.position BETWEEN $10 AND $11 AND d.position = o.position
             """,
             now,
             run_id,
-            [o.position for o in outcomes],
+            positions,
             [o.status for o in outcomes],
             [o.attempts for o in outcomes],
             [o.reason for o in outcomes],
@@ -126,6 +136,8 @@ class DeliveryRepository:
             [storable(o.last_error, MAX_LAST_ERROR) for o in outcomes],
             [storable(o.provider_message_id, MAX_PROVIDER_MESSAGE_ID) for o in outcomes],
             [o.retry_in if o.status == "pending" else None for o in outcomes],
+            min(positions),
+            max(positions),
         )
 
     async def unrecorded_sends(
