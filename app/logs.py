@@ -104,6 +104,13 @@ def json_handler(stream: IO[str] | None = None) -> logging.Handler:
 
 
 def configure_logging(level: str = "INFO") -> None:
+    # What no line of ours shows, not gathered for each record either (the logging
+    # HOWTO's "Optimization"): the caller's file and line, thread, process. About 2 us of
+    # the 13 us a record costs, once per message with the `log` provider.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [json_handler()]
     root.setLevel(level)

@@ -82,6 +82,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def prepare_database() -> None:
+    """The bench database, created if missing and migrated to head."""
+    await create_database(DATABASE_URL)
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = DATABASE_URL
+    command.upgrade(config, "head")
+
+
 async def reset(conn: asyncpg.Connection) -> None:
     await conn.execute(
         "TRUNCATE procrastinate_events, procrastinate_periodic_defers, procrastinate_jobs,"
@@ -225,10 +233,7 @@ async def main(
 ) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("needs wrk: apt-get install -y wrk")
-    await create_database(DATABASE_URL)
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["database_url"] = DATABASE_URL
-    command.upgrade(config, "head")
+    await prepare_database()
     conn = await connect(DATABASE_URL)
     settings = replace(Settings(), database_url=DATABASE_URL)
     # Tracing off: the figures are those of a worker that exports nothing.

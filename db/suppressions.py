@@ -23,6 +23,11 @@ class SuppressionRepository:
             "SELECT EXISTS (SELECT 1 FROM suppressions WHERE brand_id = $1)", brand_id
         ):
             return set()
+        return await self.listed_among(brand_id, addresses)
+
+    async def listed_among(self, brand_id: str, addresses: Sequence[str]) -> set[str]:
+        """suppressed_among without its shortcut, for a caller that knows the brand has
+        suppressions (a delivery window learns it with its run)."""
         rows = await self.conn.fetch(
             "SELECT address FROM suppressions WHERE brand_id = $1 AND address = ANY($2::text[])",
             brand_id,

@@ -307,9 +307,11 @@ async def _deliver_window(
     window.waiting = len(waiting)
     claimed = [row for row in claimed if row["position"] not in waiting]
     channel = run["channel"]
-    suppressed = await SuppressionRepository(conn).suppressed_among(
-        run["brand_id"], [normalise(channel, row["recipient"]) for row in claimed]
-    )
+    suppressed = set()
+    if run["suppressions"]:
+        suppressed = await SuppressionRepository(conn).listed_among(
+            run["brand_id"], [normalise(channel, row["recipient"]) for row in claimed]
+        )
     provider = resources.providers[channel]
     outcomes: list[Outcome] = []
     to_send = []

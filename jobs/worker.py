@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import asyncpg
+import uvloop
 from procrastinate import App, exceptions
 from procrastinate.worker import Worker
 from prometheus_client import start_http_server
@@ -271,7 +272,7 @@ def main() -> None:
             # A daemon thread serving the process's default registry (jobs/metrics.py).
             start_http_server(settings.worker_metrics_port)
             logger.info("metrics on :%d/metrics", settings.worker_metrics_port)
-        status = asyncio.run(run_until_signalled(settings))
+        status = uvloop.run(run_until_signalled(settings))
     except Exception:
         logger.critical("the worker process failed", exc_info=True)
         status = 1

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import msgspec
-
 from app.logs import masked
 from jobs.providers.base import OutgoingMessage, SendResult
 
@@ -20,16 +18,14 @@ class LogProvider:
         # Never the body nor the subject: on a health platform they may carry medical
         # details; the address only masked (logs travel further than the database).
         if logger.isEnabledFor(logging.INFO):
-            line = msgspec.json.encode(
-                {
-                    "delivery_id": message.delivery_id,
-                    "run_id": message.run_id,
-                    "channel": message.channel,
-                    "recipient": masked(message.recipient),
-                    "provider_message_id": provider_message_id,
-                }
-            )
-            logger.info("delivered %s", line.decode(), extra={"delivery_id": message.delivery_id})
+            fields = {
+                "delivery_id": message.delivery_id,
+                "run_id": message.run_id,
+                "channel": message.channel,
+                "recipient": masked(message.recipient),
+                "provider_message_id": provider_message_id,
+            }
+            logger.info("delivered", extra=fields)
         return SendResult(provider_message_id=provider_message_id)
 
     async def aclose(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from app.logs import JsonFormatter
 from app.settings import Settings
 from jobs.providers import (
     LogProvider,
@@ -651,8 +652,9 @@ async def test_log_provider_logs_one_line_without_the_body_nor_the_address(
     [record] = caplog.records
     assert record.name == "messaging.deliveries"
     assert record.levelno == logging.INFO
-    line = record.getMessage()
-    fields = json.loads(line[line.index("{") :])
+    line = JsonFormatter().format(record)  # as the worker's handler writes it
+    fields = json.loads(line)
+    assert fields["message"] == "delivered"
     assert fields["delivery_id"] == sent.delivery_id
     assert fields["run_id"] == "run-1"
     assert fields["channel"] == "email"
