@@ -65,7 +65,8 @@ OPS_QUERIES = {
         SELECT run_id, brand_id, campaign_name, status, total, sent, failed, skipped, pending,
                started_at, completed_at, age, messages_per_second
         FROM ops_run_progress
-        WHERE status IN ('queued', 'running') OR completed_at > now() - interval '1 day'
+        WHERE status IN ('scheduled', 'queued', 'running')
+           OR completed_at > now() - interval '1 day'
         ORDER BY created_at DESC""",
     "ops_stuck_jobs": (
         "SELECT * FROM ops_stuck_jobs WHERE doing_for > interval '10 minutes' "

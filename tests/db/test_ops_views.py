@@ -102,6 +102,45 @@ async def test_delivery_failures_grouped_by_run_and_error(db, run):
     ]
 
 
+async def plan_of(db: asyncpg.Connection, sql: str, *args: Any) -> str:
+    """The plan PostgreSQL makes for `sql` when it may use any index that can answer it
+    (a few test rows would otherwise make every table scan the cheapest)."""
+    async with db.transaction():
+        await db.execute("SET LOCAL enable_seqscan = off")
+        rows = await db.fetch(f"EXPLAIN {sql}", *args)
+    return "\n".join(row[0] for row in rows)
+
+
+async def test_the_run_progress_query_of_ops_md_reads_no_run_that_ended_long_ago(db, run):
+    # docs/ops.md's query: with `scheduled` among the statuses, the index of runs not
+    # ended must cover it too, or the query reads every run ever made.
+    query = """
+        SELECT run_id, status FROM ops_run_progress
+        WHERE status IN ('scheduled', 'queued', 'running')
+           OR completed_at > now() - interval '1 day'
+        ORDER BY created_at DESC"""
+
+    plan = await plan_of(db, query)
+
+    assert "Seq Scan on runs" not in plan, plan
+    assert "runs_not_ended_idx" in plan, plan
+    assert (uuid.UUID(run["id"]), "running") in [tuple(r) for r in await db.fetch(query)]
+
+
+async def test_a_runs_failures_are_read_without_its_sent_deliveries(db, run):
+    plan = await plan_of(
+        db, "SELECT * FROM ops_delivery_failures WHERE run_id = $1", uuid.UUID(run["id"])
+    )
+
+    # The index is made on each partition, under a name of PostgreSQL's choosing.
+    partitions_of_it = await db.fetch(
+        "SELECT inhrelid::regclass::text AS name FROM pg_inherits"
+        " WHERE inhparent = 'deliveries_errors_idx'::regclass"
+    )
+    assert any(f"using {index['name']} on" in plan for index in partitions_of_it), plan
+    assert "_pkey on deliveries" not in plan, plan
+
+
 async def test_queue_depth_counts_due_jobs_and_the_oldest_wait(db, run):
     (job_id,) = [
         r["id"]
