@@ -85,7 +85,7 @@ OPS_QUERIES = {
     "ops_delivery_failures (last hour)": """
         SELECT run_id, status, error, deliveries, last_at, example_position
         FROM ops_delivery_failures
-        WHERE coalesce(run_completed_at, now()) > now() - interval '1 hour'
+        WHERE (run_completed_at IS NULL OR run_completed_at > now() - interval '1 hour')
           AND last_at > now() - interval '1 hour'
         ORDER BY deliveries DESC""",
     "ops_queue_depth": "SELECT * FROM ops_queue_depth ORDER BY queue_name, status",
