@@ -158,6 +158,9 @@ async def settle(conn: asyncpg.Connection) -> None:
     """What autovacuum would have done by now (every size alike, the empty one too)."""
     await conn.execute("VACUUM (ANALYZE)")
     await conn.execute("CHECKPOINT")
+    # And the kernel's write-back of the fill's gigabytes done: else it shares the disk
+    # with the first figures measured (publish commits wait for their WAL flush).
+    await asyncio.to_thread(os.sync)
 
 
 async def timed(coro: Awaitable[Any]) -> float:
@@ -386,7 +389,7 @@ def report(targets: list[Target], disk: dict[int, tuple[int, int]], rounds: str)
     print("|" + " --- |" * (len(targets) + 2))
     for name in targets[0].figures:
         medians = [statistics.median(t.figures[name]) for t in targets]
-        cells = " | ".join(f"{m * 1000:.1f} ms" for m in medians)
+        cells = " | ".join(f"{m * 1000:.2f} ms" for m in medians)
         print(f"| {name} | {cells} | {medians[-1] / medians[0]:.2f}x |")
     ratios = [
         statistics.median(t.figures["publish 100,000 (to 202)"])
