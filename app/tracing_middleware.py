@@ -9,8 +9,8 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from app import tracing
 from app.request_id import request_id_of
-from app.tracing import tracer
 
 
 def tracing_middleware(app: ASGIApp) -> ASGIApp:
@@ -32,9 +32,8 @@ def tracing_middleware(app: ASGIApp) -> ASGIApp:
                 status = message["status"]
             await send(message)
 
-        with tracer.start_as_current_span(
+        with tracing.span(
             f"{method} {route}",
-            context=propagate.extract(headers),
             kind=SpanKind.SERVER,
             attributes={
                 "http.request.method": method,
@@ -42,8 +41,8 @@ def tracing_middleware(app: ASGIApp) -> ASGIApp:
                 "url.path": http["path"],
                 "request_id": request_id_of(scope),
             },
-            record_exception=False,
-            set_status_on_exception=False,
+            parent=propagate.extract(headers),
+            record_errors=False,
         ) as request_span:
             try:
                 await app(scope, receive, send_with_status)

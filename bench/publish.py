@@ -123,9 +123,10 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def start_web(
-    http: str | None = None, extra_env: dict[str, str] | None = None
+    http: str | None = None, extra_env: dict[str, str] | None = None, code: Path = ROOT
 ) -> subprocess.Popen[bytes]:
-    """The Procfile's web line; `http` swaps its HTTP implementation (see --http)."""
+    """The Procfile's web line; `http` swaps its HTTP implementation (see --http); `code`:
+    a copy of other code to run (bench/tracing.py --before)."""
     # Another process on the port would answer the bench instead (and receive its runs).
     with socket.socket() as probe:
         try:
@@ -135,7 +136,7 @@ def start_web(
     env = {**os.environ, "DATABASE_URL": DATABASE_URL, "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING"}
     env.update(extra_env or {})
     return subprocess.Popen(
-        [*web_command(PORT, http=http), "--log-level", "warning"], cwd=ROOT, env=env
+        [*web_command(PORT, http=http), "--log-level", "warning"], cwd=code, env=env
     )
 
 

@@ -1,21 +1,23 @@
 """Tracing off and on: the 1-recipient publish under load, and the cost of one span.
 
-    python3 -m uv run --frozen python bench/tracing.py [--rounds 5] [--seconds 8]
+    python3 -m uv run --frozen python bench/tracing.py [--rounds 5] [--seconds 8] [--before DIR]
 
 1. In this process, the cost of one `with span(...)` block (app/tracing.py): with tracing
    off (what web and worker run when no OTEL_* variable is set), beside an empty `with`
    (the floor), the API's no-op tracer (an unconditional `start_as_current_span` without
-   SDK), the SDK recording a span for an exporter that drops it, and the OTLP encoding of
-   a recorded span; then the tracing work of one publish (its request span, through
-   app/tracing_middleware.py, and its three spans) per sampler, beside tracing off.
+   SDK), the SDK recording a span for its batch processor, and this service's own span
+   (app/lean_spans.py) for the same; the OTLP encoding of a span by the SDK and by
+   app/otlp.py; then the tracing work of one publish (its request span, through
+   app/tracing_middleware.py, and its seven spans) per sampler, beside tracing off.
 2. The web process of bench/publish.py (uvicorn, as in the Procfile, database
    `messaging_bench`) started in turn with tracing off, on (every request sampled) and on
-   with 10 % of the traces sampled; 1-recipient publishes from 8 wrk connections. Per
-   round: p50, p99, throughput, and the web process's CPU time per publish (/proc, all
-   its threads, the span exporter's included), then the medians. CPU per publish is the
-   steadier figure on a shared machine: other sessions' load stretches latencies more
-   than CPU time. The traces go to a local OTLP/HTTP receiver that decodes every export
-   (tests/servers.py), in this process, on the same 2 cores.
+   with 10 % of the traces sampled; with --before, also the web process of older code,
+   off and on: "the current p50" of the issue. 1-recipient publishes from 8 wrk
+   connections. Per round: p50, p99, throughput, and the web process's CPU time per
+   publish (/proc, all its threads, the span exporter's included), then the medians. CPU
+   per publish is the steadier figure on a shared machine: other sessions' load stretches
+   latencies more than CPU time. The traces go to a local OTLP/HTTP receiver that decodes
+   every export (tests/servers.py), in this process, on the same 2 cores.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ import asyncpg
 import httpx
 from alembic import command
 from alembic.config import Config
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Sampler, SamplingResult
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -62,7 +67,7 @@ def span_costs() -> dict[str, float]:
     """Microseconds per `with` block of each kind."""
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import (
         SimpleSpanProcessor,
         SpanExporter,
@@ -71,13 +76,9 @@ def span_costs() -> dict[str, float]:
 
     from app import tracing
 
-    class Drop(SpanExporter):
-        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-            return SpanExportResult.SUCCESS
-
     class Keep(SpanExporter):
         def __init__(self) -> None:
-            self.spans: list[ReadableSpan] = []
+            self.spans: list[Any] = []
 
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             self.spans.extend(spans)
@@ -86,7 +87,7 @@ def span_costs() -> dict[str, float]:
     attributes = {"delivery_id": "run:1", "channel": "email"}
     noop = trace.NoOpTracer()
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(Drop()))
+    provider.add_span_processor(batch(Drop()))
     sdk = provider.get_tracer("bench")
     empty = contextlib.nullcontext()
 
@@ -128,6 +129,79 @@ def span_costs() -> dict[str, float]:
     return costs
 
 
+def lean_costs() -> dict[str, float]:
+    """Microseconds per span of this service's own (app/lean_spans.py), to the batch
+    processor, and of their OTLP encoding (app/otlp.py). Turns tracing on in this process."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from app import otlp, tracing
+
+    class Keep(SpanExporter):
+        def __init__(self) -> None:
+            self.spans: list[Any] = []
+
+        def export(self, spans: Sequence[Any]) -> SpanExportResult:
+            self.spans.extend(spans)
+            return SpanExportResult.SUCCESS
+
+    attributes = {"delivery_id": "run:1", "channel": "email"}
+
+    def recorded() -> None:
+        with tracing.span("send log", attributes=attributes):
+            pass
+
+    SAMPLER.delegate = ALWAYS_ON
+    install(batch(Drop()))
+    n = 100_000
+    costs = {"lean": min(timeit.repeat(recorded, number=n, repeat=5)) / n * 1e6}
+    kept = Keep()
+    install(SimpleSpanProcessor(kept))
+    for _ in range(2048):
+        recorded()
+    resource = Resource.create({"service.name": "bench"})
+    started = time.process_time()
+    for first in range(0, 2048, 512):
+        otlp.export_request(resource, "bench", kept.spans[first : first + 512])
+    costs["encode lean"] = (time.process_time() - started) / 2048 * 1e6
+    return costs
+
+
+def batch(exporter: SpanExporter) -> SpanProcessor:
+    """The SDK's batch processor, with a queue that a timed loop does not overflow (a full
+    queue drops spans, which would be cheaper than keeping them)."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    return BatchSpanProcessor(exporter, max_queue_size=1_000_000)
+
+
+class Drop(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+class Switchable(Sampler):
+    """The sampler of `install`'s provider: `delegate` decides."""
+
+    delegate: Sampler = ALWAYS_ON
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        return self.delegate.should_sample(*args, **kwargs)
+
+    def get_description(self) -> str:
+        return "switchable"
+
+
+SAMPLER = Switchable()
+
+
+def install(processor: SpanProcessor) -> None:
+    """Tracing on in this process, sampled by SAMPLER, spans ended to `processor`."""
+    from app import tracing
+
+    tracing.install(TracerProvider(sampler=SAMPLER), processor)
+
+
 def publish_tracing_costs() -> dict[str, float]:
     """Microseconds of CPU per 1-recipient publish spent on tracing, in this process: the
     request span (app/tracing_middleware.py, around a stand-in ASGI app) and the spans of a
@@ -135,37 +209,11 @@ def publish_tracing_costs() -> dict[str, float]:
     recorded by the SDK and handed to an exporter that
     drops them, per sampler; beside the same stand-in with tracing off. Turns tracing on
     in this process (web processes of part 2 are separate)."""
-    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-    from opentelemetry.sdk.trace.export import (
-        SimpleSpanProcessor,
-        SpanExporter,
-        SpanExportResult,
-    )
-    from opentelemetry.sdk.trace.sampling import (
-        ALWAYS_OFF,
-        ALWAYS_ON,
-        ParentBased,
-        Sampler,
-        SamplingResult,
-        TraceIdRatioBased,
-    )
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
     from opentelemetry.trace import SpanKind
 
     from app import tracing
     from app.tracing_middleware import tracing_middleware
-
-    class Drop(SpanExporter):
-        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-            return SpanExportResult.SUCCESS
-
-    class Switchable(Sampler):
-        delegate: Sampler = ALWAYS_OFF
-
-        def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
-            return self.delegate.should_sample(*args, **kwargs)
-
-        def get_description(self) -> str:
-            return "switchable"
 
     async def publish(scope: Any, receive: Any, send: Any) -> None:
         with tracing.span("publish transaction", kind=SpanKind.CLIENT, attributes=DB):
@@ -194,17 +242,14 @@ def publish_tracing_costs() -> dict[str, float]:
         return min(asyncio.run(run()) for _ in range(3))
 
     costs = {"off": requests(publish)}
-    sampler = Switchable()
-    provider = TracerProvider(sampler=sampler)
-    provider.add_span_processor(SimpleSpanProcessor(Drop()))
-    tracing.install(provider)
+    install(batch(Drop()))
     traced = tracing_middleware(publish)
     for name, chosen in [
         ("none sampled", ALWAYS_OFF),
         ("10% sampled", ParentBased(TraceIdRatioBased(0.1))),
         ("all sampled", ALWAYS_ON),
     ]:
-        sampler.delegate = chosen
+        SAMPLER.delegate = chosen
         costs[name] = requests(traced)
     return costs
 
@@ -243,11 +288,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def load_round(
-    extra_env: dict[str, str], seconds: int, db: asyncpg.Connection
+    extra_env: dict[str, str], seconds: int, db: asyncpg.Connection, code: Path = ROOT
 ) -> tuple[float, float, float, float, int]:
     """p50, p99, throughput and web CPU ms per publish under wrk, and the number of
-    publishes answered (warm-up included)."""
-    web = start_web(extra_env=extra_env)
+    publishes answered (warm-up included), of the web process of `code`."""
+    web = start_web(extra_env=extra_env, code=code)
     headers = {"Authorization": f"Bearer {token()}", "Content-Type": "application/json"}
     try:
         async with httpx.AsyncClient(base_url=BASE, headers=headers, timeout=60) as client:
@@ -278,32 +323,35 @@ async def runs_of(db: asyncpg.Connection, campaign_id: str) -> int:
 
 def in_process() -> None:
     costs = span_costs()
+    per_publish = publish_tracing_costs()  # after the figures of tracing off: turns it on
+    costs.update(lean_costs())
     print("one span block, microseconds (best of 5 x 100,000):")
     for name, label in [
         ("floor", "empty `with` (floor)"),
         ("off", "span() with tracing off"),
         ("api_noop", "API no-op tracer (no SDK)"),
         ("sdk", "SDK, recorded (exporter drops)"),
-        ("encode", "OTLP encoding of a recorded span"),
+        ("lean", "this service's span, recorded"),
+        ("encode", "SDK's OTLP encoding of its span"),
+        ("encode lean", "app/otlp.py's encoding of ours"),
     ]:
         print(f"  {label:>32}: {costs[name]:6.2f} us")
     print("tracing work per publish (request span + 7 spans), CPU microseconds, in-process:")
-    per_publish = publish_tracing_costs()
     for name, value in per_publish.items():
         extra = value - per_publish["off"]
         print(f"  {name:>32}: {value:6.1f} us  (+{extra:5.1f} us over off)")
-    encoding = 8 * costs["encode"]
+    encoding = 8 * costs["encode lean"]
     print(f"  {'+ OTLP encoding, when sampled':>32}: {encoding:6.1f} us (exporter thread)")
 
 
-async def under_load(rounds: int, seconds: int) -> None:
+async def under_load(rounds: int, seconds: int, before: Path | None) -> None:
     for name in [name for name in os.environ if name.startswith("OTEL_")]:
         del os.environ[name]  # "off" means none of them
     await create_database(DATABASE_URL)
     config = Config(str(ROOT / "alembic.ini"))
     config.attributes["database_url"] = DATABASE_URL
     command.upgrade(config, "head")
-    modes = ("off", "on", "on 10%")
+    modes = ("off", "on", "on 10%") + (("before, off", "before, on") if before else ())
     results: dict[str, list[tuple[float, float, float, float, int]]] = {m: [] for m in modes}
     db = await asyncpg.connect(DATABASE_URL)
     traced = 0
@@ -314,24 +362,29 @@ async def under_load(rounds: int, seconds: int) -> None:
             "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
             "OTEL_TRACES_SAMPLER_ARG": "0.1",
         }
+        environments = {"off": {}, "on": on, "on 10%": sampled, "before, off": {}, "before, on": on}
         for _ in range(rounds):
-            for mode, env in zip(modes, ({}, on, sampled), strict=True):
-                before = publish_spans(receiver)
-                results[mode].append(await load_round(env, seconds, db))
-                print(f"  round, tracing {mode:>6}: {figures(results[mode][-1])}")
+            for mode in modes:
+                code = before if before and mode.startswith("before") else ROOT
+                spans = publish_spans(receiver)
+                results[mode].append(await load_round(environments[mode], seconds, db, code))
+                print(f"  round, tracing {mode:>11}: {figures(results[mode][-1])}")
                 if mode == "on":
-                    traced += publish_spans(receiver) - before
+                    traced += publish_spans(receiver) - spans
     await db.close()
     requests_on = sum(r[4] for r in results["on"])
     print(f"1 recipient, 8 wrk connections, {seconds} s per round, median of {rounds} rounds:")
+    medians = {
+        mode: tuple(statistics.median(r[i] for r in results[mode]) for i in range(4))
+        for mode in modes
+    }
     for mode in modes:
-        medians = tuple(statistics.median(r[i] for r in results[mode]) for i in range(4))
-        print(f"  tracing {mode:>6}: {figures(medians)}")
-    off_p50 = statistics.median(r[0] for r in results["off"])
-    on_p50 = statistics.median(r[0] for r in results["on"])
-    off_cpu = statistics.median(r[3] for r in results["off"])
-    on_cpu = statistics.median(r[3] for r in results["on"])
-    print(f"  on / off: p50 {on_p50 / off_p50:4.2f}x, web CPU per publish {on_cpu / off_cpu:4.2f}x")
+        print(f"  tracing {mode:>11}: {figures(medians[mode])}")
+    for mode, baseline in [("on", "off"), ("on 10%", "off"), ("on", "before, off")]:
+        if baseline in medians:
+            p50 = medians[mode][0] / medians[baseline][0]
+            cpu = medians[mode][3] / medians[baseline][3]
+            print(f"  {mode} / {baseline}: p50 {p50:4.2f}x, web CPU per publish {cpu:4.2f}x")
     print(f"  runs created with tracing on (all sampled): {requests_on}; their spans: {traced}")
 
 
@@ -339,6 +392,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a copy of older code (git archive <commit> | tar -x -C DIR): its web process "
+        "joins each round, tracing off and on, as the baseline of 'the current p50'",
+    )
     args = parser.parse_args()
     in_process()
-    asyncio.run(under_load(args.rounds, args.seconds))
+    asyncio.run(under_load(args.rounds, args.seconds, args.before))

@@ -489,6 +489,7 @@ class OtlpReceiver:
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
         self.exports = 0
+        self._connections: set[socket.socket] = set()
         self._server = _HttpServer((HOST, 0), _otlp_handler_for(self))
         self.endpoint = f"http://{HOST}:{self._server.server_address[1]}"
         """The value of OTEL_EXPORTER_OTLP_ENDPOINT (the exporter appends /v1/traces)."""
@@ -502,6 +503,9 @@ class OtlpReceiver:
 
     def stop(self) -> None:
         self._server.shutdown()
+        for sock in list(self._connections):  # kept alive by an exporter still running
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._server.server_close()
         self._thread.join()
 
@@ -545,6 +549,18 @@ def _attributes(pairs: Any) -> dict[str, Any]:
 
 def _otlp_handler_for(receiver: OtlpReceiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # As a collector does: an exporter keeps one connection for all its exports.
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def setup(self) -> None:
+            super().setup()
+            receiver._connections.add(self.connection)
+
+        def finish(self) -> None:
+            receiver._connections.discard(self.connection)
+            super().finish()
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if self.headers.get("Content-Encoding") == "gzip":

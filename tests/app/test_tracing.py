@@ -99,6 +99,12 @@ async def test_one_trace_shows_a_run_from_the_publish_request_to_its_last_send(
         await ready(base_url)
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
             campaign = await create_campaign(http)
+            # The brand has a suppression, so publish checks its recipients: one more call.
+            await db.execute(
+                "INSERT INTO suppressions (brand_id, address, reason)"
+                " VALUES ($1, 'gone@example.com', 'unsubscribed')",
+                campaign["brand_id"],
+            )
             response = await http.post(
                 f"{CAMPAIGNS}/{campaign['id']}/publish",
                 json={
@@ -239,8 +245,7 @@ def test_an_unsampled_request_makes_no_child_spans_and_its_jobs_stay_unsampled()
         "from app import tracing\n"
         "exported = InMemorySpanExporter()\n"
         "provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))\n"
-        "provider.add_span_processor(SimpleSpanProcessor(exported))\n"
-        "tracing.install(provider)\n"
+        "tracing.install(provider, SimpleSpanProcessor(exported))\n"
         "root = tracing.span('root')\n"
         "with root:\n"
         "    inner = tracing.db_span('SELECT', 'campaigns'), tracing.span('COPY')\n"
@@ -251,7 +256,7 @@ def test_an_unsampled_request_makes_no_child_spans_and_its_jobs_stay_unsampled()
     result = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )
-    # The root is the SDK's (unsampled) span, its children nothing, and the sampled flag
+    # The root is an unsampled span, its children nothing, and the sampled flag
     # of the jobs' traceparent is 0.
     assert result.stdout.split() == ["False", "True", "0", "0"]
 
