@@ -40,6 +40,20 @@ async def visible_campaign(
 ) -> asyncpg.Record:
     """The campaign, if it exists in a brand of the caller's; otherwise NotFound."""
     record = await CampaignRepository(conn).get(parse_id(campaign_id, "campaign"), lock=lock)
+    return _visible(record, campaign_id, caller)
+
+
+async def campaign_to_publish(
+    conn: asyncpg.Connection, campaign_id: str, caller: AccessToken
+) -> asyncpg.Record:
+    """visible_campaign, share-locked, with `has_suppressions` (CampaignRepository)."""
+    record = await CampaignRepository(conn).get_to_publish(parse_id(campaign_id, "campaign"))
+    return _visible(record, campaign_id, caller)
+
+
+def _visible(
+    record: asyncpg.Record | None, campaign_id: str, caller: AccessToken
+) -> asyncpg.Record:
     if record is None or not caller.may_act_for(record["brand_id"]):
         raise NotFound(f"campaign {campaign_id} does not exist")
     return record

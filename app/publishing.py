@@ -14,7 +14,7 @@ from procrastinate.types import JSONValue
 
 from app import tracing
 from app.auth import AccessToken
-from app.campaigns import visible_campaign
+from app.campaigns import campaign_to_publish
 from app.errors import BadState, InvalidInput
 from app.idempotency import IdempotencyKey, claim_key, parse_key, retry_key
 from app.metrics import PUBLISH_RECIPIENTS
@@ -106,7 +106,7 @@ async def _publish(
 ) -> Run:
     async with tracing.transaction(conn, "publish transaction"):
         with tracing.db_span("SELECT", "campaigns"):
-            campaign = await visible_campaign(conn, campaign_id, caller, lock="share")
+            campaign = await campaign_to_publish(conn, campaign_id, caller)
         # Before the status check: a repeat returns its run even if the campaign was
         # archived since.
         if idempotency_key is not None:
@@ -126,8 +126,10 @@ async def _publish(
             )
         channel, brand_id = campaign["channel"], campaign["brand_id"]
         keys = normalise_all(channel, recipients)
-        with tracing.db_span("SELECT", "suppressions"):
-            suppressed = await SuppressionRepository(conn).suppressed_among(brand_id, keys)
+        suppressed: set[str] = set()
+        if campaign["has_suppressions"]:
+            with tracing.db_span("SELECT", "suppressions"):
+                suppressed = await SuppressionRepository(conn).listed_among(brand_id, keys)
         skips = skip_reasons(channel, keys, suppressed)
 
         runs = RunRepository(conn)

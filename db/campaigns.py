@@ -66,6 +66,21 @@ class CampaignRepository:
         )
         return record
 
+    async def get_to_publish(self, campaign_id: UUID) -> asyncpg.Record | None:
+        """The campaign, share-locked until the transaction ends, and `has_suppressions`:
+        whether its brand has any. Most have none, and their publishes then need not send
+        their recipients to the database to be checked."""
+        record: asyncpg.Record | None = await self.conn.fetchrow(
+            f"""
+            SELECT {COLUMNS},
+                   EXISTS (SELECT 1 FROM suppressions s WHERE s.brand_id = campaigns.brand_id)
+                       AS has_suppressions
+            FROM campaigns WHERE id = $1 FOR SHARE
+            """,
+            campaign_id,
+        )
+        return record
+
     async def set_status(self, campaign_id: UUID, status: str) -> asyncpg.Record:
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""

@@ -15,19 +15,11 @@ class SuppressionRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def suppressed_among(self, brand_id: str, addresses: Sequence[str]) -> set[str]:
-        """The normalised `addresses` that are on the brand's suppression list."""
-        # Most brands have few suppressions and most publishes hit none: skip sending
-        # the whole address list when the brand has none at all.
-        if not await self.conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM suppressions WHERE brand_id = $1)", brand_id
-        ):
-            return set()
-        return await self.listed_among(brand_id, addresses)
-
     async def listed_among(self, brand_id: str, addresses: Sequence[str]) -> set[str]:
-        """suppressed_among without its shortcut, for a caller that knows the brand has
-        suppressions (a delivery window learns it with its run)."""
+        """The normalised `addresses` that are on the brand's suppression list. Its callers
+        learn first whether the brand has any suppression at all (a publish with its
+        campaign, a delivery window with its run): most brands have none, and then the
+        addresses need not be sent."""
         rows = await self.conn.fetch(
             "SELECT address FROM suppressions WHERE brand_id = $1 AND address = ANY($2::text[])",
             brand_id,

@@ -96,6 +96,24 @@ async def test_batch_size_comes_from_settings(settings, db):
     assert await count(db, "procrastinate_jobs") == 3
 
 
+async def test_another_brands_suppressions_skip_nobody(client, db):
+    """A brand without suppressions is not checked at all; another brand's list is not its."""
+    campaign = await create_campaign(client)
+    await db.execute(
+        "INSERT INTO suppressions (brand_id, address, reason)"
+        " VALUES ('brand-b', 'ann@example.com', 'bounced')"
+    )
+    body = {"recipients": [{"person_id": "1", "recipient": "ann@example.com"}]}
+
+    run = (await publish(client, campaign["id"], body)).json()
+
+    assert (campaign["brand_id"], run["skipped_count"]) == ("brand-a", 0)
+    status = await db.fetchval(
+        "SELECT status FROM deliveries WHERE run_id = $1", uuid.UUID(run["id"])
+    )
+    assert status == "pending"
+
+
 async def test_recipients_settled_at_publish_are_skipped_with_a_reason(client, db):
     campaign = await create_campaign(client)
     await db.execute(
