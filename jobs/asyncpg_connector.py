@@ -36,6 +36,11 @@ _TEXT_TYPES = {"text", "varchar", "bpchar", "name"}
 HEALTH_CHECK_TIMEOUT = 5.0
 
 
+# The PostgreSQL type names of each query's parameters (procrastinate's queries are a
+# fixed set, and their parameters' types are its schema's).
+_PARAMETER_TYPES: dict[str, tuple[str, ...]] = {}
+
+
 @functools.lru_cache(maxsize=256)
 def translate(query: str) -> tuple[str, tuple[str, ...]]:
     """``%(name)s`` placeholders to ``$n``; returns the query and the names in $n order."""
@@ -181,12 +186,19 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
     ) -> list[dict[str, Any]]:
         sql, names = translate(query)
         try:
-            statement = await conn.prepare(sql)
+            types = _PARAMETER_TYPES.get(sql)
+            if types is None:
+                # Once per query and process: the types of its parameters say how to coerce
+                # the arguments. (`prepare` bypasses asyncpg's statement cache: a round
+                # trip to prepare, every time, and one more to close.)
+                parameters = (await conn.prepare(sql)).get_parameters()
+                types = _PARAMETER_TYPES[sql] = tuple(param.name for param in parameters)
             values = [
-                _coerce(arguments[name], param.name)
-                for name, param in zip(names, statement.get_parameters(), strict=True)
+                _coerce(arguments[name], pg_type)
+                for name, pg_type in zip(names, types, strict=True)
             ]
-            return [dict(row) for row in await statement.fetch(*values)]
+            # Through the connection's statement cache: one round trip once prepared.
+            return [dict(row) for row in await conn.fetch(sql, *values)]
         except asyncpg.UniqueViolationError as exc:
             raise _unique_violation(exc) from exc
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:

@@ -65,6 +65,24 @@ async def test_defer_on_a_committed_transaction_keeps_args(procrastinate_app, da
     assert (row["task_name"], row["queue_name"], row["args"]) == ("record", "test", {"n": 7})
 
 
+async def test_a_query_stays_prepared_on_its_connection(procrastinate_app, database_url):
+    """A defer is one round trip: its statement is the one the connection's statement cache
+    prepared, not one prepared and closed at every defer."""
+    record = procrastinate_app.tasks["record"]
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    async with pool.acquire() as conn, conn.transaction():
+        await record.configure(connection=conn).defer_async(n=0)
+        statements = "SELECT name FROM pg_prepared_statements WHERE statement LIKE $1"
+        first = await conn.fetch(statements, "%procrastinate_defer_jobs%")
+        for n in range(1, 4):
+            await record.configure(connection=conn).defer_async(n=n)
+        later = await conn.fetch(statements, "%procrastinate_defer_jobs%")
+    await pool.close()
+
+    assert len(later) >= 1
+    assert set(later) <= set(first), (first, later)
+
+
 async def test_queueing_lock_conflict_is_already_enqueued(procrastinate_app):
     task = procrastinate_app.tasks["record"]
     await task.configure(queueing_lock="only-one").defer_async(n=1)
