@@ -1,0 +1,102 @@
+"""app/otlp.py writes OTLP's protobuf by hand: what it writes must read back, with the
+official generated classes, as the spans that were recorded (app/lean_spans.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from app.lean_spans import LeanSpan, LeanTracer
+from app.otlp import export_request
+
+CALLER_TRACE, CALLER_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+
+
+class Keep(SpanExporter):
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+def value(any_value: AnyValue) -> Any:
+    kind = any_value.WhichOneof("value")
+    if kind == "array_value":
+        return [value(v) for v in any_value.array_value.values]
+    return getattr(any_value, kind)
+
+
+def test_spans_read_back_as_recorded():
+    kept = Keep()
+    tracer = LeanTracer(ALWAYS_ON, RandomIdGenerator(), SimpleSpanProcessor(kept))
+    caller = TraceContextTextMapPropagator().extract(
+        {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01", "tracestate": "vendor=1"}
+    )
+    attributes = {
+        "text": "é and ✓",
+        "flag": True,
+        "negative": -5,
+        "large": 2**40,
+        "ratio": 1.5,
+        "names": ["a", "b"],
+        "numbers": [1, 2],
+    }
+    with tracer.start("POST /publish", SpanKind.SERVER, attributes, caller) as request:
+        request.set_attribute("http.response.status_code", 202)
+        with pytest.raises(ValueError), tracer.start("COPY deliveries", SpanKind.CLIENT, None):
+            raise ValueError("boom")
+    resource = Resource({"service.name": "messaging-test", "deployment": "ci"})
+
+    encoded = export_request(resource, "messaging", kept.spans)
+
+    request_spans = ExportTraceServiceRequest.FromString(encoded).resource_spans
+    assert len(request_spans) == 1
+    assert {a.key: value(a.value) for a in request_spans[0].resource.attributes} == {
+        "service.name": "messaging-test",
+        "deployment": "ci",
+    }
+    [scope_spans] = request_spans[0].scope_spans
+    assert scope_spans.scope.name == "messaging"
+    copy, server = scope_spans.spans  # in the order they ended
+    recorded_server = kept.spans[1]
+    assert isinstance(recorded_server, LeanSpan)
+
+    assert server.trace_id.hex() == copy.trace_id.hex() == CALLER_TRACE
+    assert server.parent_span_id.hex() == CALLER_SPAN
+    assert server.span_id == recorded_server.context.span_id.to_bytes(8, "big")
+    assert copy.parent_span_id == server.span_id
+    assert server.trace_state == copy.trace_state == "vendor=1"
+    assert (server.name, server.kind) == ("POST /publish", Span.SPAN_KIND_SERVER)
+    assert (copy.name, copy.kind) == ("COPY deliveries", Span.SPAN_KIND_CLIENT)
+    assert server.start_time_unix_nano == recorded_server.start_time
+    assert server.end_time_unix_nano == recorded_server.end_time
+    assert server.start_time_unix_nano <= copy.start_time_unix_nano
+    assert copy.end_time_unix_nano <= server.end_time_unix_nano
+    assert {a.key: value(a.value) for a in server.attributes} == {
+        **attributes,
+        "http.response.status_code": 202,
+    }
+    # Flags: whether the parent came from elsewhere (0x200), known for both (0x100).
+    assert (server.flags, copy.flags) == (0x300, 0x100)
+
+    assert server.status.code == Status.STATUS_CODE_UNSET
+    assert (copy.status.code, copy.status.message) == (Status.STATUS_CODE_ERROR, "ValueError: boom")
+    [event] = copy.events
+    details = {a.key: value(a.value) for a in event.attributes}
+    assert event.name == "exception"
+    assert (details["exception.type"], details["exception.message"]) == ("ValueError", "boom")
+    assert 'raise ValueError("boom")' in details["exception.stacktrace"]
