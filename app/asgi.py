@@ -71,11 +71,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.pool = pool
         if jwks is not None:
             jwks.start()
-        import gc
-        import os
-
-        if os.environ.get("SCRATCH_FREEZE"):
-            gc.freeze()
         try:
             yield
         finally:
