@@ -6,12 +6,13 @@ Each size gets its own database (`messaging_growth_0`, `_1`, ... on the local Po
 created afresh and dropped at the end unless `--keep`) and its own web process, so that
 the rounds of every figure can be interleaved across sizes (the machine is shared and
 noisy: a figure measured minutes apart from its baseline would compare the load, not the
-table). For each size it fills `deliveries` with that many rows with generated SQL
-(generate_series; not through the API): completed runs of 10,000 deliveries each (99.5%
-`sent`, 0.5% `failed` with an error), made over the 80 days before yesterday, so in the
-partitions of this month and the two or three before. Then `VACUUM (ANALYZE)` (the state
-autovacuum keeps a table in; this machine's server runs with autovacuum off) and it
-measures, medians of `--repeat` rounds:
+table), in turn: in order in even rounds, in reverse in odd ones. For each size it fills
+`deliveries` with that many rows with generated SQL (generate_series; not through the
+API): completed runs of 10,000 deliveries each (99.5% `sent`, 0.5% `failed` with an
+error), made over the 80 days before yesterday, so in the partitions of this month and
+the two or three before. Then `VACUUM (ANALYZE)` (the state autovacuum keeps a table in;
+this machine's server runs with autovacuum off) and it measures, medians of `--repeat`
+rounds:
 - publish of 100,000 recipients through the real web process (request sent to 202), and
   beside it the baseline: asyncpg COPY of the same 100,000 rows into a plain table of the
   deliveries table's shape (as bench/publish.py does);
@@ -309,13 +310,19 @@ async def close_target(target: Target, keep: bool) -> None:
         await drop_database(target.url)
 
 
+def in_turn(targets: list[Target], round_: int) -> list[Target]:
+    """The sizes in order in even rounds, in reverse in odd ones: no size always comes right
+    after the same other's work (a big database's cleanup VACUUM, say)."""
+    return targets if round_ % 2 == 0 else targets[::-1]
+
+
 async def publish_rounds(targets: list[Target], repeat: int) -> None:
     payload = body(100_000)
     for target in targets:  # warm up every path once
         await target.conn.execute("TRUNCATE bench_copy")
         await publish_round(target.conn, target.client, target.publish_url, payload)
-    for _ in range(repeat):
-        for target in targets:
+    for round_ in range(repeat):
+        for target in in_turn(targets, round_):
             copy, took = await publish_round(
                 target.conn, target.client, target.publish_url, payload
             )
@@ -335,8 +342,8 @@ async def delivery_rounds(targets: list[Target], repeat: int) -> None:
         for target in targets
     ]
     try:
-        for _ in range(repeat):
-            for target in targets:
+        for round_ in range(repeat):
+            for target in in_turn(targets, round_):
                 took = await deliver_round(target.conn, target.client, target.publish_url)
                 target.add("deliver 20,000 (log)", took)
     finally:
@@ -348,7 +355,7 @@ async def delivery_rounds(targets: list[Target], repeat: int) -> None:
 
 async def read_rounds(targets: list[Target], repeat: int) -> None:
     for round_ in range(repeat + 1):  # the first round warms up and is not counted
-        for target in targets:
+        for target in in_turn(targets, round_):
             listing = (
                 f"{target.publish_url.removesuffix('/publish')}/runs/{target.listed}/deliveries"
             )
@@ -397,6 +404,9 @@ def report(targets: list[Target], disk: dict[int, tuple[int, int]], rounds: str)
         for t in targets
     ]
     print("| publish / COPY | " + " | ".join(f"{r:.2f}x" for r in ratios) + " | |")
+    for name in ("publish 100,000 (to 202)", "COPY 100,000 (baseline)"):
+        rounds_ms = ("/".join(f"{v * 1000:.0f}" for v in t.figures[name]) for t in targets)
+        print(f"{name}, each round (ms): " + " | ".join(rounds_ms))
     for size, (total, rows) in disk.items():
         per_million = f", {total / rows * 1_000_000 / 2**20:.0f} MiB per million" if rows else ""
         print(f"deliveries at {size:,}: {total / 2**30:.2f} GiB, ~{rows:,} rows{per_million}")
