@@ -199,7 +199,11 @@ class LeanSpan(trace.Span):
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
         if isinstance(status, StatusCode):
             status = Status(status, description if status is StatusCode.ERROR else None)
-        if self.status.status_code is not StatusCode.OK:  # OK is final (the API's rule)
+        # The API's rules: OK is final, and UNSET changes nothing.
+        if (
+            self.status.status_code is not StatusCode.OK
+            and status.status_code is not StatusCode.UNSET
+        ):
             self.status = status
 
     def record_exception(
