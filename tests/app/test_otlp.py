@@ -11,8 +11,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import SpanKind
@@ -24,15 +24,6 @@ from app.otlp import export_request
 CALLER_TRACE, CALLER_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
 
 
-class Keep(SpanExporter):
-    def __init__(self) -> None:
-        self.spans: list[Any] = []
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.spans.extend(spans)
-        return SpanExportResult.SUCCESS
-
-
 def value(any_value: AnyValue) -> Any:
     kind = any_value.WhichOneof("value")
     if kind == "array_value":
@@ -41,7 +32,7 @@ def value(any_value: AnyValue) -> Any:
 
 
 def test_spans_read_back_as_recorded():
-    kept = Keep()
+    kept = InMemorySpanExporter()
     tracer = LeanTracer(ALWAYS_ON, RandomIdGenerator(), SimpleSpanProcessor(kept))
     caller = TraceContextTextMapPropagator().extract(
         {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01", "tracestate": "vendor=1"}
@@ -61,7 +52,8 @@ def test_spans_read_back_as_recorded():
             raise ValueError("boom")
     resource = Resource({"service.name": "messaging-test", "deployment": "ci"})
 
-    encoded = export_request(resource, "messaging", kept.spans)
+    spans: Sequence[Any] = kept.get_finished_spans()  # ours, not the SDK's ReadableSpans
+    encoded = export_request(resource, "messaging", spans)
 
     request_spans = ExportTraceServiceRequest.FromString(encoded).resource_spans
     assert len(request_spans) == 1
@@ -72,7 +64,7 @@ def test_spans_read_back_as_recorded():
     [scope_spans] = request_spans[0].scope_spans
     assert scope_spans.scope.name == "messaging"
     copy, server = scope_spans.spans  # in the order they ended
-    recorded_server = kept.spans[1]
+    recorded_server = spans[1]
     assert isinstance(recorded_server, LeanSpan)
 
     assert server.trace_id.hex() == copy.trace_id.hex() == CALLER_TRACE
