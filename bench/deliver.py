@@ -54,14 +54,12 @@ DATABASE_URL = os.environ.get(
 os.environ["DATABASE_URL"] = DATABASE_URL  # read by jobs.app at import
 
 import asyncpg  # noqa: E402
-from alembic import command  # noqa: E402
-from alembic.config import Config  # noqa: E402
 
 from app.auth import AccessToken  # noqa: E402
 from app.publishing import publish_campaign  # noqa: E402
 from app.schemas import Recipient  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from db.create_database import create_database  # noqa: E402
+from bench.publish import prepare_database  # noqa: E402
 from db.pool import connect  # noqa: E402
 
 NOOP_APP = ROOT / "bench" / "noop_app.py"
@@ -80,14 +78,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-async def prepare_database() -> None:
-    """The bench database, created if missing and migrated to head."""
-    await create_database(DATABASE_URL)
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["database_url"] = DATABASE_URL
-    command.upgrade(config, "head")
 
 
 async def reset(conn: asyncpg.Connection) -> None:
@@ -233,7 +223,7 @@ async def main(
 ) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("needs wrk: apt-get install -y wrk")
-    await prepare_database()
+    await prepare_database(DATABASE_URL)
     conn = await connect(DATABASE_URL)
     settings = replace(Settings(), database_url=DATABASE_URL)
     # Tracing off: the figures are those of a worker that exports nothing.

@@ -36,14 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
-from alembic import command  # noqa: E402
-from alembic.config import Config  # noqa: E402
 
 from app.auth import AccessToken  # noqa: E402
 from app.publishing import publish_campaign  # noqa: E402
 from app.schemas import Recipient  # noqa: E402
 from bench.deliver import DATABASE_URL, free_port, reset  # noqa: E402
-from db.create_database import create_database  # noqa: E402
+from bench.publish import prepare_database  # noqa: E402
 from db.pool import connect  # noqa: E402
 from tests.servers import HttpSink  # noqa: E402
 
@@ -171,10 +169,7 @@ async def rate_limit(
 
 
 async def main(args: argparse.Namespace) -> None:
-    await create_database(DATABASE_URL)
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["database_url"] = DATABASE_URL
-    command.upgrade(config, "head")
+    await prepare_database(DATABASE_URL)
     conn = await connect(DATABASE_URL)
     base_env = {**os.environ, "DATABASE_URL": DATABASE_URL, "LOG_LEVEL": "WARNING"}
     sink_port = free_port()

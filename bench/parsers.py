@@ -23,14 +23,19 @@ import tempfile
 from pathlib import Path
 
 import httpx
-from alembic import command
-from alembic.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.publish import DATABASE_URL, SECRET, body, campaign, token, wait_ready  # noqa: E402
-from db.create_database import create_database  # noqa: E402
+from bench.publish import (  # noqa: E402
+    DATABASE_URL,
+    SECRET,
+    body,
+    campaign,
+    prepare_database,
+    token,
+    wait_ready,
+)
 from tests.servers import free_port, web_command  # noqa: E402
 
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -65,10 +70,7 @@ def wrk(url: str, seconds: int) -> tuple[float, float]:
 async def main(rounds: int, seconds: int) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("needs wrk: apt-get install -y wrk")
-    await create_database(DATABASE_URL)
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["database_url"] = DATABASE_URL
-    command.upgrade(config, "head")
+    await prepare_database(DATABASE_URL)
     env = {**os.environ, "DATABASE_URL": DATABASE_URL, "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING"}
     servers = {}
     for name, http in (("procfile", None), ("httptools", "httptools")):

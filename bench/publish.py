@@ -106,6 +106,14 @@ async def baseline_copy(conn: asyncpg.Connection, n: int) -> float:
     return time.perf_counter() - start
 
 
+async def prepare_database(url: str = DATABASE_URL) -> None:
+    """The bench database, created if missing and migrated to head."""
+    await create_database(url)
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = url
+    command.upgrade(config, "head")
+
+
 async def timed_publish(client: httpx.AsyncClient, url: str, payload: bytes) -> float:
     start = time.perf_counter()
     response = await client.post(url, content=payload)
@@ -233,10 +241,7 @@ def ms(seconds: float) -> str:
 
 
 async def main(repeat: int, http: str | None) -> None:
-    await create_database(DATABASE_URL)
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["database_url"] = DATABASE_URL
-    command.upgrade(config, "head")
+    await prepare_database()
     conn = await asyncpg.connect(DATABASE_URL)
     await conn.execute("DROP TABLE IF EXISTS bench_copy")
     await conn.execute("CREATE TABLE bench_copy (LIKE deliveries INCLUDING ALL)")

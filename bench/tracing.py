@@ -37,8 +37,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-from alembic import command
-from alembic.config import Config
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -53,12 +51,12 @@ from bench.publish import (  # noqa: E402
     body,
     campaign,
     concurrent_small,
+    prepare_database,
     start_web,
     timed_publish,
     token,
     wait_ready,
 )
-from db.create_database import create_database  # noqa: E402
 from tests.servers import OtlpReceiver  # noqa: E402
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -331,10 +329,7 @@ def in_process() -> None:
 async def under_load(rounds: int, seconds: int, before: Path | None) -> None:
     for name in [name for name in os.environ if name.startswith("OTEL_")]:
         del os.environ[name]  # "off" means none of them
-    await create_database(DATABASE_URL)
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["database_url"] = DATABASE_URL
-    command.upgrade(config, "head")
+    await prepare_database(DATABASE_URL)
     modes = ("off", "on", "on 10%") + (("before, off", "before, on") if before else ())
     results: dict[str, list[tuple[float, float, float, float, int]]] = {m: [] for m in modes}
     db = await asyncpg.connect(DATABASE_URL)

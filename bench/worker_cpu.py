@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.deliver import DATABASE_URL, connect, prepare_database, publish, reset  # noqa: E402
+from bench.deliver import DATABASE_URL, connect, publish, reset  # noqa: E402
+from bench.publish import prepare_database  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -76,7 +77,7 @@ async def deliver(code: Path, recipients: int) -> tuple[float, float]:
 
 
 async def main(before: Path, pairs: int, recipients: int) -> None:
-    await prepare_database()
+    await prepare_database(DATABASE_URL)
     ratios, cpu_ratios = [], []
     for n in range(pairs):
         now_rate, now_cpu = await deliver(ROOT, recipients)
