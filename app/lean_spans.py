@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.sampling import Sampler
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+NO_SPAN: AbstractContextManager[None] = nullcontext()
+"""What `LeanTracer.start` gives inside a span that is not sampled (and app/tracing.py
+when tracing is off): one shared context manager that does nothing."""
 
 
 class LeanTracer:
@@ -56,12 +60,18 @@ class LeanTracer:
         parent: Context | None = None,
         *,
         record_errors: bool = True,
-    ) -> LeanSpan | CurrentSpan:
+    ) -> LeanSpan | CurrentSpan | AbstractContextManager[None]:
         """A span that becomes the current one inside its `with` block. `parent`: the
         context to continue (a caller's or a job's); by default the current one.
-        `record_errors=False`: the caller records errors itself (see LeanSpan)."""
+        `record_errors=False`: the caller records errors itself (see LeanSpan).
+
+        Inside a current span that is not sampled: NO_SPAN. Its children would not be
+        sampled either (the samplers are parent-based, and a ratio sampler decides by trace
+        id), so none is made; the context still says "not sampled" to the jobs deferred."""
         parent_span = trace.get_current_span(parent)
         parent_context = parent_span.get_span_context()
+        if parent is None and parent_context.is_valid and not parent_span.is_recording():
+            return NO_SPAN
         if isinstance(parent_span, LeanSpan):  # this process's, recording: join its trace
             span_context = SpanContext(
                 parent_context.trace_id,
