@@ -64,6 +64,9 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
         self._pool_externally_set = False
         self.listen_check_seconds = connector.LISTEN_TIMEOUT
         """How often the idle LISTEN connection is checked with `SELECT 1`."""
+        self.listening = asyncio.Event()
+        """Set while the worker LISTENs: a job deferred from then on is announced to it at
+        once, not found by the next poll (what tests wait for before they publish)."""
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -142,6 +145,8 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
             conn.add_termination_listener(on_lost)
             for channel in channels:
                 await conn.add_listener(channel, forward)
+            self.listening.set()
+            logger.info("listening for jobs")
             while not lost.is_set():
                 # A cheap query now and then notices a half-open connection.
                 try:
@@ -149,6 +154,7 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
                 except TimeoutError:
                     await conn.execute("SELECT 1", timeout=HEALTH_CHECK_TIMEOUT)
         finally:
+            self.listening.clear()
             # Shielded: the worker cancels this task when it stops, maybe twice; a release
             # cut short would leave the connection checked out and pool.close() waiting.
             await asyncio.shield(self._release_listener(conn, channels, forward, on_lost))

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -277,6 +277,27 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class Rendezvous:
+    """Holds every request that reaches the sink until requests of `parties` different
+    jobs have arrived (the job of a request: `job_of` its JSON body), `seconds` at most.
+    With one job per worker (WORKER_JOBS=1), a worker whose send is held cannot take
+    another job: requests of two jobs in flight at once come from two workers, so both
+    take part in the run by construction, not by luck."""
+
+    def __init__(self, job_of: Callable[[Any], object], parties: int = 2, seconds: float = 30):
+        self.job_of, self.parties, self.seconds = job_of, parties, seconds
+        self.met = threading.Event()
+        self._jobs: set[object] = set()
+        self._lock = threading.Lock()
+
+    def arrive(self, body: bytes) -> None:
+        with self._lock:
+            self._jobs.add(self.job_of(json.loads(body)))
+            if len(self._jobs) >= self.parties:
+                self.met.set()
+        self.met.wait(self.seconds)
+
+
 @dataclass
 class ReceivedRequest:
     method: str
@@ -307,6 +328,7 @@ class HttpSink:
         self.replies: dict[str, Reply] = {}
         self.default = Reply()
         self.script: collections.deque[Reply] = collections.deque()
+        self.rendezvous: Rendezvous | None = None
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._server = _HttpServer((HOST, port), _handler_for(self))
@@ -392,6 +414,8 @@ def _handler_for(sink: HttpSink) -> type[BaseHTTPRequestHandler]:
                     status=reply.status,
                 )
             )
+            if sink.rendezvous is not None:
+                sink.rendezvous.arrive(body)
             if reply.delay and sink._stopping.wait(reply.delay):
                 return
             answer = reply.body

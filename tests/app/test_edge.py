@@ -101,13 +101,12 @@ async def test_header_bombs_are_refused_and_healthz_stays_fast_beside_them(web):
     ]
 
     p99, quiet_p99 = (statistics.quantiles(values, n=100)[98] for values in (bombed, quiet))
-    # httptools reads every bomb whole: seconds more. The bounded parser adds a few ms
-    # (docs/performance.md quotes bench/headers.py: p99 8 ms beside 4 bombers, target
-    # 50 ms); the bound here leaves room for this shared machine's noise, which once
-    # reached 80 ms at a load average of 5, while still failing on httptools by far.
-    assert p99 < quiet_p99 + 0.250, (
-        f"/healthz p99 {p99 * 1000:.1f} ms, alone {quiet_p99 * 1000:.1f}"
-    )
+    # httptools reads every bomb whole: p99 7 s (bench/headers.py, docs/performance.md).
+    # The bounded parser adds a few ms (p99 8 ms beside 4 bombers, target 50 ms). This
+    # shared machine's noise once reached 80 ms at a load average of 5, and swings 2-3x:
+    # 1 s above the same run's baseline is out of the noise's reach and still fails
+    # httptools by seconds. The 50 ms target is the bench's to hold, not this test's.
+    assert p99 < quiet_p99 + 1.0, f"/healthz p99 {p99 * 1000:.1f} ms, alone {quiet_p99 * 1000:.1f}"
     assert len(bombs) >= 4
     answers = {answer for _, answer in bombs}
     # Refused at the limit: the server closes with most of the 64 MiB unread, so the

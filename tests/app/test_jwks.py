@@ -197,9 +197,12 @@ async def test_a_hung_jwks_server_does_not_delay_requests_with_known_keys(settin
         assert not waiting.done()  # the fetch is still hanging meanwhile
         assert await waiting == 401  # given up after the timeout
         waited = time.perf_counter() - started
-    # The fetch timeout is 2 s; a request with a known key took milliseconds, not seconds.
-    assert 1.9 <= waited < 4
-    assert max(latencies) < 0.5, latencies
+    # The fetch timeout is 2 s and the provider hangs for 60: the unknown key waited for
+    # the timeout, not the provider. A request with a known key takes milliseconds; one
+    # that waited for the fetch would take its 2 s. The bounds sit far from both ends,
+    # out of reach of this shared machine's 2-3x swings.
+    assert 1.9 <= waited < 20
+    assert max(latencies) < 1.0, latencies
 
 
 async def test_hs256_signed_with_the_public_key_is_rejected(settings, idp):

@@ -97,13 +97,25 @@ async def test_more_requests_than_connections_wait_a_bounded_time_then_get_503(
                     return response, time.monotonic() - started
 
                 publishes = [asyncio.create_task(timed_publish()) for _ in range(pool_size + extra)]
-                done, waiting = await asyncio.wait(publishes, timeout=timeout + 3)
+                done: set[asyncio.Task[tuple[httpx.Response, float]]] = set()
+                async with asyncio.timeout(30):
+                    while len(done) < extra:
+                        finished, _ = await asyncio.wait(
+                            set(publishes) - done, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        done |= finished
+                # The others hold their connections, waiting for the lock: they cannot end.
+                await asyncio.sleep(0.5)
+                waiting = [task for task in publishes if not task.done()]
                 healthz = await http.get("/healthz")
             responses = [response for response, _ in await asyncio.gather(*publishes)]
 
     assert len(done) == extra and len(waiting) == pool_size
     for response, seconds in (task.result() for task in done):
         assert_unavailable(response)
-        assert timeout <= seconds < timeout + 2
+        # Not before the pool's timeout; after it by at most what this shared machine's
+        # 2-3x swings add to a request (milliseconds), with a wide margin: a request that
+        # waited for a connection instead would wait for the lock, i.e. until the end.
+        assert timeout <= seconds < timeout + 5
     assert healthz.status_code == 200
     assert sorted(r.status_code for r in responses) == [202] * pool_size + [503] * extra

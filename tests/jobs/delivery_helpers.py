@@ -7,11 +7,13 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
 from app.settings import Settings
+from jobs.app import app
+from jobs.asyncpg_connector import AsyncpgConnector
 from jobs.worker import run_worker
 
 ENDED = ("completed", "cancelled")
@@ -28,9 +30,16 @@ async def deliver_until_ended(settings: Settings, db: asyncpg.Connection, run_id
 
 @asynccontextmanager
 async def running_worker(settings: Settings, **options: Any) -> AsyncIterator[asyncio.Task[None]]:
-    """An in-process worker that waits for jobs (scheduled ones too) until the block ends."""
+    """An in-process worker that waits for jobs (scheduled ones too) until the block ends;
+    entered once it LISTENs, so a job deferred from then on is announced to it at once."""
     worker = asyncio.create_task(run_worker(settings, **options))
     try:
+        async with asyncio.timeout(30):
+            while not cast(AsyncpgConnector, app.connector).listening.is_set():
+                if worker.done():
+                    worker.result()  # its error, if it failed to start
+                    raise RuntimeError("the worker ended before it listened")
+                await asyncio.sleep(0.01)
         yield worker
     finally:
         worker.cancel()

@@ -47,6 +47,19 @@ class Workers:
         self.processes.append(process)
         return process
 
+    async def start_ready(self, seconds: float = 60) -> subprocess.Popen[bytes]:
+        """Start a worker and wait until it LISTENs for jobs: a run published from then on
+        is announced to it at once (before, it would be found by a poll a second later, or
+        drained by another worker first)."""
+        process = self.start()
+        index = len(self.processes) - 1
+        async with asyncio.timeout(seconds):
+            while "listening for jobs" not in self.log(index):
+                if process.poll() is not None:
+                    raise RuntimeError(f"worker {index} exited: {self.log(index)[-3000:]}")
+                await asyncio.sleep(0.05)
+        return process
+
     def log(self, index: int) -> str:
         return (self.tmp_path / f"worker-{index}.log").read_text()
 

@@ -33,8 +33,10 @@ from tests.tokens import bearer
 
 ROOT = Path(__file__).resolve().parents[2]
 NIGHT = {"start": "21:00", "end": "08:00", "time_zone": "America/New_York"}
-ON_TIME = timedelta(seconds=2)
-"""Workers poll every second: a delivery whose wait ends goes within this."""
+ON_TIME = timedelta(seconds=3)
+"""Workers poll every second: a delivery whose wait ends goes within that and a window,
+here with room for this shared machine's 2-3x swings. (Nothing early is what these tests
+are about: that bound is exact.)"""
 
 
 def utc(*args: int) -> datetime:
@@ -308,7 +310,7 @@ async def test_a_worker_killed_while_deliveries_wait_loses_nothing_and_sends_not
 ):
     campaign = await quiet_campaign(client)
     end = utc(2027, 1, 15, 13, 0)  # 08:00 EST
-    clock = VirtualClock.at(end - timedelta(seconds=12))
+    clock = VirtualClock.at(end - timedelta(seconds=60))
     body = {"recipients": [*people(None, 30, 0), *people("Europe/London", 30, 30)]}
     log = tmp_path / "workers.log"
     first = clocked_worker(database_url, sink, clock, log)
@@ -323,10 +325,13 @@ async def test_a_worker_killed_while_deliveries_wait_loses_nothing_and_sends_not
             end,
         )
         assert waiting == 30
-        assert clock.now() < end - timedelta(seconds=3), "too slow to test a restart"
 
         first.kill()  # SIGKILL, while 30 deliveries wait
         first.wait(5)
+        # However long the setup took on this machine, the restart happens 8 s before the
+        # quiet hours end (time jumps while no worker runs): time for a new process to
+        # start even on a loaded machine, so that it is up when the wait ends.
+        await clock.jump_to(db, end - timedelta(seconds=8))
         second = clocked_worker(database_url, sink, clock, log)
         try:
             assert await ended(db, run["id"], seconds=30) == "completed"

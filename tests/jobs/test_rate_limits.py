@@ -16,7 +16,7 @@ from app.asgi import create_app
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliveries, run_status
 from tests.jobs.processes import CONCURRENCY, Workers, delivery_ids
-from tests.servers import HttpSink, Reply
+from tests.servers import HttpSink, Rendezvous, Reply
 from tests.tokens import bearer
 
 LIMIT, BURST_SECONDS = 20, 0.2
@@ -36,10 +36,13 @@ def workers(database_url, sink, tmp_path) -> Iterator[Workers]:
     workers.stop_all()
 
 
+BATCH = 10
+
+
 @pytest.fixture
 async def small_jobs(settings) -> AsyncIterator[Any]:
-    """Jobs of 10 deliveries, so that both workers take part in one run."""
-    async with AsyncTestClient(create_app(replace(settings, delivery_batch_size=10))) as client:
+    """Jobs of BATCH deliveries: a run is several jobs, for two workers to share."""
+    async with AsyncTestClient(create_app(replace(settings, delivery_batch_size=BATCH))) as client:
         yield client
 
 
@@ -56,13 +59,18 @@ def rate_and_busiest_second(sink: HttpSink) -> tuple[float, int]:
     return (len(times) - 1) / (times[-1] - times[0]), busiest
 
 
-async def two_workers_deliver(small_jobs, db, workers, n: int, **env: str) -> str:
+async def two_workers_deliver(small_jobs, db, sink, workers, n: int, **env: str) -> str:
+    """Both workers deliver the run, by construction: each runs one job at a time, both
+    LISTEN before the publish, and the receiver holds the first sends until sends of a
+    second job arrive (which only the other worker can be running)."""
+    workers.env.update(env, WORKER_JOBS="1")
+    await workers.start_ready()
+    await workers.start_ready()
+    sink.rendezvous = Rendezvous(lambda message: int(message["delivery_id"].split(":")[1]) // BATCH)
     campaign = await create_campaign(small_jobs)
     run = (await publish(small_jobs, campaign["id"], {"recipients": recipients(n)})).json()
-    workers.env.update(env)
-    workers.start()
-    workers.start()
     await ended(db, run["id"])
+    assert sink.rendezvous.met.is_set()
     assert all(workers.log(i).count('"chunk delivered"') for i in range(2))  # both sent
     await assert_counters_equal_rows(db, run["id"])
     return str(run["id"])
@@ -70,7 +78,7 @@ async def two_workers_deliver(small_jobs, db, workers, n: int, **env: str) -> st
 
 async def test_two_workers_together_keep_to_the_channel_limit(small_jobs, db, sink, workers):
     await two_workers_deliver(
-        small_jobs, db, workers, 120,
+        small_jobs, db, sink, workers, 120,
         EMAIL_RATE_LIMIT=str(LIMIT), RATE_LIMIT_BURST_SECONDS=str(BURST_SECONDS),
     )  # fmt: skip
 
@@ -90,7 +98,7 @@ async def test_a_brand_cap_below_the_channel_limit_is_what_holds(small_jobs, db,
     )
     assert response.status_code == 200
 
-    await two_workers_deliver(small_jobs, db, workers, 60, EMAIL_RATE_LIMIT="100")
+    await two_workers_deliver(small_jobs, db, sink, workers, 60, EMAIL_RATE_LIMIT="100")
 
     rate, busiest = rate_and_busiest_second(sink)
     assert 8 <= rate <= 11, rate
@@ -103,7 +111,7 @@ async def test_a_429_with_retry_after_pauses_every_worker_without_spending_attem
     # A NUL in the answer: the pause is stored all the same, the words replaced.
     sink.script.append(Reply(status=429, body=b"slow\x00down", headers={"Retry-After": "2"}))
 
-    run_id = await two_workers_deliver(small_jobs, db, workers, 60)
+    run_id = await two_workers_deliver(small_jobs, db, sink, workers, 60)
 
     throttled = sink.requests[0]
     assert throttled.status == 429
