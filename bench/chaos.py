@@ -422,7 +422,7 @@ async def one_round(
 
 def received_by(d: Deployment) -> Counter[str]:
     """Sends per delivery that the receiver took as such: a 429 is the provider refusing to
-    take it, and spends no attempt (docs/decisions.md, provider pauses)."""
+    take it, and spends no attempt (docs/adr/0046-provider-pauses.md)."""
     return Counter(
         r.json()["delivery_id"] for sink in d.sinks for r in list(sink.requests) if r.status != 429
     )

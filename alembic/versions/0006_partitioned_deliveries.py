@@ -203,8 +203,8 @@ def upgrade() -> None:
         -- No JIT compilation in this database: the ops views over a partitioned table of
         -- tens of millions of rows have estimated costs above jit_above_cost, and
         -- PostgreSQL then spent 0.75 s compiling a query that runs in 25 ms (measured
-        -- with bench/growth.py; docs/decisions.md). Nothing this service runs is the
-        -- long, CPU-bound kind of query that JIT pays off for.
+        -- with bench/growth.py; docs/adr/0034-ops-indexes-and-jit.md). Nothing this
+        -- service runs is the long, CPU-bound kind of query that JIT pays off for.
         DO $$ BEGIN
             EXECUTE format('ALTER DATABASE %I SET jit = off', current_database());
         END $$;

@@ -149,7 +149,7 @@ async def test_the_migration_keeps_every_row_of_a_populated_table(empty_database
             run_ids[0],
         )
         assert updated == "UPDATE 1"
-        # JIT is off for the database's sessions (docs/decisions.md).
+        # JIT is off for the database's sessions (docs/adr/0034-ops-indexes-and-jit.md).
         fresh = await asyncpg.connect(empty_database)
         assert await fresh.fetchval("SHOW jit") == "off"
         await fresh.close()
