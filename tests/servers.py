@@ -329,6 +329,10 @@ class HttpSink:
         self.default = Reply()
         self.script: collections.deque[Reply] = collections.deque()
         self.rendezvous: Rendezvous | None = None
+        self.gate = threading.Event()
+        """While cleared, every request is recorded and then held, unanswered (30 s at
+        most): a test freezes what the workers hold, e.g. before it kills one."""
+        self.gate.set()
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._server = _HttpServer((HOST, port), _handler_for(self))
@@ -348,6 +352,7 @@ class HttpSink:
 
     def stop(self) -> None:
         self._stopping.set()  # wakes the handlers that sleep to simulate a slow receiver
+        self.gate.set()
         self._server.shutdown()
         # Kept-alive connections would hold their handler threads until the client leaves.
         for sock in list(self._connections):
@@ -416,6 +421,7 @@ def _handler_for(sink: HttpSink) -> type[BaseHTTPRequestHandler]:
             )
             if sink.rendezvous is not None:
                 sink.rendezvous.arrive(body)
+            sink.gate.wait(30)
             if reply.delay and sink._stopping.wait(reply.delay):
                 return
             answer = reply.body
