@@ -13,6 +13,7 @@ with its campaign).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 import uuid
@@ -27,6 +28,8 @@ import jwt
 
 from app.auth import PUBLISH, READ, WRITE
 from app.settings import Settings, SettingsError
+from db.ops import OpsRepository
+from db.pool import connect
 from db.runs import ENDED
 
 CAMPAIGNS = "/v1/messaging/campaigns"
@@ -138,20 +141,25 @@ class Api:
 
 @contextmanager
 def database_progress(database_url: str, run_id: str) -> Iterator[Callable[[], Progress]]:
-    """Reads ops_run_progress (migration 0004), one autocommit connection for the watch."""
-    import psycopg
-    from psycopg.rows import dict_row
+    """Reads ops_run_progress (migration 0004, db/ops.py) on one connection for the watch."""
+    with asyncio.Runner() as runner:
+        conn = runner.run(connect(database_url))
+        try:
+            yield lambda: _progress(runner.run(OpsRepository(conn).run_progress(_uuid(run_id))))
+        finally:
+            runner.run(conn.close())
 
-    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
-        yield lambda: _progress_row(conn, run_id)
+
+def _uuid(run_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(run_id)
+    except ValueError:
+        raise CliError(f"no run {run_id}: run ids are UUIDs") from None
 
 
-def _progress_row(conn: Any, run_id: str) -> Progress:
-    row = conn.execute(
-        "SELECT * FROM ops_run_progress WHERE run_id = %s", (uuid.UUID(run_id),)
-    ).fetchone()
+def _progress(row: Any) -> Progress:
     if row is None:
-        raise CliError(f"no run {run_id}")
+        raise CliError("no run with that id")
     return Progress(
         row["status"], row["total"], row["sent"], row["failed"], row["skipped"],
         row["started_at"], row["completed_at"], row["scheduled_for"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 import asyncpg
 
 
@@ -19,3 +21,10 @@ class OpsRepository:
             """
         )
         return rows
+
+    async def run_progress(self, run_id: UUID) -> asyncpg.Record | None:
+        """The run's row of ops_run_progress (status, counts, times), if it exists."""
+        row: asyncpg.Record | None = await self.conn.fetchrow(
+            "SELECT * FROM ops_run_progress WHERE run_id = $1", run_id
+        )
+        return row

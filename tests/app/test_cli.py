@@ -117,9 +117,11 @@ async def test_runs_watch_reads_the_database_or_the_api_and_exits_when_ended(
 
 async def test_runs_watch_of_an_unknown_run_fails(env, db, capsys):
     code, _ = await asyncio.to_thread(cli, "runs", "watch", "00000000-0000-0000-0000-000000000000")
+    not_an_id, _ = await asyncio.to_thread(cli, "runs", "watch", "run-42")
 
-    assert code == 1
-    assert "no run" in capsys.readouterr().err
+    assert (code, not_an_id) == (1, 1)
+    errors = capsys.readouterr().err
+    assert "no run with that id" in errors and "no run run-42: run ids are UUIDs" in errors
 
 
 async def test_runs_watch_of_a_scheduled_run_says_when_it_starts(env, client, db, settings):
