@@ -1,0 +1,249 @@
+"""A campaign's texts as Liquid templates (python-liquid): checked when a campaign is
+written, analysed once for the variables every recipient must have, rendered per
+recipient with bounded output and loop work.
+
+Liquid evaluates no code: a template reads the variables it is given (`person_id`,
+`recipient`, `data.<name>` at any depth, `campaign.name`, `unsubscribe_url`) through
+dictionaries and lists, never Python attributes, so `{{ data.x.__class__ }}` is nothing.
+Why Liquid and not Jinja2's sandbox: ADR 0047.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from liquid import Environment, StrictDefaultUndefined
+from liquid.ast import Node
+from liquid.builtin.expressions import FilteredExpression, Path
+from liquid.context import RenderContext
+from liquid.exceptions import LiquidError, ResourceLimitError, UndefinedError
+from liquid.expression import Expression
+from liquid.template import BoundTemplate
+
+MAX_EMAIL_CHARACTERS = 256 * 1024
+"""Longest rendered e-mail subject, body or HTML body (characters)."""
+MAX_SMS_CHARACTERS = 1600
+"""Longest rendered SMS body: ten concatenated parts, carriers' usual ceiling."""
+MAX_LOOP_ITERATIONS = 10_000
+"""Iterations of all `for` loops of one render together."""
+VARIABLES = frozenset({"person_id", "recipient", "data", "campaign", "unsubscribe_url"})
+"""The roots a template may read."""
+_FORBIDDEN_TAGS = frozenset({"include", "render"})
+"""Tags that load other templates: a campaign has no others."""
+
+
+class _Bounded(Environment):
+    output_stream_limit = MAX_EMAIL_CHARACTERS
+    loop_iteration_limit = MAX_LOOP_ITERATIONS
+
+
+# A variable missing from a render's data raises, unless a `default` filter covers it.
+_TEXT = _Bounded(undefined=StrictDefaultUndefined)
+_HTML = _Bounded(undefined=StrictDefaultUndefined, autoescape=True)
+
+
+class TemplateError(Exception):
+    """A campaign text that is not a template this service can render."""
+
+    def __init__(self, field: str, line: int, problem: str) -> None:
+        super().__init__(f"{field}, line {line}: {problem}")
+        self.field, self.line, self.problem = field, line, problem
+
+
+class RenderFailed(Exception):
+    """A render that could not finish: a missing variable, a bound reached, a filter
+    given what it cannot take. Its message names the variable or the bound, never a value
+    of the recipient's data."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    subject: str | None
+    body: str
+    html_body: str | None
+
+
+Text = BoundTemplate | str
+"""A template, or the text itself when it has no tag and no variable: rendering a template
+costs about 8 us even when there is nothing to substitute (a subject, often)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignTemplates:
+    subject: Text | None
+    body: Text
+    html_body: Text | None
+    required: tuple[tuple[str, ...], ...]
+    """Paths under `data` that some template reads without a `default` filter."""
+
+    @classmethod
+    def compile(
+        cls, subject: str | None, body: str, html_body: str | None = None
+    ) -> CampaignTemplates:
+        """Raises TemplateError naming the field and the line."""
+        return _compiled(subject, body, html_body)
+
+    def missing(self, data: Mapping[str, Any] | None) -> tuple[str, ...] | None:
+        """The first required path that `data` lacks, if any."""
+        for path in self.required:
+            value: Any = data
+            for name in path:
+                if not isinstance(value, Mapping) or name not in value:
+                    return path
+                value = value[name]
+        return None
+
+    def render(
+        self,
+        *,
+        person_id: str,
+        recipient: str,
+        data: Mapping[str, Any] | None,
+        campaign_name: str,
+        unsubscribe_url: str | None = None,
+        max_characters: int = MAX_EMAIL_CHARACTERS,
+    ) -> Rendered:
+        """Raises RenderFailed; `max_characters` bounds the body (an SMS: 1,600)."""
+        variables = {
+            "person_id": person_id,
+            "recipient": recipient,
+            "data": data or {},
+            "campaign": {"name": campaign_name},
+        }
+        if unsubscribe_url is not None:
+            variables["unsubscribe_url"] = unsubscribe_url
+        subject = _render("subject", self.subject, variables)
+        body = _render("body", self.body, variables) or ""
+        if len(body) > max_characters:
+            raise RenderFailed(f"body: longer than {max_characters} characters")
+        return Rendered(subject, body, _render("html_body", self.html_body, variables))
+
+
+def sms_segments(text: str) -> int:
+    """The parts a carrier splits an SMS into: GSM-7 text fits 160 septets in one part,
+    153 a part when split (escaped characters take two); anything else is UCS-2, 70 UTF-16
+    code units in one, 67 a part."""
+    if all(char in _GSM7 or char in _GSM7_ESCAPED for char in text):
+        septets = sum(2 if char in _GSM7_ESCAPED else 1 for char in text)
+        return 1 if septets <= 160 else -(-septets // 153)
+    units = len(text.encode("utf-16-le")) // 2
+    return 1 if units <= 70 else -(-units // 67)
+
+
+_GSM7 = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM7_ESCAPED = frozenset("^{}\\[~]|€\f")
+
+
+@lru_cache(maxsize=256)
+def _compiled(subject: str | None, body: str, html_body: str | None) -> CampaignTemplates:
+    """Per distinct texts: a worker renders many deliveries of few campaigns."""
+    templates = {
+        "subject": _parse("subject", subject, _TEXT),
+        "body": _parse("body", body, _TEXT),
+        "html_body": _parse("html_body", html_body, _HTML),
+    }
+    required: set[tuple[str, ...]] = set()
+    for template in templates.values():
+        if isinstance(template, BoundTemplate):
+            required |= _required_data(template)
+    assert templates["body"] is not None
+    return CampaignTemplates(
+        templates["subject"], templates["body"], templates["html_body"], tuple(sorted(required))
+    )
+
+
+def _parse(field: str, source: str | None, env: Environment) -> Text | None:
+    if source is None:
+        return None
+    try:
+        template = env.from_string(source)
+        analysis = template.analyze(include_partials=False)
+    except LiquidError as exc:
+        raise TemplateError(field, _line(exc, source), str(exc.message)) from None
+    for tag, spans in analysis.tags.items():
+        if tag in _FORBIDDEN_TAGS:
+            raise TemplateError(field, _line_at(source, spans[0].index), f"no `{tag}` tag")
+    for name, spans in analysis.filters.items():
+        if name not in env.filters:
+            raise TemplateError(field, _line_at(source, spans[0].index), f"no filter `{name}`")
+    for root, uses in analysis.globals.items():
+        if root not in VARIABLES:
+            raise TemplateError(
+                field,
+                _line_at(source, uses[0].span.index),
+                f"no variable `{root}`: use person_id, recipient, data.<name>,"
+                " campaign.name or unsubscribe_url",
+            )
+    if not (analysis.tags or analysis.variables or analysis.filters) and "{" not in source:
+        return source
+    return template
+
+
+def _required_data(template: BoundTemplate) -> set[tuple[str, ...]]:
+    """The `data.<path>`s read without a `default` filter (static: once per campaign)."""
+    defaulted = {
+        path.token.start_index
+        for expression in _expressions(template)
+        if isinstance(expression, FilteredExpression)
+        and any(f.name == "default" for f in expression.filters or ())
+        for path in _walk(expression.left)
+        if isinstance(path, Path)
+    }
+    analysis = template.analyze(include_partials=False)
+    return {
+        tuple(str(segment) for segment in itertools.takewhile(_is_name, use.segments[1:]))
+        for use in analysis.globals.get("data", ())
+        if use.span.index not in defaulted and len(use.segments) > 1
+    }
+
+
+def _is_name(segment: object) -> bool:
+    """A static key (`data.a.b`), not an index or a key read from another variable."""
+    return isinstance(segment, str)
+
+
+def _expressions(template: BoundTemplate) -> Iterator[Expression]:
+    context = RenderContext(template)
+
+    def nodes(of: list[Node]) -> Iterator[Node]:
+        for node in of:
+            yield node
+            yield from nodes(list(node.children(context, include_partials=False)))
+
+    for node in nodes(template.nodes):
+        for expression in node.expressions():
+            yield from _walk(expression)
+
+
+def _walk(expression: Expression) -> Iterator[Expression]:
+    yield expression
+    for child in expression.children():
+        yield from _walk(child)
+
+
+def _render(field: str, template: Text | None, variables: dict[str, Any]) -> str | None:
+    if template is None or isinstance(template, str):
+        return template
+    try:
+        return template.render(**variables)
+    except (UndefinedError, ResourceLimitError) as exc:  # their messages name no value
+        raise RenderFailed(f"{field}: {exc.message}") from None
+    except LiquidError as exc:  # a filter's message may quote the recipient's data
+        raise RenderFailed(f"{field}: {type(exc).__name__}") from None
+
+
+def _line(error: LiquidError, source: str) -> int:
+    if error.token is not None and error.token.start_index >= 0:
+        return _line_at(source, error.token.start_index)
+    return source.count("\n") + 1  # an unclosed block: it ends with the text
+
+
+def _line_at(source: str, index: int) -> int:
+    return source.count("\n", 0, index) + 1
