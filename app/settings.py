@@ -82,6 +82,9 @@ class Settings:
     """Deliveries per procrastinate job."""
     delivery_max_attempts: int = 5
     """Attempts before a transient failure becomes `failed`."""
+    delivery_max_throttles: int = 10
+    """Throttled answers (429) after which a delivery is `failed` with reason `throttled`;
+    they spend no attempt before that. Each waits at least 1 s and at most 1 h."""
     worker_concurrency: int = 32
     """Sends in flight per worker process."""
     worker_jobs: int = 4
@@ -184,6 +187,7 @@ class Settings:
                 webhook_timeout_seconds=_seconds(env, "WEBHOOK_TIMEOUT_SECONDS", 10.0),
                 delivery_batch_size=_positive(env, "DELIVERY_BATCH_SIZE", 500),
                 delivery_max_attempts=_positive(env, "DELIVERY_MAX_ATTEMPTS", 5),
+                delivery_max_throttles=_positive(env, "DELIVERY_MAX_THROTTLES", 10),
                 worker_concurrency=_positive(env, "WORKER_CONCURRENCY", 32),
                 worker_jobs=_positive(env, "WORKER_JOBS", 4),
                 delivery_retry_base_seconds=_seconds(env, "DELIVERY_RETRY_BASE_SECONDS", 2.0),
