@@ -176,7 +176,7 @@ async def send_run_events(context: JobContext, run_id: str) -> None:
     pool = cast(AsyncpgConnector, app.connector).pool
     settings = context.additional_context["settings"]
     with bind_log_context(run_id=run_id, job_id=context.job.id):
-        sent = await send_pending_events(pool, settings, UUID(run_id), context.job.attempts)
+        sent = await send_pending_events(pool, settings, UUID(run_id))
         if sent:
             logger.info("run events delivered", extra={"events": sent})
 
