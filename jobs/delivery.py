@@ -12,8 +12,8 @@ A window
 3. sends the rest, at most `worker_concurrency` at once in the process, holding no
    transaction and no connection;
 4. records the outcomes in one short transaction that writes only the rows still claimed
-   by it, the run's counters from the rows it wrote, the provider's pause if most of its
-   sends were throttled, and the follow-up job its pending deliveries need.
+   by it, the run's counters from the rows it wrote, the provider's pause if its
+   throttling is widespread, and the follow-up job its pending deliveries need.
 
 Counted at the claim, no send escapes DELIVERY_MAX_ATTEMPTS, whatever fails after it. A
 worker killed mid-window leaves its deliveries claimed until their lease ends: the
@@ -440,20 +440,22 @@ async def _store(
             await runs.count_outcomes(run_id, recorded.sent, recorded.failed, recorded.skipped)
         elif recorded.run_status == "cancelled" and (recorded.sent or recorded.failed):
             await runs.count_sent_after_cancel(run_id, recorded.sent, recorded.failed)
-        if pause := _provider_pause(outcomes, len(window.sent)):
+        if pause := _provider_pause(resources, window.provider.name, outcomes):
             seconds, reason = pause
             await RateLimitRepository(conn).pause(window.provider.name, seconds, reason)
         if recorded.wake_at is not None:
             await schedule_retry(conn, recorded.wake_at)
 
 
-def _provider_pause(outcomes: list[Outcome], sends: int) -> tuple[float, str] | None:
-    """A pause of the provider for every worker, when the window's throttled answers show
-    the provider as a whole asking to slow down: at least 2 of them, and at least half of
-    its sends. One address throttled (an SMS gateway does that per number) pauses only its
-    own delivery (`not_before`). The pause is the shortest wait asked."""
+def _provider_pause(
+    resources: WorkerResources, provider: str, outcomes: list[Outcome]
+) -> tuple[float, str] | None:
+    """A pause of the provider for every worker, when its throttling is widespread: at
+    least 3 of its answers to this process in the last second were throttled, and half of
+    them. A few addresses throttled (an SMS gateway does that per number) pause only their
+    own deliveries (`not_before`). The pause is the shortest wait asked in this window."""
     throttled = [o for o in outcomes if o.throttled_for is not None]
-    if len(throttled) < 2 or 2 * len(throttled) < sends:
+    if not throttled or not resources.answers.widespread(provider):
         return None
     first = min(throttled, key=lambda o: o.throttled_for or 0.0)
     return first.throttled_for or MIN_THROTTLE_SECONDS, first.last_error or "throttled"
@@ -538,10 +540,13 @@ async def _send(
             finally:
                 latency.observe(time.perf_counter() - started)
     except PermanentError as exc:
+        resources.answers.add(provider.name, throttled=False)
         return Outcome(position, "failed", attempts, throttles, last_error=exc.detail)
     except Throttled as exc:  # not an attempt: the provider asked us to wait
+        resources.answers.add(provider.name, throttled=True)
         return _throttled(exc, position, tried, throttles + 1, config)
     except Exception as exc:
+        resources.answers.add(provider.name, throttled=False)
         # TransientError, or a bug (a provider's or ours): either way the window's other
         # outcomes must still be recorded, and another attempt may do.
         if not isinstance(exc, TransientError):
@@ -556,6 +561,7 @@ async def _send(
         return Outcome(
             position, "pending", attempts, throttles, last_error=detail, retry_in=backoff
         )
+    resources.answers.add(provider.name, throttled=False)
     return Outcome(
         position, "sent", attempts, throttles, provider_message_id=result.provider_message_id
     )

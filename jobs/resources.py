@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -91,6 +92,34 @@ class TimeSlices:
         self.last_yield = time.monotonic()
 
 
+THROTTLING_SECONDS = 1.0
+"""How far back a process looks at a provider's answers to judge its throttling."""
+WIDESPREAD_THROTTLES = 3
+"""Throttled answers in that time, and half of all, that show a provider throttling as a
+whole rather than a few addresses."""
+
+
+@dataclass
+class Answers:
+    """A provider's recent answers to this process: whether its throttling is widespread
+    (the provider as a whole asks to slow down: pause it for every worker) or of a few
+    addresses (an SMS gateway throttles per number: only those deliveries wait)."""
+
+    seen: dict[str, deque[tuple[float, bool]]] = field(default_factory=dict)
+
+    def add(self, provider: str, throttled: bool) -> None:
+        self.seen.setdefault(provider, deque()).append((time.monotonic(), throttled))
+
+    def widespread(self, provider: str) -> bool:
+        seen = self.seen.get(provider)
+        if not seen:
+            return False
+        while seen and seen[0][0] < time.monotonic() - THROTTLING_SECONDS:
+            seen.popleft()
+        throttled = sum(1 for _, was_throttled in seen if was_throttled)
+        return throttled >= WIDESPREAD_THROTTLES and 2 * throttled >= len(seen)
+
+
 @dataclass(frozen=True)
 class WorkerResources:
     pool: asyncpg.Pool
@@ -106,6 +135,7 @@ class WorkerResources:
     """The rate limits every worker process respects together."""
     slices: TimeSlices = field(default_factory=lambda: TimeSlices(TIME_SLICE_SECONDS))
     leases: Leases = field(default_factory=lambda: Leases(30.0))
+    answers: Answers = field(default_factory=Answers)
     clock_offset: timedelta = timedelta(0)
     """Added to the database's now() wherever delivery decides what is due and what time
     it is for a recipient (quiet hours). Zero but in tests, which move the clock."""

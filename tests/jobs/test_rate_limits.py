@@ -100,11 +100,11 @@ async def test_a_brand_cap_below_the_channel_limit_is_what_holds(small_jobs, db,
 async def test_429s_to_most_of_a_window_pause_every_worker_without_spending_attempts(
     small_jobs, db, sink, workers
 ):
-    # The first 4 answers (a window's worth, however the two workers' first windows share
-    # them): the provider as a whole asks to wait. A NUL in the answer: the pause is
+    # The first 8 answers (two windows' worth: at least 4 to one worker however the two
+    # share them): the provider as a whole asks to wait. A NUL in the answer: the pause is
     # stored all the same, the words replaced.
     sink.script.extend(
-        [Reply(status=429, body=b"slow\x00down", headers={"Retry-After": "2"})] * CONCURRENCY
+        [Reply(status=429, body=b"slow\x00down", headers={"Retry-After": "2"})] * (2 * CONCURRENCY)
     )
 
     run_id = await two_workers_deliver(small_jobs, db, workers, 60)
@@ -120,7 +120,7 @@ async def test_429s_to_most_of_a_window_pause_every_worker_without_spending_atte
     assert in_pause == []
     rows = await deliveries(db, run_id)
     assert {row["status"] for row in rows} == {"sent"}
-    paused = {r.json()["delivery_id"] for r in sink.requests[:CONCURRENCY]}
+    paused = {r.json()["delivery_id"] for r in sink.requests[: 2 * CONCURRENCY]}
     paused_rows = [r for r in rows if f"{run_id}:{r['position']}" in paused]
     # The 429 was no attempt, but a throttle.
     assert {(r["attempts"], r["throttles"]) for r in paused_rows} == {(1, 1)}
