@@ -96,7 +96,11 @@ class DeliveryRepository:
         (`claimed_until`) and not locked, now claimed by `token` until `lease_seconds` from
         now, with one more attempt counted (below `max_attempts`: at the limit the window
         gives up without a send). Nothing is claimed while the run has ended or the
-        provider is paused. Rows another transaction holds are skipped, not waited for."""
+        provider is paused. Rows another transaction holds are skipped, not waited for.
+
+        The `UPDATE` is bounded by the positions picked, as `record` is by its window's:
+        on a young partition without statistics the planner otherwise joined every row of
+        the job's range with the picked ones (7 ms a window instead of 0.3 ms)."""
         rows = await self.conn.fetch(
             """
             WITH run AS (
@@ -124,7 +128,9 @@ class DeliveryRepository:
                     claimed_until = now() + make_interval(secs => $7),
                     attempts = CASE WHEN d.attempts < $9 THEN d.attempts + 1 ELSE d.attempts END
                 FROM due
-                WHERE d.run_id = $1 AND d.position BETWEEN $2 AND $3
+                WHERE d.run_id = $1
+                  AND d.position BETWEEN (SELECT min(position) FROM due)
+                                     AND (SELECT max(position) FROM due)
                   AND d.position = due.position
                 RETURNING d.position, d.person_id, d.recipient, due.attempts AS tried,
                           d.throttles, d.time_zone
