@@ -33,14 +33,14 @@ async def cancel_run(
     conn: asyncpg.Connection, campaign_id: str, run_id: str, caller: AccessToken
 ) -> Run:
     """Pending deliveries become skipped (`cancelled`), and the run's delivery jobs still
-    waiting in the queue (all of a scheduled run's) are removed. Waits for the delivery
-    windows in flight to commit; once this commits, no worker sends for the run again."""
+    waiting in the queue (all of a scheduled run's) are removed. Once this commits, no
+    window claims a delivery of the run; a window that claimed some before and is sending
+    them records what the provider answered (docs/decisions.md, "Cancel")."""
     async with conn.transaction():
         run = await visible_run(conn, campaign_id, run_id, caller)
         runs = RunRepository(conn)
-        await runs.lock_for_cancel(run["id"])
-        # Read again: windows that were in flight when we asked may have completed it.
-        status = await runs.status_of(run["id"])
+        # Read again, locked: a window's record may have completed it since.
+        status = await runs.lock(run["id"])
         if status in ENDED:
             raise BadState(
                 f"run is {status}; only a scheduled, queued or running run can be cancelled",

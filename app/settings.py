@@ -111,6 +111,9 @@ class Settings:
     """Deliveries per procrastinate job."""
     delivery_max_attempts: Positive = 5
     """Attempts before a transient failure becomes `failed`."""
+    delivery_max_throttles: Positive = 10
+    """Throttled answers (429) after which a delivery is `failed` with reason `throttled`;
+    they spend no attempt before that. Each waits at least 1 s and at most 1 h."""
     worker_concurrency: Positive = 32
     """Sends in flight per worker process."""
     worker_jobs: Positive = 4

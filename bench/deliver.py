@@ -19,7 +19,12 @@ after the other in an order shuffled per round, and medians are printed at the e
 - webhook provider to that receiver, 1 and 2 workers;
 - the webhook provider before issue 10 (httpx, bench/httpx_webhook.py), 1 worker;
 - with --before DIR, a copy of older code (git archive main | tar -x -C DIR): its worker
-  with the log and webhook providers, 1 worker.
+  with the log and webhook providers, 1 worker (--only-before: just those and this code's
+  two counterparts).
+With --xact-sample N, after the rounds: a run of N recipients through the webhook, 1
+worker, this code (and the code before), while a sampler reads every 100 ms the age of the
+oldest open transaction of the worker's connections (pg_stat_activity.xact_start; the
+workers connect with application_name=bench-worker).
 With --sweep-connections, the rounds are the receiver alone and the webhook provider,
 1 worker, at each WEBHOOK_MAX_CONNECTIONS given. After the rounds (unless --skip-fairness),
 bench/fairness.py's figures: the latency of small `high` and `normal` runs published behind
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -101,6 +107,28 @@ async def publish(conn: asyncpg.Connection, n: int, batch_size: int) -> str:
     return str(run.id)
 
 
+WORKER_APPLICATION = "bench-worker"
+"""The application_name of the workers' connections, for the transaction sampler."""
+
+
+async def oldest_transactions(samples: list[float], stop: asyncio.Event) -> None:
+    """Every 100 ms, the age in seconds of the oldest open transaction among the workers'
+    connections (pg_stat_activity.xact_start), appended to `samples` until `stop`."""
+    conn = await connect(DATABASE_URL)
+    try:
+        while not stop.is_set():
+            age = await conn.fetchval(
+                "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0)"
+                " FROM pg_stat_activity WHERE application_name = $1 AND xact_start IS NOT NULL",
+                WORKER_APPLICATION,
+            )
+            samples.append(float(age))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+    finally:
+        await conn.close()
+
+
 async def drain(
     conn: asyncpg.Connection,
     run_id: str,
@@ -109,6 +137,7 @@ async def drain(
     command: list[str],
     code: Path,
 ) -> float:
+    env = {**env, "DATABASE_URL": f"{DATABASE_URL}?application_name={WORKER_APPLICATION}"}
     processes = [
         subprocess.Popen(
             [sys.executable, *command],
@@ -220,8 +249,10 @@ async def main(
     sweep: list[int],
     before: Path | None,
     fairness: bool,
+    only_before: bool = False,
+    xact_recipients: int = 0,
 ) -> None:
-    if shutil.which("wrk") is None:
+    if shutil.which("wrk") is None and not only_before:
         raise SystemExit("needs wrk: apt-get install -y wrk")
     await prepare_database(DATABASE_URL)
     conn = await connect(DATABASE_URL)
@@ -282,6 +313,9 @@ async def main(
             ),
             ("webhook (aiohttp), 2 workers", "msg/s", delivery(webhook_env(connections), 2)),
         ]
+        if only_before:  # just the code before's scenarios and their counterparts
+            keep = ("log provider, 1 worker", "webhook (aiohttp), 1 worker")
+            scenarios = [scenario for scenario in scenarios if scenario[0] in keep]
         if before is not None:
             scenarios += [
                 (
@@ -308,6 +342,28 @@ async def main(
                 figure = await measure()
                 figures[name].append(figure)
                 print(f"round {round_number}: {name:>40}: {figure:8.0f} {unit}", flush=True)
+        if xact_recipients:
+            codes = {"this code": ROOT, **({"code before": before} if before else {})}
+            for label, code in codes.items():
+                for rounds_done in range(rounds):
+                    await reset(conn)
+                    run_id = await publish(conn, xact_recipients, settings.delivery_batch_size)
+                    samples: list[float] = []
+                    stop = asyncio.Event()
+                    sampler = asyncio.create_task(oldest_transactions(samples, stop))
+                    try:
+                        rate = await drain(conn, run_id, webhook_env(connections), 1, WORKER, code)
+                    finally:
+                        stop.set()
+                        await sampler
+                    print(
+                        f"oldest worker transaction, webhook, {xact_recipients} recipients,"
+                        f" {label}, round {rounds_done + 1}: max {max(samples):.3f} s,"
+                        f" p99 {statistics.quantiles(samples, n=100)[98]:.3f} s,"
+                        f" median {statistics.median(samples):.3f} s over {len(samples)}"
+                        f" samples; {rate:.0f} msg/s",
+                        flush=True,
+                    )
         if fairness and not sweep:
             # Imported here: bench/fairness.py builds on this module's helpers.
             from bench.fairness import priority_and_fairness, rate_limit
@@ -329,12 +385,17 @@ def report(
     for name, median in medians.items():
         rounds_text = ", ".join(f"{value:.0f}" for value in figures[name])
         print(f"{name:>40}: {median:8.0f} {units[name]:6}  (rounds: {rounds_text})")
-    receiver = next(name for name in medians if name.startswith("receiver alone"))
+    receiver = next((name for name in medians if name.startswith("receiver alone")), None)
     print()
     for name, median in medians.items():
-        if name.startswith("webhook"):
+        if name.startswith("webhook") and receiver is not None:
             ratio = median / medians[receiver]
             print(f"{name:>40}: {ratio:5.2f}x the receiver alone")
+    for provider, now in (("log provider", "log provider"), ("webhook", "webhook (aiohttp)")):
+        before_code = medians.get(f"{provider}, 1 worker, code before")
+        if before_code:
+            ratio = medians[f"{now}, 1 worker"] / before_code
+            print(f"{provider + ', this code / code before':>40}: {ratio:5.2f}x")
     before = medians.get("webhook before (httpx), 1 worker")
     if before:
         now = medians["webhook (aiohttp), 1 worker"]
@@ -374,6 +435,21 @@ if __name__ == "__main__":
         action="store_true",
         help="leave out the priority, fairness and rate-limit figures (bench/fairness.py)",
     )
+    parser.add_argument(
+        "--only-before",
+        action="store_true",
+        help="with --before: only the log and webhook providers, 1 worker, this code and the"
+        " code before",
+    )
+    parser.add_argument(
+        "--xact-sample",
+        type=int,
+        default=0,
+        metavar="RECIPIENTS",
+        help="after the rounds, deliver a run of RECIPIENTS through the webhook (1 worker,"
+        " --rounds times, and with the code before too) while sampling every 100 ms the"
+        " oldest open transaction of the worker's connections (pg_stat_activity)",
+    )
     arguments = parser.parse_args()
     asyncio.run(
         main(
@@ -384,5 +460,7 @@ if __name__ == "__main__":
             arguments.sweep_connections,
             arguments.before,
             not arguments.skip_fairness,
+            arguments.only_before,
+            arguments.xact_sample,
         )
     )

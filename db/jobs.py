@@ -78,6 +78,11 @@ class JobRepository:
         )
         return waiting
 
+    async def now_plus(self, seconds: float) -> datetime:
+        """The database's now() plus `seconds`: the clock procrastinate decides by."""
+        at: datetime = await self.conn.fetchval("SELECT now() + make_interval(secs => $1)", seconds)
+        return at
+
     async def lock_range(self, run_id: str, first: int) -> None:
         """Serialise, until the transaction ends, whoever makes sure a job will take the
         rest of the range of run `run_id` starting at `first`."""

@@ -66,13 +66,20 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 CONNECT_TIMEOUT_SECONDS = 5.0
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    server_settings: dict[str, str] | None = None,
+) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
         timeout=CONNECT_TIMEOUT_SECONDS,
+        server_settings=server_settings,
     )
     return pool
 

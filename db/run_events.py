@@ -4,6 +4,7 @@ change (so neither exists without the other, nor without the change)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -66,15 +67,26 @@ class RunEventRepository:
             event_id,
         )
 
-    async def failed_attempt(self, event_id: UUID, error: str) -> None:
-        await self.conn.execute(
+    async def failed_attempt(self, event_id: UUID, error: str) -> datetime:
+        """One more failed attempt; returns the database's now()."""
+        now: datetime = await self.conn.fetchval(
             """
             UPDATE run_events SET attempts = attempts + 1, last_attempt_at = now(),
                 last_error = $2
             WHERE id = $1
+            RETURNING now()
             """,
             event_id, storable(error, 1000),  # the receiver's words: a NUL would fail this
         )  # fmt: skip
+        return now
+
+    async def expire(self, event_id: UUID) -> None:
+        """Given up for good (EVENTS_RETRY_HOURS) so that a later event may go: it is never
+        sent after that one."""
+        await self.conn.execute(
+            "UPDATE run_events SET status = 'expired' WHERE id = $1 AND status = 'pending'",
+            event_id,
+        )
 
     async def unsent(self, run_id: UUID) -> int:
         """No receiver is configured: the run's pending events will never be sent."""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -37,48 +35,6 @@ DELIVERY_COPY_COLUMNS = (
 # One delivery as publish writes it:
 # (run_id, position, person_id, recipient, status, reason, time_zone).
 DeliveryRow = tuple[UUID, int, str, str, str, str | None, str | None]
-
-
-# Every delivery window holds this run's advisory lock shared, cancel holds it exclusive:
-# once a cancel has committed, no window of that run is sending, nor will one start.
-# The first key is this service's namespace among advisory locks.
-_LOCK_NAMESPACE = 7411
-_RUN_LOCK = "hashtext($1)"
-
-
-@asynccontextmanager
-async def delivery_window(conn: asyncpg.Connection, run_id: UUID) -> AsyncIterator[None]:
-    """A transaction that holds the run's delivery lock (shared; cancel takes it
-    exclusively), both begun in one round trip: a window makes seven or eight, each of them
-    counts at the `log` provider's rate. The lock is a statement of its own, before the
-    run's status is read: that read sees a cancel the lock waited for."""
-    lock = f"pg_advisory_xact_lock_shared({_LOCK_NAMESPACE}, hashtext('{UUID(str(run_id))}'))"
-    await conn.execute(f"BEGIN; SELECT {lock}")
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(Exception):  # a broken connection: the pool discards it
-            await conn.execute("ROLLBACK")
-        raise
-    await conn.execute("COMMIT")
-
-
-@asynccontextmanager
-async def savepoint(conn: asyncpg.Connection, *, release: bool = True) -> AsyncIterator[None]:
-    """A savepoint in a `delivery_window` (not an asyncpg transaction, which refuses to
-    nest in one begun by hand): what fails inside rolls back alone. `release=False` leaves
-    it to the commit, one round trip fewer."""
-    await conn.execute("SAVEPOINT step")
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(Exception):  # the database away: the window fails anyway
-            # Released too: a salvage of many deliveries would otherwise nest one
-            # subtransaction per try.
-            await conn.execute("ROLLBACK TO SAVEPOINT step; RELEASE SAVEPOINT step")
-        raise
-    if release:
-        await conn.execute("RELEASE SAVEPOINT step")
 
 
 class RunRepository:
@@ -130,10 +86,6 @@ class RunRepository:
             f"SELECT {COLUMNS} FROM runs WHERE id = $1", run_id
         )
         return record
-
-    async def status_of(self, run_id: UUID) -> str:
-        status: str = await self.conn.fetchval("SELECT status FROM runs WHERE id = $1", run_id)
-        return status
 
     async def page(
         self,
@@ -201,46 +153,28 @@ class RunRepository:
         )
 
     async def delivery_target(self, run_id: UUID) -> asyncpg.Record | None:
-        """The run's brand and channel (what its rate limits depend on)."""
+        """What a job sends for the run, read once per job: its brand, and its campaign's
+        channel, texts and quiet hours (a campaign's content can change only while it is a
+        draft, before any run)."""
         record: asyncpg.Record | None = await self.conn.fetchrow(
             """
-            SELECT r.brand_id, c.channel FROM runs r JOIN campaigns c ON c.id = r.campaign_id
-            WHERE r.id = $1
-            """,
-            run_id,
-        )
-        return record
-
-    async def enter_delivery_window(
-        self, run_id: UUID, provider: str = "", clock_offset: timedelta = timedelta(0)
-    ) -> asyncpg.Record | None:
-        """In a `delivery_window` transaction: the run with its campaign; `paused_for`: the
-        seconds `provider` is still paused for (provider_pauses), if it is; `now`: the
-        database's now() (+ `clock_offset`, set by tests only), the instant this window
-        decides what is due by; `suppressions`: whether the brand has any (most have none,
-        and then the window checks no address: one round trip fewer)."""
-        record: asyncpg.Record | None = await self.conn.fetchrow(
-            """
-            SELECT r.status, r.brand_id, r.campaign_id, c.channel, c.sender, c.subject, c.body,
-                   (SELECT extract(epoch FROM p.until - clock_timestamp()) FROM provider_pauses p
-                    WHERE p.provider = $2 AND p.until > clock_timestamp()) AS paused_for,
-                   c.quiet_hours, now() + $3::interval AS now,
-                   EXISTS (SELECT 1 FROM suppressions s WHERE s.brand_id = r.brand_id)
-                       AS suppressions
+            SELECT r.brand_id, r.campaign_id, c.channel, c.sender, c.subject, c.body,
+                   c.quiet_hours
             FROM runs r JOIN campaigns c ON c.id = r.campaign_id
             WHERE r.id = $1
             """,
             run_id,
-            provider,
-            clock_offset,
         )
         return record
 
-    async def lock_for_cancel(self, run_id: UUID) -> None:
-        """Wait for the run's delivery windows in flight; keep new ones out until commit."""
-        await self.conn.execute(
-            f"SELECT pg_advisory_xact_lock({_LOCK_NAMESPACE}, {_RUN_LOCK})", str(run_id)
+    async def lock(self, run_id: UUID) -> str | None:
+        """Lock the run's row until the transaction ends; its status. Whoever changes a
+        run's deliveries and counters together (cancel, a window's record, a give-up)
+        locks the run first: none of them waits for another's rows while holding its own."""
+        status: str | None = await self.conn.fetchval(
+            "SELECT status FROM runs WHERE id = $1 FOR UPDATE", run_id
         )
+        return status
 
     async def count_outcomes(
         self, run_id: UUID, sent: int, failed: int, skipped: int
@@ -272,6 +206,18 @@ class RunRepository:
         await self._record_event(record)
         status: str = record["status"]
         return status
+
+    async def count_sent_after_cancel(self, run_id: UUID, sent: int, failed: int) -> None:
+        """Deliveries that a cancel skipped while their window was sending them, recorded
+        as the provider answered: they move from the skipped count to theirs."""
+        await self.conn.execute(
+            """
+            UPDATE runs SET sent_count = sent_count + $2, failed_count = failed_count + $3,
+                            skipped_count = skipped_count - $2 - $3
+            WHERE id = $1 AND status = 'cancelled'
+            """,
+            run_id, sent, failed,
+        )  # fmt: skip
 
     async def cancel(self, run_id: UUID, skipped: int) -> dict[str, Any]:
         """The run, now cancelled (its fields as the API shows them)."""

@@ -1,33 +1,39 @@
-"""deliver_chunk: send the pending deliveries of one job's range, window by window.
+"""deliver_chunk: send the pending deliveries of one job's range, window by window, with no
+transaction open while a provider is called.
 
-Each window is one transaction that
-1. holds the run's delivery lock shared (cancel takes it exclusive) and stops if the run
-   was cancelled,
-2. claims up to `window` pending deliveries with FOR UPDATE SKIP LOCKED, so that two
-   workers never hold the same delivery,
-3. re-checks the brand's suppressions for exactly those addresses,
-4. sends them, at most `worker_concurrency` at once in the process,
-5. records every outcome and the run's counters, and commits.
-A worker killed mid-window loses the window's transaction: its deliveries are pending
-again and only those (the sends in flight or answered but not committed) can reach the
-provider twice, with the same delivery id as idempotency key.
+A window
+1. claims up to `window` due deliveries in one statement (`DeliveryRepository.claim`, its
+   own transaction): each gets the window's claim token, a lease (`claimed_until`) and one
+   more attempt counted, before any send; nothing is claimed once the run has ended, nor
+   while the provider is paused;
+2. holds back those inside their recipient's quiet hours, skips the suppressed (looked up
+   for exactly those addresses), and gives up, without a send, those whose attempts are
+   spent already (sends counted by earlier claims whose outcome was never recorded);
+3. sends the rest, at most `worker_concurrency` at once in the process, holding no
+   transaction and no connection;
+4. records the outcomes in one short transaction that writes only the rows still claimed
+   by it, the run's counters from the rows it wrote, the provider's pause if its
+   throttling is widespread, and the follow-up job its pending deliveries need.
 
-A transient failure leaves the delivery pending with one more attempt; the job does not
-retry it itself: the window that met it defers, in its own transaction, a follow-up job
-for the range after the backoff (`schedule_retry`).
+Counted at the claim, no send escapes DELIVERY_MAX_ATTEMPTS, whatever fails after it. A
+worker killed mid-window leaves its deliveries claimed until their lease ends: the
+heartbeat renews the claims of its windows in flight, so that happens STALLED_JOB_SECONDS
+after the worker died, when its jobs come back too. Only those deliveries (sends in flight
+or answered but not recorded) can reach the provider twice, with the same delivery id as
+idempotency key, and their second send is an attempt of its own.
 
-A delivery whose recipient is inside the campaign's quiet hours is not sent and spends no
-attempt: it stays pending with `not_before` = the end of the window (UTC), which claims
-respect, and the window defers the range's follow-up job for the earliest such instant
-(the same job as for transient failures: due at the earliest instant either needs). The
-last window of every job also makes sure that such a job exists while deliveries of its
-range wait (`_wait_for_quiet_hours`), so no wait depends on a process remembering it.
+A transient failure leaves the delivery pending with `not_before` after its backoff, and a
+follow-up job for the range due then (`schedule_retry`, in the record's transaction); a
+throttled answer (429) does the same without spending an attempt, at most
+DELIVERY_MAX_THROTTLES times. A delivery held back by quiet hours stays pending with
+`not_before` = the end of its recipient's window. The last window of every job (the one
+that claims nothing) makes sure a job of its range is due when the first of its pending
+deliveries may go (`_finish`): nothing pending is ever left without a job. Every due time
+comes from the database's clock, which is the one procrastinate compares them with.
 
-A window whose sends happened but whose transaction then fails for a reason that would
-fail again (a bug of ours, a constraint, text the database refuses) is not rolled back
-into another send: `_salvage` records what it can of it, delivery by delivery, with the
-attempt spent. Only the database being away makes a window simply go again, without
-spending attempts.
+A record that fails for a reason other than the database being away (a bug of ours, a
+constraint, text the database refuses) is salvaged delivery by delivery (`_salvage`); the
+database away, it is tried again while the window's claim lasts.
 """
 
 from __future__ import annotations
@@ -40,45 +46,52 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from functools import partial
+from datetime import datetime
 from typing import Any, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 
 from app import tracing
 from app.recipients import normalise
 from app.schedule import QuietWindow
-from db.deliveries import DeliveryRepository, Outcome, delivery_id
+from db.deliveries import Claimed, DeliveryRepository, Outcome, delivery_id
+from db.jobs import JobRepository
 from db.pool import database_away
 from db.rate_limits import RateLimitRepository
-from db.runs import ENDED, RunRepository, delivery_window, savepoint
+from db.runs import ENDED, NOT_ENDED, RunRepository
 from db.suppressions import SuppressionRepository
 from jobs.limits import MAX_INLINE_WAIT_SECONDS
 from jobs.metrics import count_outcomes, provider_latency
 from jobs.providers import OutgoingMessage, PermanentError, Provider, Throttled, TransientError
-from jobs.resources import TIME_SLICE_SECONDS, WorkerResources
+from jobs.resources import TIME_SLICE_SECONDS, DeliveryConfig, Lease, WorkerResources
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BACKOFF_SECONDS = 300.0
+MIN_THROTTLE_SECONDS = 1.0
+"""However soon a throttling provider says to come back: at most one send a second per
+delivery (the contract's "Bounded throttling")."""
+MAX_THROTTLE_SECONDS = 3600.0
+ABORT_RELEASE_SECONDS = 1.0
+"""An aborting worker gives its claims back for at most this long (else they lapse)."""
 
 
 class DeliveryInterrupted(Exception):
     """The worker is stopping; the job goes back to the queue with its rest pending."""
 
 
-class UnrecordedSends(Exception):
-    """A window failed after its sends, for a reason other than the database being away:
-    its sends are counted per delivery (delivery_unrecorded_sends), and the job is tried
-    again later. No delivery is sent once attempts and such sends reach the limit."""
+class OutcomesNotStored(Exception):
+    """Some outcomes could not be stored at all, not even as `failed` (the database refuses
+    those rows): the job fails this try and procrastinate tries it again; the sends were
+    counted at their claims, so none of those deliveries is sent past its attempts, and
+    tasks.py ends the job after DELIVERY_MAX_ATTEMPTS such tries."""
 
 
 ScheduleRetry = Callable[[asyncpg.Connection, datetime], Awaitable[None]]
 """Defers the follow-up job of a range on the given connection (in its transaction), due
-at the given instant, or brings the one already waiting forward to it."""
+at the given instant of the database's clock, or brings the one already waiting forward."""
 
 
 @dataclass
@@ -87,7 +100,7 @@ class ChunkReport:
     failed: int = 0
     skipped: int = 0
     retrying: int = 0
-    """Deliveries left pending by a transient failure, for a follow-up job."""
+    """Deliveries left pending by a transient failure or a throttle, for a follow-up job."""
     comes_back_in: float | None = None
     """The chunk ended early to wait (rate limit, paused provider): its follow-up job
     comes back after this many seconds."""
@@ -97,8 +110,7 @@ class ChunkReport:
 
 @dataclass
 class Window:
-    """One window's work so far: what it claimed, and once every send has been answered,
-    the outcomes it is about to record."""
+    """One window's work: what it claimed, sent and is about to record."""
 
     run_id: UUID
     first: int
@@ -106,19 +118,28 @@ class Window:
     exclude: list[int]
     limit: int
     """Deliveries it may claim: WORKER_CONCURRENCY, or fewer under a rate limit."""
-    provider: str
-    outcomes: list[Outcome] | None = None
-    paused_for: float | None = None
-    """Set instead of sending when the provider is paused (it answered 429 earlier)."""
+    target: asyncpg.Record
+    """The run's brand and campaign (RunRepository.delivery_target)."""
+    provider: Provider
+    token: UUID = field(default_factory=uuid4)
+    claimed: Claimed | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    sent: list[int] = field(default_factory=list)
+    """Positions it sends to the provider."""
+    started: set[int] = field(default_factory=set)
+    """Positions whose send began: an abort gives the others back without the attempt."""
     waiting: int = 0
     """Claimed deliveries that wait for the end of their recipients' quiet hours."""
-    unrecorded: dict[int, tuple[int, str]] = field(default_factory=dict)
-    """Position -> (sends no window recorded, why): the chunk's, shared by its windows."""
-    sent: list[int] = field(default_factory=list)
-    """Positions it sent to the provider (claimed, not suppressed, below the limit)."""
     unstored: list[int] = field(default_factory=list)
-    """Positions whose outcome it could not store at all (salvage): sent ones, and ones
-    given up without a send."""
+    """Positions whose outcome could not be stored at all (`_salvage`)."""
+
+    @property
+    def paused_for(self) -> float | None:
+        return None if self.claimed is None else self.claimed.paused_for
+
+    @property
+    def run_ended(self) -> bool:
+        return self.claimed is None or self.claimed.status not in NOT_ENDED
 
 
 def backoff_seconds(attempts: int, base: float) -> float:
@@ -142,9 +163,9 @@ async def deliver_chunk(
     schedule_retry: ScheduleRetry,
     newcomer_waiting: Callable[[], Awaitable[bool]] | None = None,
 ) -> ChunkReport:
-    """Raises DeliveryInterrupted when the worker stops before the chunk is done, and the
-    error of a window that failed (the database away; or, before any send or after a
-    salvage that failed too, a bug: tasks.py bounds those).
+    """Raises DeliveryInterrupted when the worker stops before the chunk is done,
+    OutcomesNotStored after it when some outcome could not be stored at all, and the error
+    of a window that failed otherwise (the database away; a bug: tasks.py bounds those).
 
     Every TIME_SLICE_SECONDS or so, it asks `newcomer_waiting()`; if a newly published run
     (or one of a higher priority) waits for a worker slot, the chunk ends and its follow-up
@@ -153,13 +174,13 @@ async def deliver_chunk(
     report = ChunkReport()
     next_slice = time.monotonic() + _time_slice()
     retrying: list[int] = []  # positions left for the follow-up job
+    unstored: list[int] = []
     async with resources.pool.acquire() as conn:
         target = await RunRepository(conn).delivery_target(run_id)
-        unrecorded = await DeliveryRepository(conn).unrecorded_sends(run_id, first, last)
     if target is None:
         return report
     brand_id, channel = target["brand_id"], target["channel"]
-    provider = resources.providers[channel].name
+    provider = resources.providers[channel]
     while True:
         if resources.stopping.is_set():
             raise DeliveryInterrupted("worker stopping")
@@ -177,26 +198,9 @@ async def deliver_chunk(
         if not share:
             report.comes_back_in = await _come_back(resources, schedule_retry, wait)
             break
-        window = Window(run_id, first, last, list(retrying), share, provider, unrecorded=unrecorded)
-        try:
-            outcomes = await _abortable(
-                resources, _window_transaction(resources, window, schedule_retry)
-            )
-        except DeliveryInterrupted:
-            raise
-        except Exception as exc:
-            if not window.sent or database_away(exc):
-                raise
-            # Rolled back after its sends: they count, or they could repeat without bound.
-            await _count_unrecorded(resources, window, window.sent, repr(exc))
-            raise UnrecordedSends(f"{len(window.sent)} sends not recorded: {exc!r}") from exc
-        if window.unstored:
-            # Given up without a send, and not even `failed` could be stored: not again in
-            # this job (nothing left to send it; the row says pending for ops to see).
-            retrying += [p for p in window.unstored if p not in window.sent]
-            if sent := [p for p in window.unstored if p in window.sent]:
-                await _count_unrecorded(resources, window, sent, "its outcome could not be stored")
-                raise UnrecordedSends(f"{len(sent)} sends whose outcome could not be stored")
+        window = Window(run_id, first, last, retrying + unstored, share, target, provider)
+        await _abortable(resources, _deliver_window(resources, window, schedule_retry))
+        unstored += window.unstored
         if limits:
             await resources.limiter.give_back(limits, share - len(window.sent))
         if window.paused_for is not None:
@@ -207,15 +211,24 @@ async def deliver_chunk(
                 break
             await asyncio.sleep(window.paused_for)
             continue
-        if outcomes is None:
+        if window.run_ended:
             break
-        counts = Counter(o.status for o in outcomes)
+        if not window.claimed or not window.claimed.rows:
+            if unstored:
+                # This job's own retry takes them (tasks.py bounds its tries): no
+                # follow-up of its range may loop on them.
+                raise OutcomesNotStored(f"{len(unstored)} outcomes could not be stored")
+            await _finish(resources, window, schedule_retry)
+            break
+        counts = Counter(o.status for o in window.outcomes if o.position not in window.unstored)
         report.sent += counts["sent"]
         report.failed += counts["failed"]
         report.skipped += counts["skipped"]
-        report.retrying += counts["pending"]
+        report.retrying += counts["pending"] - window.waiting
         report.waiting += window.waiting
-        retrying += (o.position for o in outcomes if o.status == "pending")
+        retrying += (
+            o.position for o in window.outcomes if o.status == "pending" and o.not_before is None
+        )
     return report
 
 
@@ -227,10 +240,29 @@ def _time_slice() -> float:
 async def _come_back(
     resources: WorkerResources, schedule_retry: ScheduleRetry, seconds: float
 ) -> float:
-    """End the chunk early: its follow-up job takes the rest after `seconds`."""
+    """End the chunk early: its follow-up job takes the rest `seconds` from now, by the
+    database's clock (a worker's own clock may be off by minutes)."""
     async with resources.pool.acquire() as conn, conn.transaction():
-        await schedule_retry(conn, datetime.now(UTC) + timedelta(seconds=seconds))
+        await schedule_retry(conn, await JobRepository(conn).now_plus(seconds))
     return seconds
+
+
+async def _finish(
+    resources: WorkerResources, window: Window, schedule_retry: ScheduleRetry
+) -> None:
+    """The job's last window claimed nothing. If nothing is pending any more (e.g. every
+    recipient was skipped at publish), this completes the run. Whatever is still pending
+    in the range (waiting for its `not_before`, claimed by another window, or due but
+    locked by another transaction when the claim passed) gets a follow-up job due when
+    the first of it may go: a job brought forward since (a yield, an earlier wake-up) may
+    be this very one, which is ending."""
+    async with resources.pool.acquire() as conn, conn.transaction():
+        await RunRepository(conn).count_outcomes(window.run_id, 0, 0, 0)
+        wake_at = await DeliveryRepository(conn).next_due(
+            window.run_id, window.first, window.last, resources.clock_offset
+        )
+        if wake_at is not None:
+            await schedule_retry(conn, wake_at)
 
 
 async def fail_range(
@@ -238,10 +270,10 @@ async def fail_range(
 ) -> int:
     """The last resort of a job that keeps failing for a reason other than the database
     being away: its pending deliveries fail with `why`, and the run can complete."""
-    async with resources.pool.acquire() as conn, delivery_window(conn, run_id):
+    async with resources.pool.acquire() as conn, conn.transaction():
         runs = RunRepository(conn)
-        run = await runs.enter_delivery_window(run_id)
-        if run is None or run["status"] in ENDED:
+        status = await runs.lock(run_id)
+        if status is None or status in ENDED:
             return 0
         failed = await DeliveryRepository(conn).fail_pending(run_id, first, last, why)
         await runs.count_outcomes(run_id, 0, failed, 0)
@@ -249,7 +281,8 @@ async def fail_range(
 
 
 async def _abortable(resources: WorkerResources, window: Coroutine[Any, Any, T]) -> T:
-    """Run a window, unless the worker aborts first: then its transaction rolls back."""
+    """Run a window, unless the worker aborts first: then its sends are cancelled and its
+    claims given back."""
     task = asyncio.ensure_future(window)
     abort = asyncio.ensure_future(resources.aborting.wait())
     try:
@@ -267,301 +300,239 @@ async def _abortable(resources: WorkerResources, window: Coroutine[Any, Any, T])
     return task.result()
 
 
-async def _window_transaction(
-    resources: WorkerResources, window: Window, schedule_retry: ScheduleRetry
-) -> list[Outcome] | None:
-    async with resources.pool.acquire() as conn, delivery_window(conn, window.run_id):
-        return await _deliver_window(conn, resources, window, schedule_retry)
-
-
 async def _deliver_window(
-    conn: asyncpg.Connection,
+    resources: WorkerResources, window: Window, schedule_retry: ScheduleRetry
+) -> None:
+    since = time.monotonic()
+    async with resources.pool.acquire() as conn:
+        window.claimed = claimed = await DeliveryRepository(conn).claim(
+            window.run_id,
+            window.first,
+            window.last,
+            limit=window.limit,
+            exclude=window.exclude,
+            token=window.token,
+            lease_seconds=resources.config.lease_seconds,
+            provider=window.provider.name,
+            max_attempts=resources.config.max_attempts,
+            clock_offset=resources.clock_offset,
+        )
+        if not claimed.rows:
+            return
+        lease = resources.leases.take(
+            window.run_id, window.token, [row["position"] for row in claimed.rows], since
+        )
+        try:
+            suppressed = await _suppressed(conn, window, claimed)
+        except BaseException:
+            resources.leases.drop(lease)
+            raise
+    try:
+        await _send_and_record(resources, window, lease, suppressed, schedule_retry)
+    finally:
+        resources.leases.drop(lease)
+
+
+async def _suppressed(conn: asyncpg.Connection, window: Window, claimed: Claimed) -> set[str]:
+    """The claimed addresses on the brand's suppression list now (most brands have none:
+    then no look-up)."""
+    if not claimed.suppressions:
+        return set()
+    channel = window.target["channel"]
+    return await SuppressionRepository(conn).listed_among(
+        window.target["brand_id"], [normalise(channel, row["recipient"]) for row in claimed.rows]
+    )
+
+
+async def _send_and_record(
     resources: WorkerResources,
     window: Window,
+    lease: Lease,
+    suppressed: set[str],
     schedule_retry: ScheduleRetry,
-) -> list[Outcome] | None:
-    """One window in the caller's transaction; None when the chunk has nothing left."""
-    run_id = window.run_id
-    runs = RunRepository(conn)
-    run = await runs.enter_delivery_window(run_id, window.provider, resources.clock_offset)
-    if run is None or run["status"] in ENDED:
-        return None
-    if run["paused_for"] is not None:
-        window.paused_for = float(run["paused_for"])
-        return None
-    claimed = await DeliveryRepository(conn).claim(
-        run_id,
-        window.first,
-        window.last,
-        limit=window.limit,
-        exclude=window.exclude,
-        now=run["now"],
-    )
-    if not claimed:
-        # Nothing left here; if nothing is left anywhere (e.g. every recipient was skipped
-        # at publish), this completes the run.
-        await runs.count_outcomes(run_id, 0, 0, 0)
-        await _follow_up_the_waiting(conn, resources, window, run["now"], schedule_retry)
-        return None
-    waiting, wake_at = await _hold_quiet(conn, run_id, run, claimed)
-    window.waiting = len(waiting)
-    claimed = [row for row in claimed if row["position"] not in waiting]
-    channel = run["channel"]
-    suppressed = set()
-    if run["suppressions"]:
-        suppressed = await SuppressionRepository(conn).listed_among(
-            run["brand_id"], [normalise(channel, row["recipient"]) for row in claimed]
-        )
-    provider = resources.providers[channel]
+) -> None:
+    assert window.claimed is not None and window.claimed.now is not None
+    channel = window.target["channel"]
+    quiet = QuietWindow.of(window.target["quiet_hours"])
+    now = window.claimed.now
+    ends: dict[str | None, datetime | None] = {}  # per zone: a window shares a few
     outcomes: list[Outcome] = []
     to_send = []
-    for row in claimed:
-        position = row["position"]
-        unrecorded, why = window.unrecorded.get(position, (0, ""))
-        tried = row["attempts"] + unrecorded  # sends so far, recorded or not
-        if normalise(channel, row["recipient"]) in suppressed:
-            outcomes.append(Outcome(position, "skipped", tried, reason="suppressed"))
-        elif tried >= resources.config.max_attempts:
-            detail = f"gave up after {tried} attempts ({unrecorded} not recorded); last: {why}"
-            outcomes.append(Outcome(position, "failed", tried, last_error=detail))
-        else:
-            to_send.append((row, tried))
-    window.sent = [row["position"] for row, _ in to_send]
-    outcomes += await asyncio.gather(
-        *(_send(provider, resources, run_id, run, row, tried) for row, tried in to_send)
-    )
-    window.outcomes = outcomes
-    try:
-        async with savepoint(conn, release=False):  # what fails here spoils nothing else
-            await _commit_outcomes(conn, resources, window, run, wake_at, schedule_retry)
-    except Exception as exc:
-        if database_away(exc):
-            raise  # the window rolls back and goes again: no attempt is spent
-        outcomes = await _salvage(conn, resources, window, run, exc, schedule_retry)
-    # Counted before the commit: a window that then rolls back is counted, as its sends
-    # did reach the provider.
-    count_outcomes(channel, provider.name, Counter(o.status for o in outcomes).items())
-    return outcomes
-
-
-async def _commit_outcomes(
-    conn: asyncpg.Connection,
-    resources: WorkerResources,
-    window: Window,
-    run: asyncpg.Record,
-    wake_at: datetime | None,
-    schedule_retry: ScheduleRetry,
-) -> None:
-    """The window's outcomes, the run's counters, the provider's pause if it asked for
-    one, and the follow-up job its pending deliveries need, when the first of them is
-    due (quiet hours' end, backoff, pause)."""
-    assert window.outcomes is not None
-    outcomes = window.outcomes
-    await _record(conn, window, outcomes, run["now"])
-    if throttled := [o for o in outcomes if o.throttled_for is not None]:
-        until = max(o.throttled_for or 0.0 for o in throttled)
-        reason = throttled[0].last_error or "throttled"
-        await RateLimitRepository(conn).pause(window.provider, until, reason)
-    follow_up = [wake_at - resources.clock_offset] if wake_at else []  # in the real clock
-    retry_in = [o.retry_in for o in outcomes if o.status == "pending" and o.retry_in is not None]
-    if retry_in:
-        follow_up.append(datetime.now(UTC) + timedelta(seconds=min(retry_in)))
-    if follow_up:
-        await schedule_retry(conn, min(follow_up))
-
-
-async def _hold_quiet(
-    conn: asyncpg.Connection, run_id: UUID, run: asyncpg.Record, claimed: list[asyncpg.Record]
-) -> tuple[set[int], datetime | None]:
-    """The claimed deliveries whose recipients are inside the campaign's quiet hours at
-    the window's `now`, now pending with `not_before` = the end of their window (no
-    attempt spent), and the earliest of those ends."""
-    quiet = QuietWindow.of(run["quiet_hours"])
-    if quiet is None:
-        return set(), None
-    now: datetime = run["now"]
-    ends: dict[str | None, datetime | None] = {}  # per zone: a window shares a few
-    waiting: dict[int, datetime] = {}
-    for row in claimed:
+    for row in window.claimed.rows:
+        position, tried, throttles = row["position"], row["tried"], row["throttles"]
         zone = row["time_zone"]
-        if zone not in ends:
+        if quiet is not None and zone not in ends:
             ends[zone] = quiet.quiet_until(now, zone)
-        if (end := ends[zone]) is not None:
-            waiting[row["position"]] = end
-    if waiting:
-        await DeliveryRepository(conn).wait_until(run_id, waiting)
-    return set(waiting), min(waiting.values(), default=None)
+        if (end := ends.get(zone)) is not None:
+            # Inside its recipient's quiet hours: no send, no attempt, until the end.
+            outcomes.append(Outcome(position, "pending", tried, throttles, not_before=end))
+            window.waiting += 1
+        elif normalise(channel, row["recipient"]) in suppressed:
+            outcomes.append(Outcome(position, "skipped", tried, throttles, reason="suppressed"))
+        elif tried >= resources.config.max_attempts:
+            detail = f"gave up after {tried} attempts; the last one's answer was never recorded"
+            outcomes.append(Outcome(position, "failed", tried, throttles, last_error=detail))
+        else:
+            to_send.append(row)
+    window.sent = [row["position"] for row in to_send]
+    try:
+        outcomes += await asyncio.gather(*(_send(resources, window, lease, row) for row in to_send))
+    except asyncio.CancelledError:
+        await _give_back(resources, window, to_send)
+        raise
+    window.outcomes = outcomes
+    # Counted before the record: a send whose outcome is then lost did reach the provider.
+    count_outcomes(channel, window.provider.name, Counter(o.status for o in outcomes).items())
+    await _record(resources, window, lease, schedule_retry)
 
 
-async def _follow_up_the_waiting(
-    conn: asyncpg.Connection,
-    resources: WorkerResources,
-    window: Window,
-    now: datetime,
-    schedule_retry: ScheduleRetry,
+async def _give_back(
+    resources: WorkerResources, window: Window, to_send: list[asyncpg.Record]
 ) -> None:
-    """At the end of a job: while deliveries of its range wait (`not_before`: quiet hours,
-    a backoff, a provider's pause), a follow-up job is due when the first of them may go.
-    The window that made them wait deferred one; but a follow-up brought forward since
-    (a yield, an earlier wake-up) may be this very job, which is ending."""
-    wake_at = await DeliveryRepository(conn).next_not_before(
-        window.run_id, window.first, window.last, now
-    )
-    if wake_at is not None:
-        await schedule_retry(conn, wake_at - resources.clock_offset)
+    """The worker aborts mid-window: its claims go back at once (else they would wait for
+    their lease), with the attempt of each send that never began taken back."""
+    attempts = {
+        row["position"]: row["tried"] + (row["position"] in window.started) for row in to_send
+    }
+    with contextlib.suppress(Exception):  # the database away: the claims lapse by themselves
+        async with asyncio.timeout(ABORT_RELEASE_SECONDS), resources.pool.acquire() as conn:
+            await DeliveryRepository(conn).release(window.run_id, window.token, attempts)
 
 
 async def _record(
-    conn: asyncpg.Connection, window: Window, outcomes: list[Outcome], now: datetime
+    resources: WorkerResources, window: Window, lease: Lease, schedule_retry: ScheduleRetry
 ) -> None:
-    """The outcomes and the run's counters, in the caller's transaction."""
-    await _store(conn, window, outcomes, now)
-    counts = Counter(o.status for o in outcomes)
-    await RunRepository(conn).count_outcomes(
-        window.run_id, counts["sent"], counts["failed"], counts["skipped"]
-    )
+    """Store the window's outcomes. The database away, try again while the claim lasts
+    (what is stored is only ever what is still this window's, so a late try is harmless);
+    any other failure, salvage."""
+    delay = 0.05
+    while True:
+        try:
+            await _store(resources, window, window.outcomes, schedule_retry)
+            return
+        except Exception as exc:
+            if not database_away(exc):
+                await _salvage(resources, window, exc, schedule_retry)
+                return
+            if resources.aborting.is_set() or time.monotonic() + delay >= lease.expires:
+                raise  # its deliveries come back when the claim lapses
+            logger.warning("recording a window failed; trying again: %r", exc)
+        await asyncio.sleep(delay)
+        delay = min(2 * delay, 1.0)
 
 
 async def _store(
-    conn: asyncpg.Connection, window: Window, outcomes: list[Outcome], now: datetime
+    resources: WorkerResources,
+    window: Window,
+    outcomes: list[Outcome],
+    schedule_retry: ScheduleRetry,
 ) -> None:
-    """The outcomes, whose attempts count the sends no window recorded: those are
-    forgotten with them. (The chunk's copy keeps them: a delivery recorded once is not
-    claimed again by the same job.)"""
-    deliveries = DeliveryRepository(conn)
-    await deliveries.record(window.run_id, outcomes, now)
-    if folded := [o.position for o in outcomes if o.position in window.unrecorded]:
-        await deliveries.forget_unrecorded_sends(window.run_id, folded)
+    """One transaction: the outcomes of the rows still claimed by the window, the run's
+    counters from the rows written, the provider's pause if the throttling was widespread,
+    and a follow-up job due when the first delivery left pending may go."""
+    run_id = window.run_id
+    async with resources.pool.acquire() as conn, conn.transaction():
+        recorded = await DeliveryRepository(conn).record(
+            run_id, window.token, outcomes, resources.clock_offset
+        )
+        runs = RunRepository(conn)
+        if recorded.run_status in NOT_ENDED:
+            await runs.count_outcomes(run_id, recorded.sent, recorded.failed, recorded.skipped)
+        elif recorded.run_status == "cancelled" and (recorded.sent or recorded.failed):
+            await runs.count_sent_after_cancel(run_id, recorded.sent, recorded.failed)
+        if pause := _provider_pause(resources, window.provider.name, outcomes):
+            seconds, reason = pause
+            await RateLimitRepository(conn).pause(window.provider.name, seconds, reason)
+        if recorded.wake_at is not None:
+            await schedule_retry(conn, recorded.wake_at)
 
 
-async def _count_unrecorded(
-    resources: WorkerResources, window: Window, positions: list[int], why: str
-) -> None:
-    """One more unrecorded send of each of `positions`, in a transaction of its own. If
-    that fails too, the error goes up: the job's own count of failures bounds it."""
-    async with resources.pool.acquire() as conn:
-        await DeliveryRepository(conn).count_unrecorded_sends(window.run_id, positions, why)
-    for position in positions:
-        sends, _ = window.unrecorded.get(position, (0, why))
-        window.unrecorded[position] = (sends + 1, why)
-    logger.error(
-        "sends whose outcome could not be recorded are counted",
-        extra={"positions": positions, "reason": why},
-    )
+def _provider_pause(
+    resources: WorkerResources, provider: str, outcomes: list[Outcome]
+) -> tuple[float, str] | None:
+    """A pause of the provider for every worker, when its throttling is widespread: at
+    least 3 of its answers to this process in the last second were throttled, and half of
+    them. A few addresses throttled (an SMS gateway does that per number) pause only their
+    own deliveries (`not_before`). The pause is the shortest wait asked in this window."""
+    throttled = [o for o in outcomes if o.throttled_for is not None]
+    if not throttled or not resources.answers.widespread(provider):
+        return None
+    first = min(throttled, key=lambda o: o.throttled_for or 0.0)
+    return first.throttled_for or MIN_THROTTLE_SECONDS, first.last_error or "throttled"
 
 
 async def _salvage(
-    conn: asyncpg.Connection,
-    resources: WorkerResources,
-    window: Window,
-    run: asyncpg.Record,
-    error: Exception,
-    schedule_retry: ScheduleRetry,
-) -> list[Outcome]:
-    """Record a window whose sends were answered but whose outcomes could not be, for a
-    reason that would fail again, in the window's own transaction: its deliveries are still
-    locked, no other job can take them meanwhile. Each delivery goes in its own savepoint,
-    so that one that cannot be stored holds back no other: its outcome without the
-    provider's answer, else `failed`. The attempt is spent either way. What could not even
-    be failed stays pending (`window.unstored`): a send of it is counted apart after the
-    commit (deliver_chunk), so the limit of attempts holds for it too."""
-    assert window.outcomes is not None
+    resources: WorkerResources, window: Window, error: Exception, schedule_retry: ScheduleRetry
+) -> None:
+    """Store a window whose outcomes could not be stored together, for a reason that would
+    fail again, delivery by delivery in transactions of their own, so that one that cannot
+    be stored holds back no other: its outcome; else without the provider's words; else
+    `failed`. The attempt is spent either way (the claim counted it). What cannot even be
+    failed stays pending (`window.unstored`), its claim given back, for the job's retry."""
     logger.error(
-        "a window could not be recorded after its sends; recording it without the "
-        "provider's answers",
+        "a window could not be recorded after its sends; recording it delivery by delivery",
         exc_info=error,
     )
     lost = f"its outcome could not be stored ({type(error).__name__}); the answer is lost"
-    run_id, now = window.run_id, run["now"]
-    recorded: list[Outcome] = []
     for outcome in window.outcomes:
-        candidates = _without_answer(outcome, lost)
-        if stored := await _store_first_possible(conn, window, candidates, now):
-            recorded.append(stored)
+        for candidate in _without_answer(outcome, lost):
+            try:
+                await _store(resources, window, [candidate], schedule_retry)
+                break
+            except Exception as exc:
+                if database_away(exc):
+                    raise
+                logger.error("a salvage step failed", exc_info=exc)
         else:
             window.unstored.append(outcome.position)
-    counts = Counter(o.status for o in recorded)
-    await RunRepository(conn).count_outcomes(
-        run_id, counts["sent"], counts["failed"], counts["skipped"]
-    )
-    if any(o.status == "pending" for o in recorded):
-        retry_at = datetime.now(UTC) + timedelta(seconds=resources.config.retry_base_seconds)
-        if not await _in_savepoint(conn, partial(schedule_retry, conn, retry_at)):
-            # No follow-up job can be made: fail them rather than leave them to no one.
-            unscheduled = [
-                replace(o, status="failed", last_error=lost)
-                for o in recorded
-                if o.status == "pending"
-            ]
-            await _record(conn, window, unscheduled, now)
-            recorded = [o for o in recorded if o.status != "pending"] + unscheduled
-    return recorded
+            attempts = {outcome.position: outcome.attempts}
+            with contextlib.suppress(Exception):
+                async with resources.pool.acquire() as conn:
+                    await DeliveryRepository(conn).release(window.run_id, window.token, attempts)
 
 
-async def _store_first_possible(
-    conn: asyncpg.Connection, window: Window, candidates: tuple[Outcome, ...], now: datetime
-) -> Outcome | None:
-    for candidate in candidates:
-        if await _in_savepoint(conn, partial(_store, conn, window, [candidate], now)):
-            return candidate
-    return None
-
-
-async def _in_savepoint(
-    conn: asyncpg.Connection, statement: Callable[[], Awaitable[object]]
-) -> bool:
-    """Whether `statement` succeeded; if it failed for a reason other than the database
-    being away, only its savepoint rolled back."""
-    try:
-        async with savepoint(conn):
-            await statement()
-    except Exception as exc:
-        if database_away(exc):
-            raise
-        logger.error("a salvage step failed", exc_info=exc)
-        return False
-    return True
-
-
-def _without_answer(outcome: Outcome, lost: str) -> tuple[Outcome, Outcome]:
-    """What to store of an outcome whose details could not be: first the same status
-    without the provider's words, then `failed`."""
+def _without_answer(outcome: Outcome, lost: str) -> tuple[Outcome, Outcome, Outcome]:
+    """What to store of an outcome: itself, then the same status without the provider's
+    words, then `failed`."""
     plain = replace(
         outcome,
         provider_message_id=None,
         last_error=None if outcome.status in ("sent", "skipped") else lost,
     )
-    return plain, replace(outcome, status="failed", reason=None, last_error=lost)
+    failed = replace(outcome, status="failed", reason=None, last_error=lost, not_before=None)
+    return outcome, plain, failed
 
 
 async def _send(
-    provider: Provider,
-    resources: WorkerResources,
-    run_id: UUID,
-    run: asyncpg.Record,
-    row: asyncpg.Record,
-    tried: int,
+    resources: WorkerResources, window: Window, lease: Lease, row: asyncpg.Record
 ) -> Outcome:
     """Never raises (but for cancellation): a raise would leave the window's other sends
-    running unseen while the window rolls back. `tried`: the delivery's sends before this
-    one, recorded or not."""
+    running unseen. The claim counted this attempt already (`tried` + 1)."""
+    target, provider = window.target, window.provider
     position, person_id, recipient = row["position"], row["person_id"], row["recipient"]
+    tried, throttles = row["tried"], row["throttles"]
     attempts = tried + 1
-    latency = provider_latency(run["channel"], provider.name)
+    config = resources.config
+    latency = provider_latency(target["channel"], provider.name)
     try:
         message = OutgoingMessage(
-            delivery_id=delivery_id(run_id, position),
-            run_id=str(run_id),
-            campaign_id=str(run["campaign_id"]),
-            brand_id=run["brand_id"],
-            channel=run["channel"],
+            delivery_id=delivery_id(window.run_id, position),
+            run_id=str(window.run_id),
+            campaign_id=str(target["campaign_id"]),
+            brand_id=target["brand_id"],
+            channel=target["channel"],
             person_id=person_id,
             recipient=recipient,
-            sender=run["sender"],
-            subject=render(run["subject"], person_id, recipient),
-            body=render(run["body"], person_id, recipient) or "",
+            sender=target["sender"],
+            subject=render(target["subject"], person_id, recipient),
+            body=render(target["body"], person_id, recipient) or "",
         )
         async with resources.sends:
+            if time.monotonic() >= lease.expires:
+                # The claim lapsed while the send queued (its renewal failed): another
+                # window may hold the delivery now. Not sent, and no attempt.
+                return Outcome(position, "pending", tried, throttles, retry_in=0.0)
+            window.started.add(position)
             started = time.perf_counter()
             try:
                 with tracing.send_span(provider.name, message.delivery_id, message.channel):
@@ -569,26 +540,49 @@ async def _send(
             finally:
                 latency.observe(time.perf_counter() - started)
     except PermanentError as exc:
-        return Outcome(position, "failed", attempts, last_error=exc.detail)
+        resources.answers.add(provider.name, throttled=False)
+        return Outcome(position, "failed", attempts, throttles, last_error=exc.detail)
     except Throttled as exc:  # not an attempt: the provider asked us to wait
-        return Outcome(
-            position,
-            "pending",
-            tried,
-            last_error=exc.detail,
-            throttled_for=exc.retry_after_seconds,
-            retry_in=exc.retry_after_seconds,
-        )
+        resources.answers.add(provider.name, throttled=True)
+        return _throttled(exc, position, tried, throttles + 1, config)
     except Exception as exc:
+        resources.answers.add(provider.name, throttled=False)
         # TransientError, or a bug (a provider's or ours): either way the window's other
-        # outcomes must still commit (else their sends would be repeated), and another
-        # attempt may do.
+        # outcomes must still be recorded, and another attempt may do.
         if not isinstance(exc, TransientError):
-            logger.exception("sending raised", extra={"delivery_id": delivery_id(run_id, position)})
+            logger.exception(
+                "sending raised", extra={"delivery_id": delivery_id(window.run_id, position)}
+            )
         detail = exc.detail if isinstance(exc, TransientError) else f"unexpected: {exc!r}"
-        if attempts >= resources.config.max_attempts:
+        if attempts >= config.max_attempts:
             detail = f"gave up after {attempts} attempts; last: {detail}"
-            return Outcome(position, "failed", attempts, last_error=detail)
-        backoff = backoff_seconds(attempts, resources.config.retry_base_seconds)
-        return Outcome(position, "pending", attempts, last_error=detail, retry_in=backoff)
-    return Outcome(position, "sent", attempts, provider_message_id=result.provider_message_id)
+            return Outcome(position, "failed", attempts, throttles, last_error=detail)
+        backoff = backoff_seconds(attempts, config.retry_base_seconds)
+        return Outcome(
+            position, "pending", attempts, throttles, last_error=detail, retry_in=backoff
+        )
+    resources.answers.add(provider.name, throttled=False)
+    return Outcome(
+        position, "sent", attempts, throttles, provider_message_id=result.provider_message_id
+    )
+
+
+def _throttled(
+    exc: Throttled, position: int, tried: int, throttles: int, config: DeliveryConfig
+) -> Outcome:
+    """A throttled answer: pending for the wait the provider asked (its own backoff when it
+    did not say), from 1 s to 1 h; the one that reaches DELIVERY_MAX_THROTTLES fails it."""
+    if throttles >= config.max_throttles:
+        detail = f"throttled {throttles} times; last: {exc.detail}"
+        return Outcome(
+            position, "failed", tried, throttles, reason="throttled", last_error=detail,
+            throttled_for=MIN_THROTTLE_SECONDS,
+        )  # fmt: skip
+    wait = exc.retry_after_seconds
+    if wait is None:
+        wait = backoff_seconds(throttles, config.retry_base_seconds)
+    wait = min(max(wait, MIN_THROTTLE_SECONDS), MAX_THROTTLE_SECONDS)
+    return Outcome(
+        position, "pending", tried, throttles, last_error=exc.detail, throttled_for=wait,
+        retry_in=wait,
+    )  # fmt: skip

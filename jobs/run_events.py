@@ -4,7 +4,8 @@ EVENTS_WEBHOOK_URL, oldest first, signed like the webhook provider's messages.
 Order: the jobs of one run share a procrastinate lock (db.run_events.events_lock), so they
 run one at a time in the order they were deferred, and each sends all of the run's pending
 events oldest first, stopping at the first that fails: a later event never reaches the
-receiver before an earlier one was accepted. Delivery is at least once: an event whose
+receiver before an earlier one was accepted, unless that earlier one was given up for good
+(`expired`, below). Delivery is at least once: an event whose
 answer was lost (timeout, a worker killed mid-POST) is sent again with the same
 `Idempotency-Key`.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from uuid import UUID
 
 import asyncpg
@@ -52,8 +53,8 @@ class EventRetry(BaseRetryStrategy):
 
 
 def backoff_seconds(attempts: int, base: float) -> float:
-    """Exponential in the job's attempts so far, +-50% jitter, at most an hour (before the
-    jitter): a receiver that is down for a day is tried about once an hour."""
+    """Exponential in the event's attempts so far, +-50% jitter, at most an hour (before
+    the jitter): a receiver that is down for a day is tried about once an hour."""
     return min(MAX_BACKOFF_SECONDS, base * 2.0 ** min(attempts, 30)) * random.uniform(0.5, 1.5)
 
 
@@ -68,12 +69,13 @@ def event_body(event: asyncpg.Record) -> bytes:
     )
 
 
-async def send_pending_events(
-    pool: asyncpg.Pool, settings: Settings, run_id: UUID, attempts: int
-) -> int:
+async def send_pending_events(pool: asyncpg.Pool, settings: Settings, run_id: UUID) -> int:
     """POST the run's pending events, oldest first; returns how many were delivered.
-    Raises EventNotDelivered at the first one the receiver does not accept (2xx).
-    `attempts`: earlier attempts of this job, for the backoff."""
+    Raises EventNotDelivered at the first one the receiver does not accept (2xx), with
+    when to try again by that event's own attempts and age. An event past
+    EVENTS_RETRY_HOURS with a later one behind it is given up (`expired`: never sent
+    after the later one), and the later one is tried at once: the expiry of one event
+    never keeps the next from its own EVENTS_RETRY_HOURS."""
     async with pool.acquire() as conn:
         events = await RunEventRepository(conn).pending(run_id)
         if events and settings.events_webhook_url is None:
@@ -87,14 +89,19 @@ async def send_pending_events(
         return 0
     timeout = httpx.Timeout(TIMEOUT_SECONDS, connect=5.0)
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-        for event in events:
+        for index, event in enumerate(events):
             error = await _post(client, settings, event)
             async with pool.acquire() as conn:
+                repository = RunEventRepository(conn)
                 if error is None:
-                    await RunEventRepository(conn).delivered(event["id"])
+                    await repository.delivered(event["id"])
                     continue
-                await RunEventRepository(conn).failed_attempt(event["id"], error)
-            raise EventNotDelivered(error, _retry_at(event, attempts, settings))
+                now = await repository.failed_attempt(event["id"], error)
+                retry_at = _retry_at(event, now, settings)
+                if retry_at is None and index < len(events) - 1:
+                    await repository.expire(event["id"])
+                    continue
+            raise EventNotDelivered(error, retry_at)
     return len(events)
 
 
@@ -117,16 +124,17 @@ async def _post(client: httpx.AsyncClient, settings: Settings, event: asyncpg.Re
     return f"HTTP {response.status_code}: {response.text[:500]}"
 
 
-def _retry_at(event: asyncpg.Record, attempts: int, settings: Settings) -> datetime | None:
-    """When to try again; None once the event is older than EVENTS_RETRY_HOURS."""
-    now = datetime.now(UTC)
-    extra = {"event_id": str(event["id"]), "event_type": event["type"], "job_attempt": attempts + 1}
+def _retry_at(event: asyncpg.Record, now: datetime, settings: Settings) -> datetime | None:
+    """When to try the event again, by its own attempts, from `now` (the database's
+    clock, which procrastinate decides by); None once it is older than
+    EVENTS_RETRY_HOURS."""
+    attempts = event["attempts"]  # before this one
+    extra = {"event_id": str(event["id"]), "event_type": event["type"], "attempt": attempts + 1}
     if now - event["occurred_at"] >= timedelta(hours=settings.events_retry_hours):
         logger.error("gave up sending a run event (EVENTS_RETRY_HOURS)", extra=extra)
         return None
-    retry_at = now + timedelta(
-        seconds=backoff_seconds(attempts, settings.events_retry_base_seconds)
-    )
+    backoff = backoff_seconds(attempts, settings.events_retry_base_seconds)
+    retry_at = now + timedelta(seconds=backoff)
     logger.warning(
         "run event not delivered; will retry", extra={**extra, "retry_at": retry_at.isoformat()}
     )

@@ -28,7 +28,7 @@ from jobs.app import (
     first_job_priority,
 )
 from jobs.asyncpg_connector import AsyncpgConnector
-from jobs.delivery import DeliveryInterrupted, UnrecordedSends, deliver_chunk, fail_range
+from jobs.delivery import DeliveryInterrupted, deliver_chunk, fail_range
 from jobs.resources import WorkerResources
 from jobs.retention import maintain_deliveries
 from jobs.run_events import EventRetry, send_pending_events
@@ -59,13 +59,12 @@ async def deliver_batch(
     """Deliver the pending deliveries of run `run_id` at positions first..last.
     `traceparent` (tracing on): the trace context of the span that deferred the job.
 
-    A window that fails after its sends for a reason other than the database being away
-    (a bug, a constraint) has its sends counted per delivery (UnrecordedSends,
-    jobs/delivery.py): no delivery is sent more than DELIVERY_MAX_ATTEMPTS times, and the
-    job is tried again for the others. A try that fails otherwise (before any send, or
-    while counting them) is counted per job (db/jobs.py); once there have been
-    DELIVERY_MAX_ATTEMPTS of those, the job fails its pending deliveries with the reason
-    instead of trying again, and the run completes."""
+    Each send is counted as an attempt when its window claims the delivery, before the
+    send (jobs/delivery.py): no delivery is sent more than DELIVERY_MAX_ATTEMPTS times,
+    whatever fails after. A try that fails for a reason other than the database being
+    away (a bug, outcomes the database refuses to store) is counted per job
+    (db/jobs.py); once there have been DELIVERY_MAX_ATTEMPTS of those, the job fails its
+    pending deliveries with the reason instead of trying again, and the run completes."""
     resources: WorkerResources = context.additional_context["resources"]
     job_id = context.job.id
     assert job_id is not None
@@ -91,7 +90,7 @@ async def deliver_batch(
             report = await deliver_chunk(
                 resources, UUID(run_id), first, last, schedule_retry, newcomer_waiting
             )
-        except (DeliveryInterrupted, UnrecordedSends):
+        except DeliveryInterrupted:
             raise
         except Exception as exc:
             if database_away(exc):
@@ -177,7 +176,7 @@ async def send_run_events(context: JobContext, run_id: str) -> None:
     pool = cast(AsyncpgConnector, app.connector).pool
     settings = context.additional_context["settings"]
     with bind_log_context(run_id=run_id, job_id=context.job.id):
-        sent = await send_pending_events(pool, settings, UUID(run_id), context.job.attempts)
+        sent = await send_pending_events(pool, settings, UUID(run_id))
         if sent:
             logger.info("run events delivered", extra={"events": sent})
 

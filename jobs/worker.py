@@ -41,7 +41,7 @@ from db.pool import DATABASE_UNAVAILABLE, create_pool
 from jobs.app import WORKER_QUEUES, app
 from jobs.limits import Limiter
 from jobs.providers import Provider, build_providers, close_providers
-from jobs.resources import DeliveryConfig, WorkerResources
+from jobs.resources import DeliveryConfig, Leases, WorkerResources
 
 logger = logging.getLogger(__name__)
 
@@ -140,9 +140,14 @@ async def recover_jobs(
     await requeue_orphaned_jobs(worker, resources, stalled_seconds)
 
 
-async def update_heartbeat(procrastinate_app: App, worker: Worker) -> None:
+async def update_heartbeat(
+    procrastinate_app: App, worker: Worker, resources: WorkerResources | None = None
+) -> None:
+    """The worker's heartbeat, and the claims of its windows in flight: both say it lives."""
     if worker.worker_id is not None:  # None before it registered and once it unregistered
         await procrastinate_app.job_manager.update_heartbeat(worker.worker_id)
+    if resources is not None:
+        await resources.leases.renew(resources.pool)
 
 
 async def run_worker(
@@ -160,14 +165,23 @@ async def run_worker(
     `clock_offset` (tests only): WorkerResources.clock_offset."""
     stop = stop or StopRequest()
     if settings.db_pool_max_size < settings.worker_jobs + SPARE_CONNECTIONS:
-        # Each running job's window holds a connection while it sends; the heartbeats,
-        # the recovery loop and the listener need theirs even when a provider hangs.
+        # Each running job takes a connection for its claims and records; the heartbeats,
+        # the recovery loop and the listener need theirs even when every job does.
         raise SettingsError(
             f"DB_POOL_MAX_SIZE ({settings.db_pool_max_size}) must be at least WORKER_JOBS"
             f" ({settings.worker_jobs}) + {SPARE_CONNECTIONS}"
         )
     async with contextlib.AsyncExitStack() as stack:
-        pool = await create_pool(settings.database_url, max_size=settings.db_pool_max_size)
+        pool = await create_pool(
+            settings.database_url,
+            max_size=settings.db_pool_max_size,
+            # A window's claim and record touch `deliveries`, a partitioned table: with a
+            # custom plan per execution, PostgreSQL spent 1.4 ms planning each claim (the
+            # worker and the database share the cores), and the `log` provider ran at 0.54x
+            # of the release before; the generic plan prunes partitions at run time
+            # (docs/performance.md, issue 21).
+            server_settings={"plan_cache_mode": "force_generic_plan"},
+        )
         stack.push_async_callback(pool.close)
         if providers is None:
             providers = build_providers(settings)
@@ -180,7 +194,10 @@ async def run_worker(
                 max_attempts=settings.delivery_max_attempts,
                 window=settings.worker_concurrency,
                 retry_base_seconds=settings.delivery_retry_base_seconds,
+                max_throttles=settings.delivery_max_throttles,
+                lease_seconds=settings.stalled_job_seconds,
             ),
+            leases=Leases(settings.stalled_job_seconds),
             stopping=stop.stopping,
             aborting=stop.aborting,
             limiter=Limiter(
@@ -217,7 +234,7 @@ async def run_worker(
             ),
             "heartbeat": supervision.every(
                 max(1.0, stalled / 3),
-                lambda: update_heartbeat(app, worker),
+                lambda: update_heartbeat(app, worker, resources),
                 name="heartbeat",
                 expected=DATABASE_ERRORS,
             ),

@@ -46,10 +46,11 @@ class TransientError(ProviderError):
 
 
 class Throttled(TransientError):
-    """The provider asked us to slow down (429 with Retry-After): every worker pauses it
-    for `retry_after_seconds`, and the delivery waits without spending an attempt."""
+    """The provider asked us to slow down (429, or 503 with Retry-After): the delivery
+    waits `retry_after_seconds` (None: the provider did not say; the delivery's backoff
+    decides) without spending an attempt, up to DELIVERY_MAX_THROTTLES times."""
 
-    def __init__(self, detail: str, retry_after_seconds: float) -> None:
+    def __init__(self, detail: str, retry_after_seconds: float | None) -> None:
         super().__init__(detail)
         self.retry_after_seconds = retry_after_seconds
 

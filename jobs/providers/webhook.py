@@ -36,6 +36,9 @@ MAX_ERROR_CHARS = 500
 # A Retry-After further away than this is taken as this: a typo or a hostile receiver must
 # not stop deliveries for days.
 MAX_RETRY_AFTER_SECONDS = 3600.0
+# And one closer than this (0, a date already past) as this: a receiver answering
+# `429, Retry-After: 0` must not get the same message again at once, for ever.
+MIN_RETRY_AFTER_SECONDS = 1.0
 
 
 class WebhookProvider:
@@ -127,10 +130,13 @@ async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
 
 def _refusal(status: int, answer: bytes, retry_after: str | None) -> ProviderError:
     detail = f"HTTP {status}: {answer[:MAX_ERROR_CHARS].decode('utf-8', 'replace')}"
-    if status in _THROTTLING and retry_after is not None:
-        seconds = retry_after_seconds(retry_after)
-        if seconds is not None:
-            return Throttled(detail, seconds)
+    seconds = None if retry_after is None else retry_after_seconds(retry_after)
+    if status == 429:
+        # Throttled whatever its Retry-After: without a readable one, the delivery's own
+        # backoff decides the wait (jobs/delivery.py), at least a second.
+        return Throttled(detail, seconds)
+    if status in _THROTTLING and seconds is not None:
+        return Throttled(detail, seconds)
     if status in _TRANSIENT_4XX or 500 <= status < 600:
         return TransientError(detail)
     # Other 4xx, and redirects, which we do not follow: another attempt would fare the same.
@@ -138,8 +144,9 @@ def _refusal(status: int, answer: bytes, retry_after: str | None) -> ProviderErr
 
 
 def retry_after_seconds(value: str, now: float | None = None) -> float | None:
-    """A Retry-After header as seconds from `now` (time.time() by default), at most
-    MAX_RETRY_AFTER_SECONDS; None when it is neither delay-seconds nor an HTTP-date."""
+    """A Retry-After header as seconds from `now` (time.time() by default), from
+    MIN_RETRY_AFTER_SECONDS to MAX_RETRY_AFTER_SECONDS; None when it is neither
+    delay-seconds nor an HTTP-date (a negative number, a fraction, text)."""
     value = value.strip()
     if value.isdecimal():
         seconds = float(value)
@@ -151,7 +158,7 @@ def retry_after_seconds(value: str, now: float | None = None) -> float | None:
         if when.tzinfo is None:  # "-0000" or asctime's format: HTTP-dates are in GMT
             when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - (time.time() if now is None else now)
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+    return min(max(seconds, MIN_RETRY_AFTER_SECONDS), MAX_RETRY_AFTER_SECONDS)
 
 
 def _message_id(content: bytes) -> str | None:

@@ -164,10 +164,10 @@ async def test_a_delivery_whose_outcome_cannot_be_recorded_fails_alone_after_one
     assert rows[1]["attempts"] == 1
 
 
-async def test_a_window_that_can_never_commit_is_sent_at_most_max_attempts_times(
+async def test_sends_that_can_never_be_counted_as_sent_go_once_and_fail(
     client, db, webhook_settings, sink
 ):
-    # Nothing can be counted as sent for this run: every window fails, its salvage too.
+    # Nothing can be counted as sent for this run: every record of a send fails.
     await db.execute(
         """
         CREATE FUNCTION refuse_counting() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -179,20 +179,20 @@ async def test_a_window_that_can_never_commit_is_sent_at_most_max_attempts_times
 
     _, rows = await deliver(client, db, webhook_settings, n=3)
 
-    assert reached(sink) == {f"user{i}@example.com": MAX_ATTEMPTS for i in range(3)}
-    assert {(r["status"], r["attempts"]) for r in rows} == {("failed", MAX_ATTEMPTS)}
-    # Each send was counted per delivery when its window rolled back, then folded into
-    # `attempts` by the window that gave up.
-    assert rows[0]["last_error"].startswith("gave up after 3 attempts (3 not recorded); last: ")
-    assert "refused" in rows[0]["last_error"]
-    assert await db.fetchval("SELECT count(*) FROM delivery_unrecorded_sends") == 0
+    # Each send was counted when its window claimed it; the record failed, and each
+    # delivery was then stored on its own as the one outcome the database takes.
+    assert reached(sink) == {f"user{i}@example.com": 1 for i in range(3)}
+    assert {(r["status"], r["attempts"]) for r in rows} == {("failed", 1)}
+    assert rows[0]["last_error"] == (
+        "its outcome could not be stored (RaiseError); the answer is lost"
+    )
 
 
-async def test_a_committed_attempt_and_unrecorded_sends_share_one_limit(
+async def test_a_committed_attempt_and_an_unrecorded_one_share_one_limit(
     client, db, webhook_settings, sink
 ):
     # The first send is a 503, recorded (attempt 1, a follow-up job); from then on no send
-    # can be recorded. Attempts of both kinds add up to DELIVERY_MAX_ATTEMPTS, not more.
+    # can be recorded as sent. The second attempt was counted at its claim all the same.
     sink.script.append(Reply(status=503, body=b"busy"))
     await db.execute(
         """
@@ -205,16 +205,16 @@ async def test_a_committed_attempt_and_unrecorded_sends_share_one_limit(
 
     _, rows = await deliver(client, db, webhook_settings, n=1)
 
-    assert reached(sink) == {"user0@example.com": MAX_ATTEMPTS}
-    assert (rows[0]["status"], rows[0]["attempts"]) == ("failed", MAX_ATTEMPTS)
-    assert rows[0]["last_error"].startswith("gave up after 3 attempts (2 not recorded)")
+    assert reached(sink) == {"user0@example.com": 2}
+    assert (rows[0]["status"], rows[0]["attempts"]) == ("failed", 2)
+    assert rows[0]["last_error"].startswith("its outcome could not be stored")
 
 
 async def test_a_row_that_refuses_every_outcome_is_sent_at_most_max_attempts_times(
     client, db, webhook_settings, sink
 ):
-    # user1's row can be neither sent nor failed: each send of it is counted apart, and
-    # once they reach the limit it is sent no more. The others are delivered once, and
+    # user1's row can be neither sent nor failed: each send of it is counted at its
+    # claim, and once they reach the limit it is sent no more. The others are delivered once, and
     # the job ends rather than trying for ever.
     await db.execute(
         """
@@ -248,9 +248,8 @@ async def test_a_row_that_refuses_every_outcome_is_sent_at_most_max_attempts_tim
     assert [j["status"] for j in jobs] == ["succeeded"]
     rows = await deliveries(db, run["id"])
     assert [r["status"] for r in rows] == ["sent", "pending", "sent", "sent"]
-    unrecorded = await db.fetchrow("SELECT sends, last_error FROM delivery_unrecorded_sends")
-    assert unrecorded["sends"] == MAX_ATTEMPTS
-    assert unrecorded["last_error"] == "its outcome could not be stored"
+    # Each send counted at its claim: the row that refuses every outcome shows them.
+    assert (rows[1]["attempts"], rows[1]["claim"]) == (MAX_ATTEMPTS, None)
 
 
 async def test_a_transient_failure_whose_follow_up_cannot_be_deferred_is_not_resent_early(

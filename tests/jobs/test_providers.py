@@ -599,8 +599,8 @@ async def test_webhook_retry_after_as_an_http_date_is_the_seconds_until_then(
     [
         ("86400", 3600.0),  # a day: at most an hour
         (format_datetime(datetime.now(UTC) + timedelta(days=2), True), 3600.0),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # already past: now
-        ("0", 0.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 1.0),  # already past: at least a second
+        ("0", 1.0),
     ],
     ids=["a-day", "a-date-in-2-days", "a-past-date", "zero"],
 )
@@ -616,16 +616,32 @@ async def test_webhook_retry_after_is_bounded(
 
 
 @pytest.mark.parametrize(
+    "headers",
+    [{}, {"Retry-After": "soon"}, {"Retry-After": "-5"}, {"Retry-After": "1.5"}],
+    ids=["without", "not-a-date", "negative", "fraction"],
+)
+async def test_webhook_429_without_a_readable_retry_after_is_throttled_for_the_backoff(
+    webhook: WebhookProvider, http_sink: HttpSink, headers: dict[str, str]
+) -> None:
+    http_sink.default = Reply(429, b"busy", headers=headers)
+
+    with pytest.raises(Throttled) as caught:
+        await webhook.send(message(1))
+
+    # No wait said: the delivery's own backoff decides it (at least 1 s, jobs/delivery.py).
+    assert caught.value.retry_after_seconds is None
+    assert caught.value.detail == "HTTP 429: busy"
+
+
+@pytest.mark.parametrize(
     ("status", "headers"),
     [
-        (429, {}),
-        (429, {"Retry-After": "soon"}),
-        (429, {"Retry-After": "-5"}),
-        (429, {"Retry-After": "1.5"}),
+        (503, {}),
+        (503, {"Retry-After": "soon"}),
         (500, {"Retry-After": "30"}),
         (408, {"Retry-After": "30"}),
     ],
-    ids=["429-without", "429-not-a-date", "429-negative", "429-fraction", "500", "408"],
+    ids=["503-without", "503-not-a-date", "500", "408"],
 )
 async def test_webhook_other_transient_answers_are_not_throttled(
     webhook: WebhookProvider, http_sink: HttpSink, status: int, headers: dict[str, str]

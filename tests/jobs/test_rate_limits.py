@@ -118,11 +118,15 @@ async def test_a_brand_cap_below_the_channel_limit_is_what_holds(small_jobs, db,
     assert busiest <= 10 + 2 + CONCURRENCY, busiest  # burst: 0.2 s of 10/s, at least 1: 2
 
 
-async def test_a_429_with_retry_after_pauses_every_worker_without_spending_attempts(
+async def test_429s_to_most_of_a_window_pause_every_worker_without_spending_attempts(
     small_jobs, db, database_url, sink, workers
 ):
-    # A NUL in the answer: the pause is stored all the same, the words replaced.
-    sink.script.append(Reply(status=429, body=b"slow\x00down", headers={"Retry-After": "2"}))
+    # The first 8 answers (two windows' worth: at least 4 to one worker however the two
+    # share them): the provider as a whole asks to wait. A NUL in the answer: the pause is
+    # stored all the same, the words replaced.
+    sink.script.extend(
+        [Reply(status=429, body=b"slow\x00down", headers={"Retry-After": "2"})] * (2 * CONCURRENCY)
+    )
     pause_seen = asyncio.create_task(first_seen(database_url, "SELECT 1 FROM provider_pauses"))
 
     run_id = await two_workers_deliver(small_jobs, db, sink, workers, 60)
@@ -138,8 +142,8 @@ async def test_a_429_with_retry_after_pauses_every_worker_without_spending_attem
     assert len(in_pause) <= 2 * CONCURRENCY, len(in_pause)
     rows = await deliveries(db, run_id)
     assert {row["status"] for row in rows} == {"sent"}
-    paused_one = next(
-        r for r in rows if f"{run_id}:{r['position']}" == throttled.json()["delivery_id"]
-    )
-    assert paused_one["attempts"] == 1  # the 429 was no attempt
+    paused = {r.json()["delivery_id"] for r in sink.requests[: 2 * CONCURRENCY]}
+    paused_rows = [r for r in rows if f"{run_id}:{r['position']}" in paused]
+    # The 429 was no attempt, but a throttle.
+    assert {(r["attempts"], r["throttles"]) for r in paused_rows} == {(1, 1)}
     assert pause["provider"] == "webhook" and pause["reason"] == "HTTP 429: slow\ufffddown"

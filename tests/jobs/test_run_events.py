@@ -182,6 +182,69 @@ async def test_an_unreachable_receiver_is_retried_for_the_retry_window_then_list
     assert await db.fetchval("SELECT count(*) FROM ops_undelivered_events") == 0
 
 
+async def test_an_expired_event_never_keeps_a_later_one_from_being_tried(events_settings, db, sink):
+    """After an outage longer than EVENTS_RETRY_HOURS, run.started's own job has given up.
+    The run.completed job still tries run.started once, gives it up for good (`expired`)
+    and tries run.completed, then again on run.completed's own schedule."""
+    sink.default = Reply(status=503)
+    settings = replace(events_settings, events_retry_base_seconds=3600)
+    async with AsyncTestClient(create_app(settings)) as client:
+        campaign = await create_campaign(client)
+        run = (await publish(client, campaign["id"], {"recipients": recipients(2)})).json()
+    run_id = uuid.UUID(run["id"])
+    for position in (0, 1):  # what two windows commit: running, then completed
+        async with db.transaction():
+            await db.execute(
+                "UPDATE deliveries SET status = 'sent' WHERE run_id = $1 AND position = $2",
+                run_id,
+                position,
+            )
+            await RunRepository(db).count_outcomes(run_id, 1, 0, 0)
+    started, completed = await events_of(db, run["id"])
+    # run.started has been retried for 73 hours; its job gave up (failed).
+    await db.execute(
+        "UPDATE run_events SET occurred_at = now() - interval '73 hours', attempts = 40"
+        " WHERE id = $1",
+        started["id"],
+    )
+    await db.execute(
+        "UPDATE procrastinate_jobs SET status = 'failed' WHERE id = $1", started["job_id"]
+    )
+
+    async def completed_tried(times: int) -> bool:
+        return (await events_of(db, run["id"]))[1]["attempts"] == times
+
+    await work_until(settings, lambda: completed_tried(1))
+
+    assert [(r.json()["type"], r.status) for r in received(sink, run["id"])] == [
+        ("run.started", 503),
+        ("run.completed", 503),
+    ]
+    started, completed = await events_of(db, run["id"])
+    assert (started["status"], completed["status"]) == ("expired", "pending")
+    view = await db.fetchrow(
+        "SELECT * FROM ops_undelivered_events WHERE event_id = $1", completed["id"]
+    )
+    # run.completed's own backoff: 3,600 s x 2^0, +-50%, from its first attempt.
+    assert view["job_status"] == "todo"
+    assert (view["next_attempt_at"] - view["last_attempt_at"]).total_seconds() >= 1790
+    assert (
+        await db.fetchval(
+            "SELECT status FROM ops_undelivered_events WHERE event_id = $1", started["id"]
+        )
+        == "expired"
+    )
+
+    sink.default = Reply()  # the receiver is back when run.completed's retry is due
+    await db.execute(
+        "UPDATE procrastinate_jobs SET scheduled_at = now() WHERE id = $1", completed["job_id"]
+    )
+    await work_until(settings, lambda: completed_tried(2))
+    answered = [(r.json()["type"], r.status) for r in received(sink, run["id"])]
+    assert answered[2:] == [("run.completed", 200)]  # run.started is never sent after it
+    assert [e["status"] for e in await events_of(db, run["id"])] == ["expired", "delivered"]
+
+
 async def test_cancel_sends_run_cancelled_after_run_started(events_settings, db, sink):
     async with AsyncTestClient(create_app(events_settings)) as client:
         campaign = await create_campaign(client)
