@@ -9,6 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
+from db.runs import UPDATED_COLUMNS, counted
 from db.text import storable
 
 MAX_LAST_ERROR = 1000
@@ -71,6 +72,9 @@ class Recorded:
     wake_at: datetime | None
     """The earliest `not_before` of the deliveries it left pending, on the database's
     real clock: when the range's follow-up job is due."""
+    change: asyncpg.Record | None
+    """The run after its counters moved (with `previous_status`), if it had not ended:
+    for its status change's event (RunRepository.record_status_change)."""
 
 
 class DeliveryRepository:
@@ -175,7 +179,7 @@ class DeliveryRepository:
         outcomes = sorted(outcomes, key=lambda o: o.position)  # rows locked in key order
         positions = [o.position for o in outcomes]
         row = await self.conn.fetchrow(
-            """
+            f"""
             WITH run AS (
                 SELECT status FROM runs WHERE id = $1 FOR UPDATE
             ), o AS (
@@ -206,13 +210,29 @@ class DeliveryRepository:
                        OR (run.status = 'cancelled' AND d.status = 'skipped'
                            AND d.reason = 'cancelled' AND o.status IN ('sent', 'failed')))
                 RETURNING d.status, d.not_before
+            ), counts AS (
+                SELECT count(*) FILTER (WHERE status = 'sent') AS sent,
+                       count(*) FILTER (WHERE status = 'failed') AS failed,
+                       count(*) FILTER (WHERE status = 'skipped') AS skipped,
+                       min(not_before) FILTER (WHERE status = 'pending') - $12::interval
+                           AS wake_at
+                FROM updated
+            ), counted AS (
+                UPDATE runs SET {counted("c.sent", "c.failed", "c.skipped")}
+                FROM counts c, run
+                WHERE runs.id = $1 AND run.status IN ('scheduled', 'queued', 'running')
+                RETURNING run.status AS previous_status, {UPDATED_COLUMNS}
+            ), after_cancel AS (
+                -- Skipped by a cancel that committed while they were being sent: they move
+                -- from the skipped count to the outcome the provider gave.
+                UPDATE runs SET sent_count = sent_count + c.sent,
+                                failed_count = failed_count + c.failed,
+                                skipped_count = skipped_count - c.sent - c.failed
+                FROM counts c, run
+                WHERE runs.id = $1 AND run.status = 'cancelled' AND c.sent + c.failed > 0
             )
-            SELECT count(*) FILTER (WHERE status = 'sent') AS sent,
-                   count(*) FILTER (WHERE status = 'failed') AS failed,
-                   count(*) FILTER (WHERE status = 'skipped') AS skipped,
-                   min(not_before) FILTER (WHERE status = 'pending') - $12::interval AS wake_at,
-                   (SELECT status FROM run) AS run_status
-            FROM updated
+            SELECT counts.*, (SELECT status FROM run) AS run_status, counted.*
+            FROM counts LEFT JOIN counted ON true
             """,
             run_id,
             positions,
@@ -232,8 +252,9 @@ class DeliveryRepository:
             max(positions),
         )
         assert row is not None
+        change = row if row["previous_status"] is not None else None
         return Recorded(
-            row["sent"], row["failed"], row["skipped"], row["run_status"], row["wake_at"]
+            row["sent"], row["failed"], row["skipped"], row["run_status"], row["wake_at"], change
         )
 
     async def release(self, run_id: UUID, token: UUID, attempts: Mapping[int, int]) -> None:

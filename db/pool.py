@@ -61,6 +61,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What the pool does to a connection given back, beyond what asyncpg always does (roll
+    back an open transaction, forget listeners): nothing. asyncpg's default sends `SELECT
+    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`, a round trip per release,
+    for session state this service never leaves: its advisory locks and settings are all
+    transaction-scoped, it opens no cursor outside a transaction, and the one LISTEN
+    connection takes its listeners off itself (jobs/asyncpg_connector.py)."""
+
+
 # asyncpg waits 60 s for a new connection by default: long enough to hold up a worker's
 # shutdown, or every request, while the database is unreachable.
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -78,6 +87,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         timeout=CONNECT_TIMEOUT_SECONDS,
         server_settings=server_settings,
     )

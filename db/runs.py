@@ -23,7 +23,22 @@ COLUMNS = (
 )
 """The fields of a run as the API shows it (app.schemas.Run)."""
 _RUN_FIELDS = [column.strip() for column in COLUMNS.split(",")]
-_UPDATED_COLUMNS = ", ".join(f"runs.{column}" for column in _RUN_FIELDS)
+UPDATED_COLUMNS = ", ".join(f"runs.{column}" for column in _RUN_FIELDS)
+"""A run's fields in the RETURNING of an UPDATE of `runs` (record_status_change)."""
+
+
+def counted(sent: str, failed: str, skipped: str) -> str:
+    """The SET list that adds outcomes (SQL expressions) to a run's counters: the run is
+    `running` from its first attempt and `completed` by the window that settles its last
+    pending delivery."""
+    settled = f"sent_count + failed_count + skipped_count + {sent} + {failed} + {skipped}"
+    return f"""
+        sent_count = sent_count + {sent},
+        failed_count = failed_count + {failed},
+        skipped_count = skipped_count + {skipped},
+        started_at = coalesce(started_at, now()),
+        status = CASE WHEN {settled} = total_recipients THEN 'completed' ELSE 'running' END,
+        completed_at = CASE WHEN {settled} = total_recipients THEN now() END"""
 DELIVERY_COLUMNS = (
     "run_id, position, person_id, recipient, status, reason, attempts, last_error, "
     "provider_message_id, sent_at, outcome, outcome_at, outcome_detail, not_before"
@@ -184,40 +199,18 @@ class RunRepository:
         last pending delivery. Returns the run's new status (None if it had ended)."""
         record: asyncpg.Record | None = await self.conn.fetchrow(
             f"""
-            UPDATE runs SET
-                sent_count = sent_count + $2,
-                failed_count = failed_count + $3,
-                skipped_count = skipped_count + $4,
-                started_at = coalesce(started_at, now()),
-                status = CASE WHEN sent_count + failed_count + skipped_count + $2 + $3 + $4
-                                   = total_recipients
-                              THEN 'completed' ELSE 'running' END,
-                completed_at = CASE WHEN sent_count + failed_count + skipped_count + $2 + $3 + $4
-                                         = total_recipients
-                                    THEN now() END
+            UPDATE runs SET {counted("$2", "$3", "$4")}
             FROM {_BEFORE}
             WHERE runs.id = $1 AND runs.status IN ('scheduled', 'queued', 'running')
-            RETURNING before.status AS previous_status, {_UPDATED_COLUMNS}
+            RETURNING before.status AS previous_status, {UPDATED_COLUMNS}
             """,
             run_id, sent, failed, skipped,
         )  # fmt: skip
         if record is None:
             return None
-        await self._record_event(record)
+        await self.record_status_change(record)
         status: str = record["status"]
         return status
-
-    async def count_sent_after_cancel(self, run_id: UUID, sent: int, failed: int) -> None:
-        """Deliveries that a cancel skipped while their window was sending them, recorded
-        as the provider answered: they move from the skipped count to theirs."""
-        await self.conn.execute(
-            """
-            UPDATE runs SET sent_count = sent_count + $2, failed_count = failed_count + $3,
-                            skipped_count = skipped_count - $2 - $3
-            WHERE id = $1 AND status = 'cancelled'
-            """,
-            run_id, sent, failed,
-        )  # fmt: skip
 
     async def cancel(self, run_id: UUID, skipped: int) -> dict[str, Any]:
         """The run, now cancelled (its fields as the API shows them)."""
@@ -227,16 +220,17 @@ class RunRepository:
                             completed_at = now()
             FROM {_BEFORE}
             WHERE runs.id = $1
-            RETURNING before.status AS previous_status, {_UPDATED_COLUMNS}
+            RETURNING before.status AS previous_status, {UPDATED_COLUMNS}
             """,
             run_id, skipped,
         )  # fmt: skip
-        await self._record_event(record)
+        await self.record_status_change(record)
         return _run_of(record)
 
-    async def _record_event(self, change: asyncpg.Record) -> None:
+    async def record_status_change(self, change: asyncpg.Record) -> None:
         """Every status change to running, completed or cancelled writes its event (and
-        the job that sends it) in the transaction of the change."""
+        the job that sends it) in the transaction of the change. `change`: the run's row
+        after an UPDATE, with its `previous_status`."""
         status = change["status"]
         if status != change["previous_status"] and status in EVENT_TYPES:
             await RunEventRepository(self.conn).record(change["id"], status, _run_of(change))

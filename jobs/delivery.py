@@ -435,11 +435,8 @@ async def _store(
         recorded = await DeliveryRepository(conn).record(
             run_id, window.token, outcomes, resources.clock_offset
         )
-        runs = RunRepository(conn)
-        if recorded.run_status in NOT_ENDED:
-            await runs.count_outcomes(run_id, recorded.sent, recorded.failed, recorded.skipped)
-        elif recorded.run_status == "cancelled" and (recorded.sent or recorded.failed):
-            await runs.count_sent_after_cancel(run_id, recorded.sent, recorded.failed)
+        if recorded.change is not None:
+            await RunRepository(conn).record_status_change(recorded.change)
         if pause := _provider_pause(resources, window.provider.name, outcomes):
             seconds, reason = pause
             await RateLimitRepository(conn).pause(window.provider.name, seconds, reason)

@@ -388,7 +388,7 @@ def test_an_events_url_needs_its_secret_and_a_day_of_retries_at_least():
         Settings.from_env(
             {**base, "EVENTS_WEBHOOK_URL": "hooks.example.com", "EVENTS_WEBHOOK_SECRET": "s"}
         )
-    with pytest.raises(SettingsError, match="EVENTS_RETRY_HOURS=.12.: Expected `int` >= 24"):
+    with pytest.raises(SettingsError, match=r"EVENTS_RETRY_HOURS=.12.: Expected `int` >= 24"):
         Settings.from_env({**base, "EVENTS_RETRY_HOURS": "12"})
     configured = Settings.from_env(
         {**base, "EVENTS_WEBHOOK_URL": "https://h.example.com/", "EVENTS_WEBHOOK_SECRET": "s"}
