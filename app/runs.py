@@ -35,7 +35,7 @@ async def cancel_run(
     """Pending deliveries become skipped (`cancelled`), and the run's delivery jobs still
     waiting in the queue (all of a scheduled run's) are removed. Once this commits, no
     window claims a delivery of the run; a window that claimed some before and is sending
-    them records what the provider answered (docs/decisions.md, "Cancel")."""
+    them records what the provider answered (docs/adr/0050-cancel-does-not-wait.md)."""
     async with conn.transaction():
         run = await visible_run(conn, campaign_id, run_id, caller)
         runs = RunRepository(conn)
