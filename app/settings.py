@@ -10,6 +10,8 @@ from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from app.schemas import MAX_PER_SECOND, MIN_PER_SECOND
+
 Provider = Literal["log", "smtp", "webhook"]
 
 # Used only when MESSAGING_DEV_MODE is on and no key is configured; never in production.
@@ -45,9 +47,9 @@ class Settings:
     jwt_audience: str | None = None
     """When set, tokens must carry this `aud`."""
     cursor_secret: str | None = None
-    """HMAC key of pagination cursors. Default: derived from the JWT key, so that every
-    web process of a deployment accepts the others' cursors. Set it when tokens are
-    verified with JWT_PUBLIC_KEY (a public key is no secret)."""
+    """The secret that pagination cursors are encrypted with (AES-256-GCM, app/pagination.py).
+    Default: JWT_SECRET, so that every web process of a deployment accepts the others'
+    cursors. Required with JWT_PUBLIC_KEY or JWT_JWKS_URL (a public key is no secret)."""
     dev_mode: bool = False
     """MESSAGING_DEV_MODE=1: allows starting without a JWT key (a fixed, public dev secret)."""
     email_provider: Provider = "log"
@@ -90,6 +92,13 @@ class Settings:
     """Backoff of a transient failure: base * 2^(attempts-1), with +-50% jitter, max 300 s."""
     stalled_job_seconds: int = 30
     """A job whose worker sent no heartbeat for this long is requeued (worker crashed)."""
+    metrics_port: int | None = None
+    """Port of the web process's Prometheus endpoint (`/metrics`), apart from PORT: set,
+    `/metrics` is served there only, and a deployment exposes PORT alone to the public.
+    Unset or 0: `/metrics` is on PORT, beside the API."""
+    metrics_refresh_seconds: float = 5.0
+    """How often the web process reads the queue figures of `/metrics` (ops_queue_depth)
+    from the database; a scrape never does."""
     worker_metrics_port: int | None = None
     """Port of the worker's Prometheus endpoint (`/metrics`); unset or 0: none. One port per
     worker process: several workers on one host need one each."""
@@ -188,6 +197,8 @@ class Settings:
                 worker_jobs=_positive(env, "WORKER_JOBS", 4),
                 delivery_retry_base_seconds=_seconds(env, "DELIVERY_RETRY_BASE_SECONDS", 2.0),
                 stalled_job_seconds=_positive(env, "STALLED_JOB_SECONDS", 30),
+                metrics_port=int(env.get("METRICS_PORT") or 0) or None,
+                metrics_refresh_seconds=_seconds(env, "METRICS_REFRESH_SECONDS", 5.0),
                 worker_metrics_port=int(env.get("WORKER_METRICS_PORT") or 0) or None,
                 smtp_from=env.get("SMTP_FROM") or None,
                 job_retention_hours=_positive(env, "JOB_RETENTION_HOURS", 168),
@@ -255,10 +266,17 @@ def _optional_positive(env: dict[str, str], name: str) -> int | None:
 
 
 def _optional_rate(env: dict[str, str], name: str) -> float | None:
-    """Messages per second, more than 0; unset or empty: None (no limit)."""
+    """Messages per second, MIN_PER_SECOND to MAX_PER_SECOND (as a brand's own cap); unset
+    or empty: None (no limit)."""
     if not env.get(name):
         return None
-    return _seconds(env, name, 0.0)
+    value = _seconds(env, name, 0.0)
+    if not MIN_PER_SECOND <= value <= MAX_PER_SECOND:
+        raise SettingsError(
+            f"{name} must be {MIN_PER_SECOND} to {MAX_PER_SECOND:,.0f} messages per second;"
+            f" got {env[name]}"
+        )
+    return value
 
 
 def _seconds(env: dict[str, str], name: str, default: float) -> float:

@@ -17,6 +17,8 @@ from app.errors import Unauthenticated
 from app.feedback import (
     MAX_BODY_BYTES,
     BadSignature,
+    ReceivedEvents,
+    decode_webhook_events,
     sendgrid_feedback,
     verify_sendgrid,
     webhook_feedback,
@@ -60,23 +62,33 @@ async def sendgrid_signature(
         raise Unauthenticated(str(exc)) from None
 
 
+class EventByEvent(MsgspecJSON[ProviderEvents]):
+    """The body as the document shows it (ProviderEvents), decoded event by event
+    (app/feedback.py): an event that is not one is reported, and the others apply."""
+
+    def decode_bytes(self, value: bytes) -> Any:
+        return decode_webhook_events(self.asgi_connection.headers.get("content-type"), value)
+
+
 @post(
     "/v1/messaging/providers/webhook/events",
     status_code=200,
     tags=["providers"],
-    dto=MsgspecJSON[ProviderEvents],
+    dto=EventByEvent,
     return_dto=None,
     request_max_body_size=MAX_BODY_BYTES,
     **signed("WebhookSignature", webhook_signature, 400, 413, 415, 503),
 )
 async def webhook_events(
-    conn: Conn, data: Annotated[ProviderEvents, Body()]
+    conn: Conn, data: Annotated[ReceivedEvents, Body()]
 ) -> ProviderEventsResult:
     """Outcomes reported by the webhook provider, 1 to 1,000 events per request, signed
     with `X-Signature: sha256=<hex HMAC-SHA256 of the raw body with WEBHOOK_SECRET>`.
     Each sets its delivery's `outcome`; `bounced` and `complained` suppress the address for
     the run's brand. A replay changes nothing; unknown delivery ids are listed in the
-    answer and the other events still apply."""
+    answer and the other events still apply. So do they when some events are not events
+    of this format (a field missing, an `occurred_at` before 1970 or more than a day
+    ahead): those are skipped and listed in `invalid_events`."""
     return await webhook_feedback(conn, data)
 
 
@@ -88,9 +100,11 @@ async def webhook_events(
     **signed("SendGridSignature", sendgrid_signature, 400, 413, 415, 503),
 )
 async def sendgrid_events(request: Request[Any, Any, State], conn: Conn) -> ProviderEventsResult:
-    """SendGrid's Event Webhook: a JSON array of SendGrid events, signed with ECDSA
-    (SENDGRID_WEBHOOK_PUBLIC_KEY). Its `delivered`, `bounce` and `spamreport` events set the
-    outcome of the delivery named by their `delivery_id` custom argument; the others
-    (processed, deferred, open, click, blocked bounces, ...) are ignored."""
+    """SendGrid's Event Webhook: a JSON array of at most 1,000 SendGrid events, signed
+    with ECDSA (SENDGRID_WEBHOOK_PUBLIC_KEY) over a timestamp within 10 minutes of now
+    (else 401). Its `delivered`, `bounce` and `spamreport` events set the outcome of the
+    delivery named by their `delivery_id` custom argument; the others (processed,
+    deferred, open, click, blocked bounces, ...) are ignored; events of another shape are
+    skipped and listed in `invalid_events`."""
     body = await request.body()
     return await sendgrid_feedback(conn, request.headers.get("content-type"), body)

@@ -14,6 +14,7 @@ import copy
 import hashlib
 import hmac
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -344,11 +345,12 @@ def webhook_signed(body: bytes) -> dict[str, str]:
 
 
 def sendgrid_signed(body: bytes) -> dict[str, str]:
-    signature = SENDGRID_KEY.sign(b"1795860000" + body, ec.ECDSA(hashes.SHA256()))
+    timestamp = str(int(time.time()))  # SendGrid signs now; older is a replay
+    signature = SENDGRID_KEY.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
     return {
         "Content-Type": "application/json",
         "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
-        "X-Twilio-Email-Event-Webhook-Timestamp": "1795860000",
+        "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
     }
 
 
@@ -514,7 +516,7 @@ async def provider_body(
 
 async def provider_malformed(t: Tour, op: Op) -> Any:
     return await provider_body(
-        t, op, b'{"events": [{"type": "opened"}]}' if "webhook" in op[1] else b"{}"
+        t, op, b'{"events": {"type": "opened"}}' if "webhook" in op[1] else b"{}"
     )
 
 
