@@ -80,12 +80,26 @@ def decode_json(content_type: str | None, body: bytes, type_: type[T]) -> T:
         # the real ones) gets here: refused the same way.
         raise too_deep from None
     except msgspec.ValidationError as exc:
-        message, _, path = str(exc).partition(" - at `")
-        raise InvalidInput(
-            "the request body is not valid", {path.rstrip("`") or "$": message}
-        ) from None
+        path, message = validation_problem(exc)
+        raise InvalidInput("the request body is not valid", {path: message}) from None
     except msgspec.DecodeError as exc:
         raise InvalidInput("the request body is not valid JSON", {"$": str(exc)}) from None
+
+
+def validation_problem(exc: msgspec.ValidationError, within: str = "$") -> tuple[str, str]:
+    """(JSON path, problem) of what msgspec refused, the path under `within`."""
+    message, _, path = str(exc).partition(" - at `")
+    return within + path.rstrip("`").removeprefix("$"), without_value(message)
+
+
+_QUOTED_VALUE = re.compile(r"^(Invalid (?:enum |tag )?value) .+$", re.DOTALL)
+
+
+def without_value(message: str) -> str:
+    """msgspec's message without the value it quotes ("Invalid enum value 'x'"): an
+    error body names where and what is wrong, never what the caller sent there, which
+    may be patient data (an address where a reason belongs)."""
+    return _QUOTED_VALUE.sub(r"\1", message)
 
 
 def nested_at_most(body: bytes, levels: int) -> bool:

@@ -27,6 +27,7 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+from app.body import without_value
 from app.errors import (
     BadState,
     ForbiddenBrand,
@@ -133,7 +134,7 @@ def _validation_response(exc: ValidationException) -> Response[Error]:
     details: dict[str, str] = {}
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict) and "message" in item:
-            message = str(item["message"])
+            message = without_value(str(item["message"]))
             if item.get("key") == "data" and message == "'data'":
                 message = "a JSON body is required"  # Litestar's words for an empty body
             details[_where(item)] = message

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
-from app.body import decode_json
+from app.body import decode_json, validation_problem
 from app.recipients import normalise
 from app.schemas import MAX_PROVIDER_EVENTS, ProviderEvent, ProviderEventsResult
 from db.outcomes import OUTCOME_RANK, OutcomeRepository, ReportedOutcome
@@ -85,7 +85,7 @@ def decode_webhook_events(content_type: str | None, body: bytes) -> ReceivedEven
         try:
             event = _EVENT.decode(raw)
         except msgspec.ValidationError as exc:
-            received.invalid.update([_problem(exc, where)])
+            received.invalid.update([validation_problem(exc, where)])
             continue
         if not _plausible(event.occurred_at):
             received.invalid[f"{where}.occurred_at"] = IMPLAUSIBLE
@@ -113,12 +113,6 @@ IMPLAUSIBLE = "not a time of this message: before 1970, or more than a day ahead
 def _plausible(occurred_at: datetime) -> bool:
     # Compared as instants: no conversion that could overflow (year 9999 at -14:00).
     return EARLIEST_EVENT <= occurred_at <= datetime.now(UTC) + LATEST_EVENT_AHEAD
-
-
-def _problem(exc: msgspec.ValidationError, where: str) -> tuple[str, str]:
-    """(JSON path, problem) of an event that msgspec refused, its path within the body."""
-    message, _, path = str(exc).partition(" - at `")
-    return where + path.rstrip("`").removeprefix("$"), message
 
 
 # SendGrid's Event Webhook
@@ -172,7 +166,7 @@ async def sendgrid_feedback(
         try:
             event = _SENDGRID_EVENT.decode(raw)
         except msgspec.ValidationError as exc:
-            invalid.update([_problem(exc, f"$[{index}]")])
+            invalid.update([validation_problem(exc, f"$[{index}]")])
             continue
         outcome = sendgrid_outcome(event)
         if outcome is None:
@@ -214,18 +208,27 @@ def load_sendgrid_key(text: str) -> ec.EllipticCurvePublicKey:
     return key
 
 
+def check_sendgrid_timestamp(timestamp: str | None) -> None:
+    """BadSignature unless `timestamp` (Unix seconds, as signed) is within
+    SENDGRID_TIMESTAMP_SKEW of now: a body signed long ago is a replay."""
+    try:
+        skew = abs(time.time() - int(timestamp or ""))
+    except ValueError:  # absent, not a whole number, or thousands of digits long
+        raise BadSignature("a SendGrid timestamp (Unix seconds) is required") from None
+    if skew > SENDGRID_TIMESTAMP_SKEW.total_seconds():
+        raise BadSignature(
+            "the SendGrid timestamp is more than 10 minutes from now: a replay, or a clock off"
+        )
+
+
 def verify_sendgrid(
-    key: ec.EllipticCurvePublicKey | None,
-    body: bytes,
-    signature: str | None,
-    timestamp: str | None,
-    now: datetime | None = None,
+    key: ec.EllipticCurvePublicKey | None, body: bytes, signature: str | None, timestamp: str | None
 ) -> None:
-    """SendGrid signs timestamp + raw body with ECDSA P-256 / SHA-256 (base64 DER). The
-    timestamp (Unix seconds) must be within SENDGRID_TIMESTAMP_SKEW of `now`: a body
-    signed long ago is a replay."""
+    """SendGrid signs timestamp + raw body with ECDSA P-256 / SHA-256 (base64 DER); the
+    timestamp must be fresh (check_sendgrid_timestamp)."""
     if key is None or not signature or not timestamp:
         raise BadSignature("a SendGrid signature and timestamp are required")
+    check_sendgrid_timestamp(timestamp)
     try:
         key.verify(
             base64.b64decode(signature, validate=True),
@@ -234,15 +237,6 @@ def verify_sendgrid(
         )
     except (InvalidSignature, binascii.Error, ValueError):
         raise BadSignature("the SendGrid signature does not match the body") from None
-    now = now or datetime.now(UTC)
-    try:
-        skew = abs(now.timestamp() - int(timestamp))
-    except ValueError:  # not a whole number, or thousands of digits long
-        skew = math.inf
-    if skew > SENDGRID_TIMESTAMP_SKEW.total_seconds():
-        raise BadSignature(
-            "the SendGrid timestamp is more than 10 minutes from now: a replay, or a clock off"
-        )
 
 
 # Both
