@@ -24,7 +24,13 @@ from app.error_handlers import EXCEPTION_HANDLERS
 from app.feedback import load_sendgrid_key
 from app.jwks import JwksKeys
 from app.logs import configure_logging
-from app.metrics import metrics, metrics_middleware, serve_metrics_port, start_queue_metrics
+from app.metrics import (
+    MetricsText,
+    metrics,
+    metrics_middleware,
+    serve_metrics_port,
+    start_queue_metrics,
+)
 from app.openapi import SECURITY_SCHEMES, complete_document, schema_pages, schema_router
 from app.pagination import cursor_key
 from app.request_id import request_id_middleware, send_request_id
@@ -118,6 +124,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "settings": settings,
                 "cursor_key": cursor_key(settings.cursor_secret or settings.jwt_key or ""),
                 "sendgrid_key": sendgrid_key,
+                "metrics_text": MetricsText(settings.metrics_cache_seconds),
             }
         ),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

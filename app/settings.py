@@ -99,6 +99,9 @@ class Settings:
     metrics_refresh_seconds: float = 5.0
     """How often the web process reads the queue figures of `/metrics` (ops_queue_depth)
     from the database; a scrape never does."""
+    metrics_cache_seconds: float = 1.0
+    """A scrape of `/metrics` on PORT within this long of the last one gets the same text:
+    however often anyone asks, it is rendered at most once in that time. 0: every time."""
     worker_metrics_port: int | None = None
     """Port of the worker's Prometheus endpoint (`/metrics`); unset or 0: none. One port per
     worker process: several workers on one host need one each."""
@@ -199,6 +202,7 @@ class Settings:
                 stalled_job_seconds=_positive(env, "STALLED_JOB_SECONDS", 30),
                 metrics_port=int(env.get("METRICS_PORT") or 0) or None,
                 metrics_refresh_seconds=_seconds(env, "METRICS_REFRESH_SECONDS", 5.0),
+                metrics_cache_seconds=_at_least_zero(env, "METRICS_CACHE_SECONDS", 1.0),
                 worker_metrics_port=int(env.get("WORKER_METRICS_PORT") or 0) or None,
                 smtp_from=env.get("SMTP_FROM") or None,
                 job_retention_hours=_positive(env, "JOB_RETENTION_HOURS", 168),
@@ -289,6 +293,19 @@ def _seconds(env: dict[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number of seconds; got {raw!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise SettingsError(f"{name} must be a finite number more than 0; got {raw}")
+    return value
+
+
+def _at_least_zero(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds; got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise SettingsError(f"{name} must be a finite number, 0 or more; got {raw}")
     return value
 
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
+import httpx
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.asgi import create_app
 from tests.helpers import CAMPAIGNS, create_campaign, database_unreachable, publish, recipients
 from tests.jobs.delivery_helpers import deliver_until_ended
+from tests.servers import free_port
 from tests.tokens import bearer
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -24,8 +26,10 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 @pytest.fixture
 async def client(settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    """The app with its queue figures read often, so that tests need not wait 5 s."""
-    async with AsyncTestClient(create_app(replace(settings, metrics_refresh_seconds=0.05))) as c:
+    """The app with its queue figures read often, so that tests need not wait 5 s, and
+    /metrics rendered at every scrape."""
+    fresh = replace(settings, metrics_refresh_seconds=0.05, metrics_cache_seconds=0)
+    async with AsyncTestClient(create_app(fresh)) as c:
         yield c
 
 
@@ -118,7 +122,8 @@ async def test_a_scrape_reads_no_table(settings, db):
     """Scrapes answer from the figures of the last round, whatever the queue's table is
     doing: here it stays locked for every scrape, which reading it would wait for (and
     then answer without the figures, messaging_queue_scrape_ok 0)."""
-    app = create_app(replace(settings, metrics_refresh_seconds=3600))  # the first round only
+    # The first round only; every scrape rendered afresh.
+    app = create_app(replace(settings, metrics_refresh_seconds=3600, metrics_cache_seconds=0))
     async with AsyncTestClient(app) as client:
         campaign = await create_campaign(client)
         await publish(client, campaign["id"], {"recipients": recipients(10)})
@@ -174,3 +179,35 @@ async def test_worker_counts_deliveries_by_channel_provider_and_outcome(client, 
     assert delta("messaging_deliveries_total", outcome="sent") == 30
     assert delta("messaging_deliveries_total", outcome="failed") == 0
     assert delta("messaging_provider_latency_seconds_count") == 30
+
+
+async def test_scrapes_in_a_burst_are_rendered_once_a_second(settings):
+    """Anyone may call /metrics on the API's port as often as they like: within
+    METRICS_CACHE_SECONDS of a render, they get the same text."""
+    async with AsyncTestClient(create_app(replace(settings, metrics_cache_seconds=3600))) as c:
+        burst = [(await c.get("/metrics")).text for _ in range(5)]
+        await c.get("/healthz")
+        later = (await c.get("/metrics")).text
+
+    # The same text, though every scrape and the /healthz since were counted meanwhile.
+    assert len(set(burst)) == 1 and later == burst[0]
+
+
+async def test_with_metrics_port_metrics_leave_the_public_port(settings):
+    """METRICS_PORT: /metrics is served there (for Prometheus, on the private network),
+    and the port of the API answers 404 for it."""
+    port = free_port()
+    app = create_app(replace(settings, metrics_port=port, metrics_refresh_seconds=0.05))
+    async with AsyncTestClient(app) as client, httpx.AsyncClient() as http:
+        public = await client.get("/metrics")
+        await client.get("/healthz")
+        url = f"http://127.0.0.1:{port}/metrics"
+        async with asyncio.timeout(20):
+            while "messaging_queue_scrape_ok 1.0" not in (private := await http.get(url)).text:  # noqa: ASYNC110 - polls HTTP
+                await asyncio.sleep(0.02)
+
+    assert public.status_code == 404 and public.json()["error"] == "not_found"
+    assert private.status_code == 200
+    assert 'messaging_http_requests_total{method="GET",route="/healthz",status="200"}' in (
+        private.text
+    )

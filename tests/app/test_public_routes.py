@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import statistics
 import sys
@@ -113,14 +114,22 @@ def public_routes() -> list[Route]:
 
 
 async def healthz_latencies(http: httpx.AsyncClient, seconds: float) -> list[float]:
+    """/healthz, again and again for `seconds`. The garbage collector of this process (a
+    test process: a large heap) is held off meanwhile: its full collections paused the
+    probe for 250 ms, which is no latency of the server's."""
     latencies = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        started = time.perf_counter()
-        response = await http.get("/healthz")
-        latencies.append(time.perf_counter() - started)
-        assert response.status_code == 200
-        await asyncio.sleep(0.005)
+    gc.collect()
+    gc.disable()
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            response = await http.get("/healthz")
+            latencies.append(time.perf_counter() - started)
+            assert response.status_code == 200
+            await asyncio.sleep(0.005)
+    finally:
+        gc.enable()
     return latencies
 
 
@@ -167,8 +176,8 @@ async def test_hammering_any_public_route_leaves_healthz_fast(database_url, tmp_
     """The issue's target is /healthz p99 under 50 ms while 8 clients hammer any public
     route. On this shared 2-core machine the hammering clients and this probe compete
     with the server for CPU, and its load swings: 8 clients hammering /healthz itself
-    (the cheapest route there is) already gave a p99 of 15-25 ms, single probes of 150
-    ms at a load average of 14, and a machine 2-3x slower would cross 50 ms with no
+    (the cheapest route there is) gave a p99 of 5-45 ms, single probes of 150 ms at a
+    load average of 14, and a machine 2-3x slower would cross 50 ms with no
     fault of the server. So each route is held to what it adds to that baseline, taken
     in this test under the same hammering: at most 50 ms at p99 (the issue's bound, as
     an increment); and to an absolute p99 under 150 ms, which a 2-3x slower machine
