@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -22,8 +24,14 @@ from app.error_handlers import EXCEPTION_HANDLERS
 from app.feedback import load_sendgrid_key
 from app.jwks import JwksKeys
 from app.logs import configure_logging
-from app.metrics import metrics, metrics_middleware
-from app.openapi import SECURITY_SCHEMES, complete_document
+from app.metrics import (
+    MetricsText,
+    metrics,
+    metrics_middleware,
+    serve_metrics_port,
+    start_queue_metrics,
+)
+from app.openapi import SECURITY_SCHEMES, complete_document, schema_pages, schema_router
 from app.pagination import cursor_key
 from app.request_id import request_id_middleware, send_request_id
 from app.routes.campaigns import CampaignController
@@ -71,9 +79,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.pool = pool
         if jwks is not None:
             jwks.start()
+        queue_metrics = start_queue_metrics(pool, settings.metrics_refresh_seconds)
+        stop_metrics_port = None
+        if settings.metrics_port:
+            stop_metrics_port = serve_metrics_port(settings.metrics_port)
         try:
             yield
         finally:
+            if stop_metrics_port is not None:
+                stop_metrics_port()
+            queue_metrics.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await queue_metrics
             if jwks is not None:
                 await jwks.aclose()
             await pool.close()
@@ -88,7 +105,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             sendgrid_events,
             healthz,
             readyz,
-            metrics,
+            *([] if settings.metrics_port else [metrics]),  # else on its own port
         ],
         lifespan=[lifespan],
         on_startup=[
@@ -107,6 +124,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "settings": settings,
                 "cursor_key": cursor_key(settings.cursor_secret or settings.jwt_key or ""),
                 "sendgrid_key": sendgrid_key,
+                "metrics_text": MetricsText(settings.metrics_cache_seconds),
             }
         ),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
@@ -118,6 +136,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "`Error` body: `{error, message, details}`.",
             use_handler_docstrings=True,
             components=Components(security_schemes=dict(SECURITY_SCHEMES)),
+            render_plugins=schema_pages(),
+            openapi_router=schema_router(),
         ),
         logging_config=None,  # the process entry point configures logging (app/logs.py)
         debug=False,
@@ -140,9 +160,14 @@ def _check_token_settings(settings: Settings) -> None:
             )
         if not settings.cursor_secret:
             raise SettingsError(
-                "JWT_JWKS_URL needs CURSOR_SECRET: pagination cursors are signed with it, "
+                "JWT_JWKS_URL needs CURSOR_SECRET: pagination cursors are encrypted with it, "
                 "and a JWKS holds no secret to derive it from"
             )
+    elif settings.jwt_public_key and not settings.cursor_secret:
+        raise SettingsError(
+            "JWT_PUBLIC_KEY needs CURSOR_SECRET: pagination cursors are encrypted with it, "
+            "and a public key is no secret to derive it from"
+        )
     elif settings.jwt_key is None:
         raise SettingsError(
             "no JWT key: set JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL "

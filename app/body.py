@@ -17,6 +17,7 @@ Bodies are bounded too: CAMPAIGN_BODY_BYTES for a campaign (its message body may
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator, Hashable
 from functools import lru_cache
 from typing import Any, Generic, TypeVar, cast
@@ -52,12 +53,26 @@ def decode_json(content_type: str | None, body: bytes, type_: type[T]) -> T:
     except RecursionError:
         raise InvalidInput("the request body is nested too deeply", {"$": TOO_DEEP}) from None
     except msgspec.ValidationError as exc:
-        message, _, path = str(exc).partition(" - at `")
-        raise InvalidInput(
-            "the request body is not valid", {path.rstrip("`") or "$": message}
-        ) from None
+        path, message = validation_problem(exc)
+        raise InvalidInput("the request body is not valid", {path: message}) from None
     except msgspec.DecodeError as exc:
         raise InvalidInput("the request body is not valid JSON", {"$": str(exc)}) from None
+
+
+def validation_problem(exc: msgspec.ValidationError, within: str = "$") -> tuple[str, str]:
+    """(JSON path, problem) of what msgspec refused, the path under `within`."""
+    message, _, path = str(exc).partition(" - at `")
+    return within + path.rstrip("`").removeprefix("$"), without_value(message)
+
+
+_QUOTED_VALUE = re.compile(r"^(Invalid (?:enum |tag )?value) .+$", re.DOTALL)
+
+
+def without_value(message: str) -> str:
+    """msgspec's message without the value it quotes ("Invalid enum value 'x'"): an
+    error body names where and what is wrong, never what the caller sent there, which
+    may be patient data (an address where a reason belongs)."""
+    return _QUOTED_VALUE.sub(r"\1", message)
 
 
 class MsgspecJSON(AbstractDTO[T], Generic[T]):

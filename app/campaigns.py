@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from uuid import UUID
 
 import asyncpg
@@ -11,7 +10,7 @@ from msgspec import UNSET
 
 from app.auth import AccessToken
 from app.errors import BadState, ForbiddenBrand, InvalidInput, NotFound
-from app.pagination import decode_cursor, listing_of, split_page
+from app.pagination import ByCreation, decode_cursor, listing_of, split_page
 from app.schedule import check_zone
 from app.schemas import Campaign, CampaignCreate, CampaignPage, CampaignUpdate, QuietHours
 from db.campaigns import CampaignRepository, Lock
@@ -120,7 +119,7 @@ async def list_campaigns(
     else:
         brands = None if caller.all_brands else list(caller.brands)
     listing = listing_of(caller.brands, "campaigns", brand_id, status)
-    after = decode_cursor(cursor_key, listing, cursor, tuple[datetime, UUID]) if cursor else None
+    after = decode_cursor(cursor_key, listing, cursor, ByCreation) if cursor else None
     if brands == []:
         return CampaignPage(items=[], next_cursor=None)
     rows = await CampaignRepository(conn).page(

@@ -27,6 +27,7 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+from app.body import without_value
 from app.errors import (
     BadState,
     ForbiddenBrand,
@@ -121,7 +122,9 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
             400, "validation_error", "the request body is not valid JSON", {"$": exc.detail}
         )
     elif status in (404, 405):
-        message = f"{exc.detail}: {request.method} {request.url.path}"
+        # Not the path: it may hold an address (.../suppressions/{recipient}).
+        template = request.scope.get("path_template")
+        message = f"{exc.detail}: {request.method}" + (f" {template}" if template else "")
     else:
         message = exc.detail
     return error_response(status, HTTP_CODES.get(status, "error"), message, details, headers)
@@ -131,7 +134,7 @@ def _validation_response(exc: ValidationException) -> Response[Error]:
     details: dict[str, str] = {}
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict) and "message" in item:
-            message = str(item["message"])
+            message = without_value(str(item["message"]))
             if item.get("key") == "data" and message == "'data'":
                 message = "a JSON body is required"  # Litestar's words for an empty body
             details[_where(item)] = message
@@ -152,10 +155,17 @@ def _where(item: dict[str, Any]) -> str:
     return key if key.startswith("$") else f"$.{key}"
 
 
+def route_of(request: Request[Any, Any, Any]) -> str:
+    """The route template of the request (`/v1/messaging/brands/{brand_id}/suppressions/
+    {recipient}`), never its path, which may hold an address; `unmatched` without one."""
+    template: str = request.scope.get("path_template") or "unmatched"
+    return template
+
+
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Error]:
     request_id = request_id_of(request.scope)
     logger.exception(
-        "unhandled error on %s %s (request id %s)", request.method, request.url.path, request_id
+        "unhandled error on %s %s (request id %s)", request.method, route_of(request), request_id
     )
     return error_response(
         HTTP_500_INTERNAL_SERVER_ERROR,

@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import asyncpg
 import msgspec
 
 from app.errors import IdempotencyKeyReused, InvalidInput, RequestInProgress
+from app.schedule import check_send_at
 from app.schemas import PublishRequest, Run
 from db.idempotency import IdempotencyKeyRepository
 
@@ -51,8 +52,19 @@ def idempotency_key(header: str | None, body: PublishRequest) -> IdempotencyKey 
     if header is None:
         return None
     if body.send_at is not None:  # one instant, whatever offset it was written with
-        body = msgspec.structs.replace(body, send_at=body.send_at.astimezone(UTC))
+        body = msgspec.structs.replace(body, send_at=_in_utc(body.send_at))
     return IdempotencyKey(parse_key(header), hashlib.sha256(msgspec.json.encode(body)).digest())
+
+
+def _in_utc(send_at: datetime) -> datetime:
+    """`send_at` in UTC. An instant that UTC cannot write within years 1 to 9999 (such as
+    9999-12-31T23:59:59-14:00) is far outside send_at's bounds: InvalidInput, as
+    check_send_at would say once the key is claimed."""
+    try:
+        return send_at.astimezone(UTC)
+    except OverflowError:
+        check_send_at(send_at, datetime.now(UTC))
+        raise  # not reached: such an instant is out of bounds whatever the time now
 
 
 def retry_key(header: str | None, run_id: UUID) -> IdempotencyKey | None:

@@ -174,7 +174,7 @@ class LeanSpan(trace.Span):
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is not None and self._record_errors:
             self.record_exception(exc)
-            self.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+            self.set_status(StatusCode.ERROR, type(exc).__name__)  # never the message
         self.end()
         otel_context.detach(self._token)
 
@@ -223,14 +223,34 @@ class LeanSpan(trace.Span):
         timestamp: int | None = None,
         escaped: bool = False,
     ) -> None:
-        self.add_event(
-            "exception",
-            {
-                "exception.type": type(exception).__qualname__,
-                "exception.message": str(exception),
-                "exception.stacktrace": "".join(traceback.format_exception(exception)),
-                "exception.escaped": escaped,
-                **(attributes or {}),
-            },
-            timestamp,
+        """An `exception` event with the exception's type, where it was raised and, if it
+        carries one, its `status_code` (a provider's SMTP or HTTP code): never its message.
+        A message may quote data (a provider's refusal quotes the address it refused,
+        asyncpg the argument it could not encode), and spans leave the service for a
+        tracing backend. This is the one place where exceptions enter spans; their words
+        stay in the delivery's `last_error` or the log line of the same request."""
+        event: dict[str, AttributeValue] = {
+            "exception.type": type(exception).__qualname__,
+            "exception.stacktrace": stacktrace_without_messages(exception),
+            "exception.escaped": escaped,
+        }
+        status_code = getattr(exception, "status_code", None)
+        if type(status_code) is int:
+            event["exception.status_code"] = status_code
+        self.add_event("exception", {**event, **(attributes or {})}, timestamp)
+
+
+def stacktrace_without_messages(exception: BaseException) -> str:
+    """The traceback Python would print for `exception` and the exceptions it chains
+    (causes first), each ending with its type where Python adds `: <message>`."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exception
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = "".join(traceback.format_tb(current.__traceback__))
+        parts.append(f"Traceback (most recent call last):\n{frames}{type(current).__qualname__}\n")
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
         )
+    return "\nwhich led to\n\n".join(reversed(parts))

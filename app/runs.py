@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from uuid import UUID
+from datetime import timedelta
 
 import asyncpg
 
 from app.auth import AccessToken
 from app.campaigns import parse_id, visible_campaign
 from app.errors import BadState, Gone, NotFound
-from app.pagination import decode_cursor, listing_of, split_page
+from app.pagination import ByCreation, ByPosition, decode_cursor, listing_of, split_page
 from app.schemas import Delivery, DeliveryPage, Run, RunPage
 from db.deliveries import DeliveryRepository, delivery_id
 from db.jobs import JobRepository
@@ -68,7 +67,7 @@ async def list_runs(
     # cursors issued before the filter existed still hold.
     filters = () if status is None else (status,)
     listing = listing_of(caller.brands, "runs", str(campaign["id"]), *filters)
-    after = decode_cursor(cursor_key, listing, cursor, tuple[datetime, UUID]) if cursor else None
+    after = decode_cursor(cursor_key, listing, cursor, ByCreation) if cursor else None
     rows = await RunRepository(conn).page(
         campaign["id"], status=status, after=after, limit=limit + 1
     )
@@ -108,7 +107,7 @@ async def list_deliveries(
     run = await visible_run(conn, campaign_id, run_id, caller)
     await ensure_deliveries_kept(conn, run, retention)
     listing = listing_of(caller.brands, "deliveries", str(run["id"]), status)
-    after = decode_cursor(cursor_key, listing, cursor, tuple[int])[0] if cursor else -1
+    after = decode_cursor(cursor_key, listing, cursor, ByPosition)[0] if cursor else -1
     rows = await RunRepository(conn).page_deliveries(
         run["id"], status=status, after=after, limit=limit + 1
     )

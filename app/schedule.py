@@ -12,8 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from functools import cache
+from importlib import resources
 from typing import Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from app.errors import InvalidInput
 
@@ -24,10 +25,19 @@ MAX_REPORTED_PATHS = 100
 """An error names at most this many offending paths."""
 
 
+NOT_GEOGRAPHIC = frozenset({"Factory", "localtime", "posixrules"})
+"""Names that a zoneinfo directory may hold but that place no recipient anywhere:
+`localtime` and `posixrules` are the host's own settings (the zone would depend on the
+machine the worker runs on), `Factory` is tzdata's placeholder for "not set"."""
+
+
 @cache
 def known_zones() -> frozenset[str]:
-    """The IANA names this machine's time-zone database knows; read once (a few ms)."""
-    return frozenset(available_timezones())
+    """The names a `time_zone` may take: those of the IANA time-zone database as the
+    `tzdata` package lists them (canonical zones, their backward-compatible aliases such
+    as US/Eastern, the fixed Etc/ zones), the same on every host; read once."""
+    listed = resources.files("tzdata").joinpath("zones").read_text(encoding="utf-8")
+    return frozenset(listed.split()) - NOT_GEOGRAPHIC
 
 
 class HasTimeZone(Protocol):
@@ -125,9 +135,11 @@ class QuietWindow:
 @cache
 def _zone(name: str, fallback: str) -> ZoneInfo:
     """The zone of `name`. A name that the database no longer knows (checked at publish,
-    a tzdata update since) falls back to the campaign's, then UTC, rather than stopping
-    delivery."""
+    a tzdata update since), or one accepted before only known names were (`localtime`),
+    falls back to the campaign's, then UTC, rather than stopping delivery."""
     for candidate in (name, fallback):
+        if candidate not in known_zones():
+            continue
         try:
             return ZoneInfo(candidate)
         except (ZoneInfoNotFoundError, ValueError):

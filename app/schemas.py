@@ -230,16 +230,23 @@ class ProviderEventsResult(msgspec.Struct):
     """Events that carry no outcome of ours (SendGrid's opens, clicks, deferrals...)."""
     unknown_delivery_ids: list[str]
     """Delivery ids of events that match no delivery; the other events still applied."""
+    invalid_events: dict[str, str] = {}
+    """Events skipped because they are not events of the format (a field missing or of
+    another type, an `occurred_at` before 1970 or more than a day ahead): the JSON path of
+    what is wrong -> what. The other events still applied; sending these again changes
+    nothing."""
 
 
+MIN_PER_SECOND = 0.01
+"""The smallest rate limit: one message every 100 s. Smaller ones (5e-324) make no sense
+and broke the worker's token bucket (an underflow, a wait beyond any date)."""
+MAX_PER_SECOND = 1_000_000.0
 PerSecond = Annotated[
     float,
     Meta(
-        gt=0,
-        le=1_000_000,
-        description="Messages per second, more than 0.",
-        # Litestar drops a `gt` of 0 (falsy) from the document; said again here.
-        extra_json_schema={"extra": {"exclusiveMinimum": 0}},
+        ge=MIN_PER_SECOND,
+        le=MAX_PER_SECOND,
+        description=f"Messages per second, {MIN_PER_SECOND} to {MAX_PER_SECOND:,.0f}.",
     ),
 ]
 

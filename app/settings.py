@@ -21,14 +21,16 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta
 
+from app.schemas import MAX_PER_SECOND, MIN_PER_SECOND
+
 # Used only when MESSAGING_DEV_MODE is on and no key is configured; never in production.
 DEV_JWT_SECRET = "messaging-development-secret-not-for-production"
 
 Positive = Annotated[int, Meta(ge=1)]
 Seconds = Annotated[float, Meta(gt=0, le=366 * 86400)]
 """A duration: more than 0, at most a year (NaN and infinity are refused too)."""
-Rate = Annotated[float, Meta(gt=0, le=1e6)]
-"""Messages per second."""
+Rate = Annotated[float, Meta(ge=MIN_PER_SECOND, le=MAX_PER_SECOND)]
+"""Messages per second, within the bounds of a brand's own cap."""
 Port = Annotated[int, Meta(ge=0, le=65535)]
 
 _RENAMED = {"dev_mode": "MESSAGING_DEV_MODE"}
@@ -70,9 +72,19 @@ class Settings:
     jwt_audience: str | None = None
     """When set, tokens must carry this `aud`."""
     cursor_secret: str | None = None
-    """HMAC key of pagination cursors. Default: derived from the JWT key, so that every
-    web process of a deployment accepts the others' cursors. Set it when tokens are
-    verified with JWT_PUBLIC_KEY (a public key is no secret)."""
+    """The secret that pagination cursors are encrypted with (AES-256-GCM, app/pagination.py).
+    Default: JWT_SECRET, so that every web process of a deployment accepts the others'
+    cursors. Required with JWT_PUBLIC_KEY or JWT_JWKS_URL (a public key is no secret)."""
+    metrics_port: Port | None = None
+    """Port of the web process's Prometheus endpoint (`/metrics`), apart from PORT: set,
+    `/metrics` is served there only, and a deployment exposes PORT alone to the public.
+    Unset or 0: `/metrics` is on PORT, beside the API."""
+    metrics_refresh_seconds: Seconds = 5.0
+    """How often the web process reads the queue figures of `/metrics` (ops_queue_depth)
+    from the database; a scrape never does."""
+    metrics_cache_seconds: Annotated[float, Meta(ge=0, le=3600)] = 1.0
+    """A scrape of `/metrics` on PORT within this long of the last one gets the same text:
+    however often anyone asks, it is rendered at most once in that time. 0: every time."""
     dev_mode: bool = False
     """`1`: the web process may start without a JWT key, verifying with a fixed, public
     development secret; it says so loudly at start. Never in production."""

@@ -1,4 +1,7 @@
-"""A brand's suppression list: addresses it must never send to again."""
+"""A brand's suppression list: addresses it must never send to again.
+
+An address is patient data: no error here quotes it (the caller knows what it sent, and
+error bodies end up in places an answer of the API does not, such as proxies' logs)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import asyncpg
 from app.auth import AccessToken
 from app.campaigns import require_brand
 from app.errors import InvalidInput, NotFound
-from app.pagination import decode_cursor, listing_of, split_page
+from app.pagination import ByAddress, decode_cursor, listing_of, split_page
 from app.recipients import channel_of, normalise
 from app.schemas import Suppression, SuppressionPage
 from db.suppressions import SuppressionRepository
@@ -20,7 +23,7 @@ def suppression_address(recipient: str) -> str:
     if channel is None:
         raise InvalidInput(
             "a suppression is an e-mail address or an E.164 phone number",
-            {"path.recipient": f"not an e-mail address or E.164 number: {recipient!r}"},
+            {"path.recipient": "not an e-mail address or an E.164 number"},
         )
     return normalise(channel, recipient)
 
@@ -39,7 +42,7 @@ async def get_suppression(
     require_brand(caller, brand_id)
     record = await SuppressionRepository(conn).get(brand_id, suppression_address(recipient))
     if record is None:
-        raise NotFound(f"{recipient} is not suppressed for brand {brand_id}")
+        raise NotFound(f"the address is not suppressed for brand {brand_id}")
     return _suppression(record)
 
 
@@ -48,7 +51,7 @@ async def delete_suppression(
 ) -> None:
     require_brand(caller, brand_id)
     if not await SuppressionRepository(conn).remove(brand_id, suppression_address(recipient)):
-        raise NotFound(f"{recipient} is not suppressed for brand {brand_id}")
+        raise NotFound(f"the address is not suppressed for brand {brand_id}")
 
 
 async def list_suppressions(
@@ -64,7 +67,7 @@ async def list_suppressions(
     """The brand's suppressions in address order."""
     require_brand(caller, brand_id)
     listing = listing_of(caller.brands, "suppressions", brand_id, reason)
-    after = decode_cursor(cursor_key, listing, cursor, tuple[str])[0] if cursor else None
+    after = decode_cursor(cursor_key, listing, cursor, ByAddress)[0] if cursor else None
     rows = await SuppressionRepository(conn).page(
         brand_id, reason=reason, after=after, limit=limit + 1
     )

@@ -22,7 +22,9 @@ def tracing_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         http = cast("HTTPScope", scope)
-        method, route = http["method"], scope.get("path_template") or http["path"]
+        # The route template wherever a path would go: the path itself may hold an
+        # address (.../suppressions/{recipient}), and spans leave the service.
+        method, route = http["method"], scope.get("path_template") or "unmatched"
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in http["headers"]}
         status = 500
 
@@ -38,7 +40,7 @@ def tracing_middleware(app: ASGIApp) -> ASGIApp:
             attributes={
                 "http.request.method": method,
                 "http.route": route,
-                "url.path": http["path"],
+                "url.path": route,
                 "request_id": request_id_of(scope),
             },
             parent=propagate.extract(headers),

@@ -39,6 +39,8 @@ def counted(sent: str, failed: str, skipped: str) -> str:
         started_at = coalesce(started_at, now()),
         status = CASE WHEN {settled} = total_recipients THEN 'completed' ELSE 'running' END,
         completed_at = CASE WHEN {settled} = total_recipients THEN now() END"""
+
+
 DELIVERY_COLUMNS = (
     "run_id, position, person_id, recipient, status, reason, attempts, last_error, "
     "provider_message_id, sent_at, outcome, outcome_at, outcome_detail, not_before"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from app.schemas import MAX_PER_SECOND, MIN_PER_SECOND
 from db.rate_limits import Limit, RateLimitRepository
 
 MAX_INLINE_WAIT_SECONDS = 1.0
@@ -75,6 +76,9 @@ class Limiter:
                 await RateLimitRepository(conn).give_back([limit.key for limit in limits], tokens)
 
     def _bucket(self, key: str, rate: float) -> Limit:
+        # The API and the settings refuse rates outside these bounds; a cap stored before
+        # they did (5e-324) is taken as the nearest bound rather than break the bucket.
+        rate = min(max(rate, MIN_PER_SECOND), MAX_PER_SECOND)
         return Limit(key, rate, max(1.0, rate * self.burst_seconds))
 
     async def _brand_caps(self, brand_id: str) -> asyncpg.Record | None:

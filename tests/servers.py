@@ -518,6 +518,8 @@ class OtlpReceiver:
 
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
+        self.bodies: list[bytes] = []
+        """Every export request as it arrived (decompressed): all that left for the collector."""
         self.exports = 0
         self._connections: set[socket.socket] = set()
         self._server = _HttpServer((HOST, 0), _otlp_handler_for(self))
@@ -549,6 +551,7 @@ class OtlpReceiver:
         return [span for span in list(self.spans) if span.name == name]
 
     def receive(self, body: bytes) -> None:
+        self.bodies.append(body)
         request = ExportTraceServiceRequest.FromString(body)
         for resource_spans in request.resource_spans:
             resource = _attributes(resource_spans.resource.attributes)

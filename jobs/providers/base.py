@@ -34,10 +34,15 @@ class SendResult(msgspec.Struct):
 
 
 class ProviderError(Exception):
-    """The provider did not accept the message; `detail` is its answer, kept as last_error."""
+    """The provider did not accept the message; `detail` is its answer, kept as last_error.
+    `status_code` is its reply code (SMTP 550, HTTP 422) when it gave one: the send's span
+    shows that code, never the words of `detail`, which may quote the address."""
 
-    def __init__(self, detail: str) -> None:
+    status_code: int | None = None
+
+    def __init__(self, detail: str, *, status_code: int | None = None) -> None:
         self.detail = detail[:MAX_DETAIL]
+        self.status_code = status_code
         super().__init__(self.detail)
 
 

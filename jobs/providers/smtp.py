@@ -144,8 +144,10 @@ def _provider_error(exc: BaseException) -> ProviderError:
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         exc = exc.recipients[0]  # one recipient per message
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        detail = f"SMTP {exc.code}: {exc.message}"
-        return PermanentError(detail) if 500 <= exc.code < 600 else TransientError(detail)
+        detail, code = f"SMTP {exc.code}: {exc.message}", exc.code
+        if 500 <= code < 600:
+            return PermanentError(detail, status_code=code)
+        return TransientError(detail, status_code=code)
     detail = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, OSError):  # timeouts and lost connections included
         return TransientError(detail)

@@ -91,7 +91,9 @@ class WebhookProvider:
                 raise TransientError(f"{type(exc).__name__}: {exc}") from exc
         if 200 <= status < 300:
             return SendResult(provider_message_id=_message_id(answer))
-        raise _refusal(status, answer, retry_after)
+        refusal = _refusal(status, answer, retry_after)
+        refusal.status_code = status  # for the send's span (app/lean_spans.py)
+        raise refusal
 
     async def aclose(self) -> None:
         self._closed = True

@@ -106,7 +106,9 @@ async def test_public_key_tokens(settings, kind):
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
-    app = create_app(replace(settings, jwt_secret=None, jwt_public_key=pem))
+    app = create_app(
+        replace(settings, jwt_secret=None, jwt_public_key=pem, cursor_secret="cursor-secret")
+    )
     async with AsyncTestClient(app=app) as client:
         good = make_token(secret=private, algorithm=algorithm)  # type: ignore[arg-type]
         response = await client.get(unknown_campaign(), headers={"Authorization": f"Bearer {good}"})
@@ -129,6 +131,19 @@ async def test_issuer_and_audience_are_checked_when_configured(settings):
             bearer(iss="https://id.platform", aud="billing"),
         ):
             assert (await client.get(unknown_campaign(), headers=wrong)).status_code == 401
+
+
+def test_web_refuses_to_start_with_a_public_key_and_no_cursor_secret(settings):
+    """Cursors are encrypted with CURSOR_SECRET; a public key is no secret to derive it
+    from, and a cursor made with it would be a forgeable, readable one."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    with pytest.raises(SettingsError, match="CURSOR_SECRET"):
+        create_app(replace(settings, jwt_secret=None, jwt_public_key=pem))
 
 
 def test_web_refuses_to_start_without_a_key():

@@ -6,8 +6,9 @@ import uuid
 
 import pytest
 
+from app.pagination import cursor_key, encode_cursor, listing_of
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients, walk
-from tests.tokens import bearer
+from tests.tokens import TEST_SECRET, bearer
 
 DELIVERY_FIELDS = {
     "id",
@@ -261,3 +262,22 @@ async def test_read_run_of_another_brand_is_404(client):
     )
 
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize("position", [2**40, 2**31, -5])
+async def test_a_cursor_made_with_the_key_but_past_any_position_is_400(client, position):
+    """Encrypted with the service's very key (one that leaked, say), a position no
+    delivery can have is refused like any forged cursor: it once reached PostgreSQL as
+    an int4 out of range, a 500."""
+    campaign = await create_campaign(client)
+    run = await new_run(client, campaign)
+    listing = listing_of(["brand-a"], "deliveries", run["id"], None)
+    forged = encode_cursor(cursor_key(TEST_SECRET), listing, (position,))
+    url = f"{CAMPAIGNS}/{campaign['id']}/runs/{run['id']}/deliveries"
+
+    genuine = await client.get(url, params={"limit": 1}, headers=bearer())
+    response = await client.get(url, params={"cursor": forged}, headers=bearer())
+
+    assert genuine.status_code == 200 and genuine.json()["next_cursor"]
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_cursor"

@@ -20,6 +20,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from app.lean_spans import LeanSpan, LeanTracer
 from app.otlp import export_request
+from jobs.providers.base import PermanentError
 
 CALLER_TRACE, CALLER_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
 
@@ -86,9 +87,42 @@ def test_spans_read_back_as_recorded():
     assert (server.flags, copy.flags) == (0x300, 0x100)
 
     assert server.status.code == Status.STATUS_CODE_UNSET
-    assert (copy.status.code, copy.status.message) == (Status.STATUS_CODE_ERROR, "ValueError: boom")
+    # The exception's type and where it was raised; never its message, which may quote
+    # data (an address a provider refused).
+    assert (copy.status.code, copy.status.message) == (Status.STATUS_CODE_ERROR, "ValueError")
     [event] = copy.events
     details = {a.key: value(a.value) for a in event.attributes}
     assert event.name == "exception"
-    assert (details["exception.type"], details["exception.message"]) == ("ValueError", "boom")
-    assert 'raise ValueError("boom")' in details["exception.stacktrace"]
+    assert details["exception.type"] == "ValueError" and "exception.message" not in details
+    assert details["exception.stacktrace"].startswith("Traceback (most recent call last):")
+    assert details["exception.stacktrace"].endswith("\nValueError\n")
+    assert "test_spans_read_back_as_recorded" in details["exception.stacktrace"]
+
+
+def test_a_refusal_recorded_on_a_span_shows_its_type_and_code_never_its_words():
+    """A provider's answer quotes the address it refused; the span of the send says
+    which error and which code, and where it was raised, and nothing of the answer."""
+    kept = InMemorySpanExporter()
+    tracer = LeanTracer(ALWAYS_ON, RandomIdGenerator(), SimpleSpanProcessor(kept))
+    address = "patient@hiv-clinic.example"
+    answer = f"550 5.1.1 <{address}>: no such user"
+
+    def refuse() -> None:
+        try:
+            raise LookupError(answer)
+        except LookupError as exc:
+            raise PermanentError(f"SMTP {answer}", status_code=550) from exc
+
+    with pytest.raises(PermanentError), tracer.start("send smtp", SpanKind.CLIENT, None):
+        refuse()
+
+    [span] = kept.get_finished_spans()
+    [(name, _, details)] = span.events  # type: ignore[attr-defined]
+    assert name == "exception"
+    assert details["exception.type"] == "PermanentError"
+    assert details["exception.status_code"] == 550
+    assert span.status.description == "PermanentError"
+    stacktrace = details["exception.stacktrace"]
+    assert "LookupError\n" in stacktrace and stacktrace.endswith("PermanentError\n")
+    assert "refuse" in stacktrace  # the frames, both exceptions'
+    assert address not in repr(span.events) and "no such user" not in repr(span.events)

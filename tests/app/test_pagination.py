@@ -1,4 +1,4 @@
-"""Signed keyset cursors (app/pagination.py), without HTTP."""
+"""Encrypted keyset cursors (app/pagination.py), without HTTP."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from datetime import UTC, datetime
 import pytest
 
 from app.errors import InvalidCursor
-from app.pagination import cursor_key, decode_cursor, encode_cursor, split_page
+from app.pagination import (
+    ByAddress,
+    ByCreation,
+    ByPosition,
+    cursor_key,
+    decode_cursor,
+    encode_cursor,
+    split_page,
+)
 
 KEY = cursor_key("secret")
 LISTING = ("runs", "c1")
@@ -72,3 +80,36 @@ def test_split_page_cuts_at_limit_and_points_after_the_last_row():
     assert page == rows[:3] and last == rows[:3] and none is None
     assert cursor is not None
     assert decode_cursor(KEY, LISTING, cursor, tuple[int]) == (2,)
+
+
+def test_a_cursor_shows_nothing_of_its_position():
+    """A suppression listing resumes after an address: patient data, and cursors travel
+    in URLs. The cursor is encrypted, not only signed."""
+    listing = ("suppressions", "brand-a", None, ["brand-a"])
+    cursor = encode_cursor(KEY, listing, ("patient@clinic.example",))
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+
+    assert b"patient" not in raw and b"clinic" not in raw and "patient" not in cursor
+    assert decode_cursor(KEY, listing, cursor, ByAddress) == ("patient@clinic.example",)
+    # Two cursors of the same position differ: no position can be told from another's.
+    assert encode_cursor(KEY, listing, ("patient@clinic.example",)) != cursor
+
+
+@pytest.mark.parametrize(
+    ("position", "type_"),
+    [
+        ((2**40,), ByPosition),  # beyond the int4 of deliveries.position: was a 500
+        ((2**31,), ByPosition),
+        ((-1,), ByPosition),
+        (("a\x00b",), ByAddress),  # no text PostgreSQL can store
+        (("a" * 321 + "@example.com",), ByAddress),
+        (("",), ByAddress),
+        ((datetime(2026, 1, 1, tzinfo=UTC).isoformat(), "not an id"), ByCreation),
+    ],
+)
+def test_a_position_outside_its_bounds_is_invalid_even_made_with_the_key(position, type_):
+    """Made with the key (one that leaked, say): still a 400, never a 500 from the query."""
+    cursor = encode_cursor(KEY, LISTING, position)
+
+    with pytest.raises(InvalidCursor):
+        decode_cursor(KEY, LISTING, cursor, type_)

@@ -58,6 +58,13 @@ async def test_quiet_hours_of_an_active_campaign_cannot_change(client):
         ({**NIGHT, "end": "21:00"}, "$.quiet_hours.end"),  # an empty window
         ({**NIGHT, "time_zone": "America/Gotham"}, "$.quiet_hours.time_zone"),
         ({**NIGHT, "time_zone": "EST-5"}, "$.quiet_hours.time_zone"),
+        # Files of a zoneinfo directory that are no place: the host's own zone, tzdata's
+        # "not set" placeholder.
+        ({**NIGHT, "time_zone": "localtime"}, "$.quiet_hours.time_zone"),
+        ({**NIGHT, "time_zone": "posixrules"}, "$.quiet_hours.time_zone"),
+        ({**NIGHT, "time_zone": "Factory"}, "$.quiet_hours.time_zone"),
+        ({**NIGHT, "time_zone": "posix/America/New_York"}, "$.quiet_hours.time_zone"),
+        ({**NIGHT, "time_zone": "America/New_York\u0000"}, "$.quiet_hours.time_zone"),
         ({"start": "21:00", "end": "08:00"}, "$.quiet_hours"),
         ({**NIGHT, "days": "weekdays"}, "$.quiet_hours"),
         ("21:00-08:00", "$.quiet_hours"),
@@ -117,6 +124,28 @@ async def test_unknown_recipient_zones_are_400_with_their_paths_and_nothing_is_c
     assert list(details)[:3] == [f"$.recipients[{i}].time_zone" for i in (0, 2, 4)]
     assert "125 recipients" in response.json()["message"]
     assert await db.fetchval("SELECT count(*) FROM runs") == 0
+
+
+@pytest.mark.parametrize("zone", ["localtime", "posixrules", "Factory", "right/UTC"])
+async def test_a_recipient_zone_that_is_the_hosts_or_no_place_is_400(client, db, zone):
+    campaign = await create_campaign(client)
+    people = [{"person_id": "a", "recipient": "a@example.com", "time_zone": zone}]
+
+    response = await publish(client, campaign["id"], {"recipients": people})
+
+    assert response.status_code == 400
+    assert list(response.json()["details"]) == ["$.recipients[0].time_zone"]
+    assert await db.fetchval("SELECT count(*) FROM runs") == 0
+
+
+@pytest.mark.parametrize("zone", ["US/Eastern", "Etc/GMT-14", "UTC", "Pacific/Kiritimati"])
+async def test_aliases_and_fixed_zones_of_the_iana_database_are_accepted(client, zone):
+    campaign = await create_campaign(client)
+    people = [{"person_id": "a", "recipient": "a@example.com", "time_zone": zone}]
+
+    response = await publish(client, campaign["id"], {"recipients": people})
+
+    assert response.status_code == 202, response.text
 
 
 @pytest.mark.parametrize("zone", ["", "x" * 65, 5])

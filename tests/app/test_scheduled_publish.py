@@ -122,6 +122,33 @@ async def test_send_at_out_of_bounds_is_400_naming_it_and_creates_nothing(
     assert await db.fetchval("SELECT count(*) FROM procrastinate_jobs") == 0
 
 
+@pytest.mark.parametrize(
+    ("send_at", "problem"),
+    [
+        ("9999-12-31T23:59:59-14:00", "90 days ahead"),  # after year 9999 in UTC
+        ("9999-12-31T23:59:59+14:00", "90 days ahead"),
+        ("0001-01-01T00:00:00+14:00", "in the past"),  # before year 1 in UTC
+        ("0001-01-01T00:00:00-14:00", "in the past"),
+    ],
+)
+@pytest.mark.parametrize("key", [None, "extreme"], ids=["no-key", "idempotency-key"])
+async def test_send_at_at_the_ends_of_the_calendar_is_400_with_or_without_a_key(
+    client, db, send_at, problem, key
+):
+    campaign = await create_campaign(client)
+    headers = bearer() | ({"Idempotency-Key": key} if key else {})
+
+    response = await client.post(
+        f"{CAMPAIGNS}/{campaign['id']}/publish",
+        json={"recipients": recipients(1), "send_at": send_at},
+        headers=headers,
+    )
+
+    assert response.status_code == 400, response.text
+    assert problem in response.json()["details"]["$.send_at"]
+    assert await db.fetchval("SELECT count(*) FROM runs") == 0
+
+
 @pytest.mark.parametrize("delta", [-timedelta(minutes=4, seconds=30), timedelta(days=89, hours=23)])
 async def test_send_at_within_bounds_is_accepted(client, db, delta):
     campaign = await create_campaign(client)

@@ -1,0 +1,409 @@
+"""A canary for patient data: an address and person ids that appear nowhere else go through
+every route and path that handles them, while everything that leaves the service is
+captured: every log line of the web and worker processes (started as the Procfile starts
+them), every span a real OTLP collector receives, the /metrics text, every error body,
+every cursor, every run event. The canary shows only in the answers that must show it:
+the deliveries listing and the suppression itself."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.helpers import CAMPAIGNS
+from tests.jobs.delivery_helpers import ENDED, run_status, until
+from tests.servers import (
+    HttpSink,
+    OtlpReceiver,
+    Reply,
+    SmtpSink,
+    free_port,
+    web_command,
+)
+from tests.tokens import TEST_SECRET, bearer
+
+ROOT = Path(__file__).resolve().parents[2]
+BRAND = "brand-a"
+BRANDS = f"/v1/messaging/brands/{BRAND}"
+# The canary: nothing else in the service or its tests is spelt like these.
+EMAIL = "canary.q7x3@hiv-clinic-canary.example"
+PHONE = "+15557304619"
+PERSON = "person-canary-k2v9"
+SMS_PERSON = "person-canary-sms-w4p1"
+CANARIES = (EMAIL, PHONE, PERSON, SMS_PERSON)
+# What providers answer about it: their words quote the address (and more).
+SMTP_REFUSAL = f"550 5.1.1 <{EMAIL}>: Recipient address rejected ({PERSON})"
+WEBHOOK_REFUSAL = json.dumps({"error": f"{PHONE} ({SMS_PERSON}, {EMAIL}) cannot receive"})
+WEBHOOK_SECRET = "provider-secret"
+EVENTS_SECRET = "events-secret"
+SENDGRID_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    with SmtpSink() as smtp:
+        smtp.replies[EMAIL] = SMTP_REFUSAL
+        yield smtp
+
+
+@pytest.fixture
+def events_sink() -> Iterator[HttpSink]:
+    with HttpSink() as sink:
+        yield sink
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:  # stdout and stderr: every line the process writes
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and a clean exit: the spans still batched are sent on the way."""
+    process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        while process.poll() is None:  # noqa: ASYNC110 - another process
+            await asyncio.sleep(0.05)
+
+
+class Caller:
+    """A client of the API that keeps every error body and every cursor it is given."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+        self.error_bodies: list[str] = []
+        self.cursors: list[str] = []
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        kwargs.setdefault("headers", bearer(brands=[BRAND]))
+        response = await self.http.request(method, url, **kwargs)
+        if response.status_code >= 400:
+            self.error_bodies.append(response.text)
+            body = response.json()
+            assert set(body) <= {"error", "message", "details"}, body
+        elif response.headers.get("content-type", "").startswith("application/json"):
+            cursor = response.json().get("next_cursor") if response.text.startswith("{") else None
+            if cursor:
+                self.cursors.append(cursor)
+        return response
+
+    async def walk(self, url: str, **params: Any) -> list[dict[str, Any]]:
+        """Every item of a listing, a page of one item at a time (a cursor per item)."""
+        items: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            query = {"limit": 1, **params, **({"cursor": cursor} if cursor else {})}
+            response = await self.request("GET", url, params=query)
+            assert response.status_code == 200, response.text
+            items += response.json()["items"]
+            if (cursor := response.json()["next_cursor"]) is None:
+                return items
+
+
+def signed_webhook(body: bytes) -> dict[str, str]:
+    digest = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return {"Content-Type": "application/json", "X-Signature": f"sha256={digest}"}
+
+
+def signed_sendgrid(body: bytes) -> dict[str, str]:
+    timestamp = str(int(time.time()))
+    signature = SENDGRID_KEY.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+    return {
+        "Content-Type": "application/json",
+        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+        "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
+    }
+
+
+async def campaign(api: Caller, channel: str) -> str:
+    body = {
+        "brand_id": BRAND,
+        "name": f"Reminder by {channel}",
+        "channel": channel,
+        "body": "Your appointment is tomorrow, {{person_id}}.",
+        "subject": "Appointment" if channel == "email" else None,
+        "sender": "care@example.com" if channel == "email" else "+15550000000",
+    }
+    created = await api.request("POST", CAMPAIGNS, json=body)
+    assert created.status_code == 201, created.text
+    campaign_id: str = created.json()["id"]
+    activated = await api.request("POST", f"{CAMPAIGNS}/{campaign_id}/activate")
+    assert activated.status_code == 200, activated.text
+    return campaign_id
+
+
+def readable(raw: bytes) -> str:
+    """Bytes as text for a search, whatever they are (protobuf, JSON, log lines)."""
+    return raw.decode("utf-8", "replace")
+
+
+def where(canary: str, captured: dict[str, str]) -> list[str]:
+    return [name for name, text in captured.items() if canary in text]
+
+
+async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
+    database_url, db, receiver, smtp, sink, events_sink, tmp_path
+):
+    sink.replies[PHONE] = Reply(status=422, body=WEBHOOK_REFUSAL.encode())
+    sendgrid_key = SENDGRID_KEY.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    common = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        "DATABASE_URL": database_url,
+        "JWT_SECRET": TEST_SECRET,
+        "LOG_LEVEL": "DEBUG",  # every line there is
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "WEBHOOK_SECRET": WEBHOOK_SECRET,
+    }
+    port = free_port()
+    web = start(
+        web_command(port),
+        {
+            **common,
+            "SENDGRID_WEBHOOK_PUBLIC_KEY": base64.b64encode(sendgrid_key).decode(),
+            "METRICS_REFRESH_SECONDS": "0.2",
+        },
+        tmp_path / "web.log",
+    )
+    worker = start(
+        [sys.executable, "-m", "jobs.worker"],
+        {
+            **common,
+            "EMAIL_PROVIDER": "smtp",
+            "SMTP_URL": smtp.url(),
+            "SMS_PROVIDER": "webhook",
+            "WEBHOOK_URL": sink.url,
+            "EVENTS_WEBHOOK_URL": events_sink.url,
+            "EVENTS_WEBHOOK_SECRET": EVENTS_SECRET,
+            "DELIVERY_MAX_ATTEMPTS": "1",
+        },
+        tmp_path / "worker.log",
+    )
+    answers: dict[str, str] = {}  # the answers that may show the canary
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            await until_ready(http)
+            api = Caller(http)
+            email_campaign = await campaign(api, "email")
+            sms_campaign = await campaign(api, "sms")
+
+            # Publish, with a key and its replay; and a body the API refuses.
+            people = [
+                {"person_id": "p0", "recipient": "first@example.com"},
+                {"person_id": PERSON, "recipient": EMAIL, "time_zone": "Europe/Paris"},
+                {"person_id": "p2", "recipient": "third@example.com"},
+            ]
+            publish = f"{CAMPAIGNS}/{email_campaign}/publish"
+            keyed = {**bearer(brands=[BRAND]), "Idempotency-Key": "canary-run"}
+            email_run = await api.request(
+                "POST", publish, json={"recipients": people}, headers=keyed
+            )
+            replay = await api.request("POST", publish, json={"recipients": people}, headers=keyed)
+            assert email_run.status_code == replay.status_code == 202, email_run.text
+            refused = await api.request(
+                "POST", publish, json={"recipients": [{"person_id": PERSON, "recipient": 7}]}
+            )
+            assert refused.status_code == 400
+            sms_run = await api.request(
+                "POST",
+                f"{CAMPAIGNS}/{sms_campaign}/publish",
+                json={
+                    "recipients": [
+                        {"person_id": "s0", "recipient": "+15550000001"},
+                        {"person_id": SMS_PERSON, "recipient": PHONE},
+                    ]
+                },
+            )
+            assert sms_run.status_code == 202, sms_run.text
+            runs = {email_campaign: email_run.json()["id"], sms_campaign: sms_run.json()["id"]}
+
+            # The providers refuse the canary, quoting it.
+            async with asyncio.timeout(60):
+                for run_id in runs.values():
+                    while await run_status(db, run_id) not in ENDED:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+            # A run settled by its first window goes from queued to completed: one event.
+            await until(lambda: len(events_sink.requests) >= 2, seconds=30)
+
+            # Provider feedback, quoting the address in its details.
+            email_run_id = runs[email_campaign]
+            feedback = json.dumps(
+                {
+                    "events": [
+                        {
+                            "delivery_id": f"{email_run_id}:1",
+                            "type": "bounced",
+                            "occurred_at": "2026-12-01T10:00:00Z",
+                            "detail": SMTP_REFUSAL,
+                        },
+                        {"delivery_id": f"{email_run_id}:1", "type": "bounced"},
+                        {"delivery_id": EMAIL, "type": "delivered", "occurred_at": PERSON},
+                    ]
+                }
+            ).encode()
+            fed = await api.request(
+                "POST",
+                "/v1/messaging/providers/webhook/events",
+                content=feedback,
+                headers=signed_webhook(feedback),
+            )
+            assert fed.status_code == 200, fed.text
+            sendgrid = json.dumps(
+                [
+                    {
+                        "email": EMAIL,
+                        "event": "bounce",
+                        "type": "bounce",
+                        "reason": SMTP_REFUSAL,
+                        "timestamp": int(time.time()),
+                        "delivery_id": f"{email_run_id}:0",
+                    },
+                    {"email": EMAIL, "event": "open", "timestamp": "now"},
+                ]
+            ).encode()
+            fed_sendgrid = await api.request(
+                "POST",
+                "/v1/messaging/providers/sendgrid/events",
+                content=sendgrid,
+                headers=signed_sendgrid(sendgrid),
+            )
+            assert fed_sendgrid.status_code == 200, fed_sendgrid.text
+            unsigned = await api.request(
+                "POST", "/v1/messaging/providers/webhook/events", content=feedback, headers={}
+            )
+            assert unsigned.status_code == 401
+
+            # The deliveries listings, a page per delivery: they show the canary.
+            listed = []
+            for campaign_id, run_id in runs.items():
+                url = f"{CAMPAIGNS}/{campaign_id}/runs/{run_id}/deliveries"
+                listed += await api.walk(url)
+                listed += await api.walk(url, status="failed")
+            answers["deliveries"] = json.dumps(listed)
+            bad_cursor = await api.request(
+                "GET",
+                f"{CAMPAIGNS}/{email_campaign}/runs/{email_run_id}/deliveries",
+                params={"cursor": api.cursors[0][:-4]},
+            )
+            assert bad_cursor.status_code == 400
+
+            # Suppressions: the feedback added the canary; around it, others.
+            suppression = f"{BRANDS}/suppressions/{EMAIL}"
+            for other in ("aa-first@example.com", "zz-last@example.com", "+15550000009"):
+                put = await api.request(
+                    "PUT", f"{BRANDS}/suppressions/{other}", json={"reason": "manual"}
+                )
+                assert put.status_code == 200, put.text
+            got = await api.request("GET", suppression)
+            assert got.status_code == 200 and got.json()["reason"] == "bounced", got.text
+            answers["suppression"] = got.text
+            answers["suppressions"] = json.dumps(await api.walk(f"{BRANDS}/suppressions"))
+            answers["suppressions bounced"] = json.dumps(
+                await api.walk(f"{BRANDS}/suppressions", reason="bounced")
+            )
+            assert (await api.request("DELETE", suppression)).status_code == 204
+            assert (await api.request("GET", suppression)).status_code == 404
+            assert (await api.request("DELETE", suppression)).status_code == 404
+            put = await api.request("PUT", suppression, json={"reason": "manual"})
+            assert put.status_code == 200
+            answers["suppression put"] = put.text
+            for bad in (
+                await api.request("PUT", suppression, json={"reason": PERSON}),
+                await api.request("PUT", f"{suppression}x@", json={"reason": "manual"}),
+                await api.request("GET", f"{suppression}/more"),
+                await api.request("PATCH", suppression, json={"reason": "manual"}),
+                await api.request("GET", suppression, headers=bearer(brands=["brand-b"])),
+            ):
+                assert 400 <= bad.status_code < 500, bad.text
+
+            # A 500 on a route whose path holds the address.
+            await db.execute(
+                "CREATE FUNCTION canary_fail() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN RAISE EXCEPTION 'forced failure'; END $$;"
+                " CREATE TRIGGER canary_fail BEFORE INSERT OR UPDATE ON suppressions"
+                " FOR EACH ROW WHEN (NEW.reason = 'complained') EXECUTE FUNCTION canary_fail()"
+            )
+            failed = await api.request("PUT", suppression, json={"reason": "complained"})
+            assert failed.status_code == 500, failed.text
+
+            metrics = (await api.request("GET", "/metrics")).text
+            await stop(worker)
+            await stop(web)
+    finally:
+        for process in (web, worker):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    web_log = (tmp_path / "web.log").read_text(errors="replace")
+    worker_log = (tmp_path / "worker.log").read_text(errors="replace")
+    cursors = {
+        f"cursor {i}": f"{cursor} {readable(base64.urlsafe_b64decode(cursor + '==='))}"
+        for i, cursor in enumerate(api.cursors)
+    }
+    captured = {
+        "web log": web_log,
+        "worker log": worker_log,
+        "spans": "\n".join(readable(body) for body in receiver.bodies),
+        "metrics": metrics,
+        **{f"error body {i}": body for i, body in enumerate(api.error_bodies)},
+        **cursors,
+        **{f"run event {i}": readable(r.body) for i, r in enumerate(events_sink.requests)},
+    }
+    for canary in CANARIES:
+        assert where(canary, captured) == [], [captured[n][:2000] for n in where(canary, captured)]
+
+    # The canary did go everywhere it could: the answers that must show it show it, with
+    # the providers' own words...
+    assert where(EMAIL, answers) == list(answers)
+    assert PERSON in answers["deliveries"] and SMS_PERSON in answers["deliveries"]
+    assert PHONE in answers["deliveries"] and SMTP_REFUSAL in answers["deliveries"]
+    assert f"{PHONE} ({SMS_PERSON}" in answers["deliveries"]  # the webhook's last_error
+    # ... the providers refused it, the send spans say so by code ...
+    assert smtp.to(EMAIL) == [] and [r.status for r in sink.requests].count(422) == 1
+    sends = [s for s in receiver.spans if s.name in ("send smtp", "send webhook") and s.error]
+    assert len(sends) == 2, receiver.spans
+    assert b"exception.status_code" in b"".join(receiver.bodies)
+    # ... the forced 500 was logged, by route ...
+    assert "unhandled error on PUT /v1/messaging/brands/{brand_id}/suppressions/{recipient}" in (
+        web_log
+    )
+    assert "forced failure" in web_log
+    # ... and the cursors, run events and spans were there to look at: a cursor after each
+    # item but the last of every listing (after the canary's suppression among them).
+    assert len(api.cursors) == 8 and len(events_sink.requests) >= 2
+    assert any(s.name.startswith("PUT /v1/messaging/brands/") for s in receiver.spans)
+
+
+async def until_ready(http: httpx.AsyncClient) -> None:
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                if (await http.get("/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
