@@ -4,7 +4,7 @@ procrastinate's schema goes through `op.execute` as it is."""
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from app.settings import get_settings
+from app.core.settings import get_settings
 
 
 def sqlalchemy_url(database_url: str) -> str:

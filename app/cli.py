@@ -26,8 +26,8 @@ from typing import Any, TextIO
 import httpx
 import jwt
 
-from app.auth import PUBLISH, READ, WRITE
-from app.settings import Settings, SettingsError
+from app.core.settings import Settings, SettingsError
+from app.http.auth import PUBLISH, READ, WRITE
 from db.ops import OpsRepository
 from db.pool import connect
 from db.runs import ENDED

@@ -61,10 +61,10 @@ os.environ["DATABASE_URL"] = DATABASE_URL  # read by jobs.app at import
 
 import asyncpg  # noqa: E402
 
-from app.auth import AccessToken  # noqa: E402
-from app.publishing import publish_campaign  # noqa: E402
-from app.schemas import Recipient  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from app.core.settings import Settings  # noqa: E402
+from app.domain.schemas import Recipient  # noqa: E402
+from app.http.auth import AccessToken  # noqa: E402
+from app.services.publishing import publish_campaign  # noqa: E402
 from bench.publish import prepare_database  # noqa: E402
 from db.pool import connect  # noqa: E402
 

@@ -54,7 +54,7 @@ import httpx  # noqa: E402
 from alembic import command  # noqa: E402
 from alembic.config import Config  # noqa: E402
 
-from app.pagination import cursor_key, encode_cursor, listing_of  # noqa: E402
+from app.services.pagination import cursor_key, encode_cursor, listing_of  # noqa: E402
 from bench.publish import SECRET, baseline_copy, body, token, wait_ready  # noqa: E402
 
 RUN_SIZE = 10_000
@@ -275,7 +275,7 @@ class Target:
 def start_web(url: str, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DATABASE_URL": url, "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING"}
     return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.asgi:web", "--factory", "--host", "127.0.0.1",
+        [sys.executable, "-m", "uvicorn", "app.http.asgi:web", "--factory", "--host", "127.0.0.1",
          "--port", str(port), "--no-access-log", "--log-level", "warning"],
         cwd=ROOT,
         env=env,

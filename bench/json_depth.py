@@ -1,4 +1,4 @@
-"""What decoding a request body costs the event loop at its worst (app/body.py).
+"""What decoding a request body costs the event loop at its worst (app/http/body.py).
 
     python3 -m uv run --frozen python bench/json_depth.py [--rounds 5]
 
@@ -23,9 +23,9 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.body import decode_json
-from app.errors import InvalidInput
-from app.schemas import PublishRequest
+from app.domain.errors import InvalidInput
+from app.domain.schemas import PublishRequest
+from app.http.body import decode_json
 
 LIMIT = 32 * 1024 * 1024
 RECIPIENT = b'{"person_id":"p-000001","recipient":"user000001@example.com","time_zone":"UTC"}'

@@ -3,7 +3,7 @@
     python3 -m uv run --frozen python bench/parsers.py [--rounds 6] [--seconds 5]
 
 Starts two web processes from the Procfile's web line on the `messaging_bench` database
-(as bench/publish.py): one as it is (`app.http_protocol:H11Protocol`, bounded heads), one
+(as bench/publish.py): one as it is (`app.http.protocol:H11Protocol`, bounded heads), one
 with `--http httptools` (uvicorn's default, used before issue 15). Then alternates wrk
 rounds of 1-recipient publishes from 8 clients against each, so that both see the same
 machine noise, and prints each round's p50/p99 and their medians.

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 
-from app.auth import AccessToken  # noqa: E402
-from app.publishing import publish_campaign  # noqa: E402
-from app.schemas import Recipient  # noqa: E402
+from app.domain.schemas import Recipient  # noqa: E402
+from app.http.auth import AccessToken  # noqa: E402
+from app.services.publishing import publish_campaign  # noqa: E402
 from bench.deliver import DATABASE_URL, reset  # noqa: E402
 from bench.fairness import campaign, ended, workers  # noqa: E402
 from bench.publish import prepare_database  # noqa: E402

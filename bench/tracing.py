@@ -2,13 +2,13 @@
 
     python3 -m uv run --frozen python bench/tracing.py [--rounds 5] [--seconds 8] [--before DIR]
 
-1. In this process, the cost of one `with span(...)` block (app/tracing.py): with tracing
+1. In this process, the cost of one `with span(...)` block (app/core/tracing.py): with tracing
    off (what web and worker run when no OTEL_* variable is set), beside an empty `with`
    (the floor), the API's no-op tracer (an unconditional `start_as_current_span` without
    SDK), the SDK recording a span for its batch processor, and this service's own span
-   (app/lean_spans.py) for the same; the OTLP encoding of a span by the SDK and by
-   app/otlp.py; then the tracing work of one publish (its request span, through
-   app/tracing_middleware.py, and its seven spans) per sampler, beside tracing off.
+   (app/core/lean_spans.py) for the same; the OTLP encoding of a span by the SDK and by
+   app/core/otlp.py; then the tracing work of one publish (its request span, through
+   app/http/tracing_middleware.py, and its seven spans) per sampler, beside tracing off.
 2. The web process of bench/publish.py (uvicorn, as in the Procfile, database
    `messaging_bench`) started in turn with tracing off, on (every request sampled) and on
    with 10 % of the traces sampled; with --before, also the web process of older code,
@@ -71,7 +71,7 @@ def span_costs() -> dict[str, float]:
         SimpleSpanProcessor,
     )
 
-    from app import tracing
+    from app.core import tracing
 
     attributes = {"delivery_id": "run:1", "channel": "email"}
     noop = trace.NoOpTracer()
@@ -119,12 +119,12 @@ def span_costs() -> dict[str, float]:
 
 
 def lean_costs() -> dict[str, float]:
-    """Microseconds per span of this service's own (app/lean_spans.py), to the batch
-    processor, and of their OTLP encoding (app/otlp.py). Turns tracing on in this process."""
+    """Microseconds per span of this service's own (app/core/lean_spans.py), to the batch
+    processor, and of their OTLP encoding (app/core/otlp.py). Turns tracing on in this process."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    from app import otlp, tracing
+    from app.core import otlp, tracing
 
     attributes = {"delivery_id": "run:1", "channel": "email"}
 
@@ -179,14 +179,14 @@ SAMPLER = Switchable()
 
 def install(processor: SpanProcessor) -> None:
     """Tracing on in this process, sampled by SAMPLER, spans ended to `processor`."""
-    from app import tracing
+    from app.core import tracing
 
     tracing.install(TracerProvider(sampler=SAMPLER), processor)
 
 
 def publish_tracing_costs() -> dict[str, float]:
     """Microseconds of CPU per 1-recipient publish spent on tracing, in this process: the
-    request span (app/tracing_middleware.py, around a stand-in ASGI app) and the spans of a
+    request span (app/http/tracing_middleware.py, around a stand-in ASGI app) and the spans of a
     publish with an Idempotency-Key (transaction, its five database calls, defer; seven),
     recorded by the SDK and handed to an exporter that
     drops them, per sampler; beside the same stand-in with tracing off. Turns tracing on
@@ -194,8 +194,8 @@ def publish_tracing_costs() -> dict[str, float]:
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
     from opentelemetry.trace import SpanKind
 
-    from app import tracing
-    from app.tracing_middleware import tracing_middleware
+    from app.core import tracing
+    from app.http.tracing_middleware import tracing_middleware
 
     async def publish(scope: Any, receive: Any, send: Any) -> None:
         with tracing.span("publish transaction", kind=SpanKind.CLIENT, attributes=DB):
@@ -315,7 +315,7 @@ def in_process() -> None:
         ("sdk", "SDK, recorded (exporter drops)"),
         ("lean", "this service's span, recorded"),
         ("encode", "SDK's OTLP encoding of its span"),
-        ("encode lean", "app/otlp.py's encoding of ours"),
+        ("encode lean", "app/core/otlp.py's encoding of ours"),
     ]:
         print(f"  {label:>32}: {costs[name]:6.2f} us")
     print("tracing work per publish (request span + 7 spans), CPU microseconds, in-process:")

@@ -5,7 +5,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from app.settings import get_settings
+from app.core.settings import get_settings
 
 
 async def create_database(database_url: str) -> bool:

@@ -67,7 +67,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`, a round trip per release,
     for session state this service never leaves: its advisory locks and settings are all
     transaction-scoped, it opens no cursor outside a transaction, and the one LISTEN
-    connection takes its listeners off itself (jobs/asyncpg_connector.py)."""
+    connection takes its listeners off itself (db/procrastinate.py)."""
 
 
 # asyncpg waits 60 s for a new connection by default: long enough to hold up a worker's

@@ -21,7 +21,7 @@ COLUMNS = (
     "id, campaign_id, brand_id, status, total_recipients, sent_count, failed_count, "
     "skipped_count, started_at, completed_at, created_by, created_at, retry_of, scheduled_for"
 )
-"""The fields of a run as the API shows it (app.schemas.Run)."""
+"""The fields of a run as the API shows it (app.domain.schemas.Run)."""
 _RUN_FIELDS = [column.strip() for column in COLUMNS.split(",")]
 UPDATED_COLUMNS = ", ".join(f"runs.{column}" for column in _RUN_FIELDS)
 """A run's fields in the RETURNING of an UPDATE of `runs` (record_status_change)."""

@@ -4,8 +4,8 @@ which needs no pool of the app's."""
 
 from procrastinate import App
 
-from app.settings import get_settings
-from jobs.asyncpg_connector import AsyncpgConnector
+from app.core.settings import get_settings
+from db.procrastinate import AsyncpgConnector
 
 DELIVERY_QUEUE = "deliveries"
 MAINTENANCE_QUEUE = "maintenance"

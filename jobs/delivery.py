@@ -52,9 +52,9 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from app import tracing
-from app.recipients import normalise
-from app.schedule import QuietWindow
+from app.core import tracing
+from app.domain.recipients import normalise
+from app.domain.schedule import QuietWindow
 from db.deliveries import Claimed, DeliveryRepository, Outcome, delivery_id
 from db.jobs import JobRepository
 from db.pool import database_away

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from app.schemas import MAX_PER_SECOND, MIN_PER_SECOND
+from app.domain.schemas import MAX_PER_SECOND, MIN_PER_SECOND
 from db.rate_limits import Limit, RateLimitRepository
 
 MAX_INLINE_WAIT_SECONDS = 1.0

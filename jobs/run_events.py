@@ -23,8 +23,8 @@ import msgspec
 from procrastinate import BaseRetryStrategy, RetryDecision
 from procrastinate.jobs import Job
 
-from app.settings import Settings
-from app.signing import HEADER, signature
+from app.core.settings import Settings
+from app.core.signing import HEADER, signature
 from db.run_events import RunEventRepository
 
 logger = logging.getLogger(__name__)

@@ -12,12 +12,13 @@ from opentelemetry.util.types import AttributeValue
 from procrastinate import BaseRetryStrategy, JobContext, RetryDecision
 from procrastinate.jobs import Job
 
-from app import tracing
-from app.logs import bind_log_context
-from app.settings import get_settings
+from app.core import tracing
+from app.core.logs import bind_log_context
+from app.core.settings import get_settings
 from db.idempotency import IdempotencyKeyRepository
 from db.jobs import JobRepository
 from db.pool import database_away
+from db.procrastinate import AsyncpgConnector
 from db.run_events import SEND_TASK
 from jobs.app import (
     DELIVERY_QUEUE,
@@ -27,7 +28,6 @@ from jobs.app import (
     app,
     first_job_priority,
 )
-from jobs.asyncpg_connector import AsyncpgConnector
 from jobs.delivery import DeliveryInterrupted, deliver_chunk, fail_range
 from jobs.resources import WorkerResources
 from jobs.retention import maintain_deliveries

@@ -3,7 +3,7 @@ housekeeping, until SIGTERM.
 
 The first SIGTERM (or SIGINT) lets the windows in flight finish and commit, then hands the
 jobs back to the queue and exits 0; a second one rolls the windows in flight back at once.
-Besides running jobs, every worker keeps two supervised loops (app/supervision.py):
+Besides running jobs, every worker keeps two supervised loops (app/core/supervision.py):
 - recovery: requeues the jobs of workers that died (procrastinate records heartbeats, but
   a job whose worker was SIGKILLed stays `doing`), and the jobs this worker lost track of;
 - heartbeat: procrastinate stops its own heartbeat as soon as a graceful stop begins, so a
@@ -32,10 +32,10 @@ from procrastinate.worker import Worker
 from prometheus_client import start_http_server
 
 import jobs.metrics  # noqa: F401 - registered before the metrics endpoint serves
-from app import supervision
-from app.logs import configure_logging
-from app.settings import Settings, SettingsError, get_settings
-from app.tracing import configure_tracing, flush_spans
+from app.core import supervision
+from app.core.logs import configure_logging
+from app.core.settings import Settings, SettingsError, get_settings
+from app.core.tracing import configure_tracing, flush_spans
 from db.jobs import JobRepository
 from db.pool import DATABASE_UNAVAILABLE, create_pool
 from jobs.app import WORKER_QUEUES, app

@@ -21,8 +21,8 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from app.asgi import create_app
-from app.settings import Settings
+from app.core.settings import Settings
+from app.http.asgi import create_app
 from db.pool import connect
 from tests.servers import HttpSink, WebProcess, web_process
 from tests.tokens import TEST_SECRET

@@ -81,7 +81,7 @@ def upgrade() -> None:
         CREATE INDEX runs_scheduled_idx ON runs (scheduled_for) WHERE status = 'scheduled';
 
         -- {"start": "HH:MM", "end": "HH:MM", "time_zone": "<IANA>"}, or null: when no
-        -- message of the campaign may reach a recipient (app/schemas.py QuietHours).
+        -- message of the campaign may reach a recipient (app/domain/schemas.py QuietHours).
         ALTER TABLE campaigns ADD COLUMN quiet_hours jsonb;
 
         -- time_zone: the recipient's own IANA zone (publish), over the campaign's.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from app.settings import Settings
+from app.core.settings import Settings
 from jobs.providers.base import (
     OutgoingMessage,
     PermanentError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from app.logs import masked
+from app.core.logs import masked
 from jobs.providers.base import OutgoingMessage, SendResult
 
 logger = logging.getLogger("messaging.deliveries")

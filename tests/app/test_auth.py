@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
-from app.settings import Settings, SettingsError
+from app.core.settings import Settings, SettingsError
+from app.http.asgi import create_app
 from tests.helpers import CAMPAIGNS, create_campaign
 from tests.tokens import TEST_SECRET, bearer, make_token
 

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import jwt
 import pytest
 
-from app.auth import PUBLISH, READ
 from app.cli import run
-from app.settings import DEV_JWT_SECRET
+from app.core.settings import DEV_JWT_SECRET
+from app.http.auth import PUBLISH, READ
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import deliver_until_ended
 from tests.tokens import TEST_SECRET

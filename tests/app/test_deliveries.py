@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from app.pagination import cursor_key, encode_cursor, listing_of
+from app.services.pagination import cursor_key, encode_cursor, listing_of
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients, walk
 from tests.tokens import TEST_SECRET, bearer
 

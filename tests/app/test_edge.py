@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from app.body import CAMPAIGN_BODY_BYTES, SMALL_BODY_BYTES, TOO_DEEP
+from app.http.body import CAMPAIGN_BODY_BYTES, SMALL_BODY_BYTES, TOO_DEEP
 from tests.helpers import CAMPAIGNS
 from tests.servers import HOST, WebProcess
 from tests.tokens import bearer

@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
-from app.settings import Settings
+from app.core.settings import Settings
+from app.http.asgi import create_app
 from tests.conftest import PREFIX, _janitor, url_of
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients
 from tests.tokens import TEST_SECRET, bearer

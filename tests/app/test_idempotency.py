@@ -11,7 +11,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from app.idempotency import parse_key
+from app.services.idempotency import parse_key
 from db.idempotency import IdempotencyKeyRepository
 from db.pool import create_pool
 from jobs.app import MAINTENANCE_QUEUE

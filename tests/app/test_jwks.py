@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from app.asgi import create_app
-from app.settings import Settings, SettingsError
+from app.core.settings import Settings, SettingsError
+from app.http.asgi import create_app
 from tests.conftest import serving
 from tests.helpers import CAMPAIGNS
 from tests.jobs.delivery_helpers import until

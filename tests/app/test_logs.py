@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from app.logs import json_handler
+from app.core.logs import json_handler
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import deliver_until_ended
 from tests.tokens import bearer
@@ -38,7 +38,7 @@ class JsonLines:
 
 @pytest.fixture
 def logs(caplog: pytest.LogCaptureFixture) -> Iterator[JsonLines]:
-    """What the processes write (app.logs.json_handler), at INFO."""
+    """What the processes write (app.core.logs.json_handler), at INFO."""
     stream = io.StringIO()
     handler = json_handler(stream)
     root = logging.getLogger()

@@ -15,7 +15,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.asgi import create_app
+from app.http.asgi import create_app
 from tests.helpers import CAMPAIGNS, create_campaign, database_unreachable, publish, recipients
 from tests.jobs.delivery_helpers import deliver_until_ended
 from tests.servers import free_port

@@ -29,10 +29,10 @@ from litestar import Litestar
 from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
-from app.body import CAMPAIGN_BODY_BYTES
-from app.feedback import MAX_BODY_BYTES as FEEDBACK_MAX_BODY
-from app.idempotency import lock_id
+from app.http.asgi import create_app
+from app.http.body import CAMPAIGN_BODY_BYTES
+from app.services.feedback import MAX_BODY_BYTES as FEEDBACK_MAX_BODY
+from app.services.idempotency import lock_id
 from tests.helpers import CAMPAIGNS, create_campaign, database_unreachable, recipients
 from tests.tokens import ALL_SCOPES, bearer
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
+from app.http.asgi import create_app
 from tests.helpers import CAMPAIGNS, create_campaign, recipients
 from tests.tokens import bearer
 

@@ -1,5 +1,5 @@
-"""app/otlp.py writes OTLP's protobuf by hand: what it writes must read back, with the
-official generated classes, as the spans that were recorded (app/lean_spans.py)."""
+"""app/core/otlp.py writes OTLP's protobuf by hand: what it writes must read back, with the
+official generated classes, as the spans that were recorded (app/core/lean_spans.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from app.lean_spans import LeanSpan, LeanTracer
-from app.otlp import export_request
+from app.core.lean_spans import LeanSpan, LeanTracer
+from app.core.otlp import export_request
 from jobs.providers.base import PermanentError
 
 CALLER_TRACE, CALLER_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"

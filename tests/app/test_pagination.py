@@ -1,4 +1,4 @@
-"""Encrypted keyset cursors (app/pagination.py), without HTTP."""
+"""Encrypted keyset cursors (app/services/pagination.py), without HTTP."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.errors import InvalidCursor
-from app.pagination import (
+from app.domain.errors import InvalidCursor
+from app.services.pagination import (
     ByAddress,
     ByCreation,
     ByPosition,

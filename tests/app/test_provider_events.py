@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa as rsa_key
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
-from app.settings import SettingsError
+from app.core.settings import SettingsError
+from app.http.asgi import create_app
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients, walk
 from tests.tokens import bearer
 

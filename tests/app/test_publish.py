@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
+from app.http.asgi import create_app
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients
 from tests.tokens import bearer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.settings import Settings, SettingsError
+from app.core.settings import Settings, SettingsError
 from tests.tokens import bearer
 
 URL = "/v1/messaging/brands/brand-a/rate-limit"

@@ -7,7 +7,7 @@ import time
 
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
+from app.http.asgi import create_app
 from tests.helpers import database_unreachable
 
 

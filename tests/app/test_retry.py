@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
+from app.http.asgi import create_app
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients, walk
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliver_until_ended
 from tests.servers import Reply

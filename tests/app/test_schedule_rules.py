@@ -6,9 +6,9 @@ from datetime import UTC, datetime, time
 
 import pytest
 
-from app.errors import InvalidInput
-from app.schedule import QuietWindow, check_recipient_zones, known_zones
-from app.schemas import Recipient
+from app.domain.errors import InvalidInput
+from app.domain.schedule import QuietWindow, check_recipient_zones, known_zones
+from app.domain.schemas import Recipient
 
 NIGHT = QuietWindow(time(21, 0), time(8, 0), "America/New_York")
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
+from app.http.asgi import create_app
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients, walk
 from tests.tokens import bearer
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings, SettingsError, documented, markdown_table
+from app.core.settings import Settings, SettingsError, documented, markdown_table
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -18,7 +18,7 @@ def test_every_setting_is_documented():
 
 
 def test_the_readme_lists_every_variable_as_the_settings_define_it():
-    # Regenerate with `python -m app.settings` after changing a setting.
+    # Regenerate with `python -m app.core.settings` after changing a setting.
     assert markdown_table() in README.read_text()
 
 

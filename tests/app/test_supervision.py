@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from app import supervision
+from app.core import supervision
 
 
 async def test_a_round_that_raises_is_logged_with_its_traceback_and_the_loop_goes_on(caplog):

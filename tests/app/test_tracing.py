@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.settings import Settings, SettingsError
+from app.core.settings import Settings, SettingsError
 from tests.helpers import CAMPAIGNS, create_campaign, publish
 from tests.jobs.delivery_helpers import ENDED, run_status
 from tests.servers import OtlpReceiver, ReceivedSpan, Reply, free_port, web_command
@@ -214,10 +214,10 @@ def test_the_sdk_is_set_up_only_when_the_otel_variables_ask(database_url, otel, 
     probe = (
         "import sys\n"
         "from opentelemetry import trace\n"
-        "from app.asgi import web\n"
+        "from app.http.asgi import web\n"
         "import jobs.worker\n"
-        "from app.settings import get_settings\n"
-        "from app.tracing import configure_tracing\n"
+        "from app.core.settings import get_settings\n"
+        "from app.core.tracing import configure_tracing\n"
         "web(); configure_tracing(get_settings())\n"
         "print('opentelemetry.sdk' in sys.modules, type(trace.get_tracer_provider()).__name__)\n"
     )

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import httpx
 
-from app.asgi import create_app
+from app.http.asgi import create_app
 from tests.conftest import serving
 from tests.helpers import CAMPAIGNS, create_campaign, recipients
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, ended, running_worker

@@ -8,8 +8,8 @@ import asyncio
 import sys
 from datetime import timedelta
 
-from app.logs import configure_logging
-from app.settings import get_settings
+from app.core.logs import configure_logging
+from app.core.settings import get_settings
 from jobs.worker import run_until_signalled
 
 

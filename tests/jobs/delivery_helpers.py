@@ -11,9 +11,9 @@ from typing import Any, cast
 
 import asyncpg
 
-from app.settings import Settings
+from app.core.settings import Settings
+from db.procrastinate import AsyncpgConnector
 from jobs.app import app
-from jobs.asyncpg_connector import AsyncpgConnector
 from jobs.worker import run_worker
 
 ENDED = ("completed", "cancelled")

@@ -54,8 +54,8 @@ _datetime.datetime = _SkewedDatetime  # type: ignore[misc]
 def main() -> None:
     import asyncio
 
-    from app.logs import configure_logging
-    from app.settings import get_settings
+    from app.core.logs import configure_logging
+    from app.core.settings import get_settings
     from jobs.worker import run_until_signalled
 
     settings = get_settings()

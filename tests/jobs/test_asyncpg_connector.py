@@ -9,7 +9,7 @@ import pytest
 from procrastinate import App, exceptions
 
 from db.pool import create_pool
-from jobs.asyncpg_connector import AsyncpgConnector, translate
+from db.procrastinate import AsyncpgConnector, translate
 from tests.conftest import PG_PORT
 
 

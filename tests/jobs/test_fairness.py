@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
+from app.http.asgi import create_app
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,

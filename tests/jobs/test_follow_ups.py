@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
+from app.http.asgi import create_app
 from jobs.app import delivery_priority
 from jobs.tasks import defer_follow_up
 from jobs.worker import StopRequest, run_worker

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from app.logs import JsonFormatter
-from app.settings import Settings
+from app.core.logs import JsonFormatter
+from app.core.settings import Settings
 from jobs.providers import (
     LogProvider,
     OutgoingMessage,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
+from app.http.asgi import create_app
 from db.pool import connect
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliveries, run_status

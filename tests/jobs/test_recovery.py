@@ -10,9 +10,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import jobs.worker
-from app.auth import AccessToken
-from app.publishing import publish_campaign
-from app.schemas import Recipient
+from app.domain.schemas import Recipient
+from app.http.auth import AccessToken
+from app.services.publishing import publish_campaign
 from jobs.worker import run_worker
 from tests.helpers import create_campaign
 from tests.jobs.delivery_helpers import deliveries, run_status

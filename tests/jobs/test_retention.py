@@ -14,7 +14,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 import jobs.retention
-from app.asgi import create_app
+from app.http.asgi import create_app
 from db.pool import create_pool
 from jobs.retention import add_months, maintain_deliveries, month_of, month_start
 from tests.helpers import CAMPAIGNS, create_campaign

@@ -13,8 +13,8 @@ from dataclasses import replace
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
-from app.settings import Settings, SettingsError
+from app.core.settings import Settings, SettingsError
+from app.http.asgi import create_app
 from db.pool import connect
 from db.runs import RunRepository
 from jobs.worker import run_worker

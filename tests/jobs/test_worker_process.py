@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
+from app.http.asgi import create_app
 from tests.helpers import create_campaign, database_unreachable, publish, recipients
 from tests.jobs.delivery_helpers import (
     ENDED,

@@ -1,0 +1,262 @@
+"""publish_campaign: the run, its deliveries and their jobs, in one transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import asyncpg
+from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
+from procrastinate.types import JSONValue
+
+from app.core import tracing
+from app.domain.errors import BadState, InvalidInput
+from app.domain.recipients import normalise_all, skip_reasons
+from app.domain.schedule import check_recipient_zones, check_send_at
+from app.domain.schemas import Recipient, Run
+from app.http.auth import AccessToken
+from app.http.metrics import PUBLISH_RECIPIENTS
+from app.services.campaigns import campaign_to_publish
+from app.services.idempotency import IdempotencyKey, claim_key, parse_key, retry_key
+from app.services.runs import ensure_deliveries_kept, visible_run
+from db.ids import uuid7
+from db.pool import DATABASE_AWAY
+from db.runs import ENDED, DeliveryRow, RunRepository
+from db.suppressions import SuppressionRepository
+from jobs.app import DELIVERY_QUEUE, delivery_priority
+from jobs.tasks import deliver_batch
+
+logger = logging.getLogger(__name__)
+
+LOOKUP_TIMEOUT_SECONDS = 5.0
+"""How long the look-up of a run whose commit lost its answer waits for a connection."""
+
+_DEFER: dict[str, AttributeValue] = {
+    "messaging.system": "procrastinate",
+    "messaging.operation.type": "send",
+    "messaging.destination.name": DELIVERY_QUEUE,
+}
+
+
+async def publish_campaign(
+    conn: asyncpg.Connection,
+    campaign_id: str,
+    recipients: list[Recipient],
+    caller: AccessToken,
+    *,
+    max_recipients: int,
+    batch_size: int,
+    idempotency_key: IdempotencyKey | None = None,
+    retry_of: UUID | None = None,
+    send_at: datetime | None = None,
+    pool: asyncpg.Pool | None = None,
+) -> Run:
+    """The new run; or, for a repeat of `idempotency_key` with the same body, the
+    original run (nothing is created). `retry_of`: the run this one retries. With
+    `send_at`, the run is `scheduled` and its jobs wait in the queue until that instant.
+
+    When the connection is lost at the commit, the commit may have happened all the same:
+    the run is then looked up on another connection of `pool`, and returned if it exists,
+    so that a caller is told 202 exactly when its run exists."""
+    if not 1 <= len(recipients) <= max_recipients:
+        raise InvalidInput(
+            f"recipients must have 1 to {max_recipients} entries",
+            {"$.recipients": f"has {len(recipients)} entries; allowed 1 to {max_recipients}"},
+        )
+    check_recipient_zones(recipients)
+    # Chosen here, so that a run whose commit lost its answer can be looked up. A UUIDv7:
+    # its deliveries go to the partition of this month (db/ids.py).
+    run_id = uuid7()
+    try:
+        return await _publish(
+            conn,
+            run_id,
+            campaign_id,
+            recipients,
+            caller,
+            batch_size,
+            idempotency_key,
+            retry_of,
+            send_at,
+        )
+    except DATABASE_AWAY:
+        if pool is None:
+            raise
+        async with pool.acquire(timeout=LOOKUP_TIMEOUT_SECONDS) as fresh:
+            committed = await RunRepository(fresh).get_by_id(run_id)
+        if committed is None:
+            raise
+        logger.warning("publish committed though its connection was lost; answering 202")
+        return Run(**committed)
+
+
+async def _publish(
+    conn: asyncpg.Connection,
+    run_id: UUID,
+    campaign_id: str,
+    recipients: list[Recipient],
+    caller: AccessToken,
+    batch_size: int,
+    idempotency_key: IdempotencyKey | None,
+    retry_of: UUID | None,
+    send_at: datetime | None,
+) -> Run:
+    async with tracing.transaction(conn, "publish transaction"):
+        with tracing.db_span("SELECT", "campaigns"):
+            campaign = await campaign_to_publish(conn, campaign_id, caller)
+        # Before the status check: a repeat returns its run even if the campaign was
+        # archived since.
+        if idempotency_key is not None:
+            with tracing.db_span("INSERT", "idempotency_keys"):
+                original = await claim_key(conn, campaign, idempotency_key, run_id)
+            if original is not None:
+                return original
+        # After the replay: a repeat of a scheduled publish returns its run even once
+        # its send_at has passed.
+        if send_at is not None:
+            check_send_at(send_at, datetime.now(UTC))
+        if campaign["status"] != "active":
+            raise BadState(
+                f"campaign is {campaign['status']}; only an active campaign can be published",
+                status=campaign["status"],
+                allowed=["active"],
+            )
+        channel, brand_id = campaign["channel"], campaign["brand_id"]
+        keys = normalise_all(channel, recipients)
+        suppressed: set[str] = set()
+        if campaign["has_suppressions"]:
+            with tracing.db_span("SELECT", "suppressions"):
+                suppressed = await SuppressionRepository(conn).listed_among(brand_id, keys)
+        skips = skip_reasons(channel, keys, suppressed)
+
+        runs = RunRepository(conn)
+        with tracing.db_span("INSERT", "runs"):
+            run = await runs.create(
+                campaign_id=campaign["id"],
+                brand_id=brand_id,
+                total_recipients=len(recipients),
+                skipped_count=len(skips),
+                created_by=caller.sub,
+                run_id=run_id,
+                retry_of=retry_of,
+                scheduled_for=send_at,
+            )
+        with tracing.db_span("COPY", "deliveries"):
+            await runs.copy_deliveries(_delivery_rows(run["id"], recipients, skips))
+        job_ids = await defer_deliveries(
+            conn,
+            str(run["id"]),
+            len(recipients),
+            batch_size,
+            campaign["priority"],
+            schedule_at=send_at,
+        )
+    PUBLISH_RECIPIENTS.observe(len(recipients))
+    logger.info(
+        "run published",
+        extra={
+            "run_id": str(run["id"]),
+            "campaign_id": str(campaign["id"]),
+            "brand_id": brand_id,
+            "recipients": len(recipients),
+            "skipped": len(skips),
+            "jobs": len(job_ids),
+            "retry_of": str(retry_of) if retry_of else None,
+            "send_at": send_at.isoformat() if send_at else None,
+        },
+    )
+    return Run(**run)
+
+
+async def retry_failed(
+    conn: asyncpg.Connection,
+    campaign_id: str,
+    run_id: str,
+    caller: AccessToken,
+    *,
+    batch_size: int,
+    idempotency_key_header: str | None = None,
+    pool: asyncpg.Pool | None = None,
+    retention: timedelta | None = None,
+) -> Run:
+    """A new run of the failed deliveries of an ended run (same person_id and recipient,
+    in their order), published like any other: skips, suppressions added since and the
+    Idempotency-Key apply. The original run is not changed."""
+    if idempotency_key_header is not None:
+        parse_key(idempotency_key_header)  # a malformed request is 400 whatever the run's state
+    original = await visible_run(conn, campaign_id, run_id, caller)
+    await ensure_deliveries_kept(conn, original, retention)
+    if original["status"] not in ENDED:
+        raise BadState(
+            f"run is {original['status']}; only an ended run can be retried",
+            status=original["status"],
+            allowed=list(ENDED),
+        )
+    if original["failed_count"] == 0:
+        raise BadState(
+            "the run has no failed delivery to retry",
+            status=original["status"],
+            allowed=list(ENDED),
+            failed_count=0,
+        )
+    rows = await RunRepository(conn).failed_recipients(original["id"])
+    recipients = [Recipient(person_id=row[0], recipient=row[1], time_zone=row[2]) for row in rows]
+    return await publish_campaign(
+        conn,
+        campaign_id,
+        recipients,
+        caller,
+        # The original was accepted; a limit lowered since does not make its retry a 400.
+        max_recipients=len(recipients),
+        batch_size=batch_size,
+        idempotency_key=retry_key(idempotency_key_header, original["id"]),
+        retry_of=original["id"],
+        pool=pool,
+    )
+
+
+def _delivery_rows(
+    run_id: UUID, recipients: list[Recipient], skips: dict[int, str]
+) -> Iterator[DeliveryRow]:
+    """A generator: COPY consumes it while PostgreSQL already ingests earlier chunks."""
+    for position, r in enumerate(recipients):
+        if position in skips:
+            yield run_id, position, r.person_id, r.recipient, "skipped", skips[position], None
+        else:
+            yield run_id, position, r.person_id, r.recipient, "pending", None, r.time_zone
+
+
+async def defer_deliveries(
+    conn: asyncpg.Connection,
+    run_id: str,
+    total: int,
+    batch_size: int,
+    priority: str = "normal",
+    *,
+    schedule_at: datetime | None = None,
+) -> list[int]:
+    """One deliver_batch job per `batch_size` positions, deferred on `conn` (so inside
+    its transaction: the jobs exist exactly when the run does), the k-th at the
+    procrastinate priority of the k-th job of a run of that campaign `priority`
+    (jobs/app.py), due at `schedule_at` if given (a scheduled run: they wait in the
+    queue, no process has to remember them). With tracing on, each job carries this
+    span's trace context (`traceparent`): its run continues the trace."""
+    batches: list[dict[str, JSONValue]] = [
+        {"run_id": run_id, "first": first, "last": min(first + batch_size, total) - 1}
+        for first in range(0, total, batch_size)
+    ]
+    attributes = {**_DEFER, "messaging.batch.message_count": len(batches), "run_id": run_id}
+    with tracing.span("defer deliver_batch", kind=SpanKind.PRODUCER, attributes=attributes):
+        if trace_args := tracing.job_trace_args():
+            for batch in batches:
+                batch.update(trace_args)
+        deferrer = deliver_batch.configure(connection=conn, schedule_at=schedule_at)
+        jobs = [
+            deferrer.make_new_job(**batch).evolve(priority=delivery_priority(priority, rank))
+            for rank, batch in enumerate(batches)
+        ]
+        deferred = await deferrer.job_manager.batch_defer_jobs_async(jobs=jobs, connection=conn)
+    return [job.id for job in deferred if job.id is not None]

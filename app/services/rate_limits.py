@@ -1,0 +1,29 @@
+"""A brand's own rate limits (the worker applies them: jobs/limits.py)."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from app.domain.schemas import RateLimit
+from app.http.auth import AccessToken
+from app.services.campaigns import require_brand
+from db.rate_limits import RateLimitRepository
+
+
+async def get_rate_limit(conn: asyncpg.Connection, brand_id: str, caller: AccessToken) -> RateLimit:
+    """The brand's caps; both null when it has none."""
+    require_brand(caller, brand_id)
+    caps = await RateLimitRepository(conn).brand_caps(brand_id)
+    if caps is None:
+        return RateLimit(email_per_second=None, sms_per_second=None)
+    return RateLimit(**caps)
+
+
+async def put_rate_limit(
+    conn: asyncpg.Connection, brand_id: str, limit: RateLimit, caller: AccessToken
+) -> RateLimit:
+    require_brand(caller, brand_id)
+    await RateLimitRepository(conn).set_brand_caps(
+        brand_id, limit.email_per_second, limit.sms_per_second
+    )
+    return limit
