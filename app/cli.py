@@ -27,7 +27,7 @@ import httpx
 import jwt
 
 from app.core.settings import Settings, SettingsError
-from app.http.auth import PUBLISH, READ, WRITE
+from app.domain.access import PUBLISH, READ, WRITE
 from db.ops import OpsRepository
 from db.pool import connect
 from db.runs import ENDED

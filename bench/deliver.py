@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 DATABASE_URL = os.environ.get(
     "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/messaging_bench"
 )
-os.environ["DATABASE_URL"] = DATABASE_URL  # read by jobs.app at import
+os.environ["DATABASE_URL"] = DATABASE_URL  # read by the worker processes it starts
 
 import asyncpg  # noqa: E402
 

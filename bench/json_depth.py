@@ -23,9 +23,9 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.domain.decoding import decode_json
 from app.domain.errors import InvalidInput
 from app.domain.schemas import PublishRequest
-from app.http.body import decode_json
 
 LIMIT = 32 * 1024 * 1024
 RECIPIENT = b'{"person_id":"p-000001","recipient":"user000001@example.com","time_zone":"UTC"}'

@@ -56,7 +56,10 @@ def translate(query: str) -> tuple[str, tuple[str, ...]]:
 
 
 class AsyncpgConnector(connector.BaseAsyncConnector):
-    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10):
+    """`dsn`: for a connector that opens its own pool; the service's connectors never do
+    (the worker opens the app on its pool, defers pass their connection)."""
+
+    def __init__(self, dsn: str | None = None, *, min_size: int = 1, max_size: int = 10):
         self._dsn = dsn
         self._min_size = min_size
         self._max_size = max_size
@@ -83,6 +86,8 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
         if pool is not None:
             self._pool, self._pool_externally_set = pool, True
             return
+        if self._dsn is None:
+            raise exceptions.AppNotOpen  # no pool given and no DSN to make one
         self._pool = await create_pool(self._dsn, min_size=self._min_size, max_size=self._max_size)
 
     async def close_async(self) -> None:

@@ -10,12 +10,11 @@ from uuid import UUID
 
 import asyncpg
 
+from db import queue
 from db.text import storable
-from jobs.app import EVENTS_QUEUE, HOUSEKEEPING_PRIORITY, app
 
 EVENT_TYPES = {"running": "run.started", "completed": "run.completed", "cancelled": "run.cancelled"}
 """The event of each run status that has one (`queued` has none)."""
-SEND_TASK = "send_run_events"
 COLUMNS = "id, seq, run_id, type, occurred_at, data, attempts"
 
 
@@ -32,13 +31,14 @@ class RunEventRepository:
     async def record(self, run_id: UUID, status: str, run: dict[str, Any]) -> UUID:
         """The event of the run's new `status` (`run` is its body as the API shows it) and
         the job that sends it, in the caller's transaction."""
-        job_id = await app.configure_task(
-            SEND_TASK,
-            queue=EVENTS_QUEUE,
+        send = queue.job(
+            queue.SEND_RUN_EVENTS,
+            queue.EVENTS_QUEUE,
+            queue.HOUSEKEEPING_PRIORITY,
+            {"run_id": str(run_id)},
             lock=events_lock(run_id),
-            priority=HOUSEKEEPING_PRIORITY,
-            connection=self.conn,
-        ).defer_async(run_id=str(run_id))
+        )
+        [job_id] = await queue.defer(self.conn, [send])
         event_id: UUID = await self.conn.fetchval(
             """
             INSERT INTO run_events (run_id, type, data, job_id) VALUES ($1, $2, $3, $4)

@@ -19,15 +19,16 @@ from db.idempotency import IdempotencyKeyRepository
 from db.jobs import JobRepository
 from db.pool import database_away
 from db.procrastinate import AsyncpgConnector
-from db.run_events import SEND_TASK
-from jobs.app import (
+from db.queue import (
+    DELIVER_BATCH,
     DELIVERY_QUEUE,
     EVENTS_QUEUE,
     HOUSEKEEPING_PRIORITY,
     MAINTENANCE_QUEUE,
-    app,
+    SEND_RUN_EVENTS,
     first_job_priority,
 )
+from jobs.app import app
 from jobs.delivery import DeliveryInterrupted, deliver_chunk, fail_range
 from jobs.resources import WorkerResources
 from jobs.retention import maintain_deliveries
@@ -52,7 +53,7 @@ class DeliveryRetry(BaseRetryStrategy):
         return RetryDecision(retry_in={"seconds": wait})
 
 
-@app.task(name="deliver_batch", queue=DELIVERY_QUEUE, pass_context=True, retry=DeliveryRetry())
+@app.task(name=DELIVER_BATCH, queue=DELIVERY_QUEUE, pass_context=True, retry=DeliveryRetry())
 async def deliver_batch(
     context: JobContext, run_id: str, first: int, last: int, traceparent: str | None = None
 ) -> None:
@@ -165,7 +166,7 @@ async def defer_follow_up(
 # receiver fails, for EVENTS_RETRY_HOURS; then the job fails and ops_undelivered_events
 # shows its events.
 @app.task(
-    name=SEND_TASK,
+    name=SEND_RUN_EVENTS,
     queue=EVENTS_QUEUE,
     pass_context=True,
     retry=EventRetry(),

@@ -38,7 +38,8 @@ from app.core.settings import Settings, SettingsError, get_settings
 from app.core.tracing import configure_tracing, flush_spans
 from db.jobs import JobRepository
 from db.pool import DATABASE_UNAVAILABLE, create_pool
-from jobs.app import WORKER_QUEUES, app
+from db.queue import WORKER_QUEUES
+from jobs.app import app
 from jobs.limits import Limiter
 from jobs.providers import Provider, build_providers, close_providers
 from jobs.resources import DeliveryConfig, Leases, WorkerResources

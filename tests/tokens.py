@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import jwt
 
-from app.http.auth import PUBLISH, READ, WRITE
+from app.domain.access import PUBLISH, READ, WRITE
 
 TEST_SECRET = "test-secret-with-enough-entropy-for-hs256-0123456789"
 ALL_SCOPES = (READ, WRITE, PUBLISH)

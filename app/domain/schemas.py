@@ -16,7 +16,7 @@ DeliveryStatus = Literal["pending", "sent", "failed", "skipped"]
 SuppressionReason = Literal["unsubscribed", "bounced", "complained", "manual"]
 Outcome = Literal["delivered", "bounced", "complained"]
 Priority = Literal["high", "normal", "low"]
-"""Deliveries of a higher priority go before those of a lower one (jobs/app.py)."""
+"""Deliveries of a higher priority go before those of a lower one (db/queue.py)."""
 
 BRAND_ID_LENGTH = (1, 100)
 BRAND_ID_PATTERN = r"^(?:[^*\x00]|\*[^\x00])[^\x00]*$"

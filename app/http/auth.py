@@ -21,10 +21,6 @@ from litestar.types import Guard
 from app.core.settings import Settings
 from app.http.jwks import JwksKeys
 
-READ = "messaging:campaigns:read"
-WRITE = "messaging:campaigns:write"
-PUBLISH = "messaging:campaigns:publish"
-
 BEARER_SCHEME = "BearerToken"
 """Name of the security scheme in the OpenAPI document."""
 

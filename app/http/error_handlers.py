@@ -27,6 +27,7 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+from app.domain.decoding import without_value
 from app.domain.errors import (
     BadState,
     ForbiddenBrand,
@@ -41,7 +42,6 @@ from app.domain.errors import (
     UnsupportedMediaType,
 )
 from app.domain.schemas import Error
-from app.http.body import without_value
 from app.http.request_id import request_id_of
 from db.pool import DATABASE_AWAY
 

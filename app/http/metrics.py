@@ -55,11 +55,6 @@ HTTP_LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-PUBLISH_RECIPIENTS = Histogram(
-    "messaging_publish_recipients",
-    "Recipients of each accepted publish (new runs only, not idempotent replays).",
-    buckets=(1, 10, 100, 1_000, 10_000, 50_000, 100_000),
-)
 QUEUE_JOBS = Gauge(
     "messaging_queue_jobs", "procrastinate jobs per queue and status.", ["queue", "status"]
 )

@@ -8,10 +8,10 @@ import asyncpg
 import msgspec
 from msgspec import UNSET
 
+from app.domain.access import Caller
 from app.domain.errors import BadState, ForbiddenBrand, InvalidInput, NotFound
 from app.domain.schedule import check_zone
 from app.domain.schemas import Campaign, CampaignCreate, CampaignPage, CampaignUpdate, QuietHours
-from app.http.auth import AccessToken
 from app.services.pagination import ByCreation, decode_cursor, listing_of, split_page
 from db.campaigns import CampaignRepository, Lock
 
@@ -26,7 +26,7 @@ def parse_id(value: str, what: str) -> UUID:
         raise NotFound(f"{what} {value} does not exist") from None
 
 
-def require_brand(caller: AccessToken, brand_id: str) -> None:
+def require_brand(caller: Caller, brand_id: str) -> None:
     """A brand named by the caller (in a body, a path or a filter) must be one of the
     token's: ForbiddenBrand otherwise. Brands are not resources of this service, so
     there is no existence to hide here; ids of campaigns and runs are (NotFound)."""
@@ -35,7 +35,7 @@ def require_brand(caller: AccessToken, brand_id: str) -> None:
 
 
 async def visible_campaign(
-    conn: asyncpg.Connection, campaign_id: str, caller: AccessToken, *, lock: Lock = None
+    conn: asyncpg.Connection, campaign_id: str, caller: Caller, *, lock: Lock = None
 ) -> asyncpg.Record:
     """The campaign, if it exists in a brand of the caller's; otherwise NotFound."""
     record = await CampaignRepository(conn).get(parse_id(campaign_id, "campaign"), lock=lock)
@@ -43,16 +43,14 @@ async def visible_campaign(
 
 
 async def campaign_to_publish(
-    conn: asyncpg.Connection, campaign_id: str, caller: AccessToken
+    conn: asyncpg.Connection, campaign_id: str, caller: Caller
 ) -> asyncpg.Record:
     """visible_campaign, share-locked, with `has_suppressions` (CampaignRepository)."""
     record = await CampaignRepository(conn).get_to_publish(parse_id(campaign_id, "campaign"))
     return _visible(record, campaign_id, caller)
 
 
-def _visible(
-    record: asyncpg.Record | None, campaign_id: str, caller: AccessToken
-) -> asyncpg.Record:
+def _visible(record: asyncpg.Record | None, campaign_id: str, caller: Caller) -> asyncpg.Record:
     if record is None or not caller.may_act_for(record["brand_id"]):
         raise NotFound(f"campaign {campaign_id} does not exist")
     return record
@@ -80,7 +78,7 @@ def check_quiet_hours(quiet_hours: QuietHours | None) -> None:
 
 
 async def create_campaign(
-    conn: asyncpg.Connection, data: CampaignCreate, caller: AccessToken
+    conn: asyncpg.Connection, data: CampaignCreate, caller: Caller
 ) -> Campaign:
     require_brand(caller, data.brand_id)
     if data.channel == "email" and data.subject is None:
@@ -104,7 +102,7 @@ async def create_campaign(
 
 async def list_campaigns(
     conn: asyncpg.Connection,
-    caller: AccessToken,
+    caller: Caller,
     *,
     brand_id: str | None,
     status: str | None,
@@ -132,7 +130,7 @@ async def list_campaigns(
 
 
 async def update_campaign(
-    conn: asyncpg.Connection, campaign_id: str, data: CampaignUpdate, caller: AccessToken
+    conn: asyncpg.Connection, campaign_id: str, data: CampaignUpdate, caller: Caller
 ) -> Campaign:
     """Change the content of a draft; BadState once it is active or archived."""
     changes = {f: value for f in CONTENT_FIELDS if (value := getattr(data, f)) is not UNSET}
@@ -169,7 +167,7 @@ def missing_content(campaign: asyncpg.Record) -> dict[str, str]:
 
 
 async def change_status(
-    conn: asyncpg.Connection, campaign_id: str, caller: AccessToken, *, to: str, allowed: list[str]
+    conn: asyncpg.Connection, campaign_id: str, caller: Caller, *, to: str, allowed: list[str]
 ) -> Campaign:
     """Move a campaign from one of `allowed` to `to`; BadState from anywhere else."""
     async with conn.transaction():

@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
+from app.domain.decoding import decode_json, validation_problem
 from app.domain.recipients import normalise
 from app.domain.schemas import MAX_PROVIDER_EVENTS, ProviderEvent, ProviderEventsResult
-from app.http.body import decode_json, validation_problem
 from db.outcomes import OUTCOME_RANK, OutcomeRepository, ReportedOutcome
 from db.suppressions import SuppressionRepository
 

@@ -11,25 +11,30 @@ import asyncpg
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 from procrastinate.types import JSONValue
+from prometheus_client import Histogram
 
 from app.core import tracing
+from app.domain.access import Caller
 from app.domain.errors import BadState, InvalidInput
 from app.domain.recipients import normalise_all, skip_reasons
 from app.domain.schedule import check_recipient_zones, check_send_at
 from app.domain.schemas import Recipient, Run
-from app.http.auth import AccessToken
-from app.http.metrics import PUBLISH_RECIPIENTS
 from app.services.campaigns import campaign_to_publish
 from app.services.idempotency import IdempotencyKey, claim_key, parse_key, retry_key
 from app.services.runs import ensure_deliveries_kept, visible_run
+from db import queue
 from db.ids import uuid7
 from db.pool import DATABASE_AWAY
 from db.runs import ENDED, DeliveryRow, RunRepository
 from db.suppressions import SuppressionRepository
-from jobs.app import DELIVERY_QUEUE, delivery_priority
-from jobs.tasks import deliver_batch
 
 logger = logging.getLogger(__name__)
+
+PUBLISH_RECIPIENTS = Histogram(
+    "messaging_publish_recipients",
+    "Recipients of each accepted publish (new runs only, not idempotent replays).",
+    buckets=(1, 10, 100, 1_000, 10_000, 50_000, 100_000),
+)
 
 LOOKUP_TIMEOUT_SECONDS = 5.0
 """How long the look-up of a run whose commit lost its answer waits for a connection."""
@@ -37,7 +42,7 @@ LOOKUP_TIMEOUT_SECONDS = 5.0
 _DEFER: dict[str, AttributeValue] = {
     "messaging.system": "procrastinate",
     "messaging.operation.type": "send",
-    "messaging.destination.name": DELIVERY_QUEUE,
+    "messaging.destination.name": queue.DELIVERY_QUEUE,
 }
 
 
@@ -45,7 +50,7 @@ async def publish_campaign(
     conn: asyncpg.Connection,
     campaign_id: str,
     recipients: list[Recipient],
-    caller: AccessToken,
+    caller: Caller,
     *,
     max_recipients: int,
     batch_size: int,
@@ -98,7 +103,7 @@ async def _publish(
     run_id: UUID,
     campaign_id: str,
     recipients: list[Recipient],
-    caller: AccessToken,
+    caller: Caller,
     batch_size: int,
     idempotency_key: IdempotencyKey | None,
     retry_of: UUID | None,
@@ -175,7 +180,7 @@ async def retry_failed(
     conn: asyncpg.Connection,
     campaign_id: str,
     run_id: str,
-    caller: AccessToken,
+    caller: Caller,
     *,
     batch_size: int,
     idempotency_key_header: str | None = None,
@@ -241,7 +246,7 @@ async def defer_deliveries(
     """One deliver_batch job per `batch_size` positions, deferred on `conn` (so inside
     its transaction: the jobs exist exactly when the run does), the k-th at the
     procrastinate priority of the k-th job of a run of that campaign `priority`
-    (jobs/app.py), due at `schedule_at` if given (a scheduled run: they wait in the
+    (db/queue.py), due at `schedule_at` if given (a scheduled run: they wait in the
     queue, no process has to remember them). With tracing on, each job carries this
     span's trace context (`traceparent`): its run continues the trace."""
     batches: list[dict[str, JSONValue]] = [
@@ -253,10 +258,14 @@ async def defer_deliveries(
         if trace_args := tracing.job_trace_args():
             for batch in batches:
                 batch.update(trace_args)
-        deferrer = deliver_batch.configure(connection=conn, schedule_at=schedule_at)
         jobs = [
-            deferrer.make_new_job(**batch).evolve(priority=delivery_priority(priority, rank))
+            queue.job(
+                queue.DELIVER_BATCH,
+                queue.DELIVERY_QUEUE,
+                queue.delivery_priority(priority, rank),
+                batch,
+                scheduled_at=schedule_at,
+            )
             for rank, batch in enumerate(batches)
         ]
-        deferred = await deferrer.job_manager.batch_defer_jobs_async(jobs=jobs, connection=conn)
-    return [job.id for job in deferred if job.id is not None]
+        return await queue.defer(conn, jobs)

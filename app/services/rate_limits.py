@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncpg
 
+from app.domain.access import Caller
 from app.domain.schemas import RateLimit
-from app.http.auth import AccessToken
 from app.services.campaigns import require_brand
 from db.rate_limits import RateLimitRepository
 
 
-async def get_rate_limit(conn: asyncpg.Connection, brand_id: str, caller: AccessToken) -> RateLimit:
+async def get_rate_limit(conn: asyncpg.Connection, brand_id: str, caller: Caller) -> RateLimit:
     """The brand's caps; both null when it has none."""
     require_brand(caller, brand_id)
     caps = await RateLimitRepository(conn).brand_caps(brand_id)
@@ -20,7 +20,7 @@ async def get_rate_limit(conn: asyncpg.Connection, brand_id: str, caller: Access
 
 
 async def put_rate_limit(
-    conn: asyncpg.Connection, brand_id: str, limit: RateLimit, caller: AccessToken
+    conn: asyncpg.Connection, brand_id: str, limit: RateLimit, caller: Caller
 ) -> RateLimit:
     require_brand(caller, brand_id)
     await RateLimitRepository(conn).set_brand_caps(

@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import asyncpg
 
+from app.domain.access import Caller
 from app.domain.errors import BadState, Gone, NotFound
 from app.domain.schemas import Delivery, DeliveryPage, Run, RunPage
-from app.http.auth import AccessToken
 from app.services.campaigns import parse_id, visible_campaign
 from app.services.pagination import ByCreation, ByPosition, decode_cursor, listing_of, split_page
 from db.deliveries import DeliveryRepository, delivery_id
@@ -18,7 +18,7 @@ from db.runs import ENDED, NOT_ENDED, RunRepository
 
 
 async def visible_run(
-    conn: asyncpg.Connection, campaign_id: str, run_id: str, caller: AccessToken
+    conn: asyncpg.Connection, campaign_id: str, run_id: str, caller: Caller
 ) -> asyncpg.Record:
     """The run, if it is one of a campaign the caller may see; otherwise NotFound."""
     campaign = await visible_campaign(conn, campaign_id, caller)
@@ -29,7 +29,7 @@ async def visible_run(
 
 
 async def cancel_run(
-    conn: asyncpg.Connection, campaign_id: str, run_id: str, caller: AccessToken
+    conn: asyncpg.Connection, campaign_id: str, run_id: str, caller: Caller
 ) -> Run:
     """Pending deliveries become skipped (`cancelled`), and the run's delivery jobs still
     waiting in the queue (all of a scheduled run's) are removed. Once this commits, no
@@ -54,7 +54,7 @@ async def cancel_run(
 async def list_runs(
     conn: asyncpg.Connection,
     campaign_id: str,
-    caller: AccessToken,
+    caller: Caller,
     *,
     status: str | None = None,
     limit: int,
@@ -94,7 +94,7 @@ async def list_deliveries(
     conn: asyncpg.Connection,
     campaign_id: str,
     run_id: str,
-    caller: AccessToken,
+    caller: Caller,
     *,
     status: str | None,
     limit: int,

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncpg
 
+from app.domain.access import Caller
 from app.domain.errors import InvalidInput, NotFound
 from app.domain.recipients import channel_of, normalise
 from app.domain.schemas import Suppression, SuppressionPage
-from app.http.auth import AccessToken
 from app.services.campaigns import require_brand
 from app.services.pagination import ByAddress, decode_cursor, listing_of, split_page
 from db.suppressions import SuppressionRepository
@@ -29,7 +29,7 @@ def suppression_address(recipient: str) -> str:
 
 
 async def put_suppression(
-    conn: asyncpg.Connection, brand_id: str, recipient: str, reason: str, caller: AccessToken
+    conn: asyncpg.Connection, brand_id: str, recipient: str, reason: str, caller: Caller
 ) -> Suppression:
     require_brand(caller, brand_id)
     record = await SuppressionRepository(conn).put(brand_id, suppression_address(recipient), reason)
@@ -37,7 +37,7 @@ async def put_suppression(
 
 
 async def get_suppression(
-    conn: asyncpg.Connection, brand_id: str, recipient: str, caller: AccessToken
+    conn: asyncpg.Connection, brand_id: str, recipient: str, caller: Caller
 ) -> Suppression:
     require_brand(caller, brand_id)
     record = await SuppressionRepository(conn).get(brand_id, suppression_address(recipient))
@@ -47,7 +47,7 @@ async def get_suppression(
 
 
 async def delete_suppression(
-    conn: asyncpg.Connection, brand_id: str, recipient: str, caller: AccessToken
+    conn: asyncpg.Connection, brand_id: str, recipient: str, caller: Caller
 ) -> None:
     require_brand(caller, brand_id)
     if not await SuppressionRepository(conn).remove(brand_id, suppression_address(recipient)):
@@ -57,7 +57,7 @@ async def delete_suppression(
 async def list_suppressions(
     conn: asyncpg.Connection,
     brand_id: str,
-    caller: AccessToken,
+    caller: Caller,
     *,
     reason: str | None,
     limit: int,

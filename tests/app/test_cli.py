@@ -12,7 +12,7 @@ import pytest
 
 from app.cli import run
 from app.core.settings import DEV_JWT_SECRET
-from app.http.auth import PUBLISH, READ
+from app.domain.access import PUBLISH, READ
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import deliver_until_ended
 from tests.tokens import TEST_SECRET

@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from app.http.body import CAMPAIGN_BODY_BYTES, SMALL_BODY_BYTES, TOO_DEEP
+from app.domain.decoding import TOO_DEEP
+from app.http.body import CAMPAIGN_BODY_BYTES, SMALL_BODY_BYTES
 from tests.helpers import CAMPAIGNS
 from tests.servers import HOST, WebProcess
 from tests.tokens import bearer

@@ -14,7 +14,7 @@ import pytest
 from app.services.idempotency import parse_key
 from db.idempotency import IdempotencyKeyRepository
 from db.pool import create_pool
-from jobs.app import MAINTENANCE_QUEUE
+from db.queue import MAINTENANCE_QUEUE
 from jobs.app import app as procrastinate_app
 from jobs.tasks import purge_finished_jobs, purge_idempotency_keys
 from tests.helpers import CAMPAIGNS, create_campaign, recipients

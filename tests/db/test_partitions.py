@@ -13,7 +13,7 @@ from alembic import command
 import jobs.retention
 from db.ids import uuid7, uuid7_unix_ms
 from db.pool import create_pool
-from jobs.app import MAINTENANCE_QUEUE
+from db.queue import MAINTENANCE_QUEUE
 from jobs.app import app as procrastinate_app
 from jobs.retention import PartitionsBehind, add_months, maintain_deliveries, month_of
 from jobs.tasks import maintain_deliveries_task

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from litestar.testing import AsyncTestClient
 
 from app.http.asgi import create_app
-from jobs.app import delivery_priority
+from db.queue import delivery_priority
 from jobs.tasks import defer_follow_up
 from jobs.worker import StopRequest, run_worker
 from tests.helpers import create_campaign, publish, recipients

@@ -23,7 +23,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from jobs.app import delivery_priority
+from db.queue import delivery_priority
 from jobs.tasks import defer_follow_up
 from jobs.worker import run_worker
 from tests.helpers import CAMPAIGNS, create_campaign, publish

@@ -10,6 +10,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import Body, FromQuery, SkipValidation
 
+from app.domain.access import PUBLISH, READ, WRITE
 from app.domain.schemas import (
     Campaign,
     CampaignCreate,
@@ -23,7 +24,7 @@ from app.domain.schemas import (
     RunPage,
     RunStatus,
 )
-from app.http.auth import PUBLISH, READ, WRITE, AccessToken
+from app.http.auth import AccessToken
 from app.http.body import CAMPAIGN_BODY_BYTES, MsgspecJSON
 from app.http.openapi import access
 from app.http.raw_params import raw_params_middleware

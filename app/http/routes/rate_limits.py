@@ -7,8 +7,8 @@ from typing import Annotated
 from litestar import Controller, get, put
 from litestar.params import Body
 
+from app.domain.access import READ, WRITE
 from app.domain.schemas import RateLimit
-from app.http.auth import READ, WRITE
 from app.http.body import SMALL_BODY_BYTES, MsgspecJSON
 from app.http.openapi import access
 from app.http.raw_params import raw_params_middleware

@@ -8,8 +8,8 @@ from litestar import Controller, delete, get, put
 from litestar.datastructures import State
 from litestar.params import Body, FromQuery
 
+from app.domain.access import READ, WRITE
 from app.domain.schemas import Suppression, SuppressionPage, SuppressionPut, SuppressionReason
-from app.http.auth import READ, WRITE
 from app.http.body import SMALL_BODY_BYTES, MsgspecJSON
 from app.http.openapi import access
 from app.http.raw_params import raw_params_middleware
