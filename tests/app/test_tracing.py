@@ -242,7 +242,7 @@ def test_an_unsampled_request_makes_no_child_spans_and_its_jobs_stay_unsampled()
         "from opentelemetry.sdk.trace.export.in_memory_span_exporter import"
         " InMemorySpanExporter\n"
         "from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased\n"
-        "from app import tracing\n"
+        "from app.core import tracing\n"
         "exported = InMemorySpanExporter()\n"
         "provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))\n"
         "tracing.install(provider, SimpleSpanProcessor(exported))\n"
