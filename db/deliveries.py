@@ -1,20 +1,35 @@
-"""SQL of the worker's side of deliveries: claiming a window of them, recording outcomes."""
+"""SQL of the deliveries table: written by publish (COPY), listed by the API, claimed and
+recorded by the worker."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
 import asyncpg
 
+from db.params import Params
 from db.runs import UPDATED_COLUMNS, counted
 from db.text import storable
 
 MAX_LAST_ERROR = 1000
 """last_error is shown to API users; a provider may answer with a whole HTML page."""
 MAX_PROVIDER_MESSAGE_ID = 256
+
+
+DELIVERY_COLUMNS = (
+    "run_id, position, person_id, recipient, status, reason, attempts, last_error, "
+    "provider_message_id, sent_at, outcome, outcome_at, outcome_detail, not_before"
+)
+DELIVERY_COPY_COLUMNS = (
+    "run_id", "position", "person_id", "recipient", "status", "reason", "time_zone"
+)  # fmt: skip
+
+# One delivery as publish writes it:
+# (run_id, position, person_id, recipient, status, reason, time_zone).
+DeliveryRow = tuple[UUID, int, str, str, str, str | None, str | None]
 
 
 def delivery_id(run_id: UUID | str, position: int) -> str:
@@ -80,6 +95,45 @@ class Recorded:
 class DeliveryRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
+
+    async def page(
+        self, run_id: UUID, *, status: str | None, after: int, limit: int
+    ) -> list[asyncpg.Record]:
+        """Up to `limit` deliveries of the run after position `after`, in position order.
+
+        The primary key (run_id, position) serves both shapes; the status filter is
+        checked on the run's rows as the walk goes, so a page of a rare status may
+        read more of the run than it returns (never more than the run).
+        """
+        p = Params()
+        status_filter = f"AND status = {p(status)}" if status is not None else ""
+        rows: list[asyncpg.Record] = await self.conn.fetch(
+            f"""
+            SELECT {DELIVERY_COLUMNS} FROM deliveries
+            WHERE run_id = {p(run_id)} AND position > {p(after)} {status_filter}
+            ORDER BY position LIMIT {p(limit)}
+            """,
+            *p.values,
+        )
+        return rows
+
+    async def failed_recipients(self, run_id: UUID) -> list[asyncpg.Record]:
+        """(person_id, recipient, time_zone) of the run's failed deliveries, in position
+        order."""
+        rows: list[asyncpg.Record] = await self.conn.fetch(
+            """
+            SELECT person_id, recipient, time_zone FROM deliveries
+            WHERE run_id = $1 AND status = 'failed' ORDER BY position
+            """,
+            run_id,
+        )
+        return rows
+
+    async def copy(self, rows: Iterable[DeliveryRow]) -> None:
+        """Bulk-write deliveries with COPY (binary): the one write that scales with the list."""
+        await self.conn.copy_records_to_table(
+            "deliveries", records=rows, columns=DELIVERY_COPY_COLUMNS
+        )
 
     async def claim(
         self,

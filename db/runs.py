@@ -1,8 +1,7 @@
-"""SQL of the runs and deliveries tables."""
+"""SQL of the runs table: a run, its counters and its status changes (their events)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -39,19 +38,6 @@ def counted(sent: str, failed: str, skipped: str) -> str:
         started_at = coalesce(started_at, now()),
         status = CASE WHEN {settled} = total_recipients THEN 'completed' ELSE 'running' END,
         completed_at = CASE WHEN {settled} = total_recipients THEN now() END"""
-
-
-DELIVERY_COLUMNS = (
-    "run_id, position, person_id, recipient, status, reason, attempts, last_error, "
-    "provider_message_id, sent_at, outcome, outcome_at, outcome_detail, not_before"
-)
-DELIVERY_COPY_COLUMNS = (
-    "run_id", "position", "person_id", "recipient", "status", "reason", "time_zone"
-)  # fmt: skip
-
-# One delivery as publish writes it:
-# (run_id, position, person_id, recipient, status, reason, time_zone).
-DeliveryRow = tuple[UUID, int, str, str, str, str | None, str | None]
 
 
 class RunRepository:
@@ -129,45 +115,6 @@ class RunRepository:
             *p.values,
         )
         return rows
-
-    async def page_deliveries(
-        self, run_id: UUID, *, status: str | None, after: int, limit: int
-    ) -> list[asyncpg.Record]:
-        """Up to `limit` deliveries of the run after position `after`, in position order.
-
-        The primary key (run_id, position) serves both shapes; the status filter is
-        checked on the run's rows as the walk goes, so a page of a rare status may
-        read more of the run than it returns (never more than the run).
-        """
-        p = Params()
-        status_filter = f"AND status = {p(status)}" if status is not None else ""
-        rows: list[asyncpg.Record] = await self.conn.fetch(
-            f"""
-            SELECT {DELIVERY_COLUMNS} FROM deliveries
-            WHERE run_id = {p(run_id)} AND position > {p(after)} {status_filter}
-            ORDER BY position LIMIT {p(limit)}
-            """,
-            *p.values,
-        )
-        return rows
-
-    async def failed_recipients(self, run_id: UUID) -> list[asyncpg.Record]:
-        """(person_id, recipient, time_zone) of the run's failed deliveries, in position
-        order."""
-        rows: list[asyncpg.Record] = await self.conn.fetch(
-            """
-            SELECT person_id, recipient, time_zone FROM deliveries
-            WHERE run_id = $1 AND status = 'failed' ORDER BY position
-            """,
-            run_id,
-        )
-        return rows
-
-    async def copy_deliveries(self, rows: Iterable[DeliveryRow]) -> None:
-        """Bulk-write deliveries with COPY (binary): the one write that scales with the list."""
-        await self.conn.copy_records_to_table(
-            "deliveries", records=rows, columns=DELIVERY_COPY_COLUMNS
-        )
 
     async def delivery_target(self, run_id: UUID) -> asyncpg.Record | None:
         """What a job sends for the run, read once per job: its brand, and its campaign's

@@ -32,7 +32,7 @@ deliveries may go (`_finish`): nothing pending is ever left without a job. Every
 comes from the database's clock, which is the one procrastinate compares them with.
 
 A record that fails for a reason other than the database being away (a bug of ours, a
-constraint, text the database refuses) is salvaged delivery by delivery (`_salvage`); the
+constraint, text the database refuses) is salvaged delivery by delivery (jobs/recording.py); the
 database away, it is tried again while the window's claim lasts.
 """
 
@@ -45,10 +45,10 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 
@@ -57,22 +57,19 @@ from app.domain.recipients import normalise
 from app.domain.schedule import QuietWindow
 from db.deliveries import Claimed, DeliveryRepository, Outcome, delivery_id
 from db.jobs import JobRepository
-from db.pool import database_away
-from db.rate_limits import RateLimitRepository
-from db.runs import ENDED, NOT_ENDED, RunRepository
+from db.runs import ENDED, RunRepository
 from db.suppressions import SuppressionRepository
 from jobs.limits import MAX_INLINE_WAIT_SECONDS
 from jobs.metrics import count_outcomes, provider_latency
-from jobs.providers import OutgoingMessage, PermanentError, Provider, Throttled, TransientError
+from jobs.providers import OutgoingMessage, PermanentError, Throttled, TransientError
+from jobs.recording import record_window
 from jobs.resources import TIME_SLICE_SECONDS, DeliveryConfig, Lease, WorkerResources
+from jobs.window import MIN_THROTTLE_SECONDS, ScheduleRetry, Window
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BACKOFF_SECONDS = 300.0
-MIN_THROTTLE_SECONDS = 1.0
-"""However soon a throttling provider says to come back: at most one send a second per
-delivery (the contract's "Bounded throttling")."""
 MAX_THROTTLE_SECONDS = 3600.0
 ABORT_RELEASE_SECONDS = 1.0
 """An aborting worker gives its claims back for at most this long (else they lapse)."""
@@ -89,11 +86,6 @@ class OutcomesNotStored(Exception):
     tasks.py ends the job after DELIVERY_MAX_ATTEMPTS such tries."""
 
 
-ScheduleRetry = Callable[[asyncpg.Connection, datetime], Awaitable[None]]
-"""Defers the follow-up job of a range on the given connection (in its transaction), due
-at the given instant of the database's clock, or brings the one already waiting forward."""
-
-
 @dataclass
 class ChunkReport:
     sent: int = 0
@@ -106,40 +98,6 @@ class ChunkReport:
     comes back after this many seconds."""
     waiting: int = 0
     """Deliveries held back by their recipients' quiet hours, for a follow-up job."""
-
-
-@dataclass
-class Window:
-    """One window's work: what it claimed, sent and is about to record."""
-
-    run_id: UUID
-    first: int
-    last: int
-    exclude: list[int]
-    limit: int
-    """Deliveries it may claim: WORKER_CONCURRENCY, or fewer under a rate limit."""
-    target: asyncpg.Record
-    """The run's brand and campaign (RunRepository.delivery_target)."""
-    provider: Provider
-    token: UUID = field(default_factory=uuid4)
-    claimed: Claimed | None = None
-    outcomes: list[Outcome] = field(default_factory=list)
-    sent: list[int] = field(default_factory=list)
-    """Positions it sends to the provider."""
-    started: set[int] = field(default_factory=set)
-    """Positions whose send began: an abort gives the others back without the attempt."""
-    waiting: int = 0
-    """Claimed deliveries that wait for the end of their recipients' quiet hours."""
-    unstored: list[int] = field(default_factory=list)
-    """Positions whose outcome could not be stored at all (`_salvage`)."""
-
-    @property
-    def paused_for(self) -> float | None:
-        return None if self.claimed is None else self.claimed.paused_for
-
-    @property
-    def run_ended(self) -> bool:
-        return self.claimed is None or self.claimed.status not in NOT_ENDED
 
 
 def backoff_seconds(attempts: int, base: float) -> float:
@@ -383,7 +341,7 @@ async def _send_and_record(
     window.outcomes = outcomes
     # Counted before the record: a send whose outcome is then lost did reach the provider.
     count_outcomes(channel, window.provider.name, Counter(o.status for o in outcomes).items())
-    await _record(resources, window, lease, schedule_retry)
+    await record_window(resources, window, lease, schedule_retry)
 
 
 async def _give_back(
@@ -397,107 +355,6 @@ async def _give_back(
     with contextlib.suppress(Exception):  # the database away: the claims lapse by themselves
         async with asyncio.timeout(ABORT_RELEASE_SECONDS), resources.pool.acquire() as conn:
             await DeliveryRepository(conn).release(window.run_id, window.token, attempts)
-
-
-async def _record(
-    resources: WorkerResources, window: Window, lease: Lease, schedule_retry: ScheduleRetry
-) -> None:
-    """Store the window's outcomes. The database away, try again while the claim lasts
-    (what is stored is only ever what is still this window's, so a late try is harmless);
-    any other failure, salvage."""
-    delay = 0.05
-    while True:
-        try:
-            await _store(resources, window, window.outcomes, schedule_retry)
-            return
-        except Exception as exc:
-            if not database_away(exc):
-                await _salvage(resources, window, exc, schedule_retry)
-                return
-            if resources.aborting.is_set() or time.monotonic() + delay >= lease.expires:
-                raise  # its deliveries come back when the claim lapses
-            logger.warning("recording a window failed; trying again: %r", exc)
-        await asyncio.sleep(delay)
-        delay = min(2 * delay, 1.0)
-
-
-async def _store(
-    resources: WorkerResources,
-    window: Window,
-    outcomes: list[Outcome],
-    schedule_retry: ScheduleRetry,
-) -> None:
-    """One transaction: the outcomes of the rows still claimed by the window, the run's
-    counters from the rows written, the provider's pause if the throttling was widespread,
-    and a follow-up job due when the first delivery left pending may go."""
-    run_id = window.run_id
-    async with resources.pool.acquire() as conn, conn.transaction():
-        recorded = await DeliveryRepository(conn).record(
-            run_id, window.token, outcomes, resources.clock_offset
-        )
-        if recorded.change is not None:
-            await RunRepository(conn).record_status_change(recorded.change)
-        if pause := _provider_pause(resources, window.provider.name, outcomes):
-            seconds, reason = pause
-            await RateLimitRepository(conn).pause(window.provider.name, seconds, reason)
-        if recorded.wake_at is not None:
-            await schedule_retry(conn, recorded.wake_at)
-
-
-def _provider_pause(
-    resources: WorkerResources, provider: str, outcomes: list[Outcome]
-) -> tuple[float, str] | None:
-    """A pause of the provider for every worker, when its throttling is widespread: at
-    least 3 of its answers to this process in the last second were throttled, and half of
-    them. A few addresses throttled (an SMS gateway does that per number) pause only their
-    own deliveries (`not_before`). The pause is the shortest wait asked in this window."""
-    throttled = [o for o in outcomes if o.throttled_for is not None]
-    if not throttled or not resources.answers.widespread(provider):
-        return None
-    first = min(throttled, key=lambda o: o.throttled_for or 0.0)
-    return first.throttled_for or MIN_THROTTLE_SECONDS, first.last_error or "throttled"
-
-
-async def _salvage(
-    resources: WorkerResources, window: Window, error: Exception, schedule_retry: ScheduleRetry
-) -> None:
-    """Store a window whose outcomes could not be stored together, for a reason that would
-    fail again, delivery by delivery in transactions of their own, so that one that cannot
-    be stored holds back no other: its outcome; else without the provider's words; else
-    `failed`. The attempt is spent either way (the claim counted it). What cannot even be
-    failed stays pending (`window.unstored`), its claim given back, for the job's retry."""
-    logger.error(
-        "a window could not be recorded after its sends; recording it delivery by delivery",
-        exc_info=error,
-    )
-    lost = f"its outcome could not be stored ({type(error).__name__}); the answer is lost"
-    for outcome in window.outcomes:
-        for candidate in _without_answer(outcome, lost):
-            try:
-                await _store(resources, window, [candidate], schedule_retry)
-                break
-            except Exception as exc:
-                if database_away(exc):
-                    raise
-                logger.error("a salvage step failed", exc_info=exc)
-        else:
-            window.unstored.append(outcome.position)
-            attempts = {outcome.position: outcome.attempts}
-            with contextlib.suppress(Exception):
-                async with resources.pool.acquire() as conn:
-                    await DeliveryRepository(conn).release(window.run_id, window.token, attempts)
-
-
-def _without_answer(outcome: Outcome, lost: str) -> tuple[Outcome, Outcome, Outcome]:
-    """What to store of an outcome: itself, then the same status without the provider's
-    words, then `failed`."""
-    plain = replace(
-        outcome,
-        provider_message_id=None,
-        last_error=None if outcome.status in ("sent", "skipped") else lost,
-    )
-    failed = replace(outcome, status="failed", reason=None, last_error=lost, not_before=None)
-    return outcome, plain, failed
 
 
 async def _send(

@@ -23,9 +23,10 @@ from app.services.campaigns import campaign_to_publish
 from app.services.idempotency import IdempotencyKey, claim_key, parse_key, retry_key
 from app.services.runs import ensure_deliveries_kept, visible_run
 from db import queue
+from db.deliveries import DeliveryRepository, DeliveryRow
 from db.ids import uuid7
 from db.pool import DATABASE_AWAY
-from db.runs import ENDED, DeliveryRow, RunRepository
+from db.runs import ENDED, RunRepository
 from db.suppressions import SuppressionRepository
 
 logger = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ async def _publish(
                 scheduled_for=send_at,
             )
         with tracing.db_span("COPY", "deliveries"):
-            await runs.copy_deliveries(_delivery_rows(run["id"], recipients, skips))
+            await DeliveryRepository(conn).copy(_delivery_rows(run["id"], recipients, skips))
         job_ids = await defer_deliveries(
             conn,
             str(run["id"]),
@@ -207,7 +208,7 @@ async def retry_failed(
             allowed=list(ENDED),
             failed_count=0,
         )
-    rows = await RunRepository(conn).failed_recipients(original["id"])
+    rows = await DeliveryRepository(conn).failed_recipients(original["id"])
     recipients = [Recipient(person_id=row[0], recipient=row[1], time_zone=row[2]) for row in rows]
     return await publish_campaign(
         conn,

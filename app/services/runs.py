@@ -108,7 +108,7 @@ async def list_deliveries(
     await ensure_deliveries_kept(conn, run, retention)
     listing = listing_of(caller.brands, "deliveries", str(run["id"]), status)
     after = decode_cursor(cursor_key, listing, cursor, ByPosition)[0] if cursor else -1
-    rows = await RunRepository(conn).page_deliveries(
+    rows = await DeliveryRepository(conn).page(
         run["id"], status=status, after=after, limit=limit + 1
     )
     page, next_cursor = split_page(rows, limit, cursor_key, listing, lambda row: (row["position"],))
