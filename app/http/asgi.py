@@ -32,7 +32,8 @@ from app.http.metrics import (
     serve_metrics_port,
     start_queue_metrics,
 )
-from app.http.openapi import SECURITY_SCHEMES, complete_document, schema_pages, schema_router
+from app.http.openapi import SECURITY_SCHEMES
+from app.http.openapi_document import complete_document, schema_pages, schema_router
 from app.http.request_id import request_id_middleware, send_request_id
 from app.http.routes.campaigns import CampaignController
 from app.http.routes.health import healthz, readyz

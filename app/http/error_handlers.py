@@ -71,8 +71,16 @@ HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "too_many_requests",
+    500: "internal_error",
     503: "unavailable",
 }
+
+
+def code_for(status: int) -> str:
+    """The code of the errors answered with `status`: the first domain error mapped to it,
+    else the framework's (what the OpenAPI document shows in its examples)."""
+    mapped = (error.code for error, mapped in STATUS_OF.items() if mapped == status)
+    return next(mapped, None) or HTTP_CODES[status]
 
 
 def error_response(
@@ -169,7 +177,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
     )
     return error_response(
         HTTP_500_INTERNAL_SERVER_ERROR,
-        "internal_error",
+        HTTP_CODES[500],
         "the server failed to handle this request; quote the request id when reporting it",
         {"request_id": request_id},
     )
@@ -185,7 +193,7 @@ def handle_database_away(_: Request[Any, Any, Any], exc: Exception) -> Response[
     logger.warning("database unavailable: %r", exc)
     return error_response(
         HTTP_503_SERVICE_UNAVAILABLE,
-        "unavailable",
+        HTTP_CODES[503],
         "the service is unavailable or busy (its database, or a service it needs); nothing"
         " was changed, retry after Retry-After",
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
