@@ -40,6 +40,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from tests.tokens import TEST_SECRET
+from tests.waiting import PATIENCE
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ async def web_process(database_url: str, **env: str) -> AsyncIterator[WebProcess
             )
         web = WebProcess(f"http://{HOST}:{port}", process, log_file)
         try:
-            async with httpx.AsyncClient(base_url=web.url) as http, asyncio.timeout(20):
+            async with httpx.AsyncClient(base_url=web.url) as http, asyncio.timeout(PATIENCE):
                 while True:
                     try:
                         if (await http.get("/readyz")).status_code == 200:

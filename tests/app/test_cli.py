@@ -16,6 +16,7 @@ from app.domain.access import PUBLISH, READ
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import deliver_until_ended
 from tests.tokens import TEST_SECRET
+from tests.waiting import PATIENCE
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ async def test_demo_publishes_and_follows_the_run_to_its_summary(env, live_serve
     env.setenv("JWT_SECRET", TEST_SECRET)
     argv = ["demo", "--url", live_server, "--recipients", "50", "--interval", "0.05"]
     demo = asyncio.ensure_future(asyncio.to_thread(cli, *argv, "--timeout", "30"))
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(PATIENCE):
         while (run_id := await db.fetchval("SELECT id::text FROM runs")) is None:
             assert not demo.done(), demo.result()
             await asyncio.sleep(0.02)

@@ -19,6 +19,7 @@ from jobs.app import app as procrastinate_app
 from jobs.tasks import purge_finished_jobs, purge_idempotency_keys
 from tests.helpers import CAMPAIGNS, create_campaign, recipients
 from tests.tokens import bearer
+from tests.waiting import PATIENCE
 
 SLOW_RUN_INSERT = """
 CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -219,7 +220,7 @@ async def key_claimed(db) -> None:
         "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
         " WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()"
     )
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(PATIENCE):
         while True:  # polling the database: there is no event to wait for
             if await db.fetchval(query):
                 return

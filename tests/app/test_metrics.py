@@ -20,6 +20,7 @@ from tests.helpers import CAMPAIGNS, create_campaign, database_unreachable, publ
 from tests.jobs.delivery_helpers import deliver_until_ended
 from tests.servers import free_port
 from tests.tokens import bearer
+from tests.waiting import PATIENCE
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -46,7 +47,7 @@ async def scrape(client: Any) -> Samples:
 
 async def scrape_until(client: Any, condition: Callable[[Samples], bool]) -> Samples:
     """Scrapes until one satisfies `condition` (the queue figures are a round behind)."""
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(PATIENCE):
         while not condition(samples := await scrape(client)):  # noqa: ASYNC110 - polls HTTP
             await asyncio.sleep(0.02)
     return samples
@@ -146,7 +147,7 @@ async def test_the_queue_figures_outlive_a_round_that_fails_and_log_its_tracebac
         " CREATE VIEW ops_queue_depth AS SELECT 'deliveries'::text AS queue_name,"
         " 'todo'::text AS status, 'many'::text AS jobs, interval '1 s' AS oldest_waiting_for"
     )
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(PATIENCE):
         while not any("queue metrics: round failed" in r.message for r in caplog.records):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
     await db.execute(f"DROP VIEW ops_queue_depth; CREATE VIEW ops_queue_depth AS {definition}")
@@ -202,7 +203,7 @@ async def test_with_metrics_port_metrics_leave_the_public_port(settings):
         public = await client.get("/metrics")
         await client.get("/healthz")
         url = f"http://127.0.0.1:{port}/metrics"
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(PATIENCE):
             while "messaging_queue_scrape_ok 1.0" not in (private := await http.get(url)).text:  # noqa: ASYNC110 - polls HTTP
                 await asyncio.sleep(0.02)
 

@@ -37,6 +37,7 @@ from tests.servers import (
     web_command,
 )
 from tests.tokens import TEST_SECRET, bearer
+from tests.waiting import PATIENCE
 
 ROOT = Path(__file__).resolve().parents[2]
 BRAND = "brand-a"
@@ -399,7 +400,7 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
 
 
 async def until_ready(http: httpx.AsyncClient) -> None:
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(PATIENCE):
         while True:
             try:
                 if (await http.get("/readyz")).status_code == 200:

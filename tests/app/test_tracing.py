@@ -20,6 +20,7 @@ from tests.helpers import CAMPAIGNS, create_campaign, publish
 from tests.jobs.delivery_helpers import ENDED, run_status
 from tests.servers import OtlpReceiver, ReceivedSpan, Reply, free_port, web_command
 from tests.tokens import TEST_SECRET, bearer
+from tests.waiting import PATIENCE
 
 ROOT = Path(__file__).resolve().parents[2]
 FAILING = "down@example.com"
@@ -45,13 +46,13 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 async def stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM, and wait for a clean exit (the spans still batched are sent on the way)."""
     process.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(PATIENCE):
         while process.poll() is None:  # noqa: ASYNC110 - another process
             await asyncio.sleep(0.05)
 
 
 async def ready(base_url: str) -> None:
-    async with httpx.AsyncClient(base_url=base_url) as http, asyncio.timeout(15):
+    async with httpx.AsyncClient(base_url=base_url) as http, asyncio.timeout(PATIENCE):
         while True:
             try:
                 if (await http.get("/readyz")).status_code == 200:

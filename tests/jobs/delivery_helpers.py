@@ -15,6 +15,7 @@ from app.core.settings import Settings
 from db.procrastinate import AsyncpgConnector
 from jobs.app import app
 from jobs.worker import run_worker
+from tests.waiting import PATIENCE
 
 ENDED = ("completed", "cancelled")
 
@@ -47,7 +48,7 @@ async def running_worker(settings: Settings, **options: Any) -> AsyncIterator[as
             await worker
 
 
-async def ended(db: asyncpg.Connection, run_id: str, seconds: float = 30) -> str:
+async def ended(db: asyncpg.Connection, run_id: str, seconds: float = PATIENCE) -> str:
     """Wait for the run to end, whoever delivers it; returns its status."""
     async with asyncio.timeout(seconds):
         while (status := await run_status(db, run_id)) not in ENDED:  # noqa: ASYNC110
@@ -55,7 +56,7 @@ async def ended(db: asyncpg.Connection, run_id: str, seconds: float = 30) -> str
     return status
 
 
-async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
+async def until(condition: Callable[[], bool], seconds: float = PATIENCE) -> None:
     """Wait for something another thread or process does (a test server receiving)."""
     async with asyncio.timeout(seconds):
         while not condition():  # noqa: ASYNC110 - no event crosses from that thread

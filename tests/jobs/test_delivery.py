@@ -26,6 +26,7 @@ from tests.jobs.delivery_helpers import (
 from tests.jobs.processes import delivery_ids
 from tests.servers import Reply, SmtpSink
 from tests.tokens import bearer
+from tests.waiting import PATIENCE
 
 SECRET = "webhook-secret"
 
@@ -324,7 +325,7 @@ async def test_a_job_its_live_worker_lost_track_of_is_requeued(client, db, setti
         )
 
     try:
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(PATIENCE):
             while await run_status(db, str(run.id)) != "completed":  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
     finally:
@@ -335,6 +336,6 @@ async def test_a_job_its_live_worker_lost_track_of_is_requeued(client, db, setti
 
 
 async def until_worker_registered(db) -> None:
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(PATIENCE):
         while not await db.fetchval("SELECT count(*) FROM procrastinate_workers"):  # noqa: ASYNC110
             await asyncio.sleep(0.02)

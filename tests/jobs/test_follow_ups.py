@@ -24,6 +24,7 @@ from tests.jobs.delivery_helpers import (
 )
 from tests.jobs.test_quiet_hours import VirtualClock, people, quiet_campaign, utc
 from tests.servers import HttpSink, Reply
+from tests.waiting import PATIENCE
 
 
 async def deliver_batch_jobs(db) -> list[dict]:
@@ -56,7 +57,7 @@ async def test_a_follow_up_handed_back_while_its_own_follow_up_waits_loses_no_ti
     sink.default = Reply(delay=0.3)
     stop = StopRequest()
     worker = asyncio.create_task(run_worker(settings, stop=stop, clock_offset=clock.offset))
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(PATIENCE):
         while not (sink.requests and len(await deliver_batch_jobs(db)) == 2):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     stop.stop()  # a deploy's SIGTERM
@@ -65,7 +66,7 @@ async def test_a_follow_up_handed_back_while_its_own_follow_up_waits_loses_no_ti
     statuses = [job["status"] for job in await deliver_batch_jobs(db)]
     assert statuses == ["todo", "todo"]  # handed back, beside the one for 08:00
     async with running_worker(settings, clock_offset=clock.offset):
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(PATIENCE):
             while any(  # noqa: ASYNC110
                 row["status"] == "pending" for row in (await deliveries(db, run["id"]))[4:]
             ):

@@ -16,6 +16,7 @@ from app.services.publishing import publish_campaign
 from jobs.worker import run_worker
 from tests.helpers import create_campaign
 from tests.jobs.delivery_helpers import deliveries, run_status
+from tests.waiting import PATIENCE
 
 
 async def test_a_failed_recovery_round_is_logged_and_the_next_one_requeues(
@@ -46,7 +47,7 @@ async def test_a_failed_recovery_round_is_logged_and_the_next_one_requeues(
     monkeypatch.setattr(jobs.worker, "recover_jobs", first_round_fails)
     worker = asyncio.create_task(run_worker(replace(settings, stalled_job_seconds=1)))
     try:
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(PATIENCE):
             while await run_status(db, str(run.id)) != "completed":  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         assert not worker.done()  # it never stopped on its own
