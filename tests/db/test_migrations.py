@@ -40,6 +40,7 @@ BEFORE_0016 = {"events": "run_events"}
 def named_before_0016(tables: set[str]) -> set[str]:
     return {BEFORE_0016.get(table, table) for table in tables}
 
+
 VIEWS_0004 = {
     "ops_run_progress",
     "ops_stuck_jobs",

@@ -203,8 +203,7 @@ async def test_an_expired_event_never_keeps_a_later_one_from_being_tried(events_
     started, completed = await events_of(db, run["id"])
     # run.started has been retried for 73 hours; its job gave up (failed).
     await db.execute(
-        "UPDATE events SET occurred_at = now() - interval '73 hours', attempts = 40"
-        " WHERE id = $1",
+        "UPDATE events SET occurred_at = now() - interval '73 hours', attempts = 40 WHERE id = $1",
         started["id"],
     )
     await db.execute(
