@@ -125,10 +125,10 @@ class UnsubscribeKeys:
     def url(self, token: str) -> str:
         return f"{self.base_url}{PATH}/{token}"
 
-    def headers(self, token: str) -> dict[str, str]:
+    def headers(self, token: str, url: str | None = None) -> dict[str, str]:
         """RFC 2369's List-Unsubscribe (the HTTPS link, then `mailto:` if configured) and
-        RFC 8058's List-Unsubscribe-Post."""
-        targets = [f"<{self.url(token)}>"]
+        RFC 8058's List-Unsubscribe-Post. `url`: the token's, if made already."""
+        targets = [f"<{url or self.url(token)}>"]
         if self.mailto is not None:
             targets.append(f"<mailto:{self.mailto}?subject=unsubscribe%20{token}>")
         return {"List-Unsubscribe": ", ".join(targets), **ONE_CLICK}
@@ -146,7 +146,8 @@ def unsubscribe_link(
     """The link of one delivery of a campaign with a topic, and its headers (e-mail only).
     `address` normalised, as suppressions store it."""
     token = keys.token(brand_id=brand_id, topic=topic, address=address, run_id=run_id)
-    return UnsubscribeLink(keys.url(token), keys.headers(token) if channel == "email" else {})
+    url = keys.url(token)
+    return UnsubscribeLink(url, keys.headers(token, url) if channel == "email" else {})
 
 
 def _cipher(secret: str) -> AESGCMSIV:

@@ -9,9 +9,11 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +31,8 @@ BRANDS = "/v1/messaging/brands/brand-a"
 UNSUBSCRIBE = "/v1/messaging/unsubscribe"
 SECRET = "provider-secret"
 NOW = "2026-12-01T10:00:00Z"
+ROOT = Path(__file__).resolve().parents[2]
+ANN = {"person_id": "p1", "recipient": "ann@example.com"}
 
 
 async def topic_campaign(
@@ -477,3 +481,46 @@ async def test_a_suppression_that_rolls_back_leaves_no_event_and_no_job(db):
 def signed(body: bytes) -> dict[str, str]:
     digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     return {"Content-Type": "application/json", "X-Signature": f"sha256={digest}"}
+
+
+def ops_queries(section: str) -> list[str]:
+    """The SQL of a section of docs/ops.md: its indented blocks that start with SELECT."""
+    text = (ROOT / "docs" / "ops.md").read_text()
+    body = text.split(f"\n## {section}", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"((?:\n    [^\n]+)+)", body)
+    return [
+        "\n".join(line[4:] for line in block.strip("\n").splitlines())
+        for block in blocks
+        if block.strip().startswith("SELECT")
+    ]
+
+
+async def test_the_runbook_tells_who_unsubscribed_from_what(client, db):
+    campaign = await topic_campaign(client)
+    run = (await publish(client, campaign["id"], {"recipients": [ANN]})).json()
+    token = keys_of(client).token(
+        brand_id="brand-a",
+        topic="newsletter",
+        address="ann@example.com",
+        run_id=uuid.UUID(run["id"]),
+    )
+    assert (await client.post(f"{UNSUBSCRIBE}/{token}")).status_code == 200
+    await client.put(
+        f"{BRANDS}/suppressions/bob@example.com", json={"reason": "manual"}, headers=bearer()
+    )
+
+    recent, per_day, per_campaign, one_address = ops_queries("8. Who unsubscribed")
+
+    (row,) = await db.fetch(recent)
+    assert (row["brand_id"], row["topic"], row["address"], row["campaign"]) == (
+        "brand-a",
+        "newsletter",
+        "ann@example.com",
+        "About newsletter",
+    )
+    assert [(r["topic"], r["unsubscribed"]) for r in await db.fetch(per_day)] == [("newsletter", 1)]
+    assert [(r["name"], r["unsubscribed"]) for r in await db.fetch(per_campaign)] == [
+        ("About newsletter", 1)
+    ]
+    asked = one_address.replace("'acme'", "'brand-a'").replace("Ann@Example.com", "bob@example.com")
+    assert [(r["topic"], r["source"]) for r in await db.fetch(asked)] == [(None, "api")]
