@@ -2,7 +2,7 @@
 
 Revision ID: 0016
 Revises: 0012
-Create Date: 2026-12-08
+Create Date: 2026-12-06
 
 0013 to 0015 belong to branches merged beside this one: whoever merges re-chains
 `down_revision` onto the last of them.
