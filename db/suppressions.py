@@ -64,7 +64,10 @@ class SuppressionRepository:
         `suppression.created` event for each, in one transaction (the caller's, if it has
         one). An entry already suppressed keeps its reason, unless `new_reason` (the API's
         PUT: the caller says why now). Returns each entry's row as stored (an entry repeated
-        once), with `created` (whether this call added it), in the order of `entries`."""
+        once), with `created` (whether this call added it), in the order of `entries`;
+        without `new_reason`, a row another transaction committed while this one waited
+        for it reads with `reason` and `created_at` null (this statement's snapshot is
+        older), and `created` false."""
         # One row per key: a key twice in one INSERT would be a second update of a row.
         unique: dict[tuple[str, str, str | None], NewSuppression] = {}
         for entry in entries:
