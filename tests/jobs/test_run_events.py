@@ -393,3 +393,25 @@ def test_an_events_url_needs_its_secret_and_a_day_of_retries_at_least():
         {**base, "EVENTS_WEBHOOK_URL": "https://h.example.com/", "EVENTS_WEBHOOK_SECRET": "s"}
     )
     assert (configured.events_retry_hours, configured.events_retry_base_seconds) == (72, 5.0)
+
+
+async def test_a_send_run_events_job_of_the_release_before_0016_still_sends(
+    events_settings, db, sink
+):
+    async with AsyncTestClient(create_app(events_settings)) as client:
+        campaign = await create_campaign(client)
+        run = (await publish(client, campaign["id"], {"recipients": recipients(1)})).json()
+    run_id = uuid.UUID(run["id"])
+    async with db.transaction():
+        await RunRepository(db).count_outcomes(run_id, 1, 0, 0)
+    (event,) = await events_of(db, run["id"])
+    # The job as that release deferred it: by run, under the run's lock.
+    await db.execute(
+        "UPDATE procrastinate_jobs SET task_name = 'send_run_events', args = $2 WHERE id = $1",
+        event["job_id"],
+        {"run_id": run["id"]},
+    )
+
+    await work_until(events_settings, lambda: all_delivered(db, run["id"], 1))
+
+    assert [r.json()["id"] for r in received(sink, run["id"])] == [str(event["id"])]
