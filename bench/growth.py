@@ -177,7 +177,7 @@ async def forget_run(conn: asyncpg.Connection, run_id: str) -> None:
         "DELETE FROM procrastinate_jobs WHERE task_name = 'deliver_batch' AND args->>'run_id' = $1",
         run_id,
     )
-    await conn.execute("DELETE FROM run_events WHERE run_id = $1", run)  # issue 12's outbox
+    await conn.execute("DELETE FROM events WHERE run_id = $1", run)  # issue 12's outbox
     await conn.execute("DELETE FROM deliveries WHERE run_id = $1", run)
     await conn.execute("DELETE FROM runs WHERE id = $1", run)
     # Its dead rows gone before the next round, as autovacuum would: they made the empty

@@ -94,7 +94,7 @@ class JobRepository:
         """Delete the run's deliver_batch jobs still waiting in the queue (`todo`: those of
         a scheduled run, follow-ups of a running one) with procrastinate's own cancel, in
         the caller's transaction; returns how many. Jobs being run are left alone: their
-        windows see the run ended. Its send_run_events jobs are not touched."""
+        windows see the run ended. Its send_events jobs are not touched."""
         deleted: int = await self.conn.fetchval(
             """
             SELECT count(procrastinate_cancel_job_v1(id, false, true)) FROM procrastinate_jobs

@@ -14,13 +14,15 @@ from db.procrastinate import AsyncpgConnector
 
 DELIVER_BATCH = "deliver_batch"
 """The task that delivers a range of a run's deliveries (jobs/tasks.py)."""
+SEND_EVENTS = "send_events"
+"""The task that POSTs a stream's pending events (jobs/tasks.py, db/events.py)."""
 SEND_RUN_EVENTS = "send_run_events"
-"""The task that POSTs a run's pending events (jobs/tasks.py)."""
+"""What SEND_EVENTS was called before 0016, by run: jobs the release before queued."""
 DELIVERY_QUEUE = "deliveries"
 MAINTENANCE_QUEUE = "maintenance"
 """Housekeeping (periodic purges), apart from deliveries in the queue views."""
 EVENTS_QUEUE = "events"
-"""Run events POSTed to EVENTS_WEBHOOK_URL (jobs/run_events.py)."""
+"""Events POSTed to EVENTS_WEBHOOK_URL (jobs/events.py)."""
 WORKER_QUEUES = [DELIVERY_QUEUE, MAINTENANCE_QUEUE, EVENTS_QUEUE]
 """What every worker process takes jobs from."""
 

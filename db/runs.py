@@ -8,8 +8,8 @@ from uuid import UUID
 
 import asyncpg
 
+from db.events import RUN_EVENT_TYPES, EventRepository, run_stream
 from db.params import Params
-from db.run_events import EVENT_TYPES, RunEventRepository
 
 ENDED = ("completed", "cancelled")
 """Run statuses after which nothing is sent any more."""
@@ -118,12 +118,12 @@ class RunRepository:
 
     async def delivery_target(self, run_id: UUID) -> asyncpg.Record | None:
         """What a job sends for the run, read once per job: its brand, and its campaign's
-        channel, texts and quiet hours (a campaign's content can change only while it is a
-        draft, before any run)."""
+        channel, texts, quiet hours and topic (a campaign's content can change only while
+        it is a draft, before any run)."""
         record: asyncpg.Record | None = await self.conn.fetchrow(
             """
             SELECT r.brand_id, r.campaign_id, c.channel, c.sender, c.subject, c.body,
-                   c.quiet_hours
+                   c.quiet_hours, c.topic
             FROM runs r JOIN campaigns c ON c.id = r.campaign_id
             WHERE r.id = $1
             """,
@@ -181,8 +181,10 @@ class RunRepository:
         the job that sends it) in the transaction of the change. `change`: the run's row
         after an UPDATE, with its `previous_status`."""
         status = change["status"]
-        if status != change["previous_status"] and status in EVENT_TYPES:
-            await RunEventRepository(self.conn).record(change["id"], status, _run_of(change))
+        if status != change["previous_status"] and status in RUN_EVENT_TYPES:
+            run_id = change["id"]
+            event = (RUN_EVENT_TYPES[status], _run_of(change))
+            await EventRepository(self.conn).record(run_stream(run_id), [event], run_id=run_id)
 
 
 def _run_of(record: asyncpg.Record) -> dict[str, Any]:

@@ -1,90 +1,182 @@
-"""SQL of the suppressions table."""
+"""SQL of the suppressions table: addresses a brand never sends to again, brand-wide or for
+one topic. Every new suppression is written by `SuppressionRepository.add`, with its
+`suppression.created` event, whoever adds it."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+from uuid import UUID
 
 import asyncpg
 
+from db.events import SUPPRESSION_CREATED, EventRepository, brand_stream
 from db.params import Params
 
-COLUMNS = "brand_id, address, reason, created_at"
+COLUMNS = "brand_id, address, nullif(topic, '') AS topic, reason, created_at"
+BRAND_WIDE = ""
+"""The `topic` of a brand-wide suppression: '' in the key, `null` to the API."""
+
+Source = Literal["api", "one_click", "provider_feedback"]
+"""Who added a suppression: the API's PUT, an unsubscribe link, a provider's bounce or
+complaint. Shown in its event and kept on its row."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewSuppression:
+    brand_id: str
+    address: str
+    """Normalised (e-mail lower-cased): the form publish and the worker compare."""
+    reason: str
+    topic: str | None = None
+    """None: every campaign of the brand; else only those of that topic."""
+    run_id: UUID | None = None
+    """The run whose message carried the unsubscribe link that was used."""
 
 
 class SuppressionRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def listed_among(self, brand_id: str, addresses: Sequence[str]) -> set[str]:
-        """The normalised `addresses` that are on the brand's suppression list. Its callers
-        learn first whether the brand has any suppression at all (a publish with its
-        campaign, a delivery window with its run): most brands have none, and then the
-        addresses need not be sent."""
+    async def listed_among(
+        self, brand_id: str, addresses: Sequence[str], topic: str | None = None
+    ) -> set[str]:
+        """The normalised `addresses` suppressed for a campaign of the brand with `topic`:
+        brand-wide, or for that topic. Its callers learn first whether the brand has any
+        suppression at all (a publish with its campaign, a delivery window with its run):
+        most brands have none, and then the addresses need not be sent."""
         rows = await self.conn.fetch(
-            "SELECT address FROM suppressions WHERE brand_id = $1 AND address = ANY($2::text[])",
+            """
+            SELECT DISTINCT address FROM suppressions
+            WHERE brand_id = $1 AND address = ANY($2::text[]) AND topic IN ('', $3)
+            """,
             brand_id,
             addresses,
+            topic or BRAND_WIDE,
         )
         return {row["address"] for row in rows}
 
-    async def put(self, brand_id: str, address: str, reason: str) -> asyncpg.Record:
-        """Add the address, or change its reason; returns the suppression as stored."""
-        record: asyncpg.Record = await self.conn.fetchrow(
+    async def add(
+        self, entries: Sequence[NewSuppression], source: Source, *, new_reason: bool = False
+    ) -> list[asyncpg.Record]:
+        """THE way a suppression comes to be: the rows of `entries` that are new, and a
+        `suppression.created` event for each, in one transaction (the caller's, if it has
+        one). An entry already suppressed keeps its reason, unless `new_reason` (the API's
+        PUT: the caller says why now). Returns each entry's row as stored (an entry repeated
+        once), with `created` (whether this call added it), in the order of `entries`;
+        without `new_reason`, a row another transaction committed while this one waited
+        for it reads with `reason` and `created_at` null (this statement's snapshot is
+        older), and `created` false."""
+        # One row per key: a key twice in one INSERT would be a second update of a row.
+        unique: dict[tuple[str, str, str | None], NewSuppression] = {}
+        for entry in entries:
+            unique.setdefault((entry.brand_id, entry.address, entry.topic), entry)
+        entries = list(unique.values())
+        if not entries:
+            return []
+        on_conflict = "DO UPDATE SET reason = EXCLUDED.reason" if new_reason else "DO NOTHING"
+        async with self.conn.transaction():
+            rows: list[asyncpg.Record] = await self.conn.fetch(
+                f"""
+                WITH given AS (
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                         $5::uuid[]) WITH ORDINALITY
+                        AS g(brand_id, address, topic, reason, run_id, n)
+                ), written AS (
+                    INSERT INTO suppressions (brand_id, address, topic, reason, source, run_id)
+                    SELECT brand_id, address, topic, reason, $6, run_id FROM given ORDER BY n
+                    ON CONFLICT (brand_id, address, topic) {on_conflict}
+                    -- xmax is 0 on a row this statement inserted, not on one it updated.
+                    RETURNING brand_id, address, topic, reason, created_at, xmax = 0 AS created
+                )
+                -- A row kept as it was (DO NOTHING) is not in `written`: read as it is.
+                SELECT g.brand_id, g.address, nullif(g.topic, '') AS topic,
+                       coalesce(w.reason, s.reason) AS reason,
+                       coalesce(w.created_at, s.created_at) AS created_at,
+                       coalesce(w.created, false) AS created
+                FROM given g
+                LEFT JOIN written w USING (brand_id, address, topic)
+                LEFT JOIN suppressions s USING (brand_id, address, topic)
+                ORDER BY g.n
+                """,
+                [e.brand_id for e in entries],
+                [e.address for e in entries],
+                [e.topic or BRAND_WIDE for e in entries],
+                [e.reason for e in entries],
+                [e.run_id for e in entries],
+                source,
+            )
+            await _record_events([row for row in rows if row["created"]], source, self.conn)
+        return rows
+
+    async def get(
+        self, brand_id: str, address: str, topic: str | None = None
+    ) -> asyncpg.Record | None:
+        record: asyncpg.Record | None = await self.conn.fetchrow(
             f"""
-            INSERT INTO suppressions (brand_id, address, reason) VALUES ($1, $2, $3)
-            ON CONFLICT (brand_id, address) DO UPDATE SET reason = EXCLUDED.reason
-            RETURNING {COLUMNS}
+            SELECT {COLUMNS} FROM suppressions
+            WHERE brand_id = $1 AND address = $2 AND topic = $3
             """,
             brand_id,
             address,
-            reason,
+            topic or BRAND_WIDE,
         )
         return record
 
-    async def get(self, brand_id: str, address: str) -> asyncpg.Record | None:
-        record: asyncpg.Record | None = await self.conn.fetchrow(
-            f"SELECT {COLUMNS} FROM suppressions WHERE brand_id = $1 AND address = $2",
+    async def remove(self, brand_id: str, address: str, topic: str | None = None) -> bool:
+        """True if the address was on the list (of that topic, or brand-wide)."""
+        status: str = await self.conn.execute(
+            "DELETE FROM suppressions WHERE brand_id = $1 AND address = $2 AND topic = $3",
             brand_id,
             address,
-        )
-        return record
-
-    async def remove(self, brand_id: str, address: str) -> bool:
-        """True if the address was on the list."""
-        status: str = await self.conn.execute(
-            "DELETE FROM suppressions WHERE brand_id = $1 AND address = $2", brand_id, address
+            topic or BRAND_WIDE,
         )
         return status != "DELETE 0"
 
     async def page(
-        self, brand_id: str, *, reason: str | None, after: str | None, limit: int
+        self,
+        brand_id: str,
+        *,
+        reason: str | None,
+        topic: str | None,
+        after: tuple[str, str] | None,
+        limit: int,
     ) -> list[asyncpg.Record]:
-        """Up to `limit` of the brand's suppressions in address order, after `after`."""
+        """Up to `limit` of the brand's suppressions (of `topic` only, if given) in
+        (address, topic) order, brand-wide first, after `after`."""
         p = Params()
         conditions = [f"brand_id = {p(brand_id)}"]
         if reason is not None:
             conditions.append(f"reason = {p(reason)}")
+        if topic is not None:
+            conditions.append(f"topic = {p(topic)}")
         if after is not None:
-            conditions.append(f"address > {p(after)}")
+            conditions.append(f"(address, topic) > ({p(after[0])}, {p(after[1])})")
         rows: list[asyncpg.Record] = await self.conn.fetch(
             f"""
             SELECT {COLUMNS} FROM suppressions WHERE {" AND ".join(conditions)}
-            ORDER BY address LIMIT {p(limit)}
+            ORDER BY address, suppressions.topic LIMIT {p(limit)}
             """,
             *p.values,
         )
         return rows
 
-    async def add_missing(self, entries: Sequence[tuple[str, str, str]]) -> None:
-        """Suppress each (brand_id, address, reason); an address already suppressed keeps
-        the reason it has."""
-        await self.conn.execute(
-            """
-            INSERT INTO suppressions (brand_id, address, reason)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-            ON CONFLICT (brand_id, address) DO NOTHING
-            """,
-            [entry[0] for entry in entries],
-            [entry[1] for entry in entries],
-            [entry[2] for entry in entries],
-        )
+
+async def _record_events(
+    created: list[asyncpg.Record], source: str, conn: asyncpg.Connection
+) -> None:
+    """A `suppression.created` event per new row, in its brand's stream."""
+    by_brand: dict[str, list[tuple[str, dict[str, object]]]] = {}
+    for row in created:
+        data = {
+            "brand_id": row["brand_id"],
+            "recipient": row["address"],
+            "topic": row["topic"],
+            "reason": row["reason"],
+            "source": source,
+        }
+        by_brand.setdefault(row["brand_id"], []).append((SUPPRESSION_CREATED, data))
+    events = EventRepository(conn)
+    for brand_id, brand_events in by_brand.items():
+        await events.record(brand_stream(brand_id), brand_events)

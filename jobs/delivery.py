@@ -53,6 +53,7 @@ from uuid import UUID
 import asyncpg
 
 from app.core import tracing
+from app.core.unsubscribe import UnsubscribeLink, unsubscribe_link
 from app.domain.recipients import normalise
 from app.domain.schedule import QuietWindow
 from db.deliveries import Claimed, DeliveryRepository, Outcome, delivery_id
@@ -106,11 +107,18 @@ def backoff_seconds(attempts: int, base: float) -> float:
     return float(min(MAX_BACKOFF_SECONDS, base * 2 ** (attempts - 1)) * random.uniform(0.5, 1.5))
 
 
-def render(template: str | None, person_id: str, recipient: str) -> str | None:
-    """The campaign text for one recipient: {{person_id}} and {{recipient}} are replaced."""
+def render(
+    template: str | None, person_id: str, recipient: str, unsubscribe_url: str | None = None
+) -> str | None:
+    """The campaign text for one recipient: {{person_id}}, {{recipient}} and, with a
+    topic, {{ unsubscribe_url }} are replaced."""
     if template is None:
         return None
-    return template.replace("{{person_id}}", person_id).replace("{{recipient}}", recipient)
+    text = template.replace("{{person_id}}", person_id).replace("{{recipient}}", recipient)
+    if unsubscribe_url is not None:
+        text = text.replace("{{ unsubscribe_url }}", unsubscribe_url)
+        text = text.replace("{{unsubscribe_url}}", unsubscribe_url)
+    return text
 
 
 async def deliver_chunk(
@@ -292,13 +300,15 @@ async def _deliver_window(
 
 
 async def _suppressed(conn: asyncpg.Connection, window: Window, claimed: Claimed) -> set[str]:
-    """The claimed addresses on the brand's suppression list now (most brands have none:
-    then no look-up)."""
+    """The claimed addresses suppressed now, brand-wide or for the campaign's topic (most
+    brands have no suppression: then no look-up)."""
     if not claimed.suppressions:
         return set()
     channel = window.target["channel"]
     return await SuppressionRepository(conn).listed_among(
-        window.target["brand_id"], [normalise(channel, row["recipient"]) for row in claimed.rows]
+        window.target["brand_id"],
+        [normalise(channel, row["recipient"]) for row in claimed.rows],
+        window.target["topic"],
     )
 
 
@@ -369,6 +379,8 @@ async def _send(
     config = resources.config
     latency = provider_latency(target["channel"], provider.name)
     try:
+        link = _unsubscribe_link(config, window, recipient)
+        unsubscribe_url = link.url if link is not None else None
         message = OutgoingMessage(
             delivery_id=delivery_id(window.run_id, position),
             run_id=str(window.run_id),
@@ -379,7 +391,9 @@ async def _send(
             recipient=recipient,
             sender=target["sender"],
             subject=render(target["subject"], person_id, recipient),
-            body=render(target["body"], person_id, recipient) or "",
+            body=render(target["body"], person_id, recipient, unsubscribe_url) or "",
+            headers=link.headers if link is not None else {},
+            unsubscribe_url=unsubscribe_url,
         )
         async with resources.sends:
             if time.monotonic() >= lease.expires:
@@ -418,6 +432,30 @@ async def _send(
     resources.answers.add(provider.name, throttled=False)
     return Outcome(
         position, "sent", attempts, throttles, provider_message_id=result.provider_message_id
+    )
+
+
+def _unsubscribe_link(
+    config: DeliveryConfig, window: Window, recipient: str
+) -> UnsubscribeLink | None:
+    """The recipient's unsubscribe link if the campaign has a topic. PermanentError when
+    the worker cannot make one for an e-mail: subscription mail must not go without its
+    List-Unsubscribe (an SMS goes without: its way out is the carrier's STOP)."""
+    target = window.target
+    if target["topic"] is None or (config.unsubscribe is None and target["channel"] != "email"):
+        return None
+    if config.unsubscribe is None:
+        raise PermanentError(
+            "not sent: a campaign with a topic needs an unsubscribe link, and this worker has"
+            " no UNSUBSCRIBE_SECRETS (with PUBLIC_BASE_URL) to make one"
+        )
+    return unsubscribe_link(
+        config.unsubscribe,
+        brand_id=target["brand_id"],
+        topic=target["topic"],
+        channel=target["channel"],
+        address=normalise(target["channel"], recipient),
+        run_id=window.run_id,
     )
 
 

@@ -12,6 +12,7 @@ from uuid import UUID
 
 import asyncpg
 
+from app.core.unsubscribe import UnsubscribeKeys
 from db.deliveries import DeliveryRepository
 from jobs.limits import Limiter
 from jobs.providers import Provider
@@ -29,6 +30,9 @@ class DeliveryConfig:
     lease_seconds: float = 30.0
     """How long a window's claim lasts unless the worker renews it (STALLED_JOB_SECONDS:
     a dead worker's deliveries come back when its jobs do)."""
+    unsubscribe: UnsubscribeKeys | None = None
+    """What makes the unsubscribe links of campaigns with a topic (UNSUBSCRIBE_SECRETS,
+    PUBLIC_BASE_URL); None: such e-mail fails unsent."""
 
 
 @dataclass

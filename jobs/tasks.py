@@ -15,6 +15,7 @@ from procrastinate.jobs import Job
 from app.core import tracing
 from app.core.logs import bind_log_context
 from app.core.settings import get_settings
+from db.events import run_stream
 from db.idempotency import IdempotencyKeyRepository
 from db.jobs import JobRepository
 from db.pool import database_away
@@ -25,14 +26,15 @@ from db.queue import (
     EVENTS_QUEUE,
     HOUSEKEEPING_PRIORITY,
     MAINTENANCE_QUEUE,
+    SEND_EVENTS,
     SEND_RUN_EVENTS,
     first_job_priority,
 )
 from jobs.app import app
 from jobs.delivery import DeliveryInterrupted, deliver_chunk, fail_range
+from jobs.events import EventRetry, send_pending_events
 from jobs.resources import WorkerResources
 from jobs.retention import maintain_deliveries
-from jobs.run_events import EventRetry, send_pending_events
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +163,24 @@ async def defer_follow_up(
         ).defer_async(**job, **tracing.job_trace_args())
 
 
-# Deferred by each run status change, in its transaction (db/run_events.py), with the
-# run's lock: one job of a run at a time, in order. Retried with backoff while the
-# receiver fails, for EVENTS_RETRY_HOURS; then the job fails and ops_undelivered_events
-# shows its events.
+# Deferred with the events of a stream, in the transaction of their change (db/events.py),
+# with the stream's lock: one job of a stream at a time, in order. Retried with backoff
+# while the receiver fails, for EVENTS_RETRY_HOURS; then the job fails and
+# ops_undelivered_events shows its events.
+@app.task(
+    name=SEND_EVENTS,
+    queue=EVENTS_QUEUE,
+    pass_context=True,
+    retry=EventRetry(),
+    priority=HOUSEKEEPING_PRIORITY,
+)
+async def send_events(context: JobContext, stream: str) -> None:
+    """POST the pending events of `stream` to EVENTS_WEBHOOK_URL, oldest first."""
+    await _send_events(context, stream)
+
+
+# The same for the jobs that the release before 0016 queued, by run (with the lock that a
+# run's stream keeps): to be removed once no such job can be left.
 @app.task(
     name=SEND_RUN_EVENTS,
     queue=EVENTS_QUEUE,
@@ -173,13 +189,16 @@ async def defer_follow_up(
     priority=HOUSEKEEPING_PRIORITY,
 )
 async def send_run_events(context: JobContext, run_id: str) -> None:
-    """POST the pending events of run `run_id` to EVENTS_WEBHOOK_URL, oldest first."""
+    await _send_events(context, run_stream(run_id))
+
+
+async def _send_events(context: JobContext, stream: str) -> None:
     pool = cast(AsyncpgConnector, app.connector).pool
     settings = context.additional_context["settings"]
-    with bind_log_context(run_id=run_id, job_id=context.job.id):
-        sent = await send_pending_events(pool, settings, UUID(run_id))
+    with bind_log_context(stream=stream, job_id=context.job.id):
+        sent = await send_pending_events(pool, settings, stream)
         if sent:
-            logger.info("run events delivered", extra={"events": sent})
+            logger.info("events delivered", extra={"events": sent})
 
 
 def _job_attributes(context: JobContext, run_id: str) -> dict[str, AttributeValue]:

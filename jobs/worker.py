@@ -36,6 +36,7 @@ from app.core import supervision
 from app.core.logs import configure_logging
 from app.core.settings import Settings, SettingsError, get_settings
 from app.core.tracing import configure_tracing, flush_spans
+from app.core.unsubscribe import UnsubscribeKeys
 from db.jobs import JobRepository
 from db.pool import DATABASE_UNAVAILABLE, create_pool
 from db.queue import WORKER_QUEUES
@@ -197,6 +198,7 @@ async def run_worker(
                 retry_base_seconds=settings.delivery_retry_base_seconds,
                 max_throttles=settings.delivery_max_throttles,
                 lease_seconds=settings.stalled_job_seconds,
+                unsubscribe=UnsubscribeKeys.of(settings),
             ),
             leases=Leases(settings.stalled_job_seconds),
             stopping=stop.stopping,

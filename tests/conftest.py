@@ -25,7 +25,9 @@ from app.core.settings import Settings
 from app.http.asgi import create_app
 from db.pool import connect
 from tests.servers import HttpSink, WebProcess, web_process
-from tests.tokens import TEST_SECRET
+from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET
+
+PUBLIC_BASE_URL = "https://messaging.test"
 
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("PGPORT", "5432"))
@@ -80,7 +82,13 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return replace(Settings(), database_url=database_url, jwt_secret=TEST_SECRET)
+    return replace(
+        Settings(),
+        database_url=database_url,
+        jwt_secret=TEST_SECRET,
+        public_base_url=PUBLIC_BASE_URL,
+        unsubscribe_secrets=UNSUBSCRIBE_SECRET,
+    )
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import jwt
 from app.domain.access import PUBLISH, READ, WRITE
 
 TEST_SECRET = "test-secret-with-enough-entropy-for-hs256-0123456789"
+UNSUBSCRIBE_SECRET = "test-unsubscribe-key-0123456789"
 ALL_SCOPES = (READ, WRITE, PUBLISH)
 
 

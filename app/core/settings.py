@@ -26,6 +26,8 @@ from app.domain.schemas import MAX_PER_SECOND, MIN_PER_SECOND
 
 # Used only when MESSAGING_DEV_MODE is on and no key is configured; never in production.
 DEV_JWT_SECRET = "messaging-development-secret-not-for-production"
+DEV_UNSUBSCRIBE_SECRET = "messaging-development-unsubscribe-key-not-for-production"
+MIN_UNSUBSCRIBE_SECRET = 16
 
 Positive = Annotated[int, Meta(ge=1)]
 Seconds = Annotated[float, Meta(gt=0, le=366 * 86400)]
@@ -103,8 +105,8 @@ class Settings:
     webhook_secret: str | None = None
     """HMAC-SHA256 key that signs each webhook body (X-Signature)."""
     events_webhook_url: str | None = None
-    """Where run events (run.started, run.completed, run.cancelled) are POSTed. Unset: events
-    are still recorded (table run_events) but never sent."""
+    """Where events (run.started, run.completed, run.cancelled, suppression.created) are
+    POSTed. Unset: events are still recorded (table events) but never sent."""
     events_webhook_secret: str | None = None
     """HMAC-SHA256 key that signs each event body (X-Signature); required with the URL."""
     events_retry_hours: Annotated[int, Meta(ge=24)] = 72
@@ -114,6 +116,20 @@ class Settings:
     sendgrid_webhook_public_key: str | None = None
     """The verification key of SendGrid's signed Event Webhook (base64 DER, as SendGrid shows
     it, or PEM): POST /v1/messaging/providers/sendgrid/events is refused (401) without it."""
+    public_base_url: str | None = None
+    """The service's public origin (`https://messaging.example.com`, or with a path prefix
+    the proxy strips): links and callbacks are made of it, such as Twilio's StatusCallback,
+    and Twilio's signatures are checked against it."""
+    unsubscribe_secrets: str | None = None
+    """Comma-separated keys of the unsubscribe links' tokens (AES-GCM-SIV, each at least 16
+    characters): the first makes new tokens, every one listed still opens those it made
+    (rotation: put the new key first, drop the old one a token lifetime, 2 years, later).
+    Needs PUBLIC_BASE_URL. Unset: e-mail of a campaign with a topic fails unsent, for want
+    of the List-Unsubscribe link it must carry; MESSAGING_DEV_MODE=1 uses a public
+    development key and http://localhost:PORT."""
+    unsubscribe_mailto: str | None = None
+    """An address that also takes unsubscribe requests by e-mail: List-Unsubscribe then
+    offers `mailto:` it, with the link's token as subject, besides the HTTPS link."""
     webhook_max_connections: Positive = 8
     """Connections one worker process keeps to WEBHOOK_URL; a send waits for a free one, and
     that wait costs neither time of its timeout nor an attempt. 2 to 32 measured alike
@@ -223,6 +239,8 @@ class Settings:
             name = path.rstrip("`")
             raise SettingsError(f"{variable(name)}={values[name]!r}: {message}") from None
         settings.check_events_webhook()
+        settings.check_public_base_url()
+        settings.check_unsubscribe()
         return settings
 
     def check_events_webhook(self) -> None:
@@ -234,6 +252,56 @@ class Settings:
             raise SettingsError(
                 "EVENTS_WEBHOOK_URL needs EVENTS_WEBHOOK_SECRET, the key that signs events"
             )
+
+    def check_public_base_url(self) -> None:
+        """An origin (and path prefix) that routes can be appended to: no query, no fragment."""
+        url = self.public_base_url
+        if url is None:
+            return
+        parts = urlsplit(url)
+        extras = parts.query or parts.fragment or "?" in url or "#" in url
+        if parts.scheme not in {"http", "https"} or not parts.netloc or extras:
+            raise SettingsError(
+                f"PUBLIC_BASE_URL must be http(s)://host[:port][/prefix]; got {url!r}"
+            )
+
+    @property
+    def public_base(self) -> str | None:
+        """PUBLIC_BASE_URL without its trailing slash, for routes to be appended to."""
+        return None if self.public_base_url is None else self.public_base_url.rstrip("/")
+
+    def check_unsubscribe(self) -> None:
+        """Keys long enough not to be guessed from a token, and the origin of their links."""
+        secrets = self.unsubscribe_keys
+        if any(len(secret) < MIN_UNSUBSCRIBE_SECRET for secret in secrets):
+            raise SettingsError(
+                f"UNSUBSCRIBE_SECRETS: each key must have at least {MIN_UNSUBSCRIBE_SECRET}"
+                " characters"
+            )
+        if self.unsubscribe_secrets and self.unsubscribe_base is None:
+            raise SettingsError(
+                "UNSUBSCRIBE_SECRETS needs PUBLIC_BASE_URL, the origin of the unsubscribe links"
+            )
+        mailto = self.unsubscribe_mailto
+        if mailto is not None and (mailto.count("@") != 1 or any(c in mailto for c in "?<>, ")):
+            raise SettingsError(f"UNSUBSCRIBE_MAILTO must be an e-mail address; got {mailto!r}")
+
+    @property
+    def unsubscribe_keys(self) -> list[str]:
+        """UNSUBSCRIBE_SECRETS as a list, the signing key first; in development mode
+        without any, the public development key."""
+        keys = [key.strip() for key in (self.unsubscribe_secrets or "").split(",") if key.strip()]
+        if not keys and self.dev_mode:
+            return [DEV_UNSUBSCRIBE_SECRET]
+        return keys
+
+    @property
+    def unsubscribe_base(self) -> str | None:
+        """The origin of unsubscribe links: PUBLIC_BASE_URL, or in development mode
+        http://localhost:PORT."""
+        if self.public_base is None and self.dev_mode:
+            return f"http://localhost:{self.port}"
+        return self.public_base
 
 
 def _tracing_wanted(env: dict[str, str]) -> bool:

@@ -37,6 +37,16 @@ BrandId = Annotated[
     ),
 ]
 Subject = Annotated[str, Meta(min_length=1, max_length=998)]
+TOPIC_PATTERN = "^[a-z0-9_-]{1,64}$"
+Topic = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        pattern=TOPIC_PATTERN,
+        description="1 to 64 characters of `a-z`, `0-9`, `_` and `-`.",
+    ),
+]
 MessageBody = Annotated[str, Meta(min_length=1, max_length=100_000)]
 
 
@@ -101,6 +111,10 @@ class CampaignCreate(msgspec.Struct):
     sender: Address | None = None
     priority: Priority = "normal"
     quiet_hours: QuietHours | None = None
+    topic: Topic | None = None
+    """Subscription mail (a newsletter) of this topic: every e-mail carries an unsubscribe
+    link, and the recipients who used it, or are suppressed for the topic, are skipped.
+    None: service mail (a care reminder), which only brand-wide suppressions stop."""
 
 
 class CampaignUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -114,6 +128,15 @@ class CampaignUpdate(msgspec.Struct, forbid_unknown_fields=True):
     sender: Address | UnsetType | None = UNSET
     priority: Priority | UnsetType = UNSET
     quiet_hours: QuietHours | UnsetType | None = UNSET
+    topic: Topic | UnsetType | None = UNSET
+
+
+class CampaignWarning(msgspec.Struct):
+    """Something the campaign may be sent with, but should not be."""
+
+    code: str
+    """`no_unsubscribe_url`, `unsubscribe_url_without_topic`."""
+    message: str
 
 
 class Campaign(msgspec.Struct):
@@ -131,6 +154,11 @@ class Campaign(msgspec.Struct):
     priority: Priority
     quiet_hours: QuietHours | None
     """Null: messages may go at any hour."""
+    topic: str | None
+    """Null: service mail."""
+    warnings: list[CampaignWarning]
+    """What the campaign's content lacks for its kind of mail (an e-mail with a topic and
+    no `{{ unsubscribe_url }}` in its body): allowed, and said at every answer."""
 
 
 class Run(msgspec.Struct):
@@ -198,6 +226,8 @@ class Suppression(msgspec.Struct):
     """The address as compared at publish: e-mail addresses lower-cased."""
     reason: SuppressionReason
     created_at: datetime
+    topic: str | None
+    """Null: brand-wide, every campaign of the brand; else only campaigns of that topic."""
 
 
 class SuppressionPage(msgspec.Struct):

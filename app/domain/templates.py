@@ -123,6 +123,20 @@ class CampaignTemplates:
         return Rendered(subject, body, _render("html_body", self.html_body, variables))
 
 
+@lru_cache(maxsize=256)
+def reads_variable(source: str | None, name: str) -> bool:
+    """Whether the template `source` reads the variable `name` (a root of VARIABLES)
+    anywhere, `default` filter or not; False for no text, and for a text that is no
+    template (whoever writes it is told so at create)."""
+    if source is None or name not in source:
+        return False
+    try:
+        analysis = _TEXT.from_string(source).analyze(include_partials=False)
+    except LiquidError:
+        return False
+    return name in analysis.globals
+
+
 def sms_segments(text: str) -> int:
     """The parts a carrier splits an SMS into: GSM-7 text fits 160 septets in one part,
     153 a part when split (escaped characters take two); anything else is UCS-2, 70 UTF-16

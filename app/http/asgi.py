@@ -21,6 +21,7 @@ from app.core import tracing
 from app.core.logs import configure_logging
 from app.core.settings import DEV_JWT_SECRET, Settings, SettingsError, get_settings
 from app.core.tracing import configure_tracing
+from app.core.unsubscribe import UnsubscribeKeys
 from app.http.auth import build_jwt_auth
 from app.http.dependencies import provide_connection
 from app.http.error_handlers import EXCEPTION_HANDLERS
@@ -39,7 +40,8 @@ from app.http.routes.campaigns import CampaignController
 from app.http.routes.health import healthz, readyz
 from app.http.routes.providers import sendgrid_events, webhook_events
 from app.http.routes.rate_limits import RateLimitController
-from app.http.routes.suppressions import SuppressionController
+from app.http.routes.suppressions import SuppressionController, TopicSuppressionController
+from app.http.routes.unsubscribe import unsubscribe_one_click, unsubscribe_page
 from app.http.tracing_middleware import tracing_middleware
 from app.services.feedback import load_sendgrid_key
 from app.services.pagination import cursor_key
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         else None
     )
     settings.check_events_webhook()
+    settings.check_unsubscribe()
     sendgrid_key = None
     if settings.sendgrid_webhook_public_key:
         try:
@@ -101,9 +104,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             CampaignController,
             SuppressionController,
+            TopicSuppressionController,
             RateLimitController,
             webhook_events,
             sendgrid_events,
+            unsubscribe_page,
+            unsubscribe_one_click,
             healthz,
             readyz,
             *([] if settings.metrics_port else [metrics]),  # else on its own port
@@ -125,6 +131,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "settings": settings,
                 "cursor_key": cursor_key(settings.cursor_secret or settings.jwt_key or ""),
                 "sendgrid_key": sendgrid_key,
+                "unsubscribe_keys": UnsubscribeKeys.of(settings),
                 "metrics_text": MetricsText(settings.metrics_cache_seconds),
             }
         ),

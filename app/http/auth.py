@@ -24,8 +24,16 @@ from app.http.jwks import JwksKeys
 BEARER_SCHEME = "BearerToken"
 """Name of the security scheme in the OpenAPI document."""
 
-# Providers authenticate by signing their requests (app/http/routes/providers.py), not by token.
-PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/metrics$", "^/schema", "^/v1/messaging/providers/"]
+# Providers authenticate by signing their requests (app/http/routes/providers.py), not by
+# token; an unsubscribe link by the token in its path (app/http/routes/unsubscribe.py).
+PUBLIC_PATHS = [
+    "^/healthz$",
+    "^/readyz$",
+    "^/metrics$",
+    "^/schema",
+    "^/v1/messaging/providers/",
+    "^/v1/messaging/unsubscribe/",
+]
 
 
 @dataclass

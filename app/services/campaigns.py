@@ -11,11 +11,21 @@ from msgspec import UNSET
 from app.domain.access import Caller
 from app.domain.errors import BadState, ForbiddenBrand, InvalidInput, NotFound
 from app.domain.schedule import check_zone
-from app.domain.schemas import Campaign, CampaignCreate, CampaignPage, CampaignUpdate, QuietHours
+from app.domain.schemas import (
+    Campaign,
+    CampaignCreate,
+    CampaignPage,
+    CampaignUpdate,
+    CampaignWarning,
+    QuietHours,
+)
+from app.domain.templates import reads_variable
 from app.services.pagination import ByCreation, decode_cursor, listing_of, split_page
 from db.campaigns import CampaignRepository, Lock
 
-CONTENT_FIELDS = ("name", "channel", "body", "subject", "sender", "priority", "quiet_hours")
+CONTENT_FIELDS = (
+    "name", "channel", "body", "subject", "sender", "priority", "quiet_hours", "topic"
+)  # fmt: skip
 
 
 def parse_id(value: str, what: str) -> UUID:
@@ -61,7 +71,31 @@ def campaign_of(record: asyncpg.Record) -> Campaign:
     fields = dict(record)
     if fields["quiet_hours"] is not None:  # a jsonb object, validated when written
         fields["quiet_hours"] = msgspec.convert(fields["quiet_hours"], QuietHours)
+    fields["warnings"] = content_warnings(record)
     return Campaign(**fields)
+
+
+def content_warnings(campaign: asyncpg.Record) -> list[CampaignWarning]:
+    """What the content lacks for its kind of mail. Gmail asks bulk senders for a visible
+    unsubscribe link in the body of subscription mail, beside the List-Unsubscribe header
+    every e-mail of a topic gets; service mail has no unsubscribe link to show."""
+    reads_link = reads_variable(campaign["body"], "unsubscribe_url")
+    if campaign["topic"] is not None and campaign["channel"] == "email" and not reads_link:
+        return [
+            CampaignWarning(
+                "no_unsubscribe_url",
+                "the campaign has a topic, and its body shows no {{ unsubscribe_url }}: "
+                "mailbox providers ask bulk senders for a visible unsubscribe link",
+            )
+        ]
+    if campaign["topic"] is None and reads_link:
+        return [
+            CampaignWarning(
+                "unsubscribe_url_without_topic",
+                "the body reads unsubscribe_url, which only a campaign with a topic has",
+            )
+        ]
+    return []
 
 
 def check_quiet_hours(quiet_hours: QuietHours | None) -> None:
@@ -96,6 +130,7 @@ async def create_campaign(
         created_by=caller.sub,
         priority=data.priority,
         quiet_hours=data.quiet_hours,
+        topic=data.topic,
     )
     return campaign_of(record)
 

@@ -35,7 +35,7 @@ from app.domain.decoding import decode_json, validation_problem
 from app.domain.recipients import normalise
 from app.domain.schemas import MAX_PROVIDER_EVENTS, ProviderEvent, ProviderEventsResult
 from db.outcomes import OUTCOME_RANK, OutcomeRepository, ReportedOutcome
-from db.suppressions import SuppressionRepository
+from db.suppressions import NewSuppression, SuppressionRepository
 
 logger = logging.getLogger(__name__)
 
@@ -269,12 +269,14 @@ async def apply_feedback(
         rows = await OutcomeRepository(conn).apply(reports) if reports else []
         changed = [row for row in rows if row["changed"]]
         suppressions = [
-            (row["brand_id"], normalise(row["channel"], row["recipient"]), row["outcome"])
+            NewSuppression(
+                row["brand_id"], normalise(row["channel"], row["recipient"]), row["outcome"]
+            )
             for row in changed
             if row["outcome"] in SUPPRESSING
         ]
-        if suppressions:
-            await SuppressionRepository(conn).add_missing(suppressions)
+        # Brand-wide: a dead or complaining mailbox is so for every topic.
+        await SuppressionRepository(conn).add(suppressions, "provider_feedback")
     found = {(row["run_id"], row["position"]) for row in rows}
     unknown.update((named[key], None) for key in strongest if key not in found)
     return ProviderEventsResult(

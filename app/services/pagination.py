@@ -48,11 +48,15 @@ ByCreation = cast(
 """Newest-first listings (campaigns, runs): `created_at` and `id` of the last row."""
 ByPosition = cast("type[tuple[int]]", tuple[Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]])
 """Deliveries: the `position` (an int4) of the last row."""
-ByAddress = cast(
-    "type[tuple[str]]",
-    tuple[Annotated[str, msgspec.Meta(min_length=1, max_length=320, pattern="^[^\\x00]+$")]],
+BySuppression = cast(
+    "type[list[str]]",
+    Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=320, pattern="^[^\\x00]*$")]],
+        msgspec.Meta(min_length=1, max_length=2),
+    ],
 )
-"""Suppressions: the address of the last row."""
+"""Suppressions: the address and the topic ('' brand-wide) of the last row; a cursor of
+the release before topics (0016) holds the address alone (brand-wide)."""
 
 
 def cursor_key(secret: str) -> bytes:

@@ -135,7 +135,10 @@ async def _publish(
         suppressed: set[str] = set()
         if campaign["has_suppressions"]:
             with tracing.db_span("SELECT", "suppressions"):
-                suppressed = await SuppressionRepository(conn).listed_among(brand_id, keys)
+                # Brand-wide, or of the campaign's topic.
+                suppressed = await SuppressionRepository(conn).listed_among(
+                    brand_id, keys, campaign["topic"]
+                )
         skips = skip_reasons(channel, keys, suppressed)
 
         runs = RunRepository(conn)

@@ -27,6 +27,11 @@ class OutgoingMessage(msgspec.Struct, frozen=True):
     sender: str | None
     subject: str | None
     body: str
+    headers: dict[str, str] = {}
+    """Mail headers of the message (List-Unsubscribe and List-Unsubscribe-Post for a
+    campaign with a topic); an SMTP provider writes them into the e-mail."""
+    unsubscribe_url: str | None = None
+    """The recipient's one-click unsubscribe link, for a campaign with a topic."""
 
 
 class SendResult(msgspec.Struct):

@@ -130,6 +130,8 @@ def _compose(message: OutgoingMessage, sender: str) -> EmailMessage:
         # Stable across attempts, so that a receiver can drop a repeated delivery.
         mail["Message-ID"] = f"<{message.delivery_id}@messaging>"
         mail["X-Delivery-ID"] = message.delivery_id
+        for name, value in message.headers.items():
+            mail[name] = value
         mail.set_content(message.body)
     except (ValueError, email.errors.MessageError) as exc:  # e.g. a line break in the subject
         raise PermanentError(f"cannot build the e-mail: {exc}") from exc

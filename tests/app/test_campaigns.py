@@ -33,8 +33,11 @@ async def test_create_answers_201_with_a_draft(client):
         "updated_at",
         "priority",
         "quiet_hours",
+        "topic",
+        "warnings",
     }
     assert campaign["status"] == "draft"
+    assert (campaign["topic"], campaign["warnings"]) == (None, [])  # service mail
     assert campaign["priority"] == "normal"
     assert campaign["quiet_hours"] is None
     assert campaign["created_by"] == "svc:crm"

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +31,9 @@ from litestar.testing import AsyncTestClient
 
 from app.core.settings import Settings
 from app.http.asgi import create_app
-from tests.conftest import PREFIX, _janitor, url_of
+from tests.conftest import PREFIX, PUBLIC_BASE_URL, _janitor, url_of
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients
-from tests.tokens import TEST_SECRET, bearer
+from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET, bearer
 
 WEBHOOK_SECRET = "provider-secret"
 SENDGRID_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -138,6 +139,7 @@ CAMPAIGN_BODY = {
     "sender": "care@example.com",
     "priority": "normal",
     "quiet_hours": {"start": "21:00", "end": "08:00", "time_zone": "Europe/Paris"},
+    "topic": "newsletter",
 }
 NOW = "2026-12-06T12:00:00Z"
 OPERATIONS = [
@@ -209,7 +211,25 @@ OPERATIONS = [
         "GET",
         "/v1/messaging/brands/{brand_id}/suppressions",
         {"brand_id": "brand-a"},
-        {"reason": "manual", "limit": "1", "cursor": "AAAA"},
+        {"reason": "manual", "topic": "newsletter", "limit": "1", "cursor": "AAAA"},
+    ),
+    *(
+        Operation(
+            method,
+            "/v1/messaging/brands/{brand_id}/topics/{topic}/suppressions/{recipient}",
+            {"brand_id": "brand-a", "topic": "newsletter", "recipient": "a@example.com"},
+            {},
+            {"reason": "unsubscribed"} if method == "PUT" else None,
+        )
+        for method in ("PUT", "GET", "DELETE")
+    ),
+    Operation("GET", "/v1/messaging/unsubscribe/{token}", {"token": "{token}"}, {}),
+    Operation(
+        "POST",
+        "/v1/messaging/unsubscribe/{token}",
+        {"token": "{token}"},
+        {},
+        {"List-Unsubscribe": "One-Click"},
     ),
     Operation(
         "PUT",
@@ -276,6 +296,8 @@ async def client(module_database_url: str) -> AsyncIterator[AsyncTestClient[Lite
         jwt_secret=TEST_SECRET,
         webhook_secret=WEBHOOK_SECRET,
         sendgrid_webhook_public_key=base64.b64encode(sendgrid_key).decode(),
+        public_base_url=PUBLIC_BASE_URL,
+        unsubscribe_secrets=UNSUBSCRIBE_SECRET,
     )
     async with AsyncTestClient(app=create_app(settings)) as client:
         yield client
@@ -287,7 +309,15 @@ async def ids(client: AsyncTestClient[Litestar]) -> dict[str, str]:
     campaign = await create_campaign(client)
     run = await publish(client, campaign["id"], {"recipients": recipients(2)})
     draft = await create_campaign(client, activate=False)
-    return {"campaign": campaign["id"], "run": run.json()["id"], "draft": draft["id"]}
+    token = client.app.state.unsubscribe_keys.token(
+        brand_id="brand-a", topic="newsletter", address="a@example.com", run_id=uuid.uuid4()
+    )
+    return {
+        "campaign": campaign["id"],
+        "run": run.json()["id"],
+        "draft": draft["id"],
+        "token": token,
+    }
 
 
 def _fill(text: str, ids: dict[str, str]) -> str:

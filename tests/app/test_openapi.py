@@ -46,6 +46,9 @@ SIGNED = {
     f"{PROVIDERS}/webhook/events": "WebhookSignature",
     f"{PROVIDERS}/sendgrid/events": "SendGridSignature",
 }
+UNSUBSCRIBE = "/v1/messaging/unsubscribe/{token}"
+PUBLIC = ("/healthz", "/readyz", UNSUBSCRIBE)
+"""Routes without a token or a signature (an unsubscribe link's token is in its path)."""
 APP_TABLES = (
     "campaigns",
     "runs",
@@ -127,7 +130,7 @@ async def test_every_route_is_documented(client):
     assert routed == documented
     for method, path in documented:
         operation = document["paths"][path][method.lower()]
-        public = path in ("/healthz", "/readyz")
+        public = path in PUBLIC
         if path in SIGNED:
             assert operation["security"] == [{SIGNED[path]: []}]
             assert path.startswith(f"{PROVIDERS}/")  # left out of the bearer check (auth.py)
@@ -213,6 +216,9 @@ class Tour:
         content = documented.get("content")
         if content is None:
             assert response.content == b"", (op, status)
+        elif list(content) == ["text/html"]:  # an unsubscribe link's page
+            assert response.headers["content-type"].startswith("text/html"), (op, status)
+            assert response.text.startswith("<!doctype html>"), (op, status)
         else:
             assert response.headers["content-type"].startswith("application/json")
             (media,) = content.values()
@@ -334,6 +340,47 @@ async def delete_suppression_req(t: Tour) -> Request:
     return {"url": f"{BRANDS}/brand-a/suppressions/{await t.suppression()}", "headers": bearer()}
 
 
+async def topic_suppression(t: Tour) -> str:
+    address = f"{uuid.uuid4().hex[:8]}@example.com"
+    response = await t.client.put(
+        f"{BRANDS}/brand-a/topics/news/suppressions/{address}",
+        json={"reason": "unsubscribed"},
+        headers=bearer(),
+    )
+    assert response.status_code == 200
+    return address
+
+
+async def topic_suppression_req(t: Tour) -> Request:
+    address = await topic_suppression(t)
+    return {"url": f"{BRANDS}/brand-a/topics/news/suppressions/{address}", "headers": bearer()}
+
+
+async def put_topic_suppression_req(t: Tour) -> Request:
+    url = f"{BRANDS}/brand-a/topics/news/suppressions/new@example.com"
+    return {"url": url, "json": {"reason": "manual"}, "headers": bearer()}
+
+
+def unsubscribe_url(t: Tour) -> str:
+    keys = t.client.app.state.unsubscribe_keys
+    token = keys.token(
+        brand_id="brand-a", topic="news", address="ann@example.com", run_id=uuid.uuid4()
+    )
+    return f"/v1/messaging/unsubscribe/{token}"
+
+
+async def unsubscribe_page_req(t: Tour) -> Request:
+    return {"url": unsubscribe_url(t)}
+
+
+async def unsubscribe_req(t: Tour) -> Request:
+    return {
+        "url": unsubscribe_url(t),
+        "content": b"List-Unsubscribe=One-Click",
+        "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+    }
+
+
 async def fail_run(db: Any, run_id: str) -> None:
     """What workers leave behind when every delivery of the run that was not skipped at
     publish failed."""
@@ -401,6 +448,7 @@ async def readyz_req(t: Tour) -> Request:
 
 C = CAMPAIGNS
 S = f"{BRANDS}/{{brand_id}}/suppressions"
+T = f"{BRANDS}/{{brand_id}}/topics/{{topic}}/suppressions/{{recipient}}"
 R = f"{BRANDS}/{{brand_id}}/rate-limit"
 HAPPY: dict[Op, tuple[int, Callable[[Tour], Awaitable[Request]]]] = {
     ("POST", C): (201, create_req),
@@ -423,6 +471,11 @@ HAPPY: dict[Op, tuple[int, Callable[[Tour], Awaitable[Request]]]] = {
     ("GET", R): (200, rate_limit_req),
     ("PUT", R): (200, put_rate_limit_req),
     ("DELETE", f"{S}/{{recipient}}"): (204, delete_suppression_req),
+    ("GET", T): (200, topic_suppression_req),
+    ("PUT", T): (200, put_topic_suppression_req),
+    ("DELETE", T): (204, topic_suppression_req),
+    ("GET", UNSUBSCRIBE): (200, unsubscribe_page_req),
+    ("POST", UNSUBSCRIBE): (200, unsubscribe_req),
     ("GET", "/healthz"): (200, healthz_req),
     ("GET", "/readyz"): (200, readyz_req),
 }
@@ -436,8 +489,10 @@ async def not_found(t: Tour, op: Op) -> Any:
     """The resource in the path belongs to another brand."""
     _, path = op
     request = await HAPPY[op][1](t)
-    if path.startswith(S):
+    if path.startswith(S) or path == T:
         return await t.send(op, with_url(request, request["url"].replace("@", "-gone@")))
+    if path == UNSUBSCRIBE:  # an altered token: a JSON 404 to a client that is no browser
+        return await t.send(op, with_url(request, request["url"][:-4] + "AAAA"))
     theirs = await t.campaign(brand="brand-b")
     url = request["url"].split("/")
     url[4] = theirs["id"]  # /v1/messaging/campaigns/{id}/...
@@ -448,7 +503,8 @@ async def bad_request(t: Tour, op: Op) -> Any:
     method, path = op
     request = await HAPPY[op][1](t)
     if path.endswith("{recipient}"):
-        return await t.send(op, with_url(request, f"{BRANDS}/brand-a/suppressions/nobody"))
+        url = request["url"].rsplit("/", 1)[0]
+        return await t.send(op, with_url(request, f"{url}/nobody"))
     if method == "GET" and path.endswith(("/campaigns", "/runs", "/deliveries", "/suppressions")):
         return await t.send(op, {**request, "params": {"limit": 0}})
     if path.endswith("/activate"):
@@ -565,7 +621,13 @@ async def deliveries_purged(t: Tour, op: Op) -> Any:
     return await t.send(op, request)
 
 
+async def unsubscribe_too_large(t: Tour, op: Op) -> Any:
+    request = await HAPPY[op][1](t)
+    return await t.send(op, {**request, "content": b"List-Unsubscribe=One-Click&" * 1000})
+
+
 SPECIFIC: dict[tuple[str, str, int], Callable[[Tour, Op], Awaitable[Any]]] = {
+    ("POST", UNSUBSCRIBE, 413): unsubscribe_too_large,
     ("POST", f"{C}/{{id}}/publish", 409): publish_in_flight,
     ("POST", f"{C}/{{id}}/publish", 422): publish_key_reused,
     ("POST", f"{C}/{{id}}/runs/{{run_id}}/cancel", 412): cancel_twice,
@@ -610,7 +672,7 @@ async def test_every_documented_response_is_what_the_route_answers(tour_client, 
         success, make_request = HAPPY[op]
         request = await make_request(t)
         t.check(op, success, await t.send(op, request), request)
-        public = op[1] in ("/healthz", "/readyz") or op[1] in SIGNED
+        public = op[1] in PUBLIC or op[1] in SIGNED
         scope = None if public else scope_of(operation)
 
         # Every route that takes a campaign id answers 404 for another brand's: that
@@ -647,13 +709,25 @@ async def test_every_documented_response_is_what_the_route_answers(tour_client, 
             t.check(op, status, response)
 
     # Naming a brand outside the token is the other 403 (create, suppressions, filter).
-    for op in [("POST", C), ("GET", S), ("PUT", f"{S}/{{recipient}}"), ("GET", R), ("PUT", R)]:
+    for op in [
+        ("POST", C),
+        ("GET", S),
+        ("PUT", f"{S}/{{recipient}}"),
+        ("PUT", T),
+        ("GET", R),
+        ("PUT", R),
+    ]:
         response = await foreign_brand(t, op)
         t.check(op, 403, response)
         assert response.json()["details"] == {"brand_id": "brand-a"}
 
     # The database away: every route that needs it answers 503 with Retry-After.
-    requests = {op: await HAPPY[op][1](t) for op in operations if op[1] != "/healthz"}
+    # (/healthz and an unsubscribe link's page need no database.)
+    requests = {
+        op: await HAPPY[op][1](t)
+        for op in operations
+        if op not in {("GET", "/healthz"), ("GET", UNSUBSCRIBE)}
+    }
     async with database_unreachable(db):
         for op, request in requests.items():
             response = await t.send(op, request)

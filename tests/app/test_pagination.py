@@ -10,9 +10,9 @@ import pytest
 
 from app.domain.errors import InvalidCursor
 from app.services.pagination import (
-    ByAddress,
     ByCreation,
     ByPosition,
+    BySuppression,
     cursor_key,
     decode_cursor,
     encode_cursor,
@@ -86,13 +86,16 @@ def test_a_cursor_shows_nothing_of_its_position():
     """A suppression listing resumes after an address: patient data, and cursors travel
     in URLs. The cursor is encrypted, not only signed."""
     listing = ("suppressions", "brand-a", None, ["brand-a"])
-    cursor = encode_cursor(KEY, listing, ("patient@clinic.example",))
+    cursor = encode_cursor(KEY, listing, ("patient@clinic.example", "newsletter"))
     raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
 
     assert b"patient" not in raw and b"clinic" not in raw and "patient" not in cursor
-    assert decode_cursor(KEY, listing, cursor, ByAddress) == ("patient@clinic.example",)
+    assert decode_cursor(KEY, listing, cursor, BySuppression) == [
+        "patient@clinic.example",
+        "newsletter",
+    ]
     # Two cursors of the same position differ: no position can be told from another's.
-    assert encode_cursor(KEY, listing, ("patient@clinic.example",)) != cursor
+    assert encode_cursor(KEY, listing, ("patient@clinic.example", "newsletter")) != cursor
 
 
 @pytest.mark.parametrize(
@@ -101,9 +104,10 @@ def test_a_cursor_shows_nothing_of_its_position():
         ((2**40,), ByPosition),  # beyond the int4 of deliveries.position: was a 500
         ((2**31,), ByPosition),
         ((-1,), ByPosition),
-        (("a\x00b",), ByAddress),  # no text PostgreSQL can store
-        (("a" * 321 + "@example.com",), ByAddress),
-        (("",), ByAddress),
+        (("a\x00b", ""), BySuppression),  # no text PostgreSQL can store
+        (("a" * 321 + "@example.com", ""), BySuppression),
+        ((), BySuppression),
+        (("a@example.com", "newsletter", "more"), BySuppression),
         ((datetime(2026, 1, 1, tzinfo=UTC).isoformat(), "not an id"), ByCreation),
     ],
 )

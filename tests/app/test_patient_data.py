@@ -2,8 +2,9 @@
 every route and path that handles them, while everything that leaves the service is
 captured: every log line of the web and worker processes (started as the Procfile starts
 them), every span a real OTLP collector receives, the /metrics text, every error body,
-every cursor, every run event. The canary shows only in the answers that must show it:
-the deliveries listing and the suppression itself."""
+every cursor, every run event, an unsubscribe link's token and page. The canary shows only
+in the answers that must show it: the deliveries listing, the suppression itself and its
+`suppression.created` event."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from app.core.settings import Settings
+from app.core.unsubscribe import UnsubscribeKeys
+from tests.conftest import PUBLIC_BASE_URL
 from tests.helpers import CAMPAIGNS
 from tests.jobs.delivery_helpers import ENDED, run_status, until
 from tests.servers import (
@@ -36,7 +41,7 @@ from tests.servers import (
     free_port,
     web_command,
 )
-from tests.tokens import TEST_SECRET, bearer
+from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET, bearer
 from tests.waiting import PATIENCE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +142,7 @@ def signed_sendgrid(body: bytes) -> dict[str, str]:
     }
 
 
-async def campaign(api: Caller, channel: str) -> str:
+async def campaign(api: Caller, channel: str, topic: str | None = None) -> str:
     body = {
         "brand_id": BRAND,
         "name": f"Reminder by {channel}",
@@ -145,6 +150,7 @@ async def campaign(api: Caller, channel: str) -> str:
         "body": "Your appointment is tomorrow, {{person_id}}.",
         "subject": "Appointment" if channel == "email" else None,
         "sender": "care@example.com" if channel == "email" else "+15550000000",
+        "topic": topic,
     }
     created = await api.request("POST", CAMPAIGNS, json=body)
     assert created.status_code == 201, created.text
@@ -178,6 +184,8 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         "WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+        "UNSUBSCRIBE_SECRETS": UNSUBSCRIBE_SECRET,
     }
     port = free_port()
     web = start(
@@ -240,10 +248,16 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
             )
             assert sms_run.status_code == 202, sms_run.text
             runs = {email_campaign: email_run.json()["id"], sms_campaign: sms_run.json()["id"]}
+            # A newsletter too: its message to the canary carries an unsubscribe link.
+            newsletter = await campaign(api, "email", topic="newsletter")
+            newsletter_run = await api.request(
+                "POST", f"{CAMPAIGNS}/{newsletter}/publish", json={"recipients": people}
+            )
+            assert newsletter_run.status_code == 202, newsletter_run.text
 
             # The providers refuse the canary, quoting it.
             async with asyncio.timeout(60):
-                for run_id in runs.values():
+                for run_id in [*runs.values(), newsletter_run.json()["id"]]:
                     while await run_status(db, run_id) not in ENDED:  # noqa: ASYNC110
                         await asyncio.sleep(0.05)
             # A run settled by its first window goes from queued to completed: one event.
@@ -340,6 +354,29 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
             ):
                 assert 400 <= bad.status_code < 500, bad.text
 
+            # Its topic suppression, and its unsubscribe link: junk, the page, the POST.
+            topic = f"{BRANDS}/topics/newsletter/suppressions/{EMAIL}"
+            assert (await api.request("PUT", topic, json={"reason": "manual"})).status_code == 200
+            answers["topic suppression"] = (await api.request("GET", topic)).text
+            assert (await api.request("DELETE", topic)).status_code == 204
+            assert (await api.request("GET", topic)).status_code == 404
+            token = unsubscribe_token(EMAIL)
+            link = f"/v1/messaging/unsubscribe/{token}"
+            for junk in (link[:-3] + "xyz", f"{link}{PERSON}", link.replace(token, EMAIL)):
+                for method in ("GET", "POST"):
+                    assert (await api.request(method, junk, headers={})).status_code == 404
+            page = await api.request("GET", link, headers={})
+            assert page.status_code == 200
+            unsubscribed = await api.request(
+                "POST", link, content=b"List-Unsubscribe=One-Click", headers=FORM
+            )
+            assert unsubscribed.status_code == 200
+            answers["topic suppressions"] = json.dumps(
+                await api.walk(f"{BRANDS}/suppressions", topic="newsletter")
+            )
+            # Every suppression.created event reached the receiver (the one-click's last).
+            await until(lambda: "one_click" in json.dumps(suppression_events(events_sink)), 30)
+
             # A 500 on a route whose path holds the address.
             await db.execute(
                 "CREATE FUNCTION canary_fail() RETURNS trigger LANGUAGE plpgsql AS"
@@ -372,8 +409,12 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
         "metrics": metrics,
         **{f"error body {i}": body for i, body in enumerate(api.error_bodies)},
         **cursors,
-        **{f"run event {i}": readable(r.body) for i, r in enumerate(events_sink.requests)},
+        **{f"run event {i}": readable(r.body) for i, r in enumerate(run_events(events_sink))},
+        "unsubscribe token": f"{token} {readable(base64.urlsafe_b64decode(token + '==='))}",
+        "unsubscribe page": page.text,
+        "unsubscribed page": unsubscribed.text,
     }
+    answers["suppression events"] = json.dumps(suppression_events(events_sink))
     for canary in CANARIES:
         assert where(canary, captured) == [], [captured[n][:2000] for n in where(canary, captured)]
 
@@ -386,7 +427,7 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
     # ... the providers refused it, the send spans say so by code ...
     assert smtp.to(EMAIL) == [] and [r.status for r in sink.requests].count(422) == 1
     sends = [s for s in receiver.spans if s.name in ("send smtp", "send webhook") and s.error]
-    assert len(sends) == 2, receiver.spans
+    assert len(sends) == 3, receiver.spans  # the reminder and the newsletter by SMTP, the SMS
     assert b"exception.status_code" in b"".join(receiver.bodies)
     # ... the forced 500 was logged, by route ...
     assert "unhandled error on PUT /v1/messaging/brands/{brand_id}/suppressions/{recipient}" in (
@@ -395,8 +436,33 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
     assert "forced failure" in web_log
     # ... and the cursors, run events and spans were there to look at: a cursor after each
     # item but the last of every listing (after the canary's suppression among them).
-    assert len(api.cursors) == 8 and len(events_sink.requests) >= 2
+    assert len(api.cursors) == 8 and len(run_events(events_sink)) >= 3
+    assert {e["data"]["source"] for e in suppression_events(events_sink)} == {
+        "provider_feedback",
+        "api",
+        "one_click",
+    }
     assert any(s.name.startswith("PUT /v1/messaging/brands/") for s in receiver.spans)
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def unsubscribe_token(address: str) -> str:
+    """The token of the address's link, as the worker makes it for a newsletter."""
+    settings = Settings(public_base_url=PUBLIC_BASE_URL, unsubscribe_secrets=UNSUBSCRIBE_SECRET)
+    keys = UnsubscribeKeys.of(settings)
+    assert keys is not None
+    return keys.token(brand_id=BRAND, topic="newsletter", address=address, run_id=uuid.uuid4())
+
+
+def run_events(sink: HttpSink) -> list[Any]:
+    return [r for r in list(sink.requests) if r.json()["type"].startswith("run.")]
+
+
+def suppression_events(sink: HttpSink) -> list[Any]:
+    """What the contract sends the platform's CRM: the address itself, to sync consent."""
+    return [r.json() for r in list(sink.requests) if r.json()["type"] == "suppression.created"]
 
 
 async def until_ready(http: httpx.AsyncClient) -> None:

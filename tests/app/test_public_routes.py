@@ -12,6 +12,7 @@ import json
 import statistics
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,12 +21,26 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from app.core.settings import Settings
+from app.core.unsubscribe import UnsubscribeKeys
+from tests.conftest import PUBLIC_BASE_URL
 from tests.servers import web_process
+from tests.tokens import UNSUBSCRIBE_SECRET
 
 CLIENTS = 8
 HAMMER_SECONDS = 2.0
 JUNK = b"\x00{[" * (600 * 1024)  # ~1.8 MB: under the providers' 2 MiB limit, read whole
 SENDGRID_KEY = ec.generate_private_key(ec.SECP256R1()).public_key()
+UNSUBSCRIBE = "/v1/messaging/unsubscribe"
+UNSUBSCRIBE_KEYS = UnsubscribeKeys.of(
+    Settings(public_base_url=PUBLIC_BASE_URL, unsubscribe_secrets=UNSUBSCRIBE_SECRET)
+)
+assert UNSUBSCRIBE_KEYS is not None
+TOKEN = UNSUBSCRIBE_KEYS.token(
+    brand_id="brand-a", topic="newsletter", address="ann@example.com", run_id=uuid.uuid4()
+)
+ALTERED = TOKEN[:40] + ("B" if TOKEN[40] == "A" else "A") + TOKEN[41:]
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 HAMMER = """
 import http.client, json, os, sys, threading, time
@@ -109,6 +124,13 @@ def public_routes() -> list[Route]:
         Route(
             "GET", "/v1/messaging/campaigns", 401, None, {"Authorization": "Bearer " + "e30." * 500}
         ),
+        # An unsubscribe link: junk tokens, altered ones, junk bodies; and a real one.
+        Route("GET", f"{UNSUBSCRIBE}/{'A' * 150}", 404),
+        Route("POST", f"{UNSUBSCRIBE}/{ALTERED}", 404, b"List-Unsubscribe=One-Click", FORM),
+        Route("POST", f"{UNSUBSCRIBE}/{'x' * 1000}", 404, JUNK[:16_000], junk),
+        Route("POST", f"{UNSUBSCRIBE}/{TOKEN}", 413, JUNK, junk),
+        Route("GET", f"{UNSUBSCRIBE}/{TOKEN}", 200),
+        Route("POST", f"{UNSUBSCRIBE}/{TOKEN}", 200, b"List-Unsubscribe=One-Click", FORM),
         Route("GET", "/no/such/route", 404),
     ]
 
@@ -190,6 +212,8 @@ async def test_hammering_any_public_route_leaves_healthz_fast(database_url, tmp_
     env = {
         "WEBHOOK_SECRET": "provider-secret",  # so that junk costs its signature check
         "SENDGRID_WEBHOOK_PUBLIC_KEY": base64.b64encode(sendgrid_key).decode(),
+        "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+        "UNSUBSCRIBE_SECRETS": UNSUBSCRIBE_SECRET,
     }
     measured: dict[str, list[tuple[float, float]]] = {}
     async with web_process(database_url, **env) as web:
@@ -198,7 +222,7 @@ async def test_hammering_any_public_route_leaves_healthz_fast(database_url, tmp_
         async with httpx.AsyncClient(base_url=web.url, timeout=30) as http:
             baseline = await hammered(http, port, HEALTHZ, tmp_path / "body")
             for route in public_routes():
-                name = f"{route.method} {route.path}"
+                name = f"{route.method} {route.path[:80]} ({route.answer})"
                 for attempt in range(3):
                     if attempt:
                         baseline = await hammered(http, port, HEALTHZ, tmp_path / "body")

@@ -241,7 +241,7 @@ async def test_cancel_of_a_scheduled_run_skips_its_deliveries_and_removes_its_jo
     assert await waiting_jobs(db, run["id"]) == []  # gone from the queue
     assert len(await waiting_jobs(db, other["id"])) == 2  # another run's stay
     event = await db.fetchrow(
-        "SELECT type, data FROM run_events WHERE run_id = $1", uuid.UUID(run["id"])
+        "SELECT type, data FROM events WHERE run_id = $1", uuid.UUID(run["id"])
     )
     assert event["type"] == "run.cancelled"
     assert event["data"]["scheduled_for"] == run["scheduled_for"]

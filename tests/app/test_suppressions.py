@@ -28,11 +28,12 @@ async def test_put_answers_200_with_the_normalised_suppression(client, db):
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"brand_id", "recipient", "reason", "created_at"}
-    assert (body["brand_id"], body["recipient"], body["reason"]) == (
+    assert set(body) == {"brand_id", "recipient", "reason", "created_at", "topic"}
+    assert (body["brand_id"], body["recipient"], body["reason"], body["topic"]) == (
         "brand-a",
         "ann@example.com",
         "unsubscribed",
+        None,  # brand-wide
     )
     assert body["created_at"].endswith("Z")
     rows = await db.fetch("SELECT brand_id, address, reason FROM suppressions")

@@ -15,7 +15,7 @@ TABLES = {
     "suppressions",
     "idempotency_keys",
     "delivery_job_failures",
-    "run_events",
+    "events",
     "brand_rate_limits",
     "rate_buckets",
     "provider_pauses",
@@ -32,7 +32,14 @@ LATER_THAN_0007 = {
     "provider_pauses",
     "delivery_unrecorded_sends",
 }
-LATER_THAN_0004 = {"delivery_job_failures", "run_events", *LATER_THAN_0007}
+LATER_THAN_0004 = {"delivery_job_failures", "events", *LATER_THAN_0007}
+BEFORE_0016 = {"events": "run_events"}
+"""Tables named otherwise before 0016 (the outbox of run events became that of every event)."""
+
+
+def named_before_0016(tables: set[str]) -> set[str]:
+    return {BEFORE_0016.get(table, table) for table in tables}
+
 
 VIEWS_0004 = {
     "ops_run_progress",
@@ -160,7 +167,7 @@ async def test_0007_run_events_downgrade_to_0004_and_back(empty_database):
     assert "outcome" not in await columns(empty_database, "deliveries")
 
     command.upgrade(config, "0007")
-    assert (await objects(empty_database))[0] == TABLES - LATER_THAN_0007
+    assert (await objects(empty_database))[0] == named_before_0016(TABLES - LATER_THAN_0007)
     assert await views(empty_database) == VIEWS_0007
 
 
@@ -206,10 +213,69 @@ async def test_0009_downgrades_to_0007_and_back(empty_database):
     assert "priority" in await columns(empty_database, "campaigns")
 
     command.downgrade(config, "0007")
-    assert (await objects(empty_database))[0] == TABLES - LATER_THAN_0007
+    assert (await objects(empty_database))[0] == named_before_0016(TABLES - LATER_THAN_0007)
     assert "priority" not in await columns(empty_database, "campaigns")
 
     command.upgrade(config, "0009")
-    assert (await objects(empty_database))[0] == TABLES - {"delivery_unrecorded_sends"}
+    assert (await objects(empty_database))[0] == named_before_0016(
+        TABLES - {"delivery_unrecorded_sends"}
+    )
     command.upgrade(config, "head")
     assert (await objects(empty_database))[0] == TABLES
+
+
+async def test_0016_consent_downgrades_to_0012_and_back_keeping_run_events(empty_database):
+    config = alembic_config(empty_database)
+    command.upgrade(config, "head")
+    conn = await asyncpg.connect(empty_database)
+    try:
+        campaign = await conn.fetchval(
+            "INSERT INTO campaigns (brand_id, name, channel, body, created_by, topic)"
+            " VALUES ('b', 'n', 'email', 'x', 't', 'news') RETURNING id"
+        )
+        run = await conn.fetchval(
+            "INSERT INTO runs (campaign_id, brand_id, total_recipients, created_by)"
+            " VALUES ($1, 'b', 1, 't') RETURNING id",
+            campaign,
+        )
+        await conn.execute(
+            "INSERT INTO suppressions (brand_id, address, topic, reason) VALUES"
+            " ('b', 'a@example.com', '', 'manual'), ('b', 'a@example.com', 'news', 'manual')"
+        )
+        await conn.execute(
+            """
+            INSERT INTO procrastinate_jobs (queue_name, task_name, lock, args, status)
+            VALUES ('events', 'send_events', 'run-events:' || $1, jsonb_build_object(
+                        'stream', 'run:' || $1), 'todo'),
+                   ('events', 'send_events', 'events:brand:b', '{"stream": "brand:b"}', 'todo')
+            """,
+            str(run),
+        )
+        await conn.execute(
+            "INSERT INTO events (stream, run_id, type, data) VALUES"
+            " ('run:' || $1, $2, 'run.started', '{}'),"
+            " ('brand:b', NULL, 'suppression.created', '{\"brand_id\": \"b\"}')",
+            str(run),
+            run,
+        )
+    finally:
+        await conn.close()
+
+    command.downgrade(config, "0012")
+    conn = await asyncpg.connect(empty_database)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM suppressions") == 1  # brand-wide
+        assert await conn.fetchval("SELECT type FROM run_events") == "run.started"
+        # The run's job is one the older release runs; the brand's went with its event.
+        job = await conn.fetchrow("SELECT task_name, args FROM procrastinate_jobs")
+        assert (job["task_name"], job["args"]) == ("send_run_events", f'{{"run_id": "{run}"}}')
+    finally:
+        await conn.close()
+    assert "topic" not in await columns(empty_database, "campaigns")
+    assert "events" not in (await objects(empty_database))[0]
+
+    command.upgrade(config, "head")
+    assert (await objects(empty_database))[0] == TABLES
+    assert await views(empty_database) == VIEWS
+    assert {"topic", "source", "run_id"} <= await columns(empty_database, "suppressions")
+    assert "stream" in await columns(empty_database, "events")

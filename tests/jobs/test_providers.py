@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 import time
+import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ import pytest
 
 from app.core.logs import JsonFormatter
 from app.core.settings import Settings
+from app.core.unsubscribe import UnsubscribeKeys, unsubscribe_link
 from jobs.providers import (
     LogProvider,
     OutgoingMessage,
@@ -48,6 +50,8 @@ CONTRACT_FIELDS = [
     "sender",
     "subject",
     "body",
+    "headers",  # third release (consent)
+    "unsubscribe_url",
 ]
 
 
@@ -128,6 +132,34 @@ async def test_smtp_delivers_the_email_with_its_headers_and_body(
     assert mail.message["Date"] is not None
     assert mail.message.get_content() == "Hello, it is time for your check-up.\nSee you soon.\n"
     assert result.provider_message_id == mail.message["Message-ID"]
+
+
+async def test_smtp_carries_the_longest_unsubscribe_headers_intact(
+    smtp: SmtpProvider, smtp_sink: SmtpSink
+) -> None:
+    """The longest link there can be (a 100-character brand, a 64-character topic, a
+    254-character address) with its mailto: folded onto lines, never broken inside a URL."""
+    settings = Settings(
+        public_base_url="https://messaging.example.com",
+        unsubscribe_secrets="provider-test-unsubscribe-key",
+        unsubscribe_mailto="unsubscribe@example.com",
+    )
+    keys = UnsubscribeKeys.of(settings)
+    assert keys is not None
+    address = "a" * 64 + "@" + ".".join(["b" * 60] * 3) + ".example"
+    link = unsubscribe_link(
+        keys, brand_id="B" * 100, topic="t" * 64, channel="email", address=address[:254],
+        run_id=uuid.uuid4(),
+    )  # fmt: skip
+
+    await smtp.send(message(1, headers=link.headers, unsubscribe_url=link.url))
+
+    [mail] = smtp_sink.messages
+    unfolded = " ".join(mail.message["List-Unsubscribe"].split())
+    assert unfolded == link.headers["List-Unsubscribe"]
+    assert unfolded.startswith(f"<{link.url}>, <mailto:unsubscribe@example.com?subject=")
+    assert mail.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert keys.read(link.url.rsplit("/", 1)[1]) is not None
 
 
 async def test_smtp_keeps_non_ascii_subject_and_body_intact(
@@ -333,6 +365,8 @@ async def test_webhook_posts_the_contract_message_signed_with_the_secret(
         "sender": None,
         "subject": None,
         "body": sent.body,
+        "headers": {},
+        "unsubscribe_url": None,
     }
     expected = hmac.new(SECRET.encode(), request.body, hashlib.sha256).hexdigest()
     assert request.headers["x-signature"] == f"sha256={expected}"

@@ -41,7 +41,7 @@ def events_settings(settings, sink):
 
 async def events_of(db, run_id: str) -> list:
     return await db.fetch(
-        "SELECT id, type, status, attempts, last_error, job_id FROM run_events"
+        "SELECT id, type, status, attempts, last_error, job_id FROM events"
         " WHERE run_id = $1 ORDER BY seq",
         uuid.UUID(run_id),
     )
@@ -149,7 +149,7 @@ async def test_an_unreachable_receiver_is_retried_for_the_retry_window_then_list
 
     # A day later, the receiver still down: tried again, and again later.
     await db.execute(
-        "UPDATE run_events SET occurred_at = now() - interval '25 hours' WHERE run_id = $1", run_id
+        "UPDATE events SET occurred_at = now() - interval '25 hours' WHERE run_id = $1", run_id
     )
     await db.execute(
         "UPDATE procrastinate_jobs SET scheduled_at = now() WHERE id = $1", event["job_id"]
@@ -163,7 +163,7 @@ async def test_an_unreachable_receiver_is_retried_for_the_retry_window_then_list
 
     # Past EVENTS_RETRY_HOURS: given up; the event stays listed, its job failed.
     await db.execute(
-        "UPDATE run_events SET occurred_at = now() - interval '73 hours' WHERE run_id = $1", run_id
+        "UPDATE events SET occurred_at = now() - interval '73 hours' WHERE run_id = $1", run_id
     )
     await db.execute(
         "UPDATE procrastinate_jobs SET scheduled_at = now() WHERE id = $1", event["job_id"]
@@ -203,8 +203,7 @@ async def test_an_expired_event_never_keeps_a_later_one_from_being_tried(events_
     started, completed = await events_of(db, run["id"])
     # run.started has been retried for 73 hours; its job gave up (failed).
     await db.execute(
-        "UPDATE run_events SET occurred_at = now() - interval '73 hours', attempts = 40"
-        " WHERE id = $1",
+        "UPDATE events SET occurred_at = now() - interval '73 hours', attempts = 40 WHERE id = $1",
         started["id"],
     )
     await db.execute(
@@ -305,11 +304,11 @@ async def test_a_status_change_that_rolls_back_leaves_no_event_and_no_job(settin
     (event,) = await events_of(db, run["id"])
     job = await db.fetchrow("SELECT * FROM procrastinate_jobs WHERE id = $1", event["job_id"])
     assert (job["task_name"], job["queue_name"], job["lock"]) == (
-        "send_run_events",
+        "send_events",
         "events",
-        f"run-events:{run_id}",
+        f"run-events:{run_id}",  # as before events were generalised: one job of a run at a time
     )
-    assert job["args"] == {"run_id": run["id"]}
+    assert job["args"] == {"stream": f"run:{run_id}"}
 
 
 async def test_windows_committing_at_once_write_one_run_started(settings, db):
@@ -394,3 +393,25 @@ def test_an_events_url_needs_its_secret_and_a_day_of_retries_at_least():
         {**base, "EVENTS_WEBHOOK_URL": "https://h.example.com/", "EVENTS_WEBHOOK_SECRET": "s"}
     )
     assert (configured.events_retry_hours, configured.events_retry_base_seconds) == (72, 5.0)
+
+
+async def test_a_send_run_events_job_of_the_release_before_0016_still_sends(
+    events_settings, db, sink
+):
+    async with AsyncTestClient(create_app(events_settings)) as client:
+        campaign = await create_campaign(client)
+        run = (await publish(client, campaign["id"], {"recipients": recipients(1)})).json()
+    run_id = uuid.UUID(run["id"])
+    async with db.transaction():
+        await RunRepository(db).count_outcomes(run_id, 1, 0, 0)
+    (event,) = await events_of(db, run["id"])
+    # The job as that release deferred it: by run, under the run's lock.
+    await db.execute(
+        "UPDATE procrastinate_jobs SET task_name = 'send_run_events', args = $2 WHERE id = $1",
+        event["job_id"],
+        {"run_id": run["id"]},
+    )
+
+    await work_until(events_settings, lambda: all_delivered(db, run["id"], 1))
+
+    assert [r.json()["id"] for r in received(sink, run["id"])] == [str(event["id"])]

@@ -75,7 +75,7 @@ async def test_a_scheduled_run_starts_on_time(client, db, webhook_settings, sink
     assert datetime.fromisoformat(final["started_at"]) >= send_at
     assert final["scheduled_for"] == run["scheduled_for"]
     events = await db.fetch(
-        "SELECT type, data FROM run_events WHERE run_id = $1 ORDER BY seq", uuid.UUID(run["id"])
+        "SELECT type, data FROM events WHERE run_id = $1 ORDER BY seq", uuid.UUID(run["id"])
     )
     assert [e["type"] for e in events] == ["run.started", "run.completed"]
     assert events[0]["data"]["status"] == "running"
@@ -112,5 +112,5 @@ async def test_a_run_cancelled_before_its_start_sends_nothing(client, db, webhoo
     assert (final["status"], final["skipped_count"], final["sent_count"]) == ("cancelled", 120, 0)
     assert final["started_at"] is None
     await assert_counters_equal_rows(db, run["id"])
-    events = await db.fetch("SELECT type FROM run_events WHERE run_id = $1", uuid.UUID(run["id"]))
+    events = await db.fetch("SELECT type FROM events WHERE run_id = $1", uuid.UUID(run["id"]))
     assert [e["type"] for e in events] == ["run.cancelled"]

@@ -14,7 +14,7 @@ from litestar.openapi.spec.enums import OpenAPIType
 from litestar.params import HeaderParameter, PathParameter, QueryParameter
 
 from app.domain.recipients import ADDRESS_PATTERN, MAX_EMAIL_LENGTH
-from app.domain.schemas import ADDRESS_LENGTH, BRAND_ID_LENGTH, BRAND_ID_PATTERN
+from app.domain.schemas import ADDRESS_LENGTH, BRAND_ID_LENGTH, BRAND_ID_PATTERN, TOPIC_PATTERN
 from app.services.idempotency import HEADER as IDEMPOTENCY_KEY
 from app.services.idempotency import KEY_PATTERN as IDEMPOTENCY_KEY_PATTERN
 from app.services.idempotency import MAX_KEY_LENGTH
@@ -57,6 +57,24 @@ RecipientPath = Annotated[
         # Checked by app.services.suppressions.suppression_address, which names `path.recipient`.
         schema_extra={"pattern": ADDRESS_PATTERN},
         description="An e-mail address or an E.164 phone number (`+` and 2 to 15 digits).",
+    ),
+]
+TopicPath = Annotated[
+    str,
+    PathParameter(
+        min_length=1,
+        max_length=64,
+        pattern=TOPIC_PATTERN,
+        description="The topic: 1 to 64 characters of `a-z`, `0-9`, `_` and `-`.",
+    ),
+]
+TopicFilter = Annotated[
+    str | None,
+    QueryParameter(
+        min_length=1,
+        max_length=64,
+        pattern=TOPIC_PATTERN,
+        description="Only the suppressions of this topic (brand-wide ones are not listed).",
     ),
 ]
 CampaignId = Annotated[

@@ -1,13 +1,13 @@
-"""Sending run events: the send_run_events job POSTs a run's pending events to
-EVENTS_WEBHOOK_URL, oldest first, signed like the webhook provider's messages.
+"""Sending events: the send_events job POSTs a stream's pending events (a run's status
+changes, a brand's new suppressions: db/events.py) to EVENTS_WEBHOOK_URL, oldest first,
+signed like the webhook provider's messages.
 
-Order: the jobs of one run share a procrastinate lock (db.run_events.events_lock), so they
-run one at a time in the order they were deferred, and each sends all of the run's pending
-events oldest first, stopping at the first that fails: a later event never reaches the
-receiver before an earlier one was accepted, unless that earlier one was given up for good
-(`expired`, below). Delivery is at least once: an event whose
-answer was lost (timeout, a worker killed mid-POST) is sent again with the same
-`Idempotency-Key`.
+Order: the jobs of one stream share a procrastinate lock (db.events.stream_lock), so they
+run one at a time in the order they were deferred, and each sends all of the stream's
+pending events oldest first, stopping at the first that fails: a later event never reaches
+the receiver before an earlier one was accepted, unless that earlier one was given up for
+good (`expired`, below). Delivery is at least once: an event whose answer was lost
+(timeout, a worker killed mid-POST) is sent again with the same `Idempotency-Key`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import random
 from datetime import datetime, timedelta
-from uuid import UUID
 
 import asyncpg
 import httpx
@@ -25,7 +24,7 @@ from procrastinate.jobs import Job
 
 from app.core.settings import Settings
 from app.core.signing import HEADER, signature
-from db.run_events import RunEventRepository
+from db.events import EventRepository
 
 logger = logging.getLogger(__name__)
 
@@ -69,20 +68,20 @@ def event_body(event: asyncpg.Record) -> bytes:
     )
 
 
-async def send_pending_events(pool: asyncpg.Pool, settings: Settings, run_id: UUID) -> int:
-    """POST the run's pending events, oldest first; returns how many were delivered.
+async def send_pending_events(pool: asyncpg.Pool, settings: Settings, stream: str) -> int:
+    """POST the stream's pending events, oldest first; returns how many were delivered.
     Raises EventNotDelivered at the first one the receiver does not accept (2xx), with
     when to try again by that event's own attempts and age. An event past
     EVENTS_RETRY_HOURS with a later one behind it is given up (`expired`: never sent
     after the later one), and the later one is tried at once: the expiry of one event
     never keeps the next from its own EVENTS_RETRY_HOURS."""
     async with pool.acquire() as conn:
-        events = await RunEventRepository(conn).pending(run_id)
+        events = await EventRepository(conn).pending(stream)
         if events and settings.events_webhook_url is None:
-            unsent = await RunEventRepository(conn).unsent(run_id)
+            unsent = await EventRepository(conn).unsent(stream)
             logger.warning(
-                "run events recorded, but this worker has no EVENTS_WEBHOOK_URL: marked unsent",
-                extra={"run_id": str(run_id), "events": unsent},
+                "events recorded, but this worker has no EVENTS_WEBHOOK_URL: marked unsent",
+                extra={"stream": stream, "events": unsent},
             )
             return 0
     if not events:
@@ -92,7 +91,7 @@ async def send_pending_events(pool: asyncpg.Pool, settings: Settings, run_id: UU
         for index, event in enumerate(events):
             error = await _post(client, settings, event)
             async with pool.acquire() as conn:
-                repository = RunEventRepository(conn)
+                repository = EventRepository(conn)
                 if error is None:
                     await repository.delivered(event["id"])
                     continue
@@ -131,11 +130,11 @@ def _retry_at(event: asyncpg.Record, now: datetime, settings: Settings) -> datet
     attempts = event["attempts"]  # before this one
     extra = {"event_id": str(event["id"]), "event_type": event["type"], "attempt": attempts + 1}
     if now - event["occurred_at"] >= timedelta(hours=settings.events_retry_hours):
-        logger.error("gave up sending a run event (EVENTS_RETRY_HOURS)", extra=extra)
+        logger.error("gave up sending an event (EVENTS_RETRY_HOURS)", extra=extra)
         return None
     backoff = backoff_seconds(attempts, settings.events_retry_base_seconds)
     retry_at = now + timedelta(seconds=backoff)
     logger.warning(
-        "run event not delivered; will retry", extra={**extra, "retry_at": retry_at.isoformat()}
+        "event not delivered; will retry", extra={**extra, "retry_at": retry_at.isoformat()}
     )
     return retry_at
