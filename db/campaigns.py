@@ -12,7 +12,7 @@ from db.params import Params
 
 COLUMNS = (
     "id, brand_id, name, channel, status, sender, subject, body, created_by, created_at, "
-    "updated_at, priority, quiet_hours"
+    "updated_at, priority, quiet_hours, html_body"
 )
 
 # "share" lets publishes of one campaign run side by side while a status change waits
@@ -37,14 +37,15 @@ class CampaignRepository:
         created_by: str,
         priority: str = "normal",
         quiet_hours: object = None,
+        html_body: str | None = None,
     ) -> asyncpg.Record:
         """`quiet_hours`: anything msgspec encodes as the jsonb column's object, or None."""
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
             INSERT INTO campaigns
                 (brand_id, name, channel, sender, subject, body, created_by, priority,
-                 quiet_hours)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 quiet_hours, html_body)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
             RETURNING {COLUMNS}
             """,
             brand_id,
@@ -56,6 +57,7 @@ class CampaignRepository:
             created_by,
             priority,
             quiet_hours,
+            html_body,
         )
         return record
 
@@ -104,12 +106,13 @@ class CampaignRepository:
         body: str,
         priority: str,
         quiet_hours: object,
+        html_body: str | None,
     ) -> asyncpg.Record:
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
             UPDATE campaigns
             SET name = $2, channel = $3, sender = $4, subject = $5, body = $6, priority = $7,
-                quiet_hours = $8, updated_at = now()
+                quiet_hours = $8, html_body = $9, updated_at = now()
             WHERE id = $1
             RETURNING {COLUMNS}
             """,
@@ -121,6 +124,7 @@ class CampaignRepository:
             body,
             priority,
             quiet_hours,
+            html_body,
         )
         return record
 

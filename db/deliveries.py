@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
 from db.params import Params
 from db.runs import UPDATED_COLUMNS, counted
@@ -24,12 +25,13 @@ DELIVERY_COLUMNS = (
     "provider_message_id, sent_at, outcome, outcome_at, outcome_detail, not_before"
 )
 DELIVERY_COPY_COLUMNS = (
-    "run_id", "position", "person_id", "recipient", "status", "reason", "time_zone"
+    "run_id", "position", "person_id", "recipient", "status", "reason", "time_zone", "data"
 )  # fmt: skip
 
 # One delivery as publish writes it:
-# (run_id, position, person_id, recipient, status, reason, time_zone).
-DeliveryRow = tuple[UUID, int, str, str, str, str | None, str | None]
+# (run_id, position, person_id, recipient, status, reason, time_zone, data). `data` is
+# the recipient's JSON text (msgspec.Raw: the pool's jsonb codec sends it as it is).
+DeliveryRow = tuple[UUID, int, str, str, str, str | None, str | None, msgspec.Raw | None]
 
 
 def delivery_id(run_id: UUID | str, position: int) -> str:
@@ -73,7 +75,7 @@ class Claimed:
     """Whether the brand has any suppression (else no address needs a look-up)."""
     rows: list[asyncpg.Record]
     """position, person_id, recipient, tried (attempts before this claim), throttles,
-    time_zone."""
+    time_zone, data (the recipient's variables, decoded; None if none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +120,11 @@ class DeliveryRepository:
         return rows
 
     async def failed_recipients(self, run_id: UUID) -> list[asyncpg.Record]:
-        """(person_id, recipient, time_zone) of the run's failed deliveries, in position
-        order."""
+        """(person_id, recipient, time_zone, data) of the run's failed deliveries, in
+        position order; `data` as its JSON text."""
         rows: list[asyncpg.Record] = await self.conn.fetch(
             """
-            SELECT person_id, recipient, time_zone FROM deliveries
+            SELECT person_id, recipient, time_zone, data::text AS data FROM deliveries
             WHERE run_id = $1 AND status = 'failed' ORDER BY position
             """,
             run_id,
@@ -191,7 +193,7 @@ class DeliveryRepository:
                                      AND (SELECT max(position) FROM due)
                   AND d.position = due.position
                 RETURNING d.position, d.person_id, d.recipient, due.attempts AS tried,
-                          d.throttles, d.time_zone
+                          d.throttles, d.time_zone, d.data
             )
             SELECT run.status, run.now, run.paused_for, run.suppressions, c.*
             FROM run LEFT JOIN claimed c ON true

@@ -1,4 +1,5 @@
-"""SQL of the partitions of `deliveries` and of their retention (jobs/retention.py).
+"""SQL of the partitions of `deliveries`, of their retention and of the erasure of the
+recipients' data they hold (jobs/retention.py).
 
 A month partition `deliveries_YYYY_MM` holds the deliveries of the runs whose UUIDv7 id
 was made in that (UTC) month: the run ids from uuid_v7_floor(first day) up to
@@ -17,6 +18,11 @@ import asyncpg
 # The bounds of a month's run ids, from a `date` parameter (the month's first day).
 _LOWER = "uuid_v7_floor(CAST({} AS timestamp) AT TIME ZONE 'UTC')"
 _UPPER = "uuid_v7_floor((CAST({} AS timestamp) + interval '1 month') AT TIME ZONE 'UTC')"
+
+# Deliveries removed take their data along: their run's data is erased then too.
+_DATA_GONE = (
+    "data_erased_at = coalesce(data_erased_at, CASE WHEN with_data THEN $2::timestamptz END)"
+)
 
 _ADVISORY_NAMESPACE = 7411  # this service's first key among advisory locks (db/runs.py)
 _MAINTENANCE_LOCK = "hashtext('deliveries maintenance')"
@@ -84,7 +90,7 @@ class RetentionRepository:
         partition is dropped. Returns how many runs were marked."""
         status: str = await self.conn.execute(
             f"""
-            UPDATE runs SET deliveries_purged_at = $2
+            UPDATE runs SET deliveries_purged_at = $2, {_DATA_GONE}
             WHERE id >= {_LOWER.format("$1")} AND id < {_UPPER.format("$1")}
               AND deliveries_purged_at IS NULL
             """,
@@ -131,8 +137,41 @@ class RetentionRepository:
 
     async def mark_purged(self, run_id: UUID, now: datetime) -> None:
         await self.conn.execute(
-            "UPDATE runs SET deliveries_purged_at = $2 WHERE id = $1", run_id, now
+            f"UPDATE runs SET deliveries_purged_at = $2, {_DATA_GONE} WHERE id = $1", run_id, now
         )
+
+    async def runs_with_data_to_erase(self, cutoff: datetime, limit: int) -> list[asyncpg.Record]:
+        """Runs that ended before `cutoff` and whose deliveries still hold recipients' data
+        (the partial index runs_data_to_erase_idx: runs without data are not read).
+        `id`, `total_recipients`, oldest end first."""
+        rows: list[asyncpg.Record] = await self.conn.fetch(
+            """
+            SELECT id, total_recipients FROM runs
+            WHERE with_data AND data_erased_at IS NULL AND completed_at < $1
+            ORDER BY completed_at
+            LIMIT $2
+            """,
+            cutoff,
+            limit,
+        )
+        return rows
+
+    async def erase_data(self, run_id: UUID, first: int, last: int) -> int:
+        """Erase the data of the run's deliveries at positions first..last (a primary-key
+        range); returns how many held some."""
+        status: str = await self.conn.execute(
+            """
+            UPDATE deliveries SET data = NULL
+            WHERE run_id = $1 AND position BETWEEN $2 AND $3 AND data IS NOT NULL
+            """,
+            run_id,
+            first,
+            last,
+        )
+        return int(status.rpartition(" ")[2])
+
+    async def mark_data_erased(self, run_id: UUID, now: datetime) -> None:
+        await self.conn.execute("UPDATE runs SET data_erased_at = $2 WHERE id = $1", run_id, now)
 
     async def deliveries_gone(self, run_id: UUID, retention: timedelta | None) -> bool:
         """Whether the run's deliveries were removed, or are past `retention` and about
@@ -148,3 +187,17 @@ class RetentionRepository:
             retention,
         )
         return gone
+
+    async def data_erased(self, run_id: UUID, data_retention: timedelta) -> bool:
+        """Whether the recipients' data of the run was erased, or is past
+        `data_retention` and about to be (as deliveries_gone)."""
+        erased: bool = await self.conn.fetchval(
+            """
+            SELECT with_data AND (data_erased_at IS NOT NULL
+                                  OR coalesce(completed_at < now() - $2::interval, false))
+            FROM runs WHERE id = $1
+            """,
+            run_id,
+            data_retention,
+        )
+        return erased

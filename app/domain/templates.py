@@ -11,6 +11,7 @@ Why Liquid and not Jinja2's sandbox: ADR 0047.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,12 +29,18 @@ MAX_EMAIL_CHARACTERS = 256 * 1024
 """Longest rendered e-mail subject, body or HTML body (characters)."""
 MAX_SMS_CHARACTERS = 1600
 """Longest rendered SMS body: ten concatenated parts, carriers' usual ceiling."""
+
 MAX_LOOP_ITERATIONS = 10_000
 """Iterations of all `for` loops of one render together."""
 VARIABLES = frozenset({"person_id", "recipient", "data", "campaign", "unsubscribe_url"})
 """The roots a template may read."""
 _FORBIDDEN_TAGS = frozenset({"include", "render"})
 """Tags that load other templates: a campaign has no others."""
+
+
+def body_limit(channel: str) -> int:
+    """The longest rendered body of a message of `channel`."""
+    return MAX_SMS_CHARACTERS if channel == "sms" else MAX_EMAIL_CHARACTERS
 
 
 class _Bounded(Environment):
@@ -233,10 +240,28 @@ def _render(field: str, template: Text | None, variables: dict[str, Any]) -> str
         return template
     try:
         return template.render(**variables)
-    except (UndefinedError, ResourceLimitError) as exc:  # their messages name no value
+    except UndefinedError as exc:
+        # Liquid's own message resolves the path (`data.x[data.key]` reads
+        # "data.x.<the key's value> is undefined"): name it as the template writes it.
+        raise RenderFailed(f"{field}: {_as_written(exc)} is undefined") from None
+    except ResourceLimitError as exc:  # "output stream limit reached" and the like
         raise RenderFailed(f"{field}: {exc.message}") from None
-    except LiquidError as exc:  # a filter's message may quote the recipient's data
+    except Exception as exc:
+        # A filter's message may quote the data; and whatever else a render raises must
+        # fail this recipient, not the others.
         raise RenderFailed(f"{field}: {type(exc).__name__}") from None
+
+
+_PATH_AS_WRITTEN = re.compile(r"[A-Za-z_][\w-]*(?:\s*\.\s*[\w-]+|\s*\[[^\]\n]{0,100}\])*")
+
+
+def _as_written(error: UndefinedError) -> str:
+    """The variable's path in the template's own text (the campaign's, not the data's)."""
+    token = error.token
+    match = None
+    if token is not None and token.start_index >= 0:
+        match = _PATH_AS_WRITTEN.match(token.source, token.start_index)
+    return match.group(0) if match else "a variable"
 
 
 def _line(error: LiquidError, source: str) -> int:

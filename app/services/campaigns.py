@@ -12,10 +12,13 @@ from app.domain.access import Caller
 from app.domain.errors import BadState, ForbiddenBrand, InvalidInput, NotFound
 from app.domain.schedule import check_zone
 from app.domain.schemas import Campaign, CampaignCreate, CampaignPage, CampaignUpdate, QuietHours
+from app.domain.templates import CampaignTemplates, TemplateError
 from app.services.pagination import ByCreation, decode_cursor, listing_of, split_page
 from db.campaigns import CampaignRepository, Lock
 
-CONTENT_FIELDS = ("name", "channel", "body", "subject", "sender", "priority", "quiet_hours")
+CONTENT_FIELDS = (
+    "name", "channel", "body", "subject", "sender", "priority", "quiet_hours", "html_body"
+)  # fmt: skip
 
 
 def parse_id(value: str, what: str) -> UUID:
@@ -77,14 +80,31 @@ def check_quiet_hours(quiet_hours: QuietHours | None) -> None:
     check_zone(quiet_hours.time_zone, "$.quiet_hours.time_zone")
 
 
+def check_texts(channel: str, subject: str | None, body: str, html_body: str | None) -> None:
+    """InvalidInput naming the field: an e-mail without a subject, HTML for an SMS, a text
+    that is not a template this service can render (and the line of the problem)."""
+    if channel == "email" and subject is None:
+        raise InvalidInput(
+            "an e-mail campaign needs a subject", {"$.subject": "required for channel email"}
+        )
+    if channel != "email" and html_body is not None:
+        raise InvalidInput(
+            "only an e-mail campaign has an HTML body", {"$.html_body": "e-mail campaigns only"}
+        )
+    try:
+        CampaignTemplates.compile(subject, body, html_body)
+    except TemplateError as exc:
+        raise InvalidInput(
+            f"{exc.field} is not a valid template",
+            {f"$.{exc.field}": f"line {exc.line}: {exc.problem}"},
+        ) from None
+
+
 async def create_campaign(
     conn: asyncpg.Connection, data: CampaignCreate, caller: Caller
 ) -> Campaign:
     require_brand(caller, data.brand_id)
-    if data.channel == "email" and data.subject is None:
-        raise InvalidInput(
-            "an e-mail campaign needs a subject", {"$.subject": "required for channel email"}
-        )
+    check_texts(data.channel, data.subject, data.body, data.html_body)
     check_quiet_hours(data.quiet_hours)
     record = await CampaignRepository(conn).create(
         brand_id=data.brand_id,
@@ -96,6 +116,7 @@ async def create_campaign(
         created_by=caller.sub,
         priority=data.priority,
         quiet_hours=data.quiet_hours,
+        html_body=data.html_body,
     )
     return campaign_of(record)
 
@@ -147,10 +168,7 @@ async def update_campaign(
         if not changes:
             return campaign_of(campaign)
         content = {f: campaign[f] for f in CONTENT_FIELDS} | changes
-        if content["channel"] == "email" and content["subject"] is None:
-            raise InvalidInput(
-                "an e-mail campaign needs a subject", {"$.subject": "required for channel email"}
-            )
+        check_texts(content["channel"], content["subject"], content["body"], content["html_body"])
         record = await CampaignRepository(conn).update_content(campaign["id"], **content)
     return campaign_of(record)
 
@@ -179,7 +197,12 @@ async def change_status(
                 status=campaign["status"],
                 allowed=allowed,
             )
-        if to == "active" and (missing := missing_content(campaign)):
-            raise InvalidInput("campaign content is incomplete", missing)
+        if to == "active":
+            if missing := missing_content(campaign):
+                raise InvalidInput("campaign content is incomplete", missing)
+            # A draft written before its texts were templates may not be one.
+            check_texts(
+                campaign["channel"], campaign["subject"], campaign["body"], campaign["html_body"]
+            )
         record = await CampaignRepository(conn).set_status(campaign["id"], to)
     return campaign_of(record)

@@ -27,6 +27,8 @@ class OutgoingMessage(msgspec.Struct, frozen=True):
     sender: str | None
     subject: str | None
     body: str
+    html_body: str | None = None
+    """The HTML part of an e-mail (its text part is `body`); None: text only."""
 
 
 class SendResult(msgspec.Struct):

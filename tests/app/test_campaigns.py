@@ -33,6 +33,7 @@ async def test_create_answers_201_with_a_draft(client):
         "updated_at",
         "priority",
         "quiet_hours",
+        "html_body",
     }
     assert campaign["status"] == "draft"
     assert campaign["priority"] == "normal"
