@@ -131,6 +131,12 @@ def test_loops_and_output_are_bounded():
     assert len(render("{{ data.big }}", {"big": "x" * MAX_EMAIL_CHARACTERS})) == (
         MAX_EMAIL_CHARACTERS
     )
+    # Characters, not bytes: 256 Ki of "é" is 512 KiB of UTF-8, and within the bound.
+    assert render("{{ data.big }}", {"big": "é" * MAX_EMAIL_CHARACTERS}) == (
+        "é" * MAX_EMAIL_CHARACTERS
+    )
+    with pytest.raises(RenderFailed, match="output stream limit"):
+        render("{{ data.big }}!", {"big": "é" * MAX_EMAIL_CHARACTERS})
 
 
 def test_an_sms_body_is_bounded_by_its_own_length():
