@@ -13,11 +13,12 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from io import StringIO
 from typing import Any
 
+import msgspec
 from liquid import Environment, StrictDefaultUndefined
 from liquid.ast import Node
 from liquid.builtin.expressions import FilteredExpression, Path
@@ -115,6 +116,8 @@ class CampaignTemplates:
     html_body: Text | None
     required: tuple[tuple[str, ...], ...]
     """Paths under `data` that some template reads without a `default` filter."""
+    presence: msgspec.json.Decoder[Any] | None = field(default=None, repr=False, compare=False)
+    """Decodes a JSON object into the `required` paths only (present_in_json)."""
 
     @classmethod
     def compile(
@@ -132,6 +135,19 @@ class CampaignTemplates:
                     return path
                 value = value[name]
         return None
+
+    def present_in_json(self, data: msgspec.Raw | bytes | None) -> bool:
+        """Whether the JSON object `data` has every required path, as `missing` finds them:
+        checked by a typed decode of those paths alone, in C (a publish checks 100,000)."""
+        if self.presence is None:
+            return True
+        if data is None:
+            return False
+        try:
+            self.presence.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return False
+        return True
 
     def render(
         self,
@@ -191,8 +207,36 @@ def _compiled(subject: str | None, body: str, html_body: str | None) -> Campaign
             required |= _required_data(template)
     assert templates["body"] is not None
     return CampaignTemplates(
-        templates["subject"], templates["body"], templates["html_body"], tuple(sorted(required))
+        templates["subject"],
+        templates["body"],
+        templates["html_body"],
+        tuple(sorted(required)),
+        _presence_decoder(required),
     )
+
+
+def _presence_decoder(required: set[tuple[str, ...]]) -> msgspec.json.Decoder[Any] | None:
+    """A decoder of the required paths: a Struct per object on the way, whose fields are
+    the names read below it (any value where a path ends, an object where it goes on).
+    A missing name, or a value that is not an object where one is needed, fails it."""
+    if not required:
+        return None
+    tree: dict[str, Any] = {}
+    for path in required:
+        node = tree
+        for name in path:
+            node = node.setdefault(name, {})
+    return msgspec.json.Decoder(_presence_struct(tree))
+
+
+def _presence_struct(tree: dict[str, Any]) -> type[msgspec.Struct]:
+    # Field names stand for the keys (which need not be identifiers), renamed to them.
+    fields = [
+        (f"f{i}", _presence_struct(below) if below else msgspec.Raw)
+        for i, below in enumerate(tree.values())
+    ]
+    rename = {f"f{i}": name for i, name in enumerate(tree)}
+    return msgspec.defstruct("Present", fields, rename=rename)
 
 
 def _parse(field: str, source: str | None, env: Environment) -> Text | None:

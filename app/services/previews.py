@@ -4,11 +4,10 @@ way to find a wrong variable path before a publish, with a real recipient's data
 from __future__ import annotations
 
 import asyncpg
-import msgspec
 
 from app.domain.access import Caller
 from app.domain.errors import InvalidInput
-from app.domain.recipient_data import storable_data
+from app.domain.recipient_data import check_preview_data
 from app.domain.schemas import Preview, PreviewRequest
 from app.domain.templates import (
     CampaignTemplates,
@@ -33,8 +32,7 @@ async def preview_message(
     bound for a render that fails; never a value of the data."""
     campaign = await visible_campaign(conn, campaign_id, caller)
     data = recipient.data
-    if data is not None:  # the bounds of a publish's data
-        storable_data(msgspec.Raw(msgspec.json.encode(data)), max_data_bytes, "$.data")
+    check_preview_data(data, max_data_bytes)
     try:
         templates = CampaignTemplates.compile(
             campaign["subject"], campaign["body"], campaign["html_body"]

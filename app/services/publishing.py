@@ -115,7 +115,7 @@ async def _publish(
     run_id: UUID,
     campaign_id: str,
     recipients: list[Recipient],
-    data: list[bytes | None],
+    data: list[msgspec.Raw | None],
     caller: Caller,
     batch_size: int,
     idempotency_key: IdempotencyKey | None,
@@ -271,7 +271,10 @@ def _templates(campaign: asyncpg.Record) -> CampaignTemplates | None:
 
 
 def _delivery_rows(
-    run_id: UUID, recipients: list[Recipient], data: list[bytes | None], skips: dict[int, str]
+    run_id: UUID,
+    recipients: list[Recipient],
+    data: list[msgspec.Raw | None],
+    skips: dict[int, str],
 ) -> Iterator[DeliveryRow]:
     """A generator: COPY consumes it while PostgreSQL already ingests earlier chunks. A
     skipped delivery keeps no data: it is never sent nor retried."""
@@ -280,8 +283,7 @@ def _delivery_rows(
             reason = skips[position]
             yield run_id, position, r.person_id, r.recipient, "skipped", reason, None, None
         else:
-            text = data[position]
-            raw = None if text is None else msgspec.Raw(text)
+            raw = data[position]
             yield run_id, position, r.person_id, r.recipient, "pending", None, r.time_zone, raw
 
 

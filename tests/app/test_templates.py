@@ -3,6 +3,7 @@ data paths a recipient must have, rendering, its bounds, and SMS parts."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from app.domain.templates import (
@@ -84,6 +85,30 @@ def test_required_data_is_what_is_read_without_a_default():
     full = {"appointment": {"time": "15:30"}, "doctor": "R", "vip": False, "notes": []}
     assert compiled.missing(full) is None
     assert compiled.missing(None) == ("appointment", "time")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        {},
+        {"appointment": {"time": "15:30"}, "doctor": None, "first-name": "Ana", "notes": []},
+        {"appointment": {"time": "15:30"}, "doctor": "R", "first-name": "Ana"},
+        {"appointment": {"time": "15:30"}, "doctor": "R", "notes": [1]},
+        {"appointment": "15:30", "doctor": "R", "first-name": "Ana", "notes": 1},
+        {"appointment": None, "doctor": "R", "first-name": "Ana", "notes": 1},
+        {"appointment": {"at": "15:30"}, "doctor": "R", "first-name": "Ana", "notes": 1},
+        {"appointment": {"time": {"deep": [1]}, "x": 2}, "doctor": [], "first-name": 0,
+         "notes": {}, "more": 1},
+    ],
+)  # fmt: skip
+def test_the_check_of_json_at_publish_agrees_with_the_check_of_objects(data):
+    compiled = CampaignTemplates.compile(
+        "{{ data['first-name'] }}", "{{ data.appointment.time }} {{ data.doctor }} {{ data.notes }}"
+    )
+    as_json = None if data is None else msgspec.json.encode(data)
+
+    assert compiled.present_in_json(as_json) == (compiled.missing(data) is None)
 
 
 def test_a_default_fills_in_and_a_missing_variable_fails_the_render_by_name():
