@@ -102,13 +102,14 @@ async def reset(conn: asyncpg.Connection) -> None:
 async def publish(
     conn: asyncpg.Connection, n: int, batch_size: int, *, template: bool = False
 ) -> str:
-    """A run of `n` recipients; with `template`, of a campaign whose body is a
-    500-character template with 5 variables, each recipient with its own `data`."""
+    """A run of `n` recipients of a campaign without variables; with `template`, of one
+    whose body is a 500-character template with 5 variables, each recipient with its own
+    `data`."""
     campaign_id = await conn.fetchval(
         "INSERT INTO campaigns (brand_id, name, channel, status, subject, body, created_by,"
         " sender) VALUES ('bench', 'bench', 'email', 'active', 'Hello', $1,"
         " 'bench', 'bench@example.com') RETURNING id",
-        TEMPLATE if template else "Hello {{person_id}}",
+        TEMPLATE if template else "Hello, it is time for your check-up.",
     )
     caller = AccessToken(exp=datetime(2099, 1, 1, tzinfo=UTC), sub="bench", brands=["*"])
     recipients = [

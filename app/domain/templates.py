@@ -19,9 +19,11 @@ from io import StringIO
 from typing import Any
 
 import msgspec
-from liquid import Environment, StrictDefaultUndefined
+from liquid import Environment, StrictDefaultUndefined, escape
 from liquid.ast import Node
+from liquid.builtin.content import ContentNode
 from liquid.builtin.expressions import FilteredExpression, Path
+from liquid.builtin.output import OutputNode
 from liquid.context import RenderContext
 from liquid.exceptions import (
     LiquidError,
@@ -104,9 +106,75 @@ class Rendered:
     html_body: str | None
 
 
-Text = BoundTemplate | str
-"""A template, or the text itself when it has no tag and no variable: rendering a template
-costs about 8 us even when there is nothing to substitute (a subject, often)."""
+@dataclass(frozen=True, slots=True)
+class _Plain:
+    """A template of text and `{{ path }}` outputs only (no tag, no filter): what most
+    messages are. Rendered by joining its text with the values its paths lead to, a tenth
+    of Liquid's time, whenever every path leads through objects and arrays to a string,
+    number, boolean or null (output exactly as Liquid outputs them); otherwise by Liquid
+    itself, which then also reports a missing variable or a bound its own way."""
+
+    parts: tuple[str | tuple[str | int, ...], ...]
+    """Text as it is, and paths (`data.visit.time`: ("data", "visit", "time"))."""
+    escape: bool
+    liquid: BoundTemplate
+
+    @classmethod
+    def of(cls, template: BoundTemplate) -> _Plain | None:
+        parts: list[str | tuple[str | int, ...]] = []
+        for node in template.nodes:
+            if type(node) is ContentNode:
+                parts.append(node.text)
+                continue
+            expression = getattr(node, "expression", None)
+            if not (type(node) is OutputNode and type(expression) is FilteredExpression):
+                return None
+            path = expression.left
+            if expression.filters or type(path) is not Path:
+                return None
+            keys = tuple(key for key in path.path if isinstance(key, str | int))
+            if len(keys) < len(path.path):  # a key read from another variable
+                return None
+            parts.append(keys)
+        return cls(tuple(parts), template.env.autoescape, template)
+
+    def render(self, variables: dict[str, Any]) -> str | None:
+        """The text; None where Liquid must render it."""
+        out: list[str] = []
+        for part in self.parts:
+            if type(part) is str:
+                out.append(part)
+                continue
+            value: Any = variables
+            for key in part:
+                if type(value) is dict:
+                    if type(key) is not str or key not in value:
+                        return None
+                elif type(value) is list:
+                    if type(key) is not int or not -len(value) <= key < len(value):
+                        return None
+                else:
+                    return None
+                value = value[key]
+            if type(value) is str:
+                text = value
+            elif value is None:
+                text = ""
+            elif type(value) is bool:
+                text = "true" if value else "false"
+            elif type(value) in (int, float):
+                text = str(value)
+            else:
+                return None
+            out.append(escape(text) if self.escape else text)
+        rendered = "".join(out)
+        return rendered if len(rendered) <= MAX_EMAIL_CHARACTERS else None
+
+
+Text = BoundTemplate | _Plain | str
+"""A template; the same when only text and `{{ path }}`s (_Plain); or the text itself when
+it has no tag and no variable: rendering a template costs about 8 us even when there is
+nothing to substitute (a subject, often)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,14 +273,21 @@ def _compiled(subject: str | None, body: str, html_body: str | None) -> Campaign
     for template in templates.values():
         if isinstance(template, BoundTemplate):
             required |= _required_data(template)
-    assert templates["body"] is not None
+    fast = {field: _fast(template) for field, template in templates.items()}
+    assert fast["body"] is not None
     return CampaignTemplates(
-        templates["subject"],
-        templates["body"],
-        templates["html_body"],
+        fast["subject"],
+        fast["body"],
+        fast["html_body"],
         tuple(sorted(required)),
         _presence_decoder(required),
     )
+
+
+def _fast(template: BoundTemplate | str | None) -> Text | None:
+    if isinstance(template, BoundTemplate):
+        return _Plain.of(template) or template
+    return template
 
 
 def _presence_decoder(required: set[tuple[str, ...]]) -> msgspec.json.Decoder[Any] | None:
@@ -239,7 +314,7 @@ def _presence_struct(tree: dict[str, Any]) -> type[msgspec.Struct]:
     return msgspec.defstruct("Present", fields, rename=rename)
 
 
-def _parse(field: str, source: str | None, env: Environment) -> Text | None:
+def _parse(field: str, source: str | None, env: Environment) -> BoundTemplate | str | None:
     if source is None:
         return None
     try:
@@ -311,6 +386,10 @@ def _walk(expression: Expression) -> Iterator[Expression]:
 def _render(field: str, template: Text | None, variables: dict[str, Any]) -> str | None:
     if template is None or isinstance(template, str):
         return template
+    if isinstance(template, _Plain):
+        if (text := template.render(variables)) is not None:
+            return text
+        template = template.liquid
     try:
         return template.render(**variables)
     except UndefinedError as exc:

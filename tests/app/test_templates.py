@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.domain.templates import (
+    _HTML,
+    _TEXT,
     MAX_EMAIL_CHARACTERS,
     MAX_LOOP_ITERATIONS,
     CampaignTemplates,
     RenderFailed,
     TemplateError,
+    _Plain,
     sms_segments,
 )
 
@@ -199,3 +204,49 @@ def test_a_filter_error_does_not_quote_the_data():
 )
 def test_sms_parts_are_counted_as_carriers_count_them(text, parts):
     assert sms_segments(text) == parts
+
+
+KEYS = st.sampled_from(["a", "b", "size", "first", "last", "x y"])
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
+    max_leaves=8,
+)
+TEXT = st.text(alphabet="ab <&>\n'\"é", max_size=6)
+OUTPUTS = st.sampled_from(
+    [
+        "{{ data.a }}",
+        "{{ data.a.b }}",
+        "{{data.a[0]}}",
+        "{{ data.a[-1] }}",
+        "{{ data['x y'] }}",
+        "{{ data.a.size }}",
+        "{{ data.first }}",
+        "{{- data.b -}}",
+        "{{ person_id }}",
+        "{{ campaign.name }}",
+        "{{ unsubscribe_url }}",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    parts=st.lists(TEXT | OUTPUTS, min_size=1, max_size=6),
+    data=st.dictionaries(KEYS, JSON, max_size=4),
+)
+def test_plain_templates_render_as_liquid_renders_them(parts, data):
+    """The fast way of a template of text and `{{ path }}`s gives Liquid's text exactly,
+    or leaves the render to Liquid."""
+    source = "".join(parts)
+    variables = {"person_id": "p<1>", "recipient": "r", "data": data, "campaign": {"name": "C"}}
+    for template in (_TEXT.from_string(source), _HTML.from_string(source)):
+        plain = _Plain.of(template)
+        assert plain is not None, source
+        fast = plain.render(variables)
+        if fast is not None:
+            assert fast == template.render(**variables), (source, data)
