@@ -19,11 +19,6 @@ import asyncpg
 _LOWER = "uuid_v7_floor(CAST({} AS timestamp) AT TIME ZONE 'UTC')"
 _UPPER = "uuid_v7_floor((CAST({} AS timestamp) + interval '1 month') AT TIME ZONE 'UTC')"
 
-# Deliveries removed take their data along: their run's data is erased then too.
-_DATA_GONE = (
-    "data_erased_at = coalesce(data_erased_at, CASE WHEN with_data THEN $2::timestamptz END)"
-)
-
 _ADVISORY_NAMESPACE = 7411  # this service's first key among advisory locks (db/runs.py)
 _MAINTENANCE_LOCK = "hashtext('deliveries maintenance')"
 
@@ -90,7 +85,7 @@ class RetentionRepository:
         partition is dropped. Returns how many runs were marked."""
         status: str = await self.conn.execute(
             f"""
-            UPDATE runs SET deliveries_purged_at = $2, {_DATA_GONE}
+            UPDATE runs SET deliveries_purged_at = $2
             WHERE id >= {_LOWER.format("$1")} AND id < {_UPPER.format("$1")}
               AND deliveries_purged_at IS NULL
             """,
@@ -137,12 +132,12 @@ class RetentionRepository:
 
     async def mark_purged(self, run_id: UUID, now: datetime) -> None:
         await self.conn.execute(
-            f"UPDATE runs SET deliveries_purged_at = $2, {_DATA_GONE} WHERE id = $1", run_id, now
+            "UPDATE runs SET deliveries_purged_at = $2 WHERE id = $1", run_id, now
         )
 
     async def runs_with_data_to_erase(self, cutoff: datetime, limit: int) -> list[asyncpg.Record]:
-        """Runs that ended before `cutoff` and whose deliveries still hold recipients' data
-        (the partial index runs_data_to_erase_idx: runs without data are not read).
+        """Runs that ended before `cutoff` whose recipients' data is still kept (the partial
+        index runs_data_to_erase_idx: runs without data are not read).
         `id`, `total_recipients`, oldest end first."""
         rows: list[asyncpg.Record] = await self.conn.fetch(
             """
@@ -158,12 +153,9 @@ class RetentionRepository:
 
     async def erase_data(self, run_id: UUID, first: int, last: int) -> int:
         """Erase the data of the run's deliveries at positions first..last (a primary-key
-        range); returns how many held some."""
+        range of delivery_data); returns how many had some."""
         status: str = await self.conn.execute(
-            """
-            UPDATE deliveries SET data = NULL
-            WHERE run_id = $1 AND position BETWEEN $2 AND $3 AND data IS NOT NULL
-            """,
+            "DELETE FROM delivery_data WHERE run_id = $1 AND position BETWEEN $2 AND $3",
             run_id,
             first,
             last,

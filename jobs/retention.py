@@ -10,11 +10,11 @@ once the whole month is older than the cutoff, its expired runs go one by one, i
 primary-key batches of DELETE_BATCH rows, as do legacy runs (ids from before UUIDv7).
 A run's deliveries listing is 410 from the moment they expire (db/retention.py).
 
-Data is erased run by run, from the runs that hold some (`runs.with_data`, a partial
-index of those not erased yet): an UPDATE of `data` to NULL over a primary-key range of
+Data is erased run by run, from the runs that have some (`runs.with_data`, a partial
+index of those not erased yet): a DELETE from `delivery_data` over a primary-key range of
 ERASE_BATCH deliveries at a time, each its own short transaction, then the run is marked
-`data_erased_at`. However many deliveries the table holds, an hourly round reads only the
-deliveries of the runs whose data expired since the last one (ADR 0056). A retry is 412
+`data_erased_at`. However many deliveries there are, an hourly round reads only the data
+of the runs whose data expired since the last one (ADR 0056). A retry is 412
 `data_erased` from the moment the data expire.
 """
 
@@ -48,7 +48,7 @@ DELETE_BATCH = 5_000
 """Deliveries per DELETE when runs go one by one: short transactions, few row locks."""
 RUNS_PER_ROUND = 100
 ERASE_BATCH = 5_000
-"""Deliveries per UPDATE that erases data: short transactions, few row locks."""
+"""Deliveries' data per DELETE that erases it: short transactions, few row locks."""
 
 
 class PartitionsBehind(Exception):

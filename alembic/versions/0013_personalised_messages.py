@@ -1,4 +1,4 @@
-"""personalised messages: campaigns' html_body, each delivery's data, its erasure
+"""personalised messages: campaigns' html_body, recipients' data (delivery_data), its erasure
 
 Revision ID: 0013
 Revises: 0012
@@ -19,10 +19,17 @@ def upgrade() -> None:
         -- The HTML part of an e-mail campaign: a Liquid template like subject and body.
         ALTER TABLE campaigns ADD COLUMN html_body text;
 
-        -- The recipient's `data` of a publish (patient data): NULL when none, and for
-        -- deliveries skipped at publish (never sent, never retried). Nullable without a
-        -- default: added without rewriting `deliveries`, on every partition.
-        ALTER TABLE deliveries ADD COLUMN data jsonb;
+        -- The recipient's `data` of a publish (patient data), beside its delivery: only
+        -- for deliveries that have some and are to be sent (a skipped one is never sent
+        -- nor retried). Apart from `deliveries`, whose rows every claim and record
+        -- rewrites (with the data inside, 1.5x the WAL), and erased by DELETE by run,
+        -- 5x cheaper than an UPDATE of the deliveries (ADR 0056, bench/data_erasure.py).
+        CREATE TABLE delivery_data (
+            run_id uuid NOT NULL,
+            position integer NOT NULL,
+            data jsonb NOT NULL,
+            PRIMARY KEY (run_id, position)
+        );
 
         -- Whether some delivery of the run holds `data`, and when the maintenance erased
         -- it (DELIVERY_DATA_DAYS after the run ended; jobs/retention.py). A constant
@@ -42,7 +49,7 @@ def downgrade() -> None:
         """
         DROP INDEX runs_data_to_erase_idx;
         ALTER TABLE runs DROP COLUMN data_erased_at, DROP COLUMN with_data;
-        ALTER TABLE deliveries DROP COLUMN data;
+        DROP TABLE delivery_data;
         ALTER TABLE campaigns DROP COLUMN html_body;
         """
     )

@@ -28,7 +28,7 @@ from app.services.campaigns import campaign_to_publish
 from app.services.idempotency import IdempotencyKey, claim_key, parse_key, retry_key
 from app.services.runs import ensure_deliveries_kept, visible_run
 from db import queue
-from db.deliveries import DeliveryRepository, DeliveryRow
+from db.deliveries import DataRow, DeliveryRepository, DeliveryRow
 from db.ids import uuid7
 from db.pool import DATABASE_AWAY
 from db.retention import RetentionRepository
@@ -165,9 +165,12 @@ async def _publish(
                 scheduled_for=send_at,
                 with_data=with_data,
             )
+        deliveries = DeliveryRepository(conn)
         with tracing.db_span("COPY", "deliveries"):
-            rows = _delivery_rows(run["id"], recipients, data, skips)
-            await DeliveryRepository(conn).copy(rows)
+            await deliveries.copy(_delivery_rows(run["id"], recipients, skips))
+        if with_data:
+            with tracing.db_span("COPY", "delivery_data"):
+                await deliveries.copy_data(_data_rows(run["id"], data, skips))
         job_ids = await defer_deliveries(
             conn,
             str(run["id"]),
@@ -271,20 +274,24 @@ def _templates(campaign: asyncpg.Record) -> CampaignTemplates | None:
 
 
 def _delivery_rows(
-    run_id: UUID,
-    recipients: list[Recipient],
-    data: list[msgspec.Raw | None],
-    skips: dict[int, str],
+    run_id: UUID, recipients: list[Recipient], skips: dict[int, str]
 ) -> Iterator[DeliveryRow]:
-    """A generator: COPY consumes it while PostgreSQL already ingests earlier chunks. A
-    skipped delivery keeps no data: it is never sent nor retried."""
+    """A generator: COPY consumes it while PostgreSQL already ingests earlier chunks."""
     for position, r in enumerate(recipients):
         if position in skips:
-            reason = skips[position]
-            yield run_id, position, r.person_id, r.recipient, "skipped", reason, None, None
+            yield run_id, position, r.person_id, r.recipient, "skipped", skips[position], None
         else:
-            raw = data[position]
-            yield run_id, position, r.person_id, r.recipient, "pending", None, r.time_zone, raw
+            yield run_id, position, r.person_id, r.recipient, "pending", None, r.time_zone
+
+
+def _data_rows(
+    run_id: UUID, data: list[msgspec.Raw | None], skips: dict[int, str]
+) -> Iterator[DataRow]:
+    """The data of the deliveries to send; a skipped one keeps none: it is never sent nor
+    retried."""
+    for position, raw in enumerate(data):
+        if raw is not None and position not in skips:
+            yield run_id, position, raw
 
 
 async def defer_deliveries(

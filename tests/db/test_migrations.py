@@ -20,6 +20,7 @@ TABLES = {
     "rate_buckets",
     "provider_pauses",
     "delivery_unrecorded_sends",
+    "delivery_data",
     "procrastinate_jobs",
     "procrastinate_events",
     "procrastinate_workers",
@@ -31,6 +32,7 @@ LATER_THAN_0007 = {
     "rate_buckets",
     "provider_pauses",
     "delivery_unrecorded_sends",
+    "delivery_data",
 }
 LATER_THAN_0004 = {"delivery_job_failures", "run_events", *LATER_THAN_0007}
 
@@ -210,6 +212,7 @@ async def test_0009_downgrades_to_0007_and_back(empty_database):
     assert "priority" not in await columns(empty_database, "campaigns")
 
     command.upgrade(config, "0009")
-    assert (await objects(empty_database))[0] == TABLES - {"delivery_unrecorded_sends"}
+    later = {"delivery_unrecorded_sends", "delivery_data"}
+    assert (await objects(empty_database))[0] == TABLES - later
     command.upgrade(config, "head")
     assert (await objects(empty_database))[0] == TABLES

@@ -176,7 +176,7 @@ async def test_a_retry_sends_the_failed_their_text_rendered_from_the_original_da
     ]
     assert (
         await db.fetchval(
-            "SELECT data FROM deliveries WHERE run_id = $1", uuid.UUID(retried.json()["id"])
+            "SELECT data FROM delivery_data WHERE run_id = $1", uuid.UUID(retried.json()["id"])
         )
         == people[1]["data"]
     )
