@@ -111,8 +111,7 @@ async def worker_wal(conn: asyncpg.Connection, table: str, run_id: uuid.UUID, si
             " WHERE run_id = $1 AND position BETWEEN $2 AND $3",
             run_id, first, last,
         )  # fmt: skip
-    wal: int = await conn.fetchval("SELECT pg_current_wal_insert_lsn() - $1::pg_lsn", before)
-    return wal
+    return int(await conn.fetchval("SELECT pg_current_wal_insert_lsn() - $1::pg_lsn", before))
 
 
 async def main(runs: int, size: int, rounds: int) -> None:
