@@ -7,8 +7,10 @@ A window
    more attempt counted, before any send; nothing is claimed once the run has ended, nor
    while the provider is paused;
 2. holds back those inside their recipient's quiet hours, skips the suppressed (looked up
-   for exactly those addresses), and gives up, without a send, those whose attempts are
-   spent already (sends counted by earlier claims whose outcome was never recorded);
+   for exactly those addresses), gives up, without a send, those whose attempts are
+   spent already (sends counted by earlier claims whose outcome was never recorded), and
+   renders each other's message from its recipient's data: one that cannot be rendered is
+   `failed` (`render_failed`), never sent, its attempt given back (ADR 0057);
 3. sends the rest, at most `worker_concurrency` at once in the process, holding no
    transaction and no connection;
 4. records the outcomes in one short transaction that writes only the rows still claimed
