@@ -16,6 +16,9 @@ after the other in an order shuffled per round, and medians are printed at the e
 - receiver alone: the local webhook receiver (bench/sink.py under uvicorn, its own process)
   under wrk, a C client, with as many connections as the worker keeps (requests/s);
 - log provider, 1 and 2 workers (each message is a JSON log line, to /dev/null);
+- log provider, 1 worker, a personalised campaign: a 500-character body with 5 variables
+  of each recipient's `data` (bench/templates.py's), beside the same without (issue 24;
+  `--only-template`: just those two);
 - webhook provider to that receiver, 1 and 2 workers;
 - the webhook provider before issue 10 (httpx, bench/httpx_webhook.py), 1 worker;
 - with --before DIR, a copy of older code (git archive main | tar -x -C DIR): its worker
@@ -60,12 +63,15 @@ DATABASE_URL = os.environ.get(
 os.environ["DATABASE_URL"] = DATABASE_URL  # read by the worker processes it starts
 
 import asyncpg  # noqa: E402
+import msgspec  # noqa: E402
 
 from app.core.settings import Settings  # noqa: E402
 from app.domain.schemas import Recipient  # noqa: E402
 from app.http.auth import AccessToken  # noqa: E402
 from app.services.publishing import publish_campaign  # noqa: E402
 from bench.publish import prepare_database  # noqa: E402
+from bench.templates import BODY as TEMPLATE  # noqa: E402
+from bench.templates import DATA  # noqa: E402
 from db.pool import connect  # noqa: E402
 
 NOOP_APP = ROOT / "bench" / "noop_app.py"
@@ -93,20 +99,37 @@ async def reset(conn: asyncpg.Connection) -> None:
     )
 
 
-async def publish(conn: asyncpg.Connection, n: int, batch_size: int) -> str:
+async def publish(
+    conn: asyncpg.Connection, n: int, batch_size: int, *, template: bool = False
+) -> str:
+    """A run of `n` recipients of a campaign without variables; with `template`, of one
+    whose body is a 500-character template with 5 variables, each recipient with its own
+    `data`."""
     campaign_id = await conn.fetchval(
         "INSERT INTO campaigns (brand_id, name, channel, status, subject, body, created_by,"
-        " sender) VALUES ('bench', 'bench', 'email', 'active', 'Hello', 'Hello {{person_id}}',"
-        " 'bench', 'bench@example.com') RETURNING id"
+        " sender) VALUES ('bench', 'bench', 'email', 'active', 'Hello', $1,"
+        " 'bench', 'bench@example.com') RETURNING id",
+        TEMPLATE if template else "Hello, it is time for your check-up.",
     )
     caller = AccessToken(exp=datetime(2099, 1, 1, tzinfo=UTC), sub="bench", brands=["*"])
-    recipients = [Recipient(f"p{i}", f"user{i}@example{i % 97}.com") for i in range(n)]
+    recipients = [
+        Recipient(
+            f"p{i}",
+            f"user{i}@example{i % 97}.com",
+            data=msgspec.Raw(msgspec.json.encode(DATA | {"first_name": f"Name {i}"}))
+            if template
+            else None,
+        )
+        for i in range(n)
+    ]
     run = await publish_campaign(
         conn, str(campaign_id), recipients, caller, max_recipients=n, batch_size=batch_size
     )
     return str(run.id)
 
 
+TEMPLATED = "log provider, 1 worker, template"
+"""The personalised scenario: 500 characters, 5 variables of each recipient's data."""
 WORKER_APPLICATION = "bench-worker"
 """The application_name of the workers' connections, for the transaction sampler."""
 
@@ -251,8 +274,9 @@ async def main(
     fairness: bool,
     only_before: bool = False,
     xact_recipients: int = 0,
+    only_template: bool = False,
 ) -> None:
-    if shutil.which("wrk") is None and not only_before:
+    if shutil.which("wrk") is None and not (only_before or only_template):
         raise SystemExit("needs wrk: apt-get install -y wrk")
     await prepare_database(DATABASE_URL)
     conn = await connect(DATABASE_URL)
@@ -272,11 +296,17 @@ async def main(
         }
 
     def delivery(
-        env: dict[str, str], workers: int, command: list[str] = WORKER, code: Path = ROOT
+        env: dict[str, str],
+        workers: int,
+        command: list[str] = WORKER,
+        code: Path = ROOT,
+        template: bool = False,
     ) -> Callable[[], Awaitable[float]]:
         async def measure() -> float:
             await reset(conn)
-            run_id = await publish(conn, recipients, settings.delivery_batch_size)
+            run_id = await publish(
+                conn, recipients, settings.delivery_batch_size, template=template
+            )
             return await drain(conn, run_id, env, workers, command, code)
 
         return measure
@@ -304,6 +334,7 @@ async def main(
                 lambda: alone(connections),
             ),
             ("log provider, 1 worker", "msg/s", delivery(base_env, 1)),
+            (TEMPLATED, "msg/s", delivery(base_env, 1, template=True)),
             ("log provider, 2 workers", "msg/s", delivery(base_env, 2)),
             ("webhook (aiohttp), 1 worker", "msg/s", delivery(webhook_env(connections), 1)),
             (
@@ -315,6 +346,9 @@ async def main(
         ]
         if only_before:  # just the code before's scenarios and their counterparts
             keep = ("log provider, 1 worker", "webhook (aiohttp), 1 worker")
+            scenarios = [scenario for scenario in scenarios if scenario[0] in keep]
+        if only_template:
+            keep = ("log provider, 1 worker", TEMPLATED)
             scenarios = [scenario for scenario in scenarios if scenario[0] in keep]
         if before is not None:
             scenarios += [
@@ -400,6 +434,10 @@ def report(
     if before:
         now = medians["webhook (aiohttp), 1 worker"]
         print(f"{'webhook, aiohttp / httpx, 1 worker':>40}: {now / before:5.2f}x")
+    templated = medians.get(TEMPLATED)
+    if templated:
+        ratio = templated / medians["log provider, 1 worker"]
+        print(f"{'log provider, template / none':>40}: {ratio:5.2f}x")
     noop = medians.get("baseline: no-op jobs, 1 worker")
     if noop:
         for name, median in medians.items():
@@ -442,6 +480,11 @@ if __name__ == "__main__":
         " code before",
     )
     parser.add_argument(
+        "--only-template",
+        action="store_true",
+        help="only the log provider, 1 worker, with and without a personalised template",
+    )
+    parser.add_argument(
         "--xact-sample",
         type=int,
         default=0,
@@ -462,5 +505,6 @@ if __name__ == "__main__":
             not arguments.skip_fairness,
             arguments.only_before,
             arguments.xact_sample,
+            arguments.only_template,
         )
     )

@@ -1,6 +1,7 @@
 """Publish through the real HTTP server on localhost, beside a raw COPY baseline.
 
     python3 -m uv run --frozen python bench/publish.py [--repeat 7] [--http httptools]
+    python3 -m uv run --frozen python bench/publish.py --data [--repeat 7]
 
 Creates (or reuses) the database `messaging_bench` on the local PostgreSQL, migrates it,
 starts the web process (the Procfile's web line; `--http httptools` for the parser used
@@ -16,6 +17,14 @@ both see the same machine noise:
   its own baseline: a publish of 30,000 recipients;
 - the web process's peak RSS (VmHWM) after all of it.
 No worker runs: the jobs stay queued.
+
+With --data (issue 24), instead: 100,000 recipients each with 300 bytes of `data`, to a
+campaign whose body is a 500-character template reading 5 of its variables (so every
+recipient's data is checked for them), beside its baseline, a COPY of the same 100,000
+rows data included (into a table of the deliveries' columns and a `data` one, the data as
+JSON text made before the clock starts: one COPY where publish makes two); the publish of
+the same recipients without data (to a campaign without variables); and the web process's
+peak RSS.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ from alembic.config import Config
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.templates import BODY as TEMPLATE  # noqa: E402
+from bench.templates import DATA  # noqa: E402
 from db.create_database import create_database  # noqa: E402
 from tests.servers import web_command  # noqa: E402
 
@@ -84,6 +95,52 @@ def body(n: int, *, zones: bool = False) -> bytes:
             ]
         }
     )
+
+
+def recipient_data(i: int) -> dict[str, str]:
+    """300 bytes of JSON: the 5 variables bench/templates.py's body reads, and a note."""
+    data = DATA | {"first_name": f"Name {i % 1000:03d}", "note": ""}
+    data["note"] = "x" * (300 - len(msgspec.json.encode(data)))
+    return data
+
+
+def data_body(n: int) -> bytes:
+    return msgspec.json.encode(
+        {
+            "recipients": [
+                {
+                    "person_id": f"person-{i:08d}",
+                    "recipient": f"user{i}@example{i % 97}.com",
+                    "data": recipient_data(i),
+                }
+                for i in range(n)
+            ]
+        }
+    )
+
+
+async def baseline_copy_with_data(conn: asyncpg.Connection, n: int) -> float:
+    run_id = uuid.uuid4()
+    records = [
+        (
+            run_id,
+            i,
+            f"person-{i:08d}",
+            f"user{i}@example{i % 97}.com",
+            "pending",
+            None,
+            msgspec.json.encode(recipient_data(i)).decode(),  # asyncpg's jsonb takes text
+        )
+        for i in range(n)
+    ]
+    start = time.perf_counter()
+    async with conn.transaction():
+        await conn.copy_records_to_table(
+            "bench_copy",
+            records=records,
+            columns=("run_id", "position", "person_id", "recipient", "status", "reason", "data"),
+        )
+    return time.perf_counter() - start
 
 
 def rows(n: int) -> list[tuple[uuid.UUID, int, str, str, str, None]]:
@@ -159,7 +216,7 @@ async def wait_ready(client: httpx.AsyncClient) -> None:
     raise SystemExit("web did not become ready")
 
 
-async def campaign(client: httpx.AsyncClient, quiet_hours: bool = False) -> str:
+async def campaign(client: httpx.AsyncClient, quiet_hours: bool = False, body: str = "b") -> str:
     quiet = {"start": "21:00", "end": "08:00", "time_zone": ZONES[0]}
     created = await client.post(
         "/v1/messaging/campaigns",
@@ -168,7 +225,7 @@ async def campaign(client: httpx.AsyncClient, quiet_hours: bool = False) -> str:
             "name": "bench",
             "channel": "email",
             "subject": "s",
-            "body": "b",
+            "body": body,
         }
         | ({"quiet_hours": quiet} if quiet_hours else {}),
     )
@@ -304,13 +361,69 @@ async def main(repeat: int, http: str | None) -> None:
     print(f"web process peak RSS (VmHWM): {rss:.0f} MB")
 
 
+async def main_data(repeat: int) -> None:
+    await prepare_database()
+    conn = await asyncpg.connect(DATABASE_URL)
+    await conn.execute("DROP TABLE IF EXISTS bench_copy")
+    # The rows of deliveries with their data inside: one COPY, cheaper than publish's two
+    # (deliveries, delivery_data; bench/data_erasure.py), so a strict baseline.
+    await conn.execute("CREATE TABLE bench_copy (LIKE deliveries INCLUDING ALL, data jsonb)")
+    web = start_web()
+    headers = {"Authorization": f"Bearer {token()}", "Content-Type": "application/json"}
+    n = 100_000
+    try:
+        async with httpx.AsyncClient(base_url=BASE, headers=headers, timeout=120) as client:
+            await wait_ready(client)
+            url = f"/v1/messaging/campaigns/{await campaign(client, body=TEMPLATE)}/publish"
+            plain_url = f"/v1/messaging/campaigns/{await campaign(client)}/publish"
+            with_data, without = data_body(n), body(n)
+            await timed_publish(client, url, with_data)  # warm up every path once
+            results: dict[str, list[float]] = {
+                "copy 100000 with data": [],
+                "publish 100000 with data": [],
+                "publish 100000 without data": [],
+            }
+            for _ in range(repeat):
+                results["copy 100000 with data"].append(await baseline_copy_with_data(conn, n))
+                results["publish 100000 with data"].append(
+                    await timed_publish(client, url, with_data)
+                )
+                results["publish 100000 without data"].append(  # to a campaign without variables
+                    await timed_publish(client, plain_url, without)
+                )
+            rss = peak_rss_mb(web.pid)
+    finally:
+        web.terminate()
+        web.wait()
+        await conn.close()
+    copy_median = statistics.median(results["copy 100000 with data"])
+    print(f"median of {repeat} (interleaved); machine: {os.cpu_count()} cores")
+    size = len(with_data)
+    print(f"body with data: {size / 1e6:.1f} MB ({size / n:.0f} bytes a recipient)")
+    for name, values in results.items():
+        median = statistics.median(values)
+        print(
+            f"{name:>28}: {ms(median)}  (min {ms(min(values))}, max {ms(max(values))})"
+            f"  {median / copy_median:4.2f}x the COPY with data"
+        )
+    print(f"web process peak RSS (VmHWM): {rss:.0f} MB")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--data",
+        action="store_true",
+        help="100,000 recipients with 300 bytes of data each, beside a COPY with data",
+    )
     parser.add_argument(
         "--http",
         choices=("h11", "httptools"),
         help="swap the Procfile's HTTP implementation (httptools: the one before issue 15)",
     )
     args = parser.parse_args()
-    asyncio.run(main(args.repeat, args.http))
+    if args.data:
+        asyncio.run(main_data(args.repeat))
+    else:
+        asyncio.run(main(args.repeat, args.http))

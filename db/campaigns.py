@@ -12,7 +12,7 @@ from db.params import Params
 
 COLUMNS = (
     "id, brand_id, name, channel, status, sender, subject, body, created_by, created_at, "
-    "updated_at, priority, quiet_hours, topic"
+    "updated_at, priority, quiet_hours, topic, html_body"
 )
 
 # "share" lets publishes of one campaign run side by side while a status change waits
@@ -38,14 +38,15 @@ class CampaignRepository:
         priority: str = "normal",
         quiet_hours: object = None,
         topic: str | None = None,
+        html_body: str | None = None,
     ) -> asyncpg.Record:
         """`quiet_hours`: anything msgspec encodes as the jsonb column's object, or None."""
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
             INSERT INTO campaigns
                 (brand_id, name, channel, sender, subject, body, created_by, priority,
-                 quiet_hours, topic)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 quiet_hours, topic, html_body)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
             RETURNING {COLUMNS}
             """,
             brand_id,
@@ -58,6 +59,7 @@ class CampaignRepository:
             priority,
             quiet_hours,
             topic,
+            html_body,
         )
         return record
 
@@ -107,12 +109,13 @@ class CampaignRepository:
         priority: str,
         quiet_hours: object,
         topic: str | None,
+        html_body: str | None,
     ) -> asyncpg.Record:
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
             UPDATE campaigns
             SET name = $2, channel = $3, sender = $4, subject = $5, body = $6, priority = $7,
-                quiet_hours = $8, topic = $9, updated_at = now()
+                quiet_hours = $8, topic = $9, html_body = $10, updated_at = now()
             WHERE id = $1
             RETURNING {COLUMNS}
             """,
@@ -125,6 +128,7 @@ class CampaignRepository:
             priority,
             quiet_hours,
             topic,
+            html_body,
         )
         return record
 

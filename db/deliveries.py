@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
 from db.params import Params
 from db.runs import UPDATED_COLUMNS, counted
@@ -30,6 +31,9 @@ DELIVERY_COPY_COLUMNS = (
 # One delivery as publish writes it:
 # (run_id, position, person_id, recipient, status, reason, time_zone).
 DeliveryRow = tuple[UUID, int, str, str, str, str | None, str | None]
+DataRow = tuple[UUID, int, msgspec.Raw]
+"""A recipient's data as publish writes it (table delivery_data): run_id, position, and
+its JSON text (msgspec.Raw: the pool's jsonb codec sends it as it is)."""
 
 
 def delivery_id(run_id: UUID | str, position: int) -> str:
@@ -73,7 +77,7 @@ class Claimed:
     """Whether the brand has any suppression (else no address needs a look-up)."""
     rows: list[asyncpg.Record]
     """position, person_id, recipient, tried (attempts before this claim), throttles,
-    time_zone."""
+    time_zone, data (the recipient's variables, decoded; None if none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +122,14 @@ class DeliveryRepository:
         return rows
 
     async def failed_recipients(self, run_id: UUID) -> list[asyncpg.Record]:
-        """(person_id, recipient, time_zone) of the run's failed deliveries, in position
-        order."""
+        """(person_id, recipient, time_zone, data) of the run's failed deliveries, in
+        position order; `data` as its JSON text (None: none)."""
         rows: list[asyncpg.Record] = await self.conn.fetch(
             """
-            SELECT person_id, recipient, time_zone FROM deliveries
-            WHERE run_id = $1 AND status = 'failed' ORDER BY position
+            SELECT d.person_id, d.recipient, d.time_zone, dd.data::text AS data
+            FROM deliveries d
+            LEFT JOIN delivery_data dd ON dd.run_id = d.run_id AND dd.position = d.position
+            WHERE d.run_id = $1 AND d.status = 'failed' ORDER BY d.position
             """,
             run_id,
         )
@@ -133,6 +139,12 @@ class DeliveryRepository:
         """Bulk-write deliveries with COPY (binary): the one write that scales with the list."""
         await self.conn.copy_records_to_table(
             "deliveries", records=rows, columns=DELIVERY_COPY_COLUMNS
+        )
+
+    async def copy_data(self, rows: Iterable[DataRow]) -> None:
+        """Bulk-write recipients' data (table delivery_data) with COPY (binary)."""
+        await self.conn.copy_records_to_table(
+            "delivery_data", records=rows, columns=("run_id", "position", "data")
         )
 
     async def claim(
@@ -193,8 +205,9 @@ class DeliveryRepository:
                 RETURNING d.position, d.person_id, d.recipient, due.attempts AS tried,
                           d.throttles, d.time_zone
             )
-            SELECT run.status, run.now, run.paused_for, run.suppressions, c.*
+            SELECT run.status, run.now, run.paused_for, run.suppressions, c.*, dd.data
             FROM run LEFT JOIN claimed c ON true
+            LEFT JOIN delivery_data dd ON dd.run_id = $1 AND dd.position = c.position
             ORDER BY c.position
             """,
             run_id, first, last, list(exclude), limit, token, lease_seconds, provider,

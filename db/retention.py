@@ -1,4 +1,5 @@
-"""SQL of the partitions of `deliveries` and of their retention (jobs/retention.py).
+"""SQL of the partitions of `deliveries`, of their retention and of the erasure of the
+recipients' data they hold (jobs/retention.py).
 
 A month partition `deliveries_YYYY_MM` holds the deliveries of the runs whose UUIDv7 id
 was made in that (UTC) month: the run ids from uuid_v7_floor(first day) up to
@@ -134,6 +135,36 @@ class RetentionRepository:
             "UPDATE runs SET deliveries_purged_at = $2 WHERE id = $1", run_id, now
         )
 
+    async def runs_with_data_to_erase(self, cutoff: datetime, limit: int) -> list[asyncpg.Record]:
+        """Runs that ended before `cutoff` whose recipients' data is still kept (the partial
+        index runs_data_to_erase_idx: runs without data are not read).
+        `id`, `total_recipients`, oldest end first."""
+        rows: list[asyncpg.Record] = await self.conn.fetch(
+            """
+            SELECT id, total_recipients FROM runs
+            WHERE with_data AND data_erased_at IS NULL AND completed_at < $1
+            ORDER BY completed_at
+            LIMIT $2
+            """,
+            cutoff,
+            limit,
+        )
+        return rows
+
+    async def erase_data(self, run_id: UUID, first: int, last: int) -> int:
+        """Erase the data of the run's deliveries at positions first..last (a primary-key
+        range of delivery_data); returns how many had some."""
+        status: str = await self.conn.execute(
+            "DELETE FROM delivery_data WHERE run_id = $1 AND position BETWEEN $2 AND $3",
+            run_id,
+            first,
+            last,
+        )
+        return int(status.rpartition(" ")[2])
+
+    async def mark_data_erased(self, run_id: UUID, now: datetime) -> None:
+        await self.conn.execute("UPDATE runs SET data_erased_at = $2 WHERE id = $1", run_id, now)
+
     async def deliveries_gone(self, run_id: UUID, retention: timedelta | None) -> bool:
         """Whether the run's deliveries were removed, or are past `retention` and about
         to be: from the moment a run's deliveries expire, its listing says so, whether or
@@ -148,3 +179,17 @@ class RetentionRepository:
             retention,
         )
         return gone
+
+    async def data_erased(self, run_id: UUID, data_retention: timedelta) -> bool:
+        """Whether the recipients' data of the run was erased, or is past
+        `data_retention` and about to be (as deliveries_gone)."""
+        erased: bool = await self.conn.fetchval(
+            """
+            SELECT with_data AND (data_erased_at IS NOT NULL
+                                  OR coalesce(completed_at < now() - $2::interval, false))
+            FROM runs WHERE id = $1
+            """,
+            run_id,
+            data_retention,
+        )
+        return erased

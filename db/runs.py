@@ -55,16 +55,18 @@ class RunRepository:
         run_id: UUID | None = None,
         retry_of: UUID | None = None,
         scheduled_for: datetime | None = None,
+        with_data: bool = False,
     ) -> asyncpg.Record:
         """The new run; its id is `run_id` if given (an idempotency key already names it).
-        `scheduled` with `scheduled_for` if given, else `queued`."""
+        `scheduled` with `scheduled_for` if given, else `queued`. `with_data`: some of its
+        deliveries hold recipients' data, to be erased after the run (db/retention.py)."""
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
             INSERT INTO runs
                 (id, campaign_id, brand_id, total_recipients, skipped_count, created_by,
-                 retry_of, scheduled_for, status)
+                 retry_of, scheduled_for, status, with_data)
             VALUES (COALESCE($6, uuid_v7()), $1, $2, $3, $4, $5, $7, $8,
-                    CASE WHEN $8::timestamptz IS NULL THEN 'queued' ELSE 'scheduled' END)
+                    CASE WHEN $8::timestamptz IS NULL THEN 'queued' ELSE 'scheduled' END, $9)
             RETURNING {COLUMNS}
             """,
             campaign_id,
@@ -75,6 +77,7 @@ class RunRepository:
             run_id,
             retry_of,
             scheduled_for,
+            with_data,
         )
         return record
 
@@ -118,12 +121,12 @@ class RunRepository:
 
     async def delivery_target(self, run_id: UUID) -> asyncpg.Record | None:
         """What a job sends for the run, read once per job: its brand, and its campaign's
-        channel, texts, quiet hours and topic (a campaign's content can change only while
-        it is a draft, before any run)."""
+        name, channel, texts, quiet hours and topic (a campaign's content can change only
+        while it is a draft, before any run)."""
         record: asyncpg.Record | None = await self.conn.fetchrow(
             """
-            SELECT r.brand_id, r.campaign_id, c.channel, c.sender, c.subject, c.body,
-                   c.quiet_hours, c.topic
+            SELECT r.brand_id, r.campaign_id, c.name, c.channel, c.sender, c.subject, c.body,
+                   c.html_body, c.quiet_hours, c.topic
             FROM runs r JOIN campaigns c ON c.id = r.campaign_id
             WHERE r.id = $1
             """,

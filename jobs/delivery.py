@@ -7,8 +7,10 @@ A window
    more attempt counted, before any send; nothing is claimed once the run has ended, nor
    while the provider is paused;
 2. holds back those inside their recipient's quiet hours, skips the suppressed (looked up
-   for exactly those addresses), and gives up, without a send, those whose attempts are
-   spent already (sends counted by earlier claims whose outcome was never recorded);
+   for exactly those addresses), gives up, without a send, those whose attempts are
+   spent already (sends counted by earlier claims whose outcome was never recorded), and
+   renders each other's message from its recipient's data: one that cannot be rendered is
+   `failed` (`render_failed`), never sent, its attempt given back (ADR 0061);
 3. sends the rest, at most `worker_concurrency` at once in the process, holding no
    transaction and no connection;
 4. records the outcomes in one short transaction that writes only the rows still claimed
@@ -56,6 +58,7 @@ from app.core import tracing
 from app.core.unsubscribe import UnsubscribeLink, unsubscribe_link
 from app.domain.recipients import normalise
 from app.domain.schedule import QuietWindow
+from app.domain.templates import CampaignTemplates, RenderFailed, TemplateError, body_limit
 from db.deliveries import Claimed, DeliveryRepository, Outcome, delivery_id
 from db.jobs import JobRepository
 from db.runs import ENDED, RunRepository
@@ -107,18 +110,8 @@ def backoff_seconds(attempts: int, base: float) -> float:
     return float(min(MAX_BACKOFF_SECONDS, base * 2 ** (attempts - 1)) * random.uniform(0.5, 1.5))
 
 
-def render(
-    template: str | None, person_id: str, recipient: str, unsubscribe_url: str | None = None
-) -> str | None:
-    """The campaign text for one recipient: {{person_id}}, {{recipient}} and, with a
-    topic, {{ unsubscribe_url }} are replaced."""
-    if template is None:
-        return None
-    text = template.replace("{{person_id}}", person_id).replace("{{recipient}}", recipient)
-    if unsubscribe_url is not None:
-        text = text.replace("{{ unsubscribe_url }}", unsubscribe_url)
-        text = text.replace("{{unsubscribe_url}}", unsubscribe_url)
-    return text
+RENDER_FAILED = "render_failed"
+"""Failure reason of a delivery whose message could not be rendered: never sent."""
 
 
 async def deliver_chunk(
@@ -323,9 +316,10 @@ async def _send_and_record(
     channel = window.target["channel"]
     quiet = QuietWindow.of(window.target["quiet_hours"])
     now = window.claimed.now
+    templates = _templates(window.target)
     ends: dict[str | None, datetime | None] = {}  # per zone: a window shares a few
     outcomes: list[Outcome] = []
-    to_send = []
+    to_send: list[tuple[asyncpg.Record, OutgoingMessage]] = []
     for row in window.claimed.rows:
         position, tried, throttles = row["position"], row["tried"], row["throttles"]
         zone = row["time_zone"]
@@ -341,12 +335,24 @@ async def _send_and_record(
             detail = f"gave up after {tried} attempts; the last one's answer was never recorded"
             outcomes.append(Outcome(position, "failed", tried, throttles, last_error=detail))
         else:
-            to_send.append(row)
-    window.sent = [row["position"] for row in to_send]
+            try:
+                to_send.append((row, _message(resources.config, window, row, templates)))
+            except RenderFailed as exc:
+                # Never sent, and the attempt its claim counted is given back.
+                why = str(exc)
+                outcomes.append(
+                    Outcome(position, "failed", tried, throttles, RENDER_FAILED, last_error=why)
+                )
+            except PermanentError as exc:  # subscription mail without its unsubscribe link
+                why = exc.detail
+                outcomes.append(Outcome(position, "failed", tried, throttles, last_error=why))
+    window.sent = [row["position"] for row, _ in to_send]
     try:
-        outcomes += await asyncio.gather(*(_send(resources, window, lease, row) for row in to_send))
+        outcomes += await asyncio.gather(
+            *(_send(resources, window, lease, row, message) for row, message in to_send)
+        )
     except asyncio.CancelledError:
-        await _give_back(resources, window, to_send)
+        await _give_back(resources, window, [row for row, _ in to_send])
         raise
     window.outcomes = outcomes
     # Counted before the record: a send whose outcome is then lost did reach the provider.
@@ -367,34 +373,66 @@ async def _give_back(
             await DeliveryRepository(conn).release(window.run_id, window.token, attempts)
 
 
+def _templates(target: asyncpg.Record) -> CampaignTemplates | str:
+    """The campaign's compiled templates (cached per text: a look-up per window); for texts
+    stored before they were templates that are not one, why every render of them fails."""
+    try:
+        return CampaignTemplates.compile(target["subject"], target["body"], target["html_body"])
+    except TemplateError as exc:
+        return str(exc)
+
+
+def _message(
+    config: DeliveryConfig, window: Window, row: asyncpg.Record, templates: CampaignTemplates | str
+) -> OutgoingMessage:
+    """The delivery's message, rendered for its recipient, with its unsubscribe link when
+    the campaign has a topic; RenderFailed naming the variable or the bound, never a value
+    of its data; PermanentError when no link can be made (`_unsubscribe_link`)."""
+    if isinstance(templates, str):
+        raise RenderFailed(templates)
+    target = window.target
+    person_id, recipient = row["person_id"], row["recipient"]
+    link = _unsubscribe_link(config, window, recipient)
+    rendered = templates.render(
+        person_id=person_id,
+        recipient=recipient,
+        data=row["data"],
+        campaign_name=target["name"],
+        unsubscribe_url=link.url if link is not None else None,
+        max_characters=body_limit(target["channel"]),
+    )
+    return OutgoingMessage(
+        delivery_id=delivery_id(window.run_id, row["position"]),
+        run_id=str(window.run_id),
+        campaign_id=str(target["campaign_id"]),
+        brand_id=target["brand_id"],
+        channel=target["channel"],
+        person_id=person_id,
+        recipient=recipient,
+        sender=target["sender"],
+        subject=rendered.subject,
+        body=rendered.body,
+        html_body=rendered.html_body,
+        headers=link.headers if link is not None else {},
+        unsubscribe_url=link.url if link is not None else None,
+    )
+
+
 async def _send(
-    resources: WorkerResources, window: Window, lease: Lease, row: asyncpg.Record
+    resources: WorkerResources,
+    window: Window,
+    lease: Lease,
+    row: asyncpg.Record,
+    message: OutgoingMessage,
 ) -> Outcome:
     """Never raises (but for cancellation): a raise would leave the window's other sends
     running unseen. The claim counted this attempt already (`tried` + 1)."""
-    target, provider = window.target, window.provider
-    position, person_id, recipient = row["position"], row["person_id"], row["recipient"]
-    tried, throttles = row["tried"], row["throttles"]
+    provider = window.provider
+    position, tried, throttles = row["position"], row["tried"], row["throttles"]
     attempts = tried + 1
     config = resources.config
-    latency = provider_latency(target["channel"], provider.name)
+    latency = provider_latency(window.target["channel"], provider.name)
     try:
-        link = _unsubscribe_link(config, window, recipient)
-        unsubscribe_url = link.url if link is not None else None
-        message = OutgoingMessage(
-            delivery_id=delivery_id(window.run_id, position),
-            run_id=str(window.run_id),
-            campaign_id=str(target["campaign_id"]),
-            brand_id=target["brand_id"],
-            channel=target["channel"],
-            person_id=person_id,
-            recipient=recipient,
-            sender=target["sender"],
-            subject=render(target["subject"], person_id, recipient),
-            body=render(target["body"], person_id, recipient, unsubscribe_url) or "",
-            headers=link.headers if link is not None else {},
-            unsubscribe_url=unsubscribe_url,
-        )
         async with resources.sends:
             if time.monotonic() >= lease.expires:
                 # The claim lapsed while the send queued (its renewal failed): another

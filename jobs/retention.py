@@ -1,5 +1,6 @@
 """The worker's maintenance of `deliveries` (the hourly `maintain_deliveries` task):
-month partitions made ahead of time, and DELIVERY_RETENTION_DAYS.
+month partitions made ahead of time, DELIVERY_RETENTION_DAYS, and the erasure of the
+recipients' data DELIVERY_DATA_DAYS after their run ended.
 
 Retention removes deliveries a month partition at a time: a month whose last day is
 over and whose runs all ended before the cutoff is dropped whole (DROP TABLE: no DELETE,
@@ -8,6 +9,13 @@ month that still holds a run to keep (not ended, or ended too recently) waits fo
 once the whole month is older than the cutoff, its expired runs go one by one, in
 primary-key batches of DELETE_BATCH rows, as do legacy runs (ids from before UUIDv7).
 A run's deliveries listing is 410 from the moment they expire (db/retention.py).
+
+Data is erased run by run, from the runs that have some (`runs.with_data`, a partial
+index of those not erased yet): a DELETE from `delivery_data` over a primary-key range of
+ERASE_BATCH deliveries at a time, each its own short transaction, then the run is marked
+`data_erased_at`. However many deliveries there are, an hourly round reads only the data
+of the runs whose data expired since the last one (ADR 0060). A retry is 412
+`data_erased` from the moment the data expire.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ DDL_ATTEMPTS = 3
 DELETE_BATCH = 5_000
 """Deliveries per DELETE when runs go one by one: short transactions, few row locks."""
 RUNS_PER_ROUND = 100
+ERASE_BATCH = 5_000
+"""Deliveries' data per DELETE that erases it: short transactions, few row locks."""
 
 
 class PartitionsBehind(Exception):
@@ -53,6 +63,8 @@ class MaintenanceReport:
     """Months past their retention kept whole for a run still to keep."""
     purged_runs: int = 0
     """Runs whose deliveries were removed, by partition or one by one."""
+    erased_runs: int = 0
+    """Runs whose recipients' data was erased."""
     skipped: bool = False
     """Another maintenance was running."""
 
@@ -72,10 +84,15 @@ def month_start(month: date) -> datetime:
 
 
 async def maintain_deliveries(
-    pool: asyncpg.Pool, retention: timedelta | None, *, now: datetime | None = None
+    pool: asyncpg.Pool,
+    retention: timedelta | None,
+    *,
+    data_retention: timedelta | None = None,
+    now: datetime | None = None,
 ) -> MaintenanceReport:
-    """Make the partitions ahead, then apply `retention` (None: keep for ever). Raises
-    PartitionsBehind if, after that, fewer than MIN_MONTHS_AHEAD months are ready."""
+    """Make the partitions ahead, then apply `retention` (None: keep for ever), then
+    erase the data of runs that ended more than `data_retention` ago (None: keep it).
+    Raises PartitionsBehind if, after that, fewer than MIN_MONTHS_AHEAD months are ready."""
     now = now or datetime.now(UTC)
     report = MaintenanceReport()
     async with pool.acquire() as conn:
@@ -90,6 +107,8 @@ async def maintain_deliveries(
                 cutoff = now - retention
                 await _drop_expired_months(conn, repo, cutoff, now, report)
                 await _purge_runs_one_by_one(repo, cutoff, now, report)
+            if data_retention is not None:
+                await _erase_data(repo, now - data_retention, now, report)
             months = set(await repo.months())
         finally:
             await repo.unlock_maintenance()
@@ -100,6 +119,7 @@ async def maintain_deliveries(
             "dropped": report.dropped,
             "waiting": report.waiting,
             "purged_runs": report.purged_runs,
+            "erased_runs": report.erased_runs,
         },
     )
     needed = [add_months(month_of(now), n) for n in range(MIN_MONTHS_AHEAD + 1)]
@@ -186,3 +206,16 @@ async def _purge_runs_one_by_one(
                 await repo.delete_deliveries(run["id"], first, first + DELETE_BATCH - 1)
             await repo.mark_purged(run["id"], now)
             report.purged_runs += 1
+
+
+async def _erase_data(
+    repo: RetentionRepository, cutoff: datetime, now: datetime, report: MaintenanceReport
+) -> None:
+    while runs := await repo.runs_with_data_to_erase(cutoff, RUNS_PER_ROUND):
+        for run in runs:
+            # Each UPDATE commits on its own; the mark comes last, so that a maintenance
+            # that dies midway finds the run again next time.
+            for first in range(0, run["total_recipients"], ERASE_BATCH):
+                await repo.erase_data(run["id"], first, first + ERASE_BATCH - 1)
+            await repo.mark_data_erased(run["id"], now)
+            report.erased_runs += 1

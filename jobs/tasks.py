@@ -233,11 +233,16 @@ async def purge_finished_jobs(timestamp: int) -> None:
 
 
 # Hourly: partitions for this month and MONTHS_AHEAD more (so a missed tick, or many,
-# costs nothing), then DELIVERY_RETENTION_DAYS. A failure fails the job (procrastinate
-# logs its traceback; `ops_queue_depth` shows it `failed`), and the next tick tries again.
+# costs nothing), then DELIVERY_RETENTION_DAYS, then DELIVERY_DATA_DAYS. A failure fails
+# the job (procrastinate logs its traceback; `ops_queue_depth` shows it `failed`), and the
+# next tick tries again.
 @app.periodic(cron="7 * * * *")
 @app.task(name="maintain_deliveries", queue=MAINTENANCE_QUEUE, priority=HOUSEKEEPING_PRIORITY)
 async def maintain_deliveries_task(timestamp: int) -> None:
-    """Partitions of `deliveries` ahead of time; retention of old runs' deliveries."""
+    """Partitions of `deliveries` ahead of time; retention of old runs' deliveries; the
+    erasure of their recipients' data."""
     pool = cast(AsyncpgConnector, app.connector).pool
-    await maintain_deliveries(pool, get_settings().delivery_retention)
+    settings = get_settings()
+    await maintain_deliveries(
+        pool, settings.delivery_retention, data_retention=settings.delivery_data_retention
+    )

@@ -15,8 +15,14 @@ CAMPAIGNS = "/v1/messaging/campaigns"
 
 
 async def create_campaign(
-    client: Any, *, brand: str = "brand-a", channel: str = "email", activate: bool = True
+    client: Any,
+    *,
+    brand: str = "brand-a",
+    channel: str = "email",
+    activate: bool = True,
+    **texts: str,
 ) -> dict[str, Any]:
+    """`texts`: the campaign's `body`, `subject` or `html_body`, instead of the defaults."""
     body: dict[str, Any] = {
         "brand_id": brand,
         "name": "Winter check-up",
@@ -26,6 +32,7 @@ async def create_campaign(
     }
     if channel == "email":
         body["subject"] = "Your check-up"
+    body |= texts
     response = await client.post(CAMPAIGNS, json=body, headers=bearer(brands=[brand]))
     assert response.status_code == 201, response.text
     campaign: dict[str, Any] = response.json()

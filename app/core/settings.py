@@ -161,6 +161,10 @@ class Settings:
     """Deliveries of runs that ended longer ago are removed by the worker's maintenance (a
     month partition at a time, see jobs/retention.py); their listing is 410. Unset: kept
     for ever."""
+    delivery_data_days: Positive = 7
+    """The recipients' `data` of a publish (patient data) is erased this many days after
+    its run ended, by the worker's hourly maintenance (jobs/retention.py); a retry of such
+    a run is then 412 `data_erased`."""
     email_rate_limit: Rate | None = None
     """The most e-mails per second that all worker processes together send; unset: no
     limit. Token buckets in PostgreSQL (db/rate_limits.py); brands may have caps of their
@@ -174,8 +178,11 @@ class Settings:
     """From address of e-mail campaigns that have no sender of their own."""
     publish_max_recipients: Positive = 100_000
     """Largest recipient list one publish accepts."""
-    publish_max_body_bytes: Positive = 32 * 1024 * 1024
-    """Largest request body the web process reads (a 100,000-recipient publish is ~7 MB)."""
+    publish_max_body_bytes: Positive = 48 * 1024 * 1024
+    """Largest request body the web process reads (a 100,000-recipient publish is ~7 MB,
+    ~40 MB with 300 bytes of `data` each)."""
+    publish_max_data_bytes: Positive = 4096
+    """Largest `data` of one recipient of a publish, as JSON bytes."""
     http_max_header_bytes: Positive = 32 * 1024
     """Largest request line plus headers the web process reads (app/http/protocol.py); more
     is refused with 431 before it costs more. A bearer token is typically under 2 KiB."""
@@ -199,6 +206,10 @@ class Settings:
         if self.delivery_retention_days is None:
             return None
         return timedelta(days=self.delivery_retention_days)
+
+    @property
+    def delivery_data_retention(self) -> timedelta:
+        return timedelta(days=self.delivery_data_days)
 
     @property
     def jwt_key(self) -> str | None:

@@ -37,6 +37,13 @@ class BadState(ServiceError):
         super().__init__(message, {"status": status, "allowed": allowed, **details})
 
 
+class DataErased(ServiceError):
+    """The recipients' data of a run was erased (DELIVERY_DATA_DAYS after it ended): what
+    needs it (a retry) cannot be done any more. Its run and deliveries remain."""
+
+    code = "data_erased"
+
+
 class Gone(ServiceError):
     """The resource existed, and was removed for good (retention)."""
 

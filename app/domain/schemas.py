@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
@@ -72,6 +72,13 @@ ClockTime = Annotated[
 ]
 
 
+if TYPE_CHECKING:
+    RawJson = msgspec.Raw | None
+else:
+    RawJson = msgspec.Raw
+    """msgspec decodes no union with Raw: a field of this type is None when absent."""
+
+
 class Recipient(msgspec.Struct, gc=False, omit_defaults=True):
     """gc=False: a publish holds up to 100,000 of these, and they never form cycles;
     untracked, they do not set off the garbage collector over and over. omit_defaults:
@@ -81,6 +88,12 @@ class Recipient(msgspec.Struct, gc=False, omit_defaults=True):
     recipient: Address
     time_zone: TimeZoneName | None = None
     """The recipient's own zone for the campaign's quiet hours (over the campaign's)."""
+    data: RawJson = None
+    """The recipient's variables (`data.<name>` in the campaign's templates): a JSON
+    object of at most PUBLISH_MAX_DATA_BYTES, patient data, never returned. Kept as the
+    JSON text it came as (no Python objects for 100,000 of them), checked by
+    app/domain/recipient_data.py. None when absent; an explicit `null` arrives as the
+    text `null` and counts as absent."""
 
 
 class PublishRequest(msgspec.Struct, omit_defaults=True):
@@ -103,11 +116,16 @@ class QuietHours(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class CampaignCreate(msgspec.Struct):
+    """`subject`, `body` and `html_body` are Liquid templates (app/domain/templates.py):
+    one that does not parse is a 400 naming the field and the line."""
+
     brand_id: BrandId
     name: Name
     channel: Channel
     body: MessageBody
     subject: Subject | None = None
+    html_body: MessageBody | None = None
+    """The HTML part of an e-mail (autoescaped); e-mail campaigns only."""
     sender: Address | None = None
     priority: Priority = "normal"
     quiet_hours: QuietHours | None = None
@@ -125,6 +143,7 @@ class CampaignUpdate(msgspec.Struct, forbid_unknown_fields=True):
     channel: Channel | UnsetType = UNSET
     body: MessageBody | UnsetType = UNSET
     subject: Subject | UnsetType | None = UNSET
+    html_body: MessageBody | UnsetType | None = UNSET
     sender: Address | UnsetType | None = UNSET
     priority: Priority | UnsetType = UNSET
     quiet_hours: QuietHours | UnsetType | None = UNSET
@@ -159,6 +178,28 @@ class Campaign(msgspec.Struct):
     warnings: list[CampaignWarning]
     """What the campaign's content lacks for its kind of mail (an e-mail with a topic and
     no `{{ unsubscribe_url }}` in its body): allowed, and said at every answer."""
+    html_body: str | None
+    """The HTML part of an e-mail campaign's messages (a Liquid template); null: text only."""
+
+
+class PreviewRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """One recipient, as a publish would carry it."""
+
+    person_id: PersonId
+    recipient: Address
+    data: dict[str, Any] | None = None
+    """At most PUBLISH_MAX_DATA_BYTES as JSON."""
+
+
+class Preview(msgspec.Struct):
+    """The campaign's message as that recipient would receive it."""
+
+    subject: str | None
+    body: str
+    html_body: str | None
+    sms_segments: int | None
+    """The parts a carrier splits the SMS into (GSM-7: 160 characters, 153 a part when
+    split; otherwise UCS-2: 70, 67 a part); null for e-mail."""
 
 
 class Run(msgspec.Struct):

@@ -30,6 +30,7 @@ from litestar.status_codes import (
 from app.domain.decoding import without_value
 from app.domain.errors import (
     BadState,
+    DataErased,
     ForbiddenBrand,
     Gone,
     IdempotencyKeyReused,
@@ -54,6 +55,7 @@ STATUS_OF: dict[type[ServiceError], int] = {
     NotFound: HTTP_404_NOT_FOUND,
     Gone: HTTP_410_GONE,
     BadState: HTTP_412_PRECONDITION_FAILED,
+    DataErased: HTTP_412_PRECONDITION_FAILED,
     UnsupportedMediaType: HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     InvalidCursor: HTTP_400_BAD_REQUEST,
     IdempotencyKeyReused: HTTP_422_UNPROCESSABLE_ENTITY,

@@ -133,13 +133,14 @@ SECURITY_SCHEMES = {
 """Security schemes of the routes that providers call (besides the BearerToken)."""
 
 
-def access(scope: str, *statuses: int) -> RouteDocs:
+def access(scope: str, *statuses: int, **overrides: str) -> RouteDocs:
     """Route keyword arguments: `scope` is required (guard and document), and the route
-    can answer the error `statuses` (besides 401, 403, 500 and 503, which every route can)."""
+    can answer the error `statuses` (besides 401, 403, 500 and 503, which every route can);
+    `overrides` as error_responses takes them."""
     return RouteDocs(
         guards=[requires(scope)],
         security=[{BEARER_SCHEME: [scope]}],
-        responses=error_responses(*sorted({*statuses, *_ALWAYS})),
+        responses=error_responses(*sorted({*statuses, *_ALWAYS}), **overrides),
         operation_class=DocumentedOperation,
     )
 

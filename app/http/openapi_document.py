@@ -100,6 +100,13 @@ def _state_limits(components: dict[str, Schema], *, max_recipients: int) -> None
     recipients = (components["PublishRequest"].properties or {})["recipients"]
     if isinstance(recipients, Schema):
         recipients.min_items, recipients.max_items = 1, max_recipients
+    # A recipient's `data` is decoded as raw JSON text, a type Litestar shows as anything.
+    (components["Recipient"].properties or {})["data"] = Schema(
+        type=OpenAPIType.OBJECT,
+        description="The recipient's variables, `data.<name>` in the campaign's templates: "
+        "a JSON object of at most PUBLISH_MAX_DATA_BYTES (default 4096) bytes. Patient data: "
+        "never returned, erased DELIVERY_DATA_DAYS after the run ended.",
+    )
     for name, struct in vars(schemas).items():
         closed = isinstance(struct, type) and issubclass(struct, msgspec.Struct)
         if closed and struct.__struct_config__.forbid_unknown_fields and name in components:

@@ -19,12 +19,13 @@ from app.domain.schemas import (
     CampaignWarning,
     QuietHours,
 )
-from app.domain.templates import reads_variable
+from app.domain.templates import CampaignTemplates, TemplateError, reads_variable
 from app.services.pagination import ByCreation, decode_cursor, listing_of, split_page
 from db.campaigns import CampaignRepository, Lock
 
 CONTENT_FIELDS = (
-    "name", "channel", "body", "subject", "sender", "priority", "quiet_hours", "topic"
+    "name", "channel", "body", "subject", "sender", "priority", "quiet_hours", "topic",
+    "html_body",
 )  # fmt: skip
 
 
@@ -111,14 +112,31 @@ def check_quiet_hours(quiet_hours: QuietHours | None) -> None:
     check_zone(quiet_hours.time_zone, "$.quiet_hours.time_zone")
 
 
+def check_texts(channel: str, subject: str | None, body: str, html_body: str | None) -> None:
+    """InvalidInput naming the field: an e-mail without a subject, HTML for an SMS, a text
+    that is not a template this service can render (and the line of the problem)."""
+    if channel == "email" and subject is None:
+        raise InvalidInput(
+            "an e-mail campaign needs a subject", {"$.subject": "required for channel email"}
+        )
+    if channel != "email" and html_body is not None:
+        raise InvalidInput(
+            "only an e-mail campaign has an HTML body", {"$.html_body": "e-mail campaigns only"}
+        )
+    try:
+        CampaignTemplates.compile(subject, body, html_body)
+    except TemplateError as exc:
+        raise InvalidInput(
+            f"{exc.field} is not a valid template",
+            {f"$.{exc.field}": f"line {exc.line}: {exc.problem}"},
+        ) from None
+
+
 async def create_campaign(
     conn: asyncpg.Connection, data: CampaignCreate, caller: Caller
 ) -> Campaign:
     require_brand(caller, data.brand_id)
-    if data.channel == "email" and data.subject is None:
-        raise InvalidInput(
-            "an e-mail campaign needs a subject", {"$.subject": "required for channel email"}
-        )
+    check_texts(data.channel, data.subject, data.body, data.html_body)
     check_quiet_hours(data.quiet_hours)
     record = await CampaignRepository(conn).create(
         brand_id=data.brand_id,
@@ -131,6 +149,7 @@ async def create_campaign(
         priority=data.priority,
         quiet_hours=data.quiet_hours,
         topic=data.topic,
+        html_body=data.html_body,
     )
     return campaign_of(record)
 
@@ -182,10 +201,7 @@ async def update_campaign(
         if not changes:
             return campaign_of(campaign)
         content = {f: campaign[f] for f in CONTENT_FIELDS} | changes
-        if content["channel"] == "email" and content["subject"] is None:
-            raise InvalidInput(
-                "an e-mail campaign needs a subject", {"$.subject": "required for channel email"}
-            )
+        check_texts(content["channel"], content["subject"], content["body"], content["html_body"])
         record = await CampaignRepository(conn).update_content(campaign["id"], **content)
     return campaign_of(record)
 
@@ -214,7 +230,12 @@ async def change_status(
                 status=campaign["status"],
                 allowed=allowed,
             )
-        if to == "active" and (missing := missing_content(campaign)):
-            raise InvalidInput("campaign content is incomplete", missing)
+        if to == "active":
+            if missing := missing_content(campaign):
+                raise InvalidInput("campaign content is incomplete", missing)
+            # A draft written before its texts were templates may not be one.
+            check_texts(
+                campaign["channel"], campaign["subject"], campaign["body"], campaign["html_body"]
+            )
         record = await CampaignRepository(conn).set_status(campaign["id"], to)
     return campaign_of(record)

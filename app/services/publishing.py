@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import asyncpg
+import msgspec
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 from procrastinate.types import JSONValue
 from prometheus_client import Histogram
 
 from app.core import tracing
+from app.core.settings import Settings
 from app.domain.access import Caller
-from app.domain.errors import BadState, InvalidInput
+from app.domain.errors import BadState, DataErased, InvalidInput
+from app.domain.recipient_data import missing_data, stored_data
 from app.domain.recipients import normalise_all, skip_reasons
 from app.domain.schedule import check_recipient_zones, check_send_at
 from app.domain.schemas import Recipient, Run
+from app.domain.templates import CampaignTemplates, TemplateError
 from app.services.campaigns import campaign_to_publish
 from app.services.idempotency import IdempotencyKey, claim_key, parse_key, retry_key
 from app.services.runs import ensure_deliveries_kept, visible_run
 from db import queue
-from db.deliveries import DeliveryRepository, DeliveryRow
+from db.deliveries import DataRow, DeliveryRepository, DeliveryRow
 from db.ids import uuid7
 from db.pool import DATABASE_AWAY
+from db.retention import RetentionRepository
 from db.runs import ENDED, RunRepository
 from db.suppressions import SuppressionRepository
 
@@ -59,10 +65,13 @@ async def publish_campaign(
     retry_of: UUID | None = None,
     send_at: datetime | None = None,
     pool: asyncpg.Pool | None = None,
+    max_data_bytes: int = Settings.publish_max_data_bytes,
 ) -> Run:
     """The new run; or, for a repeat of `idempotency_key` with the same body, the
     original run (nothing is created). `retry_of`: the run this one retries. With
     `send_at`, the run is `scheduled` and its jobs wait in the queue until that instant.
+    A recipient's `data` is at most `max_data_bytes` of JSON (app/domain/recipient_data.py);
+    one that lacks what the campaign's templates read is skipped, `missing_data`.
 
     When the connection is lost at the commit, the commit may have happened all the same:
     the run is then looked up on another connection of `pool`, and returned if it exists,
@@ -73,6 +82,7 @@ async def publish_campaign(
             {"$.recipients": f"has {len(recipients)} entries; allowed 1 to {max_recipients}"},
         )
     check_recipient_zones(recipients)
+    data = stored_data([r.data for r in recipients], max_data_bytes)
     # Chosen here, so that a run whose commit lost its answer can be looked up. A UUIDv7:
     # its deliveries go to the partition of this month (db/ids.py).
     run_id = uuid7()
@@ -82,6 +92,7 @@ async def publish_campaign(
             run_id,
             campaign_id,
             recipients,
+            data,
             caller,
             batch_size,
             idempotency_key,
@@ -104,6 +115,7 @@ async def _publish(
     run_id: UUID,
     campaign_id: str,
     recipients: list[Recipient],
+    data: list[msgspec.Raw | None],
     caller: Caller,
     batch_size: int,
     idempotency_key: IdempotencyKey | None,
@@ -140,6 +152,8 @@ async def _publish(
                     brand_id, keys, campaign["topic"]
                 )
         skips = skip_reasons(channel, keys, suppressed)
+        skips.update(missing_data(_templates(campaign), data, skips))
+        with_data = any(text is not None for p, text in enumerate(data) if p not in skips)
 
         runs = RunRepository(conn)
         with tracing.db_span("INSERT", "runs"):
@@ -152,9 +166,14 @@ async def _publish(
                 run_id=run_id,
                 retry_of=retry_of,
                 scheduled_for=send_at,
+                with_data=with_data,
             )
+        deliveries = DeliveryRepository(conn)
         with tracing.db_span("COPY", "deliveries"):
-            await DeliveryRepository(conn).copy(_delivery_rows(run["id"], recipients, skips))
+            await deliveries.copy(_delivery_rows(run["id"], recipients, skips))
+        if with_data:
+            with tracing.db_span("COPY", "delivery_data"):
+                await deliveries.copy_data(_data_rows(run["id"], data, skips))
         job_ids = await defer_deliveries(
             conn,
             str(run["id"]),
@@ -190,10 +209,12 @@ async def retry_failed(
     idempotency_key_header: str | None = None,
     pool: asyncpg.Pool | None = None,
     retention: timedelta | None = None,
+    data_retention: timedelta = timedelta(days=Settings.delivery_data_days),
 ) -> Run:
-    """A new run of the failed deliveries of an ended run (same person_id and recipient,
-    in their order), published like any other: skips, suppressions added since and the
-    Idempotency-Key apply. The original run is not changed."""
+    """A new run of the failed deliveries of an ended run (same person_id, recipient,
+    time_zone and data, in their order), published like any other: skips, suppressions
+    added since and the Idempotency-Key apply. The original run is not changed.
+    DataErased once the original's data is past `data_retention` (erased, or about to be)."""
     if idempotency_key_header is not None:
         parse_key(idempotency_key_header)  # a malformed request is 400 whatever the run's state
     original = await visible_run(conn, campaign_id, run_id, caller)
@@ -211,20 +232,48 @@ async def retry_failed(
             allowed=list(ENDED),
             failed_count=0,
         )
+    if await RetentionRepository(conn).data_erased(original["id"], data_retention):
+        raise DataErased(
+            f"the recipients' data of run {original['id']} was erased: it ended more than "
+            "DELIVERY_DATA_DAYS ago, and a retry cannot carry it",
+            {"completed_at": original["completed_at"].isoformat()},
+        )
     rows = await DeliveryRepository(conn).failed_recipients(original["id"])
-    recipients = [Recipient(person_id=row[0], recipient=row[1], time_zone=row[2]) for row in rows]
+    recipients = [
+        Recipient(
+            person_id=row[0],
+            recipient=row[1],
+            time_zone=row[2],
+            data=None if row[3] is None else msgspec.Raw(row[3].encode()),
+        )
+        for row in rows
+    ]
     return await publish_campaign(
         conn,
         campaign_id,
         recipients,
         caller,
-        # The original was accepted; a limit lowered since does not make its retry a 400.
+        # The original was accepted; limits lowered since do not make its retry a 400
+        # (and PostgreSQL's text of a jsonb may be a little longer than what was sent).
         max_recipients=len(recipients),
+        max_data_bytes=sys.maxsize,
         batch_size=batch_size,
         idempotency_key=retry_key(idempotency_key_header, original["id"]),
         retry_of=original["id"],
         pool=pool,
     )
+
+
+def _templates(campaign: asyncpg.Record) -> CampaignTemplates | None:
+    """The campaign's compiled templates (cached per text), for the data they require.
+    None for texts stored before they were templates that are not one: nothing is
+    required at publish, and each render fails at send (`render_failed`)."""
+    try:
+        return CampaignTemplates.compile(
+            campaign["subject"], campaign["body"], campaign["html_body"]
+        )
+    except TemplateError:
+        return None
 
 
 def _delivery_rows(
@@ -236,6 +285,16 @@ def _delivery_rows(
             yield run_id, position, r.person_id, r.recipient, "skipped", skips[position], None
         else:
             yield run_id, position, r.person_id, r.recipient, "pending", None, r.time_zone
+
+
+def _data_rows(
+    run_id: UUID, data: list[msgspec.Raw | None], skips: dict[int, str]
+) -> Iterator[DataRow]:
+    """The data of the deliveries to send; a skipped one keeps none: it is never sent nor
+    retried."""
+    for position, raw in enumerate(data):
+        if raw is not None and position not in skips:
+            yield run_id, position, raw
 
 
 async def defer_deliveries(

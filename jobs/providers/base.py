@@ -27,6 +27,8 @@ class OutgoingMessage(msgspec.Struct, frozen=True):
     sender: str | None
     subject: str | None
     body: str
+    html_body: str | None = None
+    """The HTML part of an e-mail (its text part is `body`); None: text only."""
     headers: dict[str, str] = {}
     """Mail headers of the message (List-Unsubscribe and List-Unsubscribe-Post for a
     campaign with a topic); an SMTP provider writes them into the e-mail."""

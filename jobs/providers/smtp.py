@@ -133,6 +133,8 @@ def _compose(message: OutgoingMessage, sender: str) -> EmailMessage:
         for name, value in message.headers.items():
             mail[name] = value
         mail.set_content(message.body)
+        if message.html_body is not None:  # multipart/alternative: the text, then the HTML
+            mail.add_alternative(message.html_body, subtype="html")
     except (ValueError, email.errors.MessageError) as exc:  # e.g. a line break in the subject
         raise PermanentError(f"cannot build the e-mail: {exc}") from exc
     return mail

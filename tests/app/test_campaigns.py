@@ -35,6 +35,7 @@ async def test_create_answers_201_with_a_draft(client):
         "quiet_hours",
         "topic",
         "warnings",
+        "html_body",
     }
     assert campaign["status"] == "draft"
     assert (campaign["topic"], campaign["warnings"]) == (None, [])  # service mail

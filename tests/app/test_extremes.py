@@ -93,7 +93,14 @@ NUMBERS = [
     "1" + "0" * 400,
 ]
 OTHERS = ["true", "null", "[]", "{}", '[{"a": 1}]', '"\\ud800"', '"\\u0000"']
-JSON_VALUES = [json.dumps(s) for s in [*DATES, *CLOCKS, *STRINGS]] + NUMBERS + OTHERS
+NESTED = [
+    "[" * 3000 + "]" * 3000,  # past the decoder's recursion limit
+    '{"a":' * 40 + "1" + "}" * 40,  # past a recipient data's depth
+    '{"\\u0000": 1}',
+    '{"a": "' + "x" * 5000 + '"}',  # past a recipient data's size
+    '{"n": 1e999999}',  # past PostgreSQL's numeric
+]
+JSON_VALUES = [json.dumps(s) for s in [*DATES, *CLOCKS, *STRINGS]] + NUMBERS + OTHERS + NESTED
 """JSON text of every extreme value, for any body field."""
 TEXTS = [*(t for t in STRINGS if t != LONG), "x" * 8000, *DATES, *NUMBERS, "true", "-", "0" * 400]
 """Extreme values as text, for path, query and header parameters (the longest within a
@@ -142,6 +149,10 @@ CAMPAIGN_BODY = {
     "topic": "newsletter",
 }
 NOW = "2026-12-06T12:00:00Z"
+DATA = {"name": "Ana", "visit": {"at": "15:30", "room": 7}, "tags": ["a", 1.5]}
+"""A recipient's data, whose every leaf (and, from NESTED, whole shapes) examples replace;
+the campaign's templates read `name` and `visit.at`."""
+TEMPLATED = "Hi {{ data.name }}, at {{ data.visit.at | default: 'soon' }}{{ data.tags[1] }}"
 OPERATIONS = [
     Operation("GET", "/schema/{page}", {"page": "openapi.json"}, {}),
     Operation("POST", CAMPAIGNS, {}, {}, CAMPAIGN_BODY),
@@ -158,11 +169,23 @@ OPERATIONS = [
         {},
         {
             "recipients": [
-                {"person_id": "p", "recipient": "a@example.com", "time_zone": "Asia/Tokyo"}
+                {
+                    "person_id": "p",
+                    "recipient": "a@example.com",
+                    "time_zone": "Asia/Tokyo",
+                    "data": DATA,
+                }
             ],
             "send_at": NOW,
         },
         {"Idempotency-Key": "k"},
+    ),
+    Operation(
+        "POST",
+        f"{CAMPAIGNS}/{{id}}/preview",
+        {"id": "{campaign}"},
+        {},
+        {"person_id": "p", "recipient": "a@example.com", "data": DATA},
     ),
     Operation("GET", f"{CAMPAIGNS}/{{id}}/runs", {"id": "{campaign}"}, {"status": "queued"}),
     Operation(
@@ -306,8 +329,9 @@ async def client(module_database_url: str) -> AsyncIterator[AsyncTestClient[Lite
 @pytest.fixture(scope="module")
 async def ids(client: AsyncTestClient[Litestar]) -> dict[str, str]:
     """A campaign with a run, and a draft."""
-    campaign = await create_campaign(client)
-    run = await publish(client, campaign["id"], {"recipients": recipients(2)})
+    campaign = await create_campaign(client, body=TEMPLATED, html_body=f"<p>{TEMPLATED}</p>")
+    people = [person | {"data": DATA} for person in recipients(2)]
+    run = await publish(client, campaign["id"], {"recipients": people})
     draft = await create_campaign(client, activate=False)
     token = client.app.state.unsubscribe_keys.token(
         brand_id="brand-a", topic="newsletter", address="a@example.com", run_id=uuid.uuid4()

@@ -292,6 +292,15 @@ async def publish_req(t: Tour) -> Request:
     }
 
 
+async def preview_req(t: Tour) -> Request:
+    campaign = await t.campaign()
+    return {
+        "url": f"{CAMPAIGNS}/{campaign['id']}/preview",
+        "json": {"person_id": "p1", "recipient": "ann@example.com", "data": {"name": "Ann"}},
+        "headers": bearer(scopes=["messaging:campaigns:read"]),
+    }
+
+
 async def runs_req(t: Tour) -> Request:
     campaign, _ = await t.run()
     return {"url": f"{CAMPAIGNS}/{campaign['id']}/runs", "headers": bearer()}
@@ -458,6 +467,7 @@ HAPPY: dict[Op, tuple[int, Callable[[Tour], Awaitable[Request]]]] = {
     ("POST", f"{C}/{{id}}/activate"): (200, activate_req),
     ("POST", f"{C}/{{id}}/archive"): (200, archive_req),
     ("POST", f"{C}/{{id}}/publish"): (202, publish_req),
+    ("POST", f"{C}/{{id}}/preview"): (200, preview_req),
     ("GET", f"{C}/{{id}}/runs"): (200, runs_req),
     ("GET", f"{C}/{{id}}/runs/{{run_id}}"): (200, run_req),
     ("GET", f"{C}/{{id}}/runs/{{run_id}}/deliveries"): (200, deliveries_req),

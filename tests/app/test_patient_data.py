@@ -1,10 +1,12 @@
-"""A canary for patient data: an address and person ids that appear nowhere else go through
-every route and path that handles them, while everything that leaves the service is
-captured: every log line of the web and worker processes (started as the Procfile starts
-them), every span a real OTLP collector receives, the /metrics text, every error body,
-every cursor, every run event, an unsubscribe link's token and page. The canary shows only
-in the answers that must show it: the deliveries listing, the suppression itself and its
-`suppression.created` event."""
+"""A canary for patient data: an address, person ids and a value of a recipient's `data`
+that appear nowhere else go through every route and path that handles them, while
+everything that leaves the service is captured: every log line of the web and worker
+processes (started as the Procfile starts them), every span a real OTLP collector
+receives, the /metrics text, every error body, every cursor, every run event, an
+unsubscribe link's token and page. The canary shows only in the answers that must show
+it: the deliveries listing, the suppression itself and its `suppression.created` event;
+the data canary only in the messages the providers receive (and the preview that renders
+it for its caller)."""
 
 from __future__ import annotations
 
@@ -52,7 +54,9 @@ EMAIL = "canary.q7x3@hiv-clinic-canary.example"
 PHONE = "+15557304619"
 PERSON = "person-canary-k2v9"
 SMS_PERSON = "person-canary-sms-w4p1"
-CANARIES = (EMAIL, PHONE, PERSON, SMS_PERSON)
+DATA = "diagnosis-canary-r8m2x"
+"""A value of a recipient's `data`: never returned by the API, only rendered into messages."""
+CANARIES = (EMAIL, PHONE, PERSON, SMS_PERSON, DATA)
 # What providers answer about it: their words quote the address (and more).
 SMTP_REFUSAL = f"550 5.1.1 <{EMAIL}>: Recipient address rejected ({PERSON})"
 WEBHOOK_REFUSAL = json.dumps({"error": f"{PHONE} ({SMS_PERSON}, {EMAIL}) cannot receive"})
@@ -147,7 +151,7 @@ async def campaign(api: Caller, channel: str, topic: str | None = None) -> str:
         "brand_id": BRAND,
         "name": f"Reminder by {channel}",
         "channel": channel,
-        "body": "Your appointment is tomorrow, {{person_id}}.",
+        "body": "Your appointment is tomorrow, {{person_id}}. {{ data.note | default: '' }}",
         "subject": "Appointment" if channel == "email" else None,
         "sender": "care@example.com" if channel == "email" else "+15550000000",
         "topic": topic,
@@ -221,8 +225,13 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
 
             # Publish, with a key and its replay; and a body the API refuses.
             people = [
-                {"person_id": "p0", "recipient": "first@example.com"},
-                {"person_id": PERSON, "recipient": EMAIL, "time_zone": "Europe/Paris"},
+                {"person_id": "p0", "recipient": "first@example.com", "data": {"note": DATA}},
+                {
+                    "person_id": PERSON,
+                    "recipient": EMAIL,
+                    "time_zone": "Europe/Paris",
+                    "data": {"note": DATA, "more": {"deep": [DATA]}},
+                },
                 {"person_id": "p2", "recipient": "third@example.com"},
             ]
             publish = f"{CAMPAIGNS}/{email_campaign}/publish"
@@ -236,13 +245,30 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
                 "POST", publish, json={"recipients": [{"person_id": PERSON, "recipient": 7}]}
             )
             assert refused.status_code == 400
+            for data in ({"note": DATA + "x" * 5000}, {"note": DATA + "\x00"}, [DATA]):
+                refused = await api.request(
+                    "POST", publish, json={"recipients": [people[0] | {"data": data}]}
+                )
+                assert refused.status_code == 400, refused.text
+            # The preview renders the data for its caller; a failed one names no value.
+            preview = f"{CAMPAIGNS}/{email_campaign}/preview"
+            shown = await api.request("POST", preview, json=people[0])
+            assert shown.status_code == 200, shown.text
+            previewed = shown.json()["body"]
+            too_long = {"person_id": "s9", "recipient": PHONE, "data": {"note": DATA * 100}}
+            for url, body in (
+                (preview, people[0] | {"data": {"note": DATA * 200}}),  # over the data's bound
+                (f"{CAMPAIGNS}/{sms_campaign}/preview", too_long),  # over an SMS's length
+            ):
+                failed_preview = await api.request("POST", url, json=body)
+                assert failed_preview.status_code == 400, failed_preview.text
             sms_run = await api.request(
                 "POST",
                 f"{CAMPAIGNS}/{sms_campaign}/publish",
                 json={
                     "recipients": [
                         {"person_id": "s0", "recipient": "+15550000001"},
-                        {"person_id": SMS_PERSON, "recipient": PHONE},
+                        {"person_id": SMS_PERSON, "recipient": PHONE, "data": {"note": DATA}},
                     ]
                 },
             )
@@ -262,6 +288,15 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
                         await asyncio.sleep(0.05)
             # A run settled by its first window goes from queued to completed: one event.
             await until(lambda: len(events_sink.requests) >= 2, seconds=30)
+
+            # A retry of the failed carries their data along (and SMTP refuses it again).
+            retry = await api.request(
+                "POST", f"{CAMPAIGNS}/{email_campaign}/runs/{runs[email_campaign]}/retry"
+            )
+            assert retry.status_code == 202, retry.text
+            async with asyncio.timeout(60):
+                while await run_status(db, retry.json()["id"]) not in ENDED:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
 
             # Provider feedback, quoting the address in its details.
             email_run_id = runs[email_campaign]
@@ -427,7 +462,8 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
     # ... the providers refused it, the send spans say so by code ...
     assert smtp.to(EMAIL) == [] and [r.status for r in sink.requests].count(422) == 1
     sends = [s for s in receiver.spans if s.name in ("send smtp", "send webhook") and s.error]
-    assert len(sends) == 3, receiver.spans  # the reminder and the newsletter by SMTP, the SMS
+    # The reminder, the newsletter and the retry by SMTP; the SMS.
+    assert len(sends) == 4, receiver.spans
     assert b"exception.status_code" in b"".join(receiver.bodies)
     # ... the forced 500 was logged, by route ...
     assert "unhandled error on PUT /v1/messaging/brands/{brand_id}/suppressions/{recipient}" in (
@@ -443,6 +479,13 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
         "one_click",
     }
     assert any(s.name.startswith("PUT /v1/messaging/brands/") for s in receiver.spans)
+
+    # The data canary reached the providers inside the messages, and came back only in the
+    # preview that rendered it for its caller: no listing, no error body shows it.
+    assert DATA in smtp.to("first@example.com")[0].message.get_content()
+    assert any(PHONE in readable(r.body) and DATA in readable(r.body) for r in sink.requests)
+    assert DATA in previewed
+    assert where(DATA, answers) == []
 
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

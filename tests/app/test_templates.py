@@ -3,14 +3,20 @@ data paths a recipient must have, rendering, its bounds, and SMS parts."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.domain.templates import (
+    _HTML,
+    _TEXT,
     MAX_EMAIL_CHARACTERS,
     MAX_LOOP_ITERATIONS,
     CampaignTemplates,
     RenderFailed,
     TemplateError,
+    _Plain,
     sms_segments,
 )
 
@@ -86,6 +92,30 @@ def test_required_data_is_what_is_read_without_a_default():
     assert compiled.missing(None) == ("appointment", "time")
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        {},
+        {"appointment": {"time": "15:30"}, "doctor": None, "first-name": "Ana", "notes": []},
+        {"appointment": {"time": "15:30"}, "doctor": "R", "first-name": "Ana"},
+        {"appointment": {"time": "15:30"}, "doctor": "R", "notes": [1]},
+        {"appointment": "15:30", "doctor": "R", "first-name": "Ana", "notes": 1},
+        {"appointment": None, "doctor": "R", "first-name": "Ana", "notes": 1},
+        {"appointment": {"at": "15:30"}, "doctor": "R", "first-name": "Ana", "notes": 1},
+        {"appointment": {"time": {"deep": [1]}, "x": 2}, "doctor": [], "first-name": 0,
+         "notes": {}, "more": 1},
+    ],
+)  # fmt: skip
+def test_the_check_of_json_at_publish_agrees_with_the_check_of_objects(data):
+    compiled = CampaignTemplates.compile(
+        "{{ data['first-name'] }}", "{{ data.appointment.time }} {{ data.doctor }} {{ data.notes }}"
+    )
+    as_json = None if data is None else msgspec.json.encode(data)
+
+    assert compiled.present_in_json(as_json) == (compiled.missing(data) is None)
+
+
 def test_a_default_fills_in_and_a_missing_variable_fails_the_render_by_name():
     assert render("Hi {{ data.first_name | default: 'there' }}", {}) == "Hi there"
     with pytest.raises(RenderFailed, match=r"^body: data.doctor is undefined$"):
@@ -131,6 +161,12 @@ def test_loops_and_output_are_bounded():
     assert len(render("{{ data.big }}", {"big": "x" * MAX_EMAIL_CHARACTERS})) == (
         MAX_EMAIL_CHARACTERS
     )
+    # Characters, not bytes: 256 Ki of "é" is 512 KiB of UTF-8, and within the bound.
+    assert render("{{ data.big }}", {"big": "é" * MAX_EMAIL_CHARACTERS}) == (
+        "é" * MAX_EMAIL_CHARACTERS
+    )
+    with pytest.raises(RenderFailed, match="output stream limit"):
+        render("{{ data.big }}!", {"big": "é" * MAX_EMAIL_CHARACTERS})
 
 
 def test_an_sms_body_is_bounded_by_its_own_length():
@@ -168,3 +204,49 @@ def test_a_filter_error_does_not_quote_the_data():
 )
 def test_sms_parts_are_counted_as_carriers_count_them(text, parts):
     assert sms_segments(text) == parts
+
+
+KEYS = st.sampled_from(["a", "b", "size", "first", "last", "x y"])
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
+    max_leaves=8,
+)
+TEXT = st.text(alphabet="ab <&>\n'\"é", max_size=6)
+OUTPUTS = st.sampled_from(
+    [
+        "{{ data.a }}",
+        "{{ data.a.b }}",
+        "{{data.a[0]}}",
+        "{{ data.a[-1] }}",
+        "{{ data['x y'] }}",
+        "{{ data.a.size }}",
+        "{{ data.first }}",
+        "{{- data.b -}}",
+        "{{ person_id }}",
+        "{{ campaign.name }}",
+        "{{ unsubscribe_url }}",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    parts=st.lists(TEXT | OUTPUTS, min_size=1, max_size=6),
+    data=st.dictionaries(KEYS, JSON, max_size=4),
+)
+def test_plain_templates_render_as_liquid_renders_them(parts, data):
+    """The fast way of a template of text and `{{ path }}`s gives Liquid's text exactly,
+    or leaves the render to Liquid."""
+    source = "".join(parts)
+    variables = {"person_id": "p<1>", "recipient": "r", "data": data, "campaign": {"name": "C"}}
+    for template in (_TEXT.from_string(source), _HTML.from_string(source)):
+        plain = _Plain.of(template)
+        assert plain is not None, source
+        fast = plain.render(variables)
+        if fast is not None:
+            assert fast == template.render(**variables), (source, data)

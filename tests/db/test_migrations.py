@@ -20,6 +20,7 @@ TABLES = {
     "rate_buckets",
     "provider_pauses",
     "delivery_unrecorded_sends",
+    "delivery_data",
     "procrastinate_jobs",
     "procrastinate_events",
     "procrastinate_workers",
@@ -31,6 +32,7 @@ LATER_THAN_0007 = {
     "rate_buckets",
     "provider_pauses",
     "delivery_unrecorded_sends",
+    "delivery_data",
 }
 LATER_THAN_0004 = {"delivery_job_failures", "events", *LATER_THAN_0007}
 BEFORE_0016 = {"events": "run_events"}
@@ -218,7 +220,7 @@ async def test_0009_downgrades_to_0007_and_back(empty_database):
 
     command.upgrade(config, "0009")
     assert (await objects(empty_database))[0] == named_before_0016(
-        TABLES - {"delivery_unrecorded_sends"}
+        TABLES - {"delivery_unrecorded_sends", "delivery_data"}
     )
     command.upgrade(config, "head")
     assert (await objects(empty_database))[0] == TABLES

@@ -50,6 +50,7 @@ CONTRACT_FIELDS = [
     "sender",
     "subject",
     "body",
+    "html_body",
     "headers",  # third release (consent)
     "unsubscribe_url",
 ]
@@ -334,6 +335,31 @@ async def test_closing_the_smtp_provider_quits_every_connection_without_warnings
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+async def test_smtp_sends_an_html_body_as_multipart_alternative_beside_the_text(
+    smtp: SmtpProvider, smtp_sink: SmtpSink
+) -> None:
+    html = "<p>Hello <b>Zoë</b>, see you at 15:30.</p>"
+    await smtp.send(message(1, body="Hello Zoë, see you at 15:30.", html_body=html))
+
+    [mail] = smtp_sink.messages
+    assert mail.message.get_content_type() == "multipart/alternative"
+    text, rich = mail.message.iter_parts()
+    assert text.get_content_type() == "text/plain"
+    assert text.get_content() == "Hello Zoë, see you at 15:30.\n"
+    assert rich.get_content_type() == "text/html"
+    assert rich.get_content() == html + "\n"
+
+
+async def test_webhook_message_carries_the_html_body(
+    webhook: WebhookProvider, http_sink: HttpSink
+) -> None:
+    await webhook.send(message(1, html_body="<p>Hello</p>"))
+
+    [request] = http_sink.requests
+    assert request.json()["html_body"] == "<p>Hello</p>"
+    assert request.json()["body"] == "Hello, it is time for your check-up.\nSee you soon."
+
+
 def test_smtp_url_must_be_smtp_or_smtps() -> None:
     with pytest.raises(ValueError, match="SMTP_URL"):
         SmtpProvider("http://mail.example.com", "auto")
@@ -365,6 +391,7 @@ async def test_webhook_posts_the_contract_message_signed_with_the_secret(
         "sender": None,
         "subject": None,
         "body": sent.body,
+        "html_body": None,
         "headers": {},
         "unsubscribe_url": None,
     }

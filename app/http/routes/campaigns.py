@@ -19,13 +19,15 @@ from app.domain.schemas import (
     CampaignUpdate,
     DeliveryPage,
     DeliveryStatus,
+    Preview,
+    PreviewRequest,
     PublishRequest,
     Run,
     RunPage,
     RunStatus,
 )
 from app.http.auth import AccessToken
-from app.http.body import CAMPAIGN_BODY_BYTES, MsgspecJSON
+from app.http.body import CAMPAIGN_BODY_BYTES, SMALL_BODY_BYTES, MsgspecJSON
 from app.http.openapi import access
 from app.http.raw_params import raw_params_middleware
 from app.http.routes.params import (
@@ -46,6 +48,7 @@ from app.services.campaigns import (
 )
 from app.services.idempotency import idempotency_key
 from app.services.pagination import DEFAULT_LIMIT
+from app.services.previews import preview_message
 from app.services.publishing import publish_campaign, retry_failed
 from app.services.runs import cancel_run, list_deliveries, list_runs, visible_run
 
@@ -143,6 +146,30 @@ class CampaignController(Controller):
         )
 
     @post(
+        "/{id:str}/preview",
+        status_code=200,
+        dto=MsgspecJSON[PreviewRequest],
+        return_dto=None,
+        request_max_body_size=SMALL_BODY_BYTES,
+        operation_id="previewCampaign",
+        **access(READ, 400, 404, 413, 415),
+    )
+    async def preview(
+        self,
+        request: AuthRequest,
+        conn: Conn,
+        state: State,
+        id: CampaignId,
+        data: Annotated[PreviewRequest, Body()],
+    ) -> Preview:
+        """The campaign's message (in any status) rendered for one recipient, as a worker
+        would render it: 400 naming the `data` path a template needs and the data lacks,
+        or the variable or bound of a render that fails. Nothing is stored or sent."""
+        return await preview_message(
+            conn, id, data, request.auth, max_data_bytes=state.settings.publish_max_data_bytes
+        )
+
+    @post(
         "/{id:str}/publish",
         status_code=202,
         dto=MsgspecJSON[PublishRequest],
@@ -163,7 +190,9 @@ class CampaignController(Controller):
         per recipient and the jobs that deliver them commit in one transaction. With
         `send_at` the run is `scheduled` and delivery starts at that instant (at most
         5 minutes in the past, 90 days ahead). A recipient's `time_zone` places it for
-        the campaign's quiet hours."""
+        the campaign's quiet hours; its `data` fills the campaign's templates, and a
+        recipient whose data lacks what they read without a default is `skipped`
+        (`missing_data`)."""
         run = await publish_campaign(
             conn,
             id,
@@ -174,6 +203,7 @@ class CampaignController(Controller):
             idempotency_key=idempotency_key(idempotency_key_header, data),
             send_at=data.send_at,
             pool=state.pool,
+            max_data_bytes=state.settings.publish_max_data_bytes,
         )
         location = f"{self.path}/{run.campaign_id}/runs/{run.id}"
         return Response(run, status_code=202, headers={"Location": location})
@@ -223,7 +253,12 @@ class CampaignController(Controller):
         "/{id:str}/runs/{run_id:str}/retry",
         status_code=202,
         operation_id="retryRun",
-        **access(PUBLISH, 400, 404, 409, 410, 412, 422),
+        **access(
+            PUBLISH,
+            *(400, 404, 409, 410, 412, 422),
+            s412="The run has not ended, or has no failed delivery (`bad_state`); or its "
+            "recipients' data was erased, DELIVERY_DATA_DAYS after it ended (`data_erased`).",
+        ),
     )
     async def retry(
         self,
@@ -237,8 +272,10 @@ class CampaignController(Controller):
         """Queue a new run (`retry_of`: this run) of exactly the run's `failed` deliveries,
         published like any run: duplicates, invalid addresses and suppressions (also those
         added since) are skipped, and `Idempotency-Key` makes a repeat safe. The original
-        run is not changed. 412 while the run has not ended, or if nothing failed; 410 once
-        its deliveries are past DELIVERY_RETENTION_DAYS."""
+        run is not changed, and the new one carries each recipient's original `data`. 412
+        while the run has not ended, or if nothing failed; 412 `data_erased` once its data
+        is past DELIVERY_DATA_DAYS; 410 once its deliveries are past
+        DELIVERY_RETENTION_DAYS."""
         run = await retry_failed(
             conn,
             id,
@@ -248,6 +285,7 @@ class CampaignController(Controller):
             idempotency_key_header=idempotency_key_header,
             pool=state.pool,
             retention=state.settings.delivery_retention,
+            data_retention=state.settings.delivery_data_retention,
         )
         location = f"{self.path}/{run.campaign_id}/runs/{run.id}"
         return Response(run, status_code=202, headers={"Location": location})

@@ -1,0 +1,63 @@
+"""A campaign's message rendered for one recipient, as the worker would render it: the
+way to find a wrong variable path before a publish, with a real recipient's data."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from app.domain.access import Caller
+from app.domain.errors import InvalidInput
+from app.domain.recipient_data import check_preview_data
+from app.domain.schemas import Preview, PreviewRequest
+from app.domain.templates import (
+    CampaignTemplates,
+    RenderFailed,
+    TemplateError,
+    body_limit,
+    sms_segments,
+)
+from app.services.campaigns import visible_campaign
+
+
+async def preview_message(
+    conn: asyncpg.Connection,
+    campaign_id: str,
+    recipient: PreviewRequest,
+    caller: Caller,
+    *,
+    max_data_bytes: int,
+) -> Preview:
+    """The campaign (in any status) rendered for `recipient`. InvalidInput naming
+    `$.data.<path>` for a variable the data lacks, or the template and the variable or
+    bound for a render that fails; never a value of the data."""
+    campaign = await visible_campaign(conn, campaign_id, caller)
+    data = recipient.data
+    check_preview_data(data, max_data_bytes)
+    try:
+        templates = CampaignTemplates.compile(
+            campaign["subject"], campaign["body"], campaign["html_body"]
+        )
+    except TemplateError as exc:  # a text stored before texts were templates
+        raise InvalidInput(
+            f"the campaign's {exc.field} is not a valid template",
+            {f"campaign.{exc.field}": f"line {exc.line}: {exc.problem}"},
+        ) from None
+    if (path := templates.missing(data)) is not None:
+        raise InvalidInput(
+            "the data lacks a variable that the campaign's templates need",
+            {f"$.data.{'.'.join(path)}": "missing: the templates read it without a default"},
+        )
+    try:
+        rendered = templates.render(
+            person_id=recipient.person_id,
+            recipient=recipient.recipient,
+            data=data,
+            campaign_name=campaign["name"],
+            max_characters=body_limit(campaign["channel"]),
+        )
+    except RenderFailed as exc:
+        raise InvalidInput(
+            "the campaign's message cannot be rendered with this data", {"$.data": str(exc)}
+        ) from None
+    segments = sms_segments(rendered.body) if campaign["channel"] == "sms" else None
+    return Preview(rendered.subject, rendered.body, rendered.html_body, segments)
