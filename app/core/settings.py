@@ -92,8 +92,9 @@ class Settings:
     development secret; it says so loudly at start. Never in production."""
     email_provider: Literal["log", "smtp", "webhook"] = "log"
     """Who sends e-mail: the worker's log (development), an SMTP relay, or WEBHOOK_URL."""
-    sms_provider: Literal["log", "webhook"] = "log"
-    """Who sends SMS: the worker's log (development), or WEBHOOK_URL."""
+    sms_provider: Literal["log", "webhook", "twilio"] = "log"
+    """Who sends SMS: the worker's log (development), WEBHOOK_URL, or Twilio's Messages API
+    (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and PUBLIC_BASE_URL)."""
     smtp_url: str | None = None
     """smtp://user:password@host:port, or smtps:// for implicit TLS."""
     smtp_starttls: Literal["auto", "always", "never"] = "auto"
@@ -114,6 +115,27 @@ class Settings:
     sendgrid_webhook_public_key: str | None = None
     """The verification key of SendGrid's signed Event Webhook (base64 DER, as SendGrid shows
     it, or PEM): POST /v1/messaging/providers/sendgrid/events is refused (401) without it."""
+    public_base_url: str | None = None
+    """The service's public origin (`https://messaging.example.com`, or with a path prefix
+    the proxy strips): links and callbacks are made of it, such as Twilio's StatusCallback,
+    and Twilio's signatures are checked against it."""
+    twilio_account_sid: str | None = None
+    """The Twilio account that sends SMS (`AC...`), with SMS_PROVIDER=twilio."""
+    twilio_auth_token: str | None = None
+    """The account's auth token: the Messages API's password, and the key that Twilio signs
+    its status callbacks and inbound messages with (X-Twilio-Signature); without it those
+    routes answer 403."""
+    twilio_messaging_service_sid: str | None = None
+    """A Messaging Service (`MG...`) that every SMS is sent through (its number pool and
+    opt-out handling); unset: each campaign's `sender` is the `From` number."""
+    twilio_api_url: str = "https://api.twilio.com"
+    """Origin of Twilio's REST API (another for a compatible API, or a local stand-in)."""
+    twilio_max_connections: Positive = 8
+    """Connections one worker process keeps to TWILIO_API_URL; a send waits for a free one
+    without spending its timeout or an attempt (as WEBHOOK_MAX_CONNECTIONS)."""
+    twilio_timeout_seconds: Seconds = 10.0
+    """How long one send to Twilio may hold its connection before it counts as a transient
+    failure."""
     webhook_max_connections: Positive = 8
     """Connections one worker process keeps to WEBHOOK_URL; a send waits for a free one, and
     that wait costs neither time of its timeout nor an attempt. 2 to 32 measured alike
@@ -223,6 +245,7 @@ class Settings:
             name = path.rstrip("`")
             raise SettingsError(f"{variable(name)}={values[name]!r}: {message}") from None
         settings.check_events_webhook()
+        settings.check_public_base_url()
         return settings
 
     def check_events_webhook(self) -> None:
@@ -234,6 +257,23 @@ class Settings:
             raise SettingsError(
                 "EVENTS_WEBHOOK_URL needs EVENTS_WEBHOOK_SECRET, the key that signs events"
             )
+
+    def check_public_base_url(self) -> None:
+        """An origin (and path prefix) that routes can be appended to: no query, no fragment."""
+        url = self.public_base_url
+        if url is None:
+            return
+        parts = urlsplit(url)
+        extras = parts.query or parts.fragment or "?" in url or "#" in url
+        if parts.scheme not in {"http", "https"} or not parts.netloc or extras:
+            raise SettingsError(
+                f"PUBLIC_BASE_URL must be http(s)://host[:port][/prefix]; got {url!r}"
+            )
+
+    @property
+    def public_base(self) -> str | None:
+        """PUBLIC_BASE_URL without its trailing slash, for routes to be appended to."""
+        return None if self.public_base_url is None else self.public_base_url.rstrip("/")
 
 
 def _tracing_wanted(env: dict[str, str]) -> bool:

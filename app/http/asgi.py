@@ -39,6 +39,7 @@ from app.http.routes.health import healthz, readyz
 from app.http.routes.providers import sendgrid_events, webhook_events
 from app.http.routes.rate_limits import RateLimitController
 from app.http.routes.suppressions import SuppressionController
+from app.http.routes.twilio import twilio_inbound, twilio_status
 from app.http.tracing_middleware import tracing_middleware
 from app.services.feedback import load_sendgrid_key
 from app.services.pagination import cursor_key
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         else None
     )
     settings.check_events_webhook()
+    settings.check_public_base_url()
     sendgrid_key = None
     if settings.sendgrid_webhook_public_key:
         try:
@@ -103,6 +105,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             RateLimitController,
             webhook_events,
             sendgrid_events,
+            twilio_status,
+            twilio_inbound,
             healthz,
             readyz,
             *([] if settings.metrics_port else [metrics]),  # else on its own port
