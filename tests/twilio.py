@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 
@@ -79,7 +79,9 @@ class TwilioStandIn:
     next answers whatever the number. After each accepted message, `receipts[to]` (default
     `["sent", "delivered"]`; a status may carry its ErrorCode as "undelivered:30003") are
     its status callbacks, queued until `post_callbacks()` posts them, signed with the
-    auth token, to the message's StatusCallback."""
+    auth token, to the message's StatusCallback (through `callbacks_via`, if set: the
+    origin of a proxy in front of the web process, which Twilio's signature does not
+    cover)."""
 
     def __init__(self, account_sid: str = ACCOUNT_SID, auth_token: str = AUTH_TOKEN) -> None:
         self.account_sid, self.auth_token = account_sid, auth_token
@@ -89,6 +91,7 @@ class TwilioStandIn:
         self.script: collections.deque[TwilioReply] = collections.deque()
         self.receipts: dict[str, list[str]] = {}
         self.callbacks: list[Callback] = []
+        self.callbacks_via: str | None = None
         self._queued: list[tuple[str, dict[str, str]]] = []
         self._lock = threading.Lock()
         self._server = _Server((HOST, 0), _handler_for(self))
@@ -127,7 +130,13 @@ class TwilioStandIn:
         with httpx.Client(timeout=30) as http:
             for url, form in queued:
                 body, headers = signed_form(url, form, self.auth_token)
-                response = http.post(url, content=body, headers=headers)
+                target = url
+                if self.callbacks_via is not None:
+                    parts = urlsplit(url)
+                    target = (
+                        self.callbacks_via + parts.path + (f"?{parts.query}" * bool(parts.query))
+                    )
+                response = http.post(target, content=body, headers=headers)
                 callback = Callback(
                     url,
                     form,

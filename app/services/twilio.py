@@ -10,9 +10,9 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from urllib.parse import parse_qsl
 
 import asyncpg
+from yarl import URL
 
 from app.core.signing import twilio_signature_matches
 from app.domain.errors import NotSigned
@@ -25,10 +25,12 @@ from db.suppressions import SMS_STOP, SuppressionRepository
 
 logger = logging.getLogger(__name__)
 
-MAX_FORM_BYTES = 64 * 1024
-"""Largest callback body: an inbound text of 1,600 characters, percent-encoded, with
-Twilio's other fields is under 20 KiB."""
-MAX_FORM_FIELDS = 200
+MAX_FORM_BYTES = 32 * 1024
+"""Largest callback body. An inbound text of 1,600 characters percent-encoded (9 bytes a
+character at most) with Twilio's other fields and 10 media URLs is under 18 KiB; and each
+byte more is percent-decoding on the event loop for anyone who posts junk."""
+MAX_FORM_FIELDS = 100
+"""Twilio's inbound texts carry about 45 fields (with 10 media); more is not Twilio."""
 EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
 """What both routes answer: no reply text. Twilio itself confirms an opt-out or opt-in
 (one confirmation at most: CTIA, FCC 24-24)."""
@@ -50,19 +52,22 @@ def verified_form(
     the Host a proxy passes on cannot be trusted to be that."""
     if not auth_token or public_base is None or signature is None:
         raise NotSigned("an X-Twilio-Signature checked with TWILIO_AUTH_TOKEN is required")
-    try:
-        fields = parse_qsl(
-            body.decode("ascii"),  # a form is percent-encoded: ASCII whatever it carries
-            keep_blank_values=True,
-            errors="strict",
-            max_num_fields=MAX_FORM_FIELDS,
-        )
-    except ValueError:  # not ASCII, escapes that are not UTF-8, too many fields
-        raise NotSigned("the body is not a form that Twilio signed") from None
+    fields = form_fields(body)
     url = public_base + raw_path + (f"?{query_string}" if query_string else "")
     if not twilio_signature_matches(auth_token, url, fields, signature):
         raise NotSigned("the X-Twilio-Signature does not match the request")
     return dict(fields)
+
+
+def form_fields(body: bytes) -> list[tuple[str, str]]:
+    """The fields of a form body, decoded as urllib.parse.parse_qsl(keep_blank_values=True)
+    decodes them, by yarl's C unquoter: 17 times faster on a body of escapes (0.34 ms
+    against 5.9 ms for 32 KiB), which anyone may post for the event loop to decode
+    (ADR 0054). NotSigned if it cannot be a form: not ASCII (a form is percent-encoded),
+    a `#` (Twilio encodes it; yarl would cut the rest off), too many fields."""
+    if not body.isascii() or b"#" in body or body.count(b"&") >= MAX_FORM_FIELDS:
+        raise NotSigned("the body is not a form that Twilio signed")
+    return list(URL.build(query_string=body.decode("ascii"), encoded=True).query.items())
 
 
 async def apply_status(

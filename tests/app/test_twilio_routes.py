@@ -7,11 +7,16 @@ import asyncio
 import uuid
 from dataclasses import replace
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from app.core.signing import twilio_signature, twilio_signature_matches
+from app.services.twilio import form_fields
 from tests.helpers import CAMPAIGNS, create_campaign, publish
 from tests.tokens import bearer
 from tests.twilio import AUTH_TOKEN, signed_form
@@ -365,3 +370,16 @@ async def test_through_the_messaging_service_a_stop_holds_for_every_brand_that_t
         other = text("STOP", From="+15557654322", To="+15553334444", MessagingServiceSid="MG2")
         await post(client, INBOUND, other)
         assert await suppressed(db, "+15557654322") == {}
+
+
+@given(st.lists(st.tuples(st.text(), st.text()), max_size=8))
+@hyp_settings(max_examples=300, deadline=None, derandomize=True)
+def test_forms_are_decoded_as_the_standard_library_decodes_them(fields):
+    body = urlencode(fields).encode()
+    assert form_fields(body) == parse_qsl(body.decode(), keep_blank_values=True)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127, exclude_characters="#"), max_size=80))
+@hyp_settings(max_examples=300, deadline=None, derandomize=True)
+def test_any_ascii_body_is_decoded_as_the_standard_library_decodes_it(text):
+    assert form_fields(text.encode()) == parse_qsl(text, keep_blank_values=True)
