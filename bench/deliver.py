@@ -18,6 +18,9 @@ after the other in an order shuffled per round, and medians are printed at the e
 - log provider, 1 and 2 workers (each message is a JSON log line, to /dev/null);
 - webhook provider to that receiver, 1 and 2 workers;
 - the webhook provider before issue 10 (httpx, bench/httpx_webhook.py), 1 worker;
+- the Twilio provider (SMS) to the same receiver, which answers its form POSTs as Twilio's
+  Messages API does, 1 worker (--only-twilio: just it, the webhook's 1 worker and the
+  receiver alone);
 - with --before DIR, a copy of older code (git archive main | tar -x -C DIR): its worker
   with the log and webhook providers, 1 worker (--only-before: just those and this code's
   two counterparts).
@@ -93,14 +96,22 @@ async def reset(conn: asyncpg.Connection) -> None:
     )
 
 
-async def publish(conn: asyncpg.Connection, n: int, batch_size: int) -> str:
-    campaign_id = await conn.fetchval(
-        "INSERT INTO campaigns (brand_id, name, channel, status, subject, body, created_by,"
-        " sender) VALUES ('bench', 'bench', 'email', 'active', 'Hello', 'Hello {{person_id}}',"
-        " 'bench', 'bench@example.com') RETURNING id"
-    )
+async def publish(conn: asyncpg.Connection, n: int, batch_size: int, channel: str = "email") -> str:
+    if channel == "sms":
+        campaign_id = await conn.fetchval(
+            "INSERT INTO campaigns (brand_id, name, channel, status, body, created_by, sender)"
+            " VALUES ('bench', 'bench', 'sms', 'active', 'Hello {{person_id}}', 'bench',"
+            " '+15550000000') RETURNING id"
+        )
+        recipients = [Recipient(f"p{i}", f"+1555{i:07d}") for i in range(n)]
+    else:
+        campaign_id = await conn.fetchval(
+            "INSERT INTO campaigns (brand_id, name, channel, status, subject, body, created_by,"
+            " sender) VALUES ('bench', 'bench', 'email', 'active', 'Hello',"
+            " 'Hello {{person_id}}', 'bench', 'bench@example.com') RETURNING id"
+        )
+        recipients = [Recipient(f"p{i}", f"user{i}@example{i % 97}.com") for i in range(n)]
     caller = AccessToken(exp=datetime(2099, 1, 1, tzinfo=UTC), sub="bench", brands=["*"])
-    recipients = [Recipient(f"p{i}", f"user{i}@example{i % 97}.com") for i in range(n)]
     run = await publish_campaign(
         conn, str(campaign_id), recipients, caller, max_recipients=n, batch_size=batch_size
     )
@@ -251,6 +262,7 @@ async def main(
     fairness: bool,
     only_before: bool = False,
     xact_recipients: int = 0,
+    only_twilio: bool = False,
 ) -> None:
     if shutil.which("wrk") is None and not only_before:
         raise SystemExit("needs wrk: apt-get install -y wrk")
@@ -271,12 +283,28 @@ async def main(
             "WEBHOOK_MAX_CONNECTIONS": str(max_connections),
         }
 
+    def twilio_env(max_connections: int) -> dict[str, str]:
+        """SMS through the Twilio provider, to the same receiver (its Twilio answers)."""
+        return {
+            **base_env,
+            "SMS_PROVIDER": "twilio",
+            "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+            "TWILIO_AUTH_TOKEN": "bench",
+            "TWILIO_API_URL": receiver.url.removesuffix("/messages"),
+            "TWILIO_MAX_CONNECTIONS": str(max_connections),
+            "PUBLIC_BASE_URL": "https://messaging.example.com",
+        }
+
     def delivery(
-        env: dict[str, str], workers: int, command: list[str] = WORKER, code: Path = ROOT
+        env: dict[str, str],
+        workers: int,
+        command: list[str] = WORKER,
+        code: Path = ROOT,
+        channel: str = "email",
     ) -> Callable[[], Awaitable[float]]:
         async def measure() -> float:
             await reset(conn)
-            run_id = await publish(conn, recipients, settings.delivery_batch_size)
+            run_id = await publish(conn, recipients, settings.delivery_batch_size, channel)
             return await drain(conn, run_id, env, workers, command, code)
 
         return measure
@@ -312,7 +340,16 @@ async def main(
                 delivery(webhook_env(connections), 1, HTTPX_WORKER),
             ),
             ("webhook (aiohttp), 2 workers", "msg/s", delivery(webhook_env(connections), 2)),
+            (
+                "twilio (sms), 1 worker",
+                "msg/s",
+                delivery(twilio_env(connections), 1, channel="sms"),
+            ),
         ]
+        if only_twilio:  # the Twilio provider beside the webhook's, to the same receiver
+            wrk = f"receiver alone, wrk, {connections} connections"
+            keep = (wrk, "webhook (aiohttp), 1 worker", "twilio (sms), 1 worker")
+            scenarios = [scenario for scenario in scenarios if scenario[0] in keep]
         if only_before:  # just the code before's scenarios and their counterparts
             keep = ("log provider, 1 worker", "webhook (aiohttp), 1 worker")
             scenarios = [scenario for scenario in scenarios if scenario[0] in keep]
@@ -388,7 +425,7 @@ def report(
     receiver = next((name for name in medians if name.startswith("receiver alone")), None)
     print()
     for name, median in medians.items():
-        if name.startswith("webhook") and receiver is not None:
+        if name.startswith(("webhook", "twilio")) and receiver is not None:
             ratio = median / medians[receiver]
             print(f"{name:>40}: {ratio:5.2f}x the receiver alone")
     for provider, now in (("log provider", "log provider"), ("webhook", "webhook (aiohttp)")):
@@ -396,6 +433,10 @@ def report(
         if before_code:
             ratio = medians[f"{now}, 1 worker"] / before_code
             print(f"{provider + ', this code / code before':>40}: {ratio:5.2f}x")
+    twilio = medians.get("twilio (sms), 1 worker")
+    if twilio:
+        webhook = medians["webhook (aiohttp), 1 worker"]
+        print(f"{'twilio / webhook, 1 worker':>40}: {twilio / webhook:5.2f}x")
     before = medians.get("webhook before (httpx), 1 worker")
     if before:
         now = medians["webhook (aiohttp), 1 worker"]
@@ -450,6 +491,11 @@ if __name__ == "__main__":
         " --rounds times, and with the code before too) while sampling every 100 ms the"
         " oldest open transaction of the worker's connections (pg_stat_activity)",
     )
+    parser.add_argument(
+        "--only-twilio",
+        action="store_true",
+        help="only the receiver alone, the webhook provider and the Twilio provider, 1 worker",
+    )
     arguments = parser.parse_args()
     asyncio.run(
         main(
@@ -462,5 +508,6 @@ if __name__ == "__main__":
             not arguments.skip_fairness,
             arguments.only_before,
             arguments.xact_sample,
+            arguments.only_twilio,
         )
     )

@@ -132,19 +132,6 @@ class DeliveryRepository:
         )
         return rows
 
-    async def find_by_provider_message_id(self, message_id: str) -> tuple[UUID, int] | None:
-        """(run_id, position) of the delivery the provider knows as `message_id` (a Twilio
-        sid): one probe of each partition's partial index (ADR 0057)."""
-        row = await self.conn.fetchrow(
-            """
-            SELECT run_id, position FROM deliveries
-            WHERE provider_message_id = $1 AND provider_message_id IS NOT NULL
-            LIMIT 1
-            """,
-            message_id,
-        )
-        return None if row is None else (row["run_id"], row["position"])
-
     async def copy(self, rows: Iterable[DeliveryRow]) -> None:
         """Bulk-write deliveries with COPY (binary): the one write that scales with the list."""
         await self.conn.copy_records_to_table(

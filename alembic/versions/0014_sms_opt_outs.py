@@ -1,5 +1,5 @@
-"""SMS through Twilio: where a suppression came from, deliveries found by the provider's
-message id (delivery receipts), brands found by the number they text from (STOP)
+"""SMS through Twilio: where a suppression came from, the sends awaiting Twilio's receipt,
+brands found by the number they text from (STOP)
 
 Revision ID: 0014
 Revises: 0012
@@ -26,13 +26,20 @@ def upgrade() -> None:
         -- before this revision. No default: adding it rewrites nothing.
         ALTER TABLE suppressions ADD COLUMN source text;
 
-        -- A status callback names the message by Twilio's sid, which the record stored as
-        -- provider_message_id. Partial: a delivery is indexed once it has an id (at its
-        -- record, which rewrites the row anyway: `status` is in deliveries_errors_idx's
-        -- predicate, so that update was never HOT), never at the COPY of publish.
-        -- Created on every partition, and on the ones made later (ADR 0057).
-        CREATE INDEX deliveries_provider_message_id_idx ON deliveries (provider_message_id)
-            WHERE provider_message_id IS NOT NULL;
+        -- Twilio's sends whose final receipt has not come yet: a status callback names
+        -- the message by its sid, and finds its delivery here. A row goes when its final
+        -- receipt comes, or AWAITED_RECEIPT_DAYS after the send (the worker's
+        -- maintenance): the table holds what is in flight, not the history. (An index on
+        -- deliveries.provider_message_id would hold every sent delivery of every provider
+        -- for ever, random keys that tripled the record's UPDATE: ADR 0057.) No foreign
+        -- key: retention drops partitions of deliveries whole.
+        CREATE TABLE awaited_receipts (
+            message_id  text PRIMARY KEY,
+            run_id      uuid NOT NULL,
+            position    integer NOT NULL,
+            sent_at     timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX awaited_receipts_sent_at_idx ON awaited_receipts (sent_at);
 
         -- An inbound STOP names the number it was sent to: the brands whose SMS campaigns
         -- send from it.
@@ -46,7 +53,7 @@ def downgrade() -> None:
     op.execute(
         """
         DROP INDEX campaigns_sms_sender_idx;
-        DROP INDEX deliveries_provider_message_id_idx;
+        DROP TABLE awaited_receipts;
         ALTER TABLE suppressions DROP COLUMN source;
         """
     )

@@ -20,7 +20,8 @@ from app.domain.recipients import channel_of, normalise
 from app.domain.twilio import keyword, receipt
 from app.services.feedback import apply_feedback
 from db.campaigns import CampaignRepository
-from db.deliveries import DeliveryRepository, delivery_id
+from db.deliveries import delivery_id
+from db.receipts import ReceiptRepository
 from db.suppressions import SMS_STOP, SuppressionRepository
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
 """What both routes answer: no reply text. Twilio itself confirms an opt-out or opt-in
 (one confirmation at most: CTIA, FCC 24-24)."""
 LOOKUP_AGAIN_AFTER = (0.5, 1.5)
-"""Seconds to wait before looking an unknown MessageSid up again (2 s in all): a receipt
+"""Seconds to wait before looking a MessageSid not awaited up again (2 s in all): a receipt
 may come before the window that sent the message has recorded its sid (ADR 0057)."""
 
 
@@ -73,9 +74,10 @@ def form_fields(body: bytes) -> list[tuple[str, str]]:
 async def apply_status(
     pool: asyncpg.Pool, form: Mapping[str, str], pool_timeout_seconds: float
 ) -> None:
-    """A status callback: `delivered`, `undelivered` and `failed` set the outcome of the
-    delivery whose provider_message_id is the MessageSid (only ever upwards: a repeat
-    changes nothing); other statuses, and sids of no delivery, are ignored."""
+    """A status callback: `delivered`, `undelivered` and `failed` (final statuses) set the
+    outcome of the delivery sent as the MessageSid, which is then no longer awaited
+    (db/receipts.py): a repeat changes nothing. Other statuses, and sids not awaited, are
+    ignored."""
     sid = form.get("MessageSid") or form.get("SmsSid") or ""
     reported = receipt(form.get("MessageStatus") or form.get("SmsStatus"), form.get("ErrorCode"))
     if not _storable(sid) or reported is None:
@@ -83,9 +85,9 @@ async def apply_status(
     outcome, detail = reported
     occurred_at = datetime.now(UTC)  # Twilio's callbacks carry no time of their own
     for wait in (0.0, *LOOKUP_AGAIN_AFTER):
-        await asyncio.sleep(wait)
-        async with pool.acquire(timeout=pool_timeout_seconds) as conn:  # none held while waiting
-            found = await DeliveryRepository(conn).find_by_provider_message_id(sid)
+        await asyncio.sleep(wait)  # no connection held meanwhile
+        async with pool.acquire(timeout=pool_timeout_seconds) as conn, conn.transaction():
+            found = await ReceiptRepository(conn).take(sid)
             if found is not None:
                 await apply_feedback(
                     conn,

@@ -330,6 +330,11 @@ async def ids(client: AsyncTestClient[Litestar], module_database_url: str) -> di
             UUID(run.json()["id"]),
             sid,
         )
+        await conn.execute(
+            "INSERT INTO awaited_receipts (message_id, run_id, position) VALUES ($2, $1, 0)",
+            UUID(run.json()["id"]),
+            sid,
+        )
     finally:
         await conn.close()
     return {"campaign": campaign["id"], "run": run.json()["id"], "draft": draft["id"], "sid": sid}

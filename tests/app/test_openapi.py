@@ -414,6 +414,11 @@ async def twilio_status_req(t: Tour) -> Request:
         uuid.UUID(run["id"]),
         sid,
     )
+    await t.db.execute(
+        "INSERT INTO awaited_receipts (message_id, run_id, position) VALUES ($2, $1, 0)",
+        uuid.UUID(run["id"]),
+        sid,
+    )
     form = {"MessageSid": sid, "MessageStatus": "delivered", "To": "+15557654321"}
     return twilio_signed(f"{PROVIDERS}/twilio/status", form)
 

@@ -72,14 +72,26 @@ async def sent_sms(client: Any, db: Any, numbers: list[str]) -> tuple[str, str, 
     people = [{"person_id": f"p{i}", "recipient": n} for i, n in enumerate(numbers)]
     run = (await publish(client, campaign["id"], {"recipients": people})).json()
     sids = [f"SM{uuid.uuid4().hex}" for _ in numbers]
-    await db.execute(
-        "UPDATE deliveries d SET status = 'sent', provider_message_id = s.sid, sent_at = now()"
-        " FROM unnest($2::text[]) WITH ORDINALITY AS s(sid, n)"
-        " WHERE d.run_id = $1 AND d.position = s.n - 1",
-        uuid.UUID(run["id"]),
-        sids,
-    )
+    for position, sid in enumerate(sids):
+        await record_sent(db, run["id"], position, sid)
     return campaign["id"], run["id"], sids
+
+
+async def record_sent(db: Any, run_id: str, position: int, sid: str) -> None:
+    """What the worker's record writes for a send Twilio took as `sid`."""
+    await db.execute(
+        "UPDATE deliveries SET status = 'sent', provider_message_id = $3, sent_at = now()"
+        " WHERE run_id = $1 AND position = $2",
+        uuid.UUID(run_id),
+        position,
+        sid,
+    )
+    await db.execute(
+        "INSERT INTO awaited_receipts (message_id, run_id, position) VALUES ($1, $2, $3)",
+        sid,
+        uuid.UUID(run_id),
+        position,
+    )
 
 
 async def listed(client: Any, campaign_id: str, run_id: str) -> list[dict[str, Any]]:
@@ -123,6 +135,8 @@ async def test_delivered_undelivered_and_failed_set_the_outcome_and_repeats_chan
     assert await listed(client, campaign_id, run_id) == first
     # An undelivered text suppresses nothing: the next text may well arrive.
     assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
+    # Only the send without a final receipt is still awaited.
+    assert await db.fetchval("SELECT message_id FROM awaited_receipts") == sids[3]
 
 
 async def test_an_unknown_sid_is_ignored_with_200(client, db):
@@ -147,11 +161,7 @@ async def test_a_receipt_that_comes_before_its_send_is_recorded_still_sets_the_o
 
     async def record_later() -> None:
         await asyncio.sleep(0.3)
-        await db.execute(
-            "UPDATE deliveries SET status = 'sent', provider_message_id = $2 WHERE run_id = $1",
-            uuid.UUID(run["id"]),
-            sid,
-        )
+        await record_sent(db, run["id"], 0, sid)
 
     recording = asyncio.create_task(record_later())
     async with httpx.AsyncClient(base_url=live_server, timeout=30) as http:

@@ -24,13 +24,16 @@ TABLES = {
     "procrastinate_events",
     "procrastinate_workers",
     "procrastinate_periodic_defers",
+    "awaited_receipts",
 }
 
+LATER_THAN_0012 = {"awaited_receipts"}
 LATER_THAN_0007 = {
     "brand_rate_limits",
     "rate_buckets",
     "provider_pauses",
     "delivery_unrecorded_sends",
+    *LATER_THAN_0012,
 }
 LATER_THAN_0004 = {"delivery_job_failures", "run_events", *LATER_THAN_0007}
 
@@ -210,6 +213,22 @@ async def test_0009_downgrades_to_0007_and_back(empty_database):
     assert "priority" not in await columns(empty_database, "campaigns")
 
     command.upgrade(config, "0009")
-    assert (await objects(empty_database))[0] == TABLES - {"delivery_unrecorded_sends"}
+    assert (await objects(empty_database))[0] == TABLES - {
+        "delivery_unrecorded_sends",
+        *LATER_THAN_0012,
+    }
+    command.upgrade(config, "head")
+    assert (await objects(empty_database))[0] == TABLES
+
+
+async def test_0014_downgrades_to_0012_and_back(empty_database):
+    config = alembic_config(empty_database)
+    command.upgrade(config, "head")
+    assert "source" in await columns(empty_database, "suppressions")
+
+    command.downgrade(config, "0012")
+    assert (await objects(empty_database))[0] == TABLES - LATER_THAN_0012
+    assert "source" not in await columns(empty_database, "suppressions")
+
     command.upgrade(config, "head")
     assert (await objects(empty_database))[0] == TABLES

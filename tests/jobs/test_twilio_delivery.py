@@ -12,6 +12,10 @@ from typing import Any
 
 import pytest
 
+from db.pool import create_pool
+from db.queue import MAINTENANCE_QUEUE
+from jobs.app import app as procrastinate_app
+from jobs.tasks import purge_awaited_receipts
 from tests.helpers import CAMPAIGNS, create_campaign, publish
 from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,
@@ -87,6 +91,9 @@ async def test_21610_fails_the_delivery_and_suppresses_the_number_for_the_brand(
     callback = f"{BASE}/v1/messaging/providers/twilio/status"
     assert all(m.form["StatusCallback"] == callback for m in twilio.messages)
     await assert_counters_equal_rows(db, run["id"])
+    # The sent texts await their receipts, by sid; the refused one awaits none.
+    awaited = await db.fetch("SELECT message_id, position FROM awaited_receipts ORDER BY 2")
+    assert [tuple(a) for a in awaited] == [(sids[0], 0), (sids[1], 2)]
     suppressions = await db.fetch("SELECT brand_id, address, reason, source FROM suppressions")
     assert [tuple(s) for s in suppressions] == [
         ("brand-a", PATIENT, "unsubscribed", "provider:twilio")
@@ -179,3 +186,28 @@ async def test_a_worker_process_texts_through_twilio_and_its_receipts_set_the_ou
         ("sent", twilio.to(OTHERS[1])[0].sid, "undelivered", "Twilio: failed, error 30008"),
     ]
     assert "Traceback" not in workers.log(0)
+    assert await db.fetchval("SELECT count(*) FROM awaited_receipts") == 0  # all came
+
+
+async def test_sends_whose_receipt_never_came_are_forgotten_after_a_week(db, database_url):
+    run_id = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO awaited_receipts (message_id, run_id, position, sent_at) VALUES"
+        " ('SMold', $1, 0, now() - interval '7 days 1 minute'),"
+        " ('SMrecent', $1, 1, now() - interval '6 days 23 hours')",
+        run_id,
+    )
+    assert {
+        t.task.name: t.cron for t in procrastinate_app.periodic_registry.periodic_tasks.values()
+    }["purge_awaited_receipts"] == "37 * * * *"
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    try:
+        async with procrastinate_app.open_async(pool):
+            await purge_awaited_receipts.defer_async(timestamp=0)
+            await procrastinate_app.run_worker_async(
+                queues=[MAINTENANCE_QUEUE], wait=False, install_signal_handlers=False
+            )
+    finally:
+        await pool.close()
+
+    assert await db.fetchval("SELECT array_agg(message_id) FROM awaited_receipts") == ["SMrecent"]
