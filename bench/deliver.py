@@ -92,7 +92,7 @@ def free_port() -> int:
 async def reset(conn: asyncpg.Connection) -> None:
     await conn.execute(
         "TRUNCATE procrastinate_events, procrastinate_periodic_defers, procrastinate_jobs,"
-        " procrastinate_workers, deliveries, runs CASCADE"
+        " procrastinate_workers, deliveries, runs, awaited_receipts CASCADE"
     )
 
 
