@@ -11,6 +11,9 @@ from uuid import UUID
 
 import asyncpg
 
+from db.deliveries import MAX_PROVIDER_MESSAGE_ID
+from db.text import storable
+
 AWAITED_RECEIPT_DAYS = 7
 """Twilio gives up on a text after its validity period (10 h by default) and carriers'
 reports come within 3 days: a receipt later than this is dropped (`200`, ignored)."""
@@ -30,7 +33,9 @@ class ReceiptRepository:
             """,
             run_id,
             [position for position, _ in sent],
-            [message_id for _, message_id in sent],
+            # As deliveries.provider_message_id holds it: an id PostgreSQL refuses as it
+            # is must not fail the window's record.
+            [storable(message_id, MAX_PROVIDER_MESSAGE_ID) for _, message_id in sent],
         )
 
     async def take(self, message_id: str) -> tuple[UUID, int] | None:
