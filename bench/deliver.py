@@ -21,6 +21,9 @@ after the other in an order shuffled per round, and medians are printed at the e
   `--only-template`: just those two);
 - webhook provider to that receiver, 1 and 2 workers;
 - the webhook provider before issue 10 (httpx, bench/httpx_webhook.py), 1 worker;
+- the Twilio provider (SMS) to the same receiver, which answers its form POSTs as Twilio's
+  Messages API does, 1 worker (--only-twilio: just it, the webhook's 1 worker and the
+  receiver alone);
 - with --before DIR, a copy of older code (git archive main | tar -x -C DIR): its worker
   with the log and webhook providers, 1 worker (--only-before: just those and this code's
   two counterparts).
@@ -95,27 +98,39 @@ def free_port() -> int:
 async def reset(conn: asyncpg.Connection) -> None:
     await conn.execute(
         "TRUNCATE procrastinate_events, procrastinate_periodic_defers, procrastinate_jobs,"
-        " procrastinate_workers, deliveries, runs CASCADE"
+        " procrastinate_workers, deliveries, runs, awaited_receipts CASCADE"
     )
 
 
 async def publish(
-    conn: asyncpg.Connection, n: int, batch_size: int, *, template: bool = False
+    conn: asyncpg.Connection,
+    n: int,
+    batch_size: int,
+    *,
+    template: bool = False,
+    channel: str = "email",
 ) -> str:
     """A run of `n` recipients of a campaign without variables; with `template`, of one
     whose body is a 500-character template with 5 variables, each recipient with its own
-    `data`."""
-    campaign_id = await conn.fetchval(
-        "INSERT INTO campaigns (brand_id, name, channel, status, subject, body, created_by,"
-        " sender) VALUES ('bench', 'bench', 'email', 'active', 'Hello', $1,"
-        " 'bench', 'bench@example.com') RETURNING id",
-        TEMPLATE if template else "Hello, it is time for your check-up.",
-    )
+    `data`; `channel` "sms": to phone numbers, from a number (the Twilio scenario)."""
+    if channel == "sms":
+        campaign_id = await conn.fetchval(
+            "INSERT INTO campaigns (brand_id, name, channel, status, body, created_by, sender)"
+            " VALUES ('bench', 'bench', 'sms', 'active', 'Hello {{person_id}}', 'bench',"
+            " '+15550000000') RETURNING id"
+        )
+    else:
+        campaign_id = await conn.fetchval(
+            "INSERT INTO campaigns (brand_id, name, channel, status, subject, body, created_by,"
+            " sender) VALUES ('bench', 'bench', 'email', 'active', 'Hello', $1,"
+            " 'bench', 'bench@example.com') RETURNING id",
+            TEMPLATE if template else "Hello, it is time for your check-up.",
+        )
     caller = AccessToken(exp=datetime(2099, 1, 1, tzinfo=UTC), sub="bench", brands=["*"])
     recipients = [
         Recipient(
             f"p{i}",
-            f"user{i}@example{i % 97}.com",
+            f"+1555{i:07d}" if channel == "sms" else f"user{i}@example{i % 97}.com",
             data=msgspec.Raw(msgspec.json.encode(DATA | {"first_name": f"Name {i}"}))
             if template
             else None,
@@ -275,8 +290,9 @@ async def main(
     only_before: bool = False,
     xact_recipients: int = 0,
     only_template: bool = False,
+    only_twilio: bool = False,
 ) -> None:
-    if shutil.which("wrk") is None and not (only_before or only_template):
+    if shutil.which("wrk") is None and not (only_before or only_template or only_twilio):
         raise SystemExit("needs wrk: apt-get install -y wrk")
     await prepare_database(DATABASE_URL)
     conn = await connect(DATABASE_URL)
@@ -295,17 +311,30 @@ async def main(
             "WEBHOOK_MAX_CONNECTIONS": str(max_connections),
         }
 
+    def twilio_env(max_connections: int) -> dict[str, str]:
+        """SMS through the Twilio provider, to the same receiver (its Twilio answers)."""
+        return {
+            **base_env,
+            "SMS_PROVIDER": "twilio",
+            "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+            "TWILIO_AUTH_TOKEN": "bench",
+            "TWILIO_API_URL": receiver.url.removesuffix("/messages"),
+            "TWILIO_MAX_CONNECTIONS": str(max_connections),
+            "PUBLIC_BASE_URL": "https://messaging.example.com",
+        }
+
     def delivery(
         env: dict[str, str],
         workers: int,
         command: list[str] = WORKER,
         code: Path = ROOT,
         template: bool = False,
+        channel: str = "email",
     ) -> Callable[[], Awaitable[float]]:
         async def measure() -> float:
             await reset(conn)
             run_id = await publish(
-                conn, recipients, settings.delivery_batch_size, template=template
+                conn, recipients, settings.delivery_batch_size, template=template, channel=channel
             )
             return await drain(conn, run_id, env, workers, command, code)
 
@@ -343,7 +372,16 @@ async def main(
                 delivery(webhook_env(connections), 1, HTTPX_WORKER),
             ),
             ("webhook (aiohttp), 2 workers", "msg/s", delivery(webhook_env(connections), 2)),
+            (
+                "twilio (sms), 1 worker",
+                "msg/s",
+                delivery(twilio_env(connections), 1, channel="sms"),
+            ),
         ]
+        if only_twilio:  # the Twilio provider beside the webhook's, to the same receiver
+            wrk = f"receiver alone, wrk, {connections} connections"
+            keep = (wrk, "webhook (aiohttp), 1 worker", "twilio (sms), 1 worker")
+            scenarios = [scenario for scenario in scenarios if scenario[0] in keep]
         if only_before:  # just the code before's scenarios and their counterparts
             keep = ("log provider, 1 worker", "webhook (aiohttp), 1 worker")
             scenarios = [scenario for scenario in scenarios if scenario[0] in keep]
@@ -422,7 +460,7 @@ def report(
     receiver = next((name for name in medians if name.startswith("receiver alone")), None)
     print()
     for name, median in medians.items():
-        if name.startswith("webhook") and receiver is not None:
+        if name.startswith(("webhook", "twilio")) and receiver is not None:
             ratio = median / medians[receiver]
             print(f"{name:>40}: {ratio:5.2f}x the receiver alone")
     for provider, now in (("log provider", "log provider"), ("webhook", "webhook (aiohttp)")):
@@ -430,6 +468,10 @@ def report(
         if before_code:
             ratio = medians[f"{now}, 1 worker"] / before_code
             print(f"{provider + ', this code / code before':>40}: {ratio:5.2f}x")
+    twilio = medians.get("twilio (sms), 1 worker")
+    if twilio:
+        webhook = medians["webhook (aiohttp), 1 worker"]
+        print(f"{'twilio / webhook, 1 worker':>40}: {twilio / webhook:5.2f}x")
     before = medians.get("webhook before (httpx), 1 worker")
     if before:
         now = medians["webhook (aiohttp), 1 worker"]
@@ -493,6 +535,11 @@ if __name__ == "__main__":
         " --rounds times, and with the code before too) while sampling every 100 ms the"
         " oldest open transaction of the worker's connections (pg_stat_activity)",
     )
+    parser.add_argument(
+        "--only-twilio",
+        action="store_true",
+        help="only the receiver alone, the webhook provider and the Twilio provider, 1 worker",
+    )
     arguments = parser.parse_args()
     asyncio.run(
         main(
@@ -506,5 +553,6 @@ if __name__ == "__main__":
             arguments.only_before,
             arguments.xact_sample,
             arguments.only_template,
+            arguments.only_twilio,
         )
     )

@@ -166,3 +166,19 @@ class CampaignRepository:
             *p.values,
         )
         return rows
+
+    async def brands_texting_from(self, sender: str | None) -> list[str]:
+        """The brands with an SMS campaign (in any status) sending from `sender`; None:
+        the brands with any SMS campaign (all of them send through one Messaging
+        Service). For an inbound STOP: the brands the recipient tells to stop."""
+        if sender is None:
+            rows = await self.conn.fetch(
+                "SELECT DISTINCT brand_id FROM campaigns WHERE channel = 'sms' ORDER BY 1"
+            )
+        else:  # its own statement: a plan that uses campaigns_sms_sender_idx
+            rows = await self.conn.fetch(
+                "SELECT DISTINCT brand_id FROM campaigns"
+                " WHERE channel = 'sms' AND sender = $1 ORDER BY 1",
+                sender,
+            )
+        return [row["brand_id"] for row in rows]

@@ -61,6 +61,9 @@ class Outcome:
     pause); it is not claimed before (`not_before`), whichever job comes first."""
     not_before: datetime | None = None
     """Pending: the instant it may go (the end of its recipient's quiet hours)."""
+    opted_out: bool = False
+    """Failed because the recipient opted out at the provider (Twilio's 21610): the record
+    suppresses the address for the brand in its transaction."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
-"""SQL of delivery outcomes: what providers report after a send (delivered, bounced,
-complained), and the suppressions that bounces and complaints add."""
+"""SQL of delivery outcomes: what providers report after a send (delivered, undelivered,
+bounced, complained), and the suppressions that bounces and complaints add."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from uuid import UUID
 
 import asyncpg
 
-OUTCOME_RANK = ["delivered", "bounced", "complained"]
-"""An outcome only ever moves up this list: a late `delivered` never hides a bounce, and a
-replay changes nothing."""
+OUTCOME_RANK = ["delivered", "undelivered", "bounced", "complained"]
+"""An outcome only ever moves up this list: a late `delivered` never hides a bounce or an
+undelivered text, and a replay changes nothing."""
 
 
 @dataclass(frozen=True, slots=True)

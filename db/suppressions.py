@@ -1,6 +1,10 @@
 """SQL of the suppressions table: addresses a brand never sends to again, brand-wide or for
 one topic. Every new suppression is written by `SuppressionRepository.add`, with its
-`suppression.created` event, whoever adds it."""
+`suppression.created` event, whoever adds it; its `source` says who: `api` (PUT),
+`one_click` (an unsubscribe link), `provider:<name>` (a provider's feedback or refusal),
+`sms_stop` (the recipient texted STOP). The recipient's own SMS opt-outs are added by
+`opt_out` and lifted by `opt_in`, and only those: a START never lifts what a brand, a
+bounce or a complaint put there."""
 
 from __future__ import annotations
 
@@ -18,9 +22,18 @@ COLUMNS = "brand_id, address, nullif(topic, '') AS topic, reason, created_at"
 BRAND_WIDE = ""
 """The `topic` of a brand-wide suppression: '' in the key, `null` to the API."""
 
-Source = Literal["api", "one_click", "provider_feedback"]
-"""Who added a suppression: the API's PUT, an unsubscribe link, a provider's bounce or
-complaint. Shown in its event and kept on its row."""
+Source = Literal[
+    "api", "one_click", "provider:webhook", "provider:sendgrid", "provider:twilio", "sms_stop"
+]
+"""Who added a suppression: the API's PUT, an unsubscribe link, a provider (its bounce or
+complaint; Twilio's refusal of a number that texted STOP, error 21610), the recipient's
+STOP. Shown in its event and kept on its row."""
+SMS_STOP: Source = "sms_stop"
+"""The recipient texted an opt-out word to a number the brand sends from."""
+TWILIO_OPTED_OUT: Source = "provider:twilio"
+"""Twilio refused a send with 21610: the recipient had texted STOP to that sender."""
+RECIPIENT_OPT_OUTS = (SMS_STOP, TWILIO_OPTED_OUT)
+"""The recipient's own word, either way: what their START lifts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +172,37 @@ class SuppressionRepository:
             ORDER BY address, suppressions.topic LIMIT {p(limit)}
             """,
             *p.values,
+        )
+        return rows
+
+    async def opt_out(
+        self, entries: Sequence[tuple[str, str]], source: Source
+    ) -> list[asyncpg.Record]:
+        """The recipient opted out: suppress each (brand_id, address) brand-wide, reason
+        `unsubscribed`, from `source` (SMS_STOP or TWILIO_OPTED_OUT), through `add`. An
+        address already suppressed keeps its reason and source. Returns the suppressions it
+        added: the one place SMS opt-outs are made."""
+        rows = await self.add(
+            [NewSuppression(brand_id, address, "unsubscribed") for brand_id, address in entries],
+            source,
+        )
+        return [row for row in rows if row["created"]]
+
+    async def opt_in(self, brand_ids: Sequence[str], address: str) -> list[asyncpg.Record]:
+        """The recipient opted back in: lift their own brand-wide opt-outs of these brands
+        (reason `unsubscribed` from RECIPIENT_OPT_OUTS), never what a brand, a bounce or a
+        complaint put there. Returns the suppressions it removed: the one place SMS
+        opt-outs are lifted."""
+        rows: list[asyncpg.Record] = await self.conn.fetch(
+            f"""
+            DELETE FROM suppressions
+            WHERE brand_id = ANY($1::text[]) AND address = $2 AND topic = '{BRAND_WIDE}'
+              AND reason = 'unsubscribed' AND source = ANY($3::text[])
+            RETURNING brand_id, address, reason, source
+            """,
+            list(brand_ids),
+            address,
+            list(RECIPIENT_OPT_OUTS),
         )
         return rows
 

@@ -65,7 +65,7 @@ from db.runs import ENDED, RunRepository
 from db.suppressions import SuppressionRepository
 from jobs.limits import MAX_INLINE_WAIT_SECONDS
 from jobs.metrics import count_outcomes, provider_latency
-from jobs.providers import OutgoingMessage, PermanentError, Throttled, TransientError
+from jobs.providers import OptedOut, OutgoingMessage, PermanentError, Throttled, TransientError
 from jobs.recording import record_window
 from jobs.resources import TIME_SLICE_SECONDS, DeliveryConfig, Lease, WorkerResources
 from jobs.window import MIN_THROTTLE_SECONDS, ScheduleRetry, Window
@@ -447,7 +447,10 @@ async def _send(
                 latency.observe(time.perf_counter() - started)
     except PermanentError as exc:
         resources.answers.add(provider.name, throttled=False)
-        return Outcome(position, "failed", attempts, throttles, last_error=exc.detail)
+        opted_out = isinstance(exc, OptedOut)  # the record suppresses the address
+        return Outcome(
+            position, "failed", attempts, throttles, last_error=exc.detail, opted_out=opted_out
+        )
     except Throttled as exc:  # not an attempt: the provider asked us to wait
         resources.answers.add(provider.name, throttled=True)
         return _throttled(exc, position, tried, throttles + 1, config)

@@ -10,10 +10,13 @@ import logging
 import time
 from dataclasses import replace
 
+from app.domain.recipients import normalise
 from db.deliveries import DeliveryRepository, Outcome
 from db.pool import database_away
 from db.rate_limits import RateLimitRepository
+from db.receipts import ReceiptRepository
 from db.runs import RunRepository
+from db.suppressions import TWILIO_OPTED_OUT, SuppressionRepository
 from jobs.resources import Lease, WorkerResources
 from jobs.window import MIN_THROTTLE_SECONDS, ScheduleRetry, Window
 
@@ -49,8 +52,10 @@ async def _store(
     schedule_retry: ScheduleRetry,
 ) -> None:
     """One transaction: the outcomes of the rows still claimed by the window, the run's
-    counters from the rows written, the provider's pause if the throttling was widespread,
-    and a follow-up job due when the first delivery left pending may go."""
+    counters from the rows written, the suppressions of the recipients who opted out at the
+    provider, the sends whose receipts will name them by their id, the provider's pause if
+    its throttling was widespread, and a follow-up job due when the first delivery left
+    pending may go."""
     run_id = window.run_id
     async with resources.pool.acquire() as conn, conn.transaction():
         recorded = await DeliveryRepository(conn).record(
@@ -58,11 +63,45 @@ async def _store(
         )
         if recorded.change is not None:
             await RunRepository(conn).record_status_change(recorded.change)
+        if opted_out := _opted_out(window, outcomes):
+            await SuppressionRepository(conn).opt_out(opted_out, TWILIO_OPTED_OUT)
+        if awaited := _awaiting_receipts(window, outcomes):
+            await ReceiptRepository(conn).expect(run_id, awaited)
         if pause := _provider_pause(resources, window.provider.name, outcomes):
             seconds, reason = pause
             await RateLimitRepository(conn).pause(window.provider.name, seconds, reason)
         if recorded.wake_at is not None:
             await schedule_retry(conn, recorded.wake_at)
+
+
+RECEIPTS_BY_MESSAGE_ID = {"twilio"}
+"""Providers whose receipts name a message by the id they gave it (Twilio's sid)."""
+
+
+def _awaiting_receipts(window: Window, outcomes: list[Outcome]) -> list[tuple[int, str]]:
+    """(position, message id) of the window's sends whose receipts will come by that id."""
+    if window.provider.name not in RECEIPTS_BY_MESSAGE_ID:
+        return []
+    return [
+        (o.position, o.provider_message_id)
+        for o in outcomes
+        if o.status == "sent" and o.provider_message_id
+    ]
+
+
+def _opted_out(window: Window, outcomes: list[Outcome]) -> list[tuple[str, str]]:
+    """(brand_id, address) of the recipients the provider said opted out: suppressed in
+    the transaction that records their failure, even if the record finds a delivery no
+    longer this window's (the provider's word holds either way)."""
+    positions = {o.position for o in outcomes if o.opted_out}
+    if not positions or window.claimed is None:
+        return []
+    brand_id, channel = window.target["brand_id"], window.target["channel"]
+    return [
+        (brand_id, normalise(channel, row["recipient"]))
+        for row in window.claimed.rows
+        if row["position"] in positions
+    ]
 
 
 def _provider_pause(

@@ -30,6 +30,7 @@ from db.queue import (
     SEND_RUN_EVENTS,
     first_job_priority,
 )
+from db.receipts import ReceiptRepository
 from jobs.app import app
 from jobs.delivery import DeliveryInterrupted, deliver_chunk, fail_range
 from jobs.events import EventRetry, send_pending_events
@@ -220,6 +221,17 @@ async def purge_idempotency_keys(timestamp: int) -> int:
     pool = cast(AsyncpgConnector, app.connector).pool
     async with pool.acquire() as conn:
         return await IdempotencyKeyRepository(conn).purge_expired()
+
+
+# Twilio's sends whose receipt never came (its callbacks could not reach us) would pile up:
+# they go AWAITED_RECEIPT_DAYS after the send (db/receipts.py).
+@app.periodic(cron="37 * * * *")
+@app.task(name="purge_awaited_receipts", queue=MAINTENANCE_QUEUE, priority=HOUSEKEEPING_PRIORITY)
+async def purge_awaited_receipts(timestamp: int) -> int:
+    """Forget the sends that waited AWAITED_RECEIPT_DAYS for a receipt; returns how many."""
+    pool = cast(AsyncpgConnector, app.connector).pool
+    async with pool.acquire() as conn:
+        return await ReceiptRepository(conn).purge()
 
 
 # Finished jobs and their events would pile up for ever (one per 500 recipients, and a

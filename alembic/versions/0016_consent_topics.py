@@ -1,7 +1,7 @@
 """consent by topic: campaign topics, topic-scoped suppressions, one outbox for every event
 
 Revision ID: 0016
-Revises: 0012
+Revises: 0014
 Create Date: 2026-12-06
 
 0013 to 0015 belong to branches merged beside this one: whoever merges re-chains
@@ -11,7 +11,7 @@ Create Date: 2026-12-06
 from alembic import op
 
 revision = "0016"
-down_revision = "0013"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
@@ -26,14 +26,13 @@ def upgrade() -> None:
         ALTER TABLE campaigns ADD COLUMN topic text CHECK (topic ~ {TOPIC});
 
         -- A suppression is brand-wide (topic '') or of one topic. '' rather than NULL so
-        -- that the primary key holds it and keyset pages order by it plainly. `source`
-        -- says who added it (api, one_click, provider_feedback, ...; NULL before 0016);
-        -- `run_id` the run whose message carried the unsubscribe link that was used.
+        -- that the primary key holds it and keyset pages order by it plainly. `run_id`:
+        -- the run whose message carried the unsubscribe link that was used. (`source`,
+        -- who added it, is 0014's.)
         -- Constant defaults: no rewrite of the table; the new key's index is built once.
         ALTER TABLE suppressions
             ADD COLUMN topic text NOT NULL DEFAULT ''
                 CHECK (topic = '' OR topic ~ {TOPIC}),
-            ADD COLUMN source text,
             ADD COLUMN run_id uuid,
             DROP CONSTRAINT suppressions_pkey,
             ADD PRIMARY KEY (brand_id, address, topic);
@@ -137,7 +136,6 @@ def downgrade() -> None:
             DROP CONSTRAINT suppressions_pkey,
             ADD PRIMARY KEY (brand_id, address),
             DROP COLUMN run_id,
-            DROP COLUMN source,
             DROP COLUMN topic;
         ALTER TABLE campaigns DROP COLUMN topic;
         """

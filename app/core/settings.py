@@ -94,8 +94,9 @@ class Settings:
     development secret; it says so loudly at start. Never in production."""
     email_provider: Literal["log", "smtp", "webhook"] = "log"
     """Who sends e-mail: the worker's log (development), an SMTP relay, or WEBHOOK_URL."""
-    sms_provider: Literal["log", "webhook"] = "log"
-    """Who sends SMS: the worker's log (development), or WEBHOOK_URL."""
+    sms_provider: Literal["log", "webhook", "twilio"] = "log"
+    """Who sends SMS: the worker's log (development), WEBHOOK_URL, or Twilio's Messages API
+    (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and PUBLIC_BASE_URL)."""
     smtp_url: str | None = None
     """smtp://user:password@host:port, or smtps:// for implicit TLS."""
     smtp_starttls: Literal["auto", "always", "never"] = "auto"
@@ -130,6 +131,23 @@ class Settings:
     unsubscribe_mailto: str | None = None
     """An address that also takes unsubscribe requests by e-mail: List-Unsubscribe then
     offers `mailto:` it, with the link's token as subject, besides the HTTPS link."""
+    twilio_account_sid: str | None = None
+    """The Twilio account that sends SMS (`AC...`), with SMS_PROVIDER=twilio."""
+    twilio_auth_token: str | None = None
+    """The account's auth token: the Messages API's password, and the key that Twilio signs
+    its status callbacks and inbound messages with (X-Twilio-Signature); without it those
+    routes answer 403."""
+    twilio_messaging_service_sid: str | None = None
+    """A Messaging Service (`MG...`) that every SMS is sent through (its number pool and
+    opt-out handling); unset: each campaign's `sender` is the `From` number."""
+    twilio_api_url: str = "https://api.twilio.com"
+    """Origin of Twilio's REST API (another for a compatible API, or a local stand-in)."""
+    twilio_max_connections: Positive = 8
+    """Connections one worker process keeps to TWILIO_API_URL; a send waits for a free one
+    without spending its timeout or an attempt (as WEBHOOK_MAX_CONNECTIONS)."""
+    twilio_timeout_seconds: Seconds = 10.0
+    """How long one send to Twilio may hold its connection before it counts as a transient
+    failure."""
     webhook_max_connections: Positive = 8
     """Connections one worker process keeps to WEBHOOK_URL; a send waits for a free one, and
     that wait costs neither time of its timeout nor an attempt. 2 to 32 measured alike

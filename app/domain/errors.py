@@ -22,6 +22,13 @@ class Unauthenticated(ServiceError):
     code = "unauthorized"
 
 
+class NotSigned(ServiceError):
+    """A provider's request that is not signed as that provider signs, where the
+    provider's own convention is to refuse it with 403 (Twilio's)."""
+
+    code = "forbidden"
+
+
 class NotFound(ServiceError):
     code = "not_found"
 

@@ -14,7 +14,10 @@ CampaignStatus = Literal["draft", "active", "archived"]
 RunStatus = Literal["scheduled", "queued", "running", "completed", "cancelled"]
 DeliveryStatus = Literal["pending", "sent", "failed", "skipped"]
 SuppressionReason = Literal["unsubscribed", "bounced", "complained", "manual"]
-Outcome = Literal["delivered", "bounced", "complained"]
+Outcome = Literal["delivered", "undelivered", "bounced", "complained"]
+"""What a provider reported after the send; `undelivered` comes from SMS receipts (Twilio)."""
+ReportedType = Literal["delivered", "bounced", "complained"]
+"""What the webhook provider may report (POST /v1/messaging/providers/webhook/events)."""
 Priority = Literal["high", "normal", "low"]
 """Deliveries of a higher priority go before those of a lower one (db/queue.py)."""
 
@@ -245,7 +248,8 @@ class Delivery(msgspec.Struct):
     provider_message_id: str | None
     sent_at: datetime | None
     outcome: Outcome | None
-    """What the provider reported after the send (its events webhook); null until then."""
+    """What the provider reported after the send (its events webhook, or Twilio's status
+    callback: `undelivered`); null until then."""
     outcome_at: datetime | None
     outcome_detail: str | None
     not_before: datetime | None
@@ -282,7 +286,7 @@ MAX_PROVIDER_EVENTS = 1000
 class ProviderEvent(msgspec.Struct):
     delivery_id: Annotated[str, Meta(min_length=1, max_length=100)]
     """The `delivery_id` of the webhook message (`{run_id}:{position}`)."""
-    type: Outcome
+    type: ReportedType
     occurred_at: Annotated[datetime, Meta(tz=True)]
     detail: Annotated[str, Meta(max_length=1000)] | None = None
 

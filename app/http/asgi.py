@@ -41,6 +41,7 @@ from app.http.routes.health import healthz, readyz
 from app.http.routes.providers import sendgrid_events, webhook_events
 from app.http.routes.rate_limits import RateLimitController
 from app.http.routes.suppressions import SuppressionController, TopicSuppressionController
+from app.http.routes.twilio import twilio_inbound, twilio_status
 from app.http.routes.unsubscribe import unsubscribe_one_click, unsubscribe_page
 from app.http.tracing_middleware import tracing_middleware
 from app.services.feedback import load_sendgrid_key
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         else None
     )
     settings.check_events_webhook()
+    settings.check_public_base_url()
     settings.check_unsubscribe()
     sendgrid_key = None
     if settings.sendgrid_webhook_public_key:
@@ -110,6 +112,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             sendgrid_events,
             unsubscribe_page,
             unsubscribe_one_click,
+            twilio_status,
+            twilio_inbound,
             healthz,
             readyz,
             *([] if settings.metrics_port else [metrics]),  # else on its own port

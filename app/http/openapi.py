@@ -99,16 +99,18 @@ def error_responses(*statuses: int, **overrides: str) -> dict[int, ResponseSpec]
     return responses
 
 
-def signed(scheme: str, guard: Guard, *statuses: int) -> RouteDocs:
+def signed(scheme: str, guard: Guard, *statuses: int, refused: int = 401) -> RouteDocs:
     """Route keyword arguments of a route that a signature authenticates instead of a token:
     the `guard` that checks it, the security `scheme` (SECURITY_SCHEMES) in the document,
-    and the error `statuses` (besides 401 and 500)."""
+    and the error `statuses` (besides `refused` and 500). `refused` is the status of a
+    request not signed: 401, or 403 where the provider's convention says so (Twilio)."""
+    what = "body" if refused == 401 else "request"
     return RouteDocs(
         guards=[guard],
         security=[{scheme: []}],
         responses=error_responses(
-            *sorted({*statuses, 401, 500}),
-            s401="The signature is missing or does not match the body.",
+            *sorted({*statuses, refused, 500}),
+            **{f"s{refused}": f"The signature is missing or does not match the {what}."},
         ),
         operation_class=DocumentedOperation,
     )
@@ -128,6 +130,14 @@ SECURITY_SCHEMES = {
         description="SendGrid's signed Event Webhook: ECDSA (P-256, SHA-256) over "
         "`X-Twilio-Email-Event-Webhook-Timestamp` + the raw body, verified with "
         "SENDGRID_WEBHOOK_PUBLIC_KEY.",
+    ),
+    "TwilioSignature": SecurityScheme(
+        type="apiKey",
+        name="X-Twilio-Signature",
+        security_scheme_in="header",
+        description="Twilio's request signature: base64 of HMAC-SHA1 with TWILIO_AUTH_TOKEN "
+        "over PUBLIC_BASE_URL + the path and query, followed by the form fields' names and "
+        "values sorted by name.",
     ),
 }
 """Security schemes of the routes that providers call (besides the BearerToken)."""

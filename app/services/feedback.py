@@ -35,7 +35,7 @@ from app.domain.decoding import decode_json, validation_problem
 from app.domain.recipients import normalise
 from app.domain.schemas import MAX_PROVIDER_EVENTS, ProviderEvent, ProviderEventsResult
 from db.outcomes import OUTCOME_RANK, OutcomeRepository, ReportedOutcome
-from db.suppressions import NewSuppression, SuppressionRepository
+from db.suppressions import NewSuppression, Source, SuppressionRepository
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,12 @@ async def webhook_feedback(
         (e.delivery_id, e.type, e.occurred_at.astimezone(UTC), e.detail) for e in received.events
     ]
     return await apply_feedback(
-        conn, reported, received=received.received, ignored=0, invalid=received.invalid
+        conn,
+        reported,
+        received=received.received,
+        ignored=0,
+        invalid=received.invalid,
+        source="provider:webhook",
     )
 
 
@@ -192,6 +197,7 @@ async def sendgrid_feedback(
         received=received,
         ignored=received - len(reported) - len(invalid),
         invalid=invalid,
+        source="provider:sendgrid",
     )
 
 
@@ -249,9 +255,11 @@ async def apply_feedback(
     received: int,
     ignored: int,
     invalid: dict[str, str],
+    source: Source,
 ) -> ProviderEventsResult:
     """Set the outcomes of (delivery_id, outcome, occurred_at, detail) and suppress the
-    addresses that bounced or complained, in one transaction; unknown ids are reported."""
+    addresses that bounced or complained (their suppressions' `source`: the provider), in
+    one transaction; unknown ids are reported."""
     unknown: dict[str, None] = {}  # ordered, without repeats
     strongest: dict[tuple[UUID, int], ReportedOutcome] = {}
     named: dict[tuple[UUID, int], str] = {}  # as the provider wrote the id
@@ -276,7 +284,7 @@ async def apply_feedback(
             if row["outcome"] in SUPPRESSING
         ]
         # Brand-wide: a dead or complaining mailbox is so for every topic.
-        await SuppressionRepository(conn).add(suppressions, "provider_feedback")
+        await SuppressionRepository(conn).add(suppressions, source)
     found = {(row["run_id"], row["position"]) for row in rows}
     unknown.update((named[key], None) for key in strongest if key not in found)
     return ProviderEventsResult(

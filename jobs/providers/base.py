@@ -71,6 +71,12 @@ class PermanentError(ProviderError):
     """Will fail the same way every time: the delivery fails at once."""
 
 
+class OptedOut(PermanentError):
+    """The recipient opted out of this sender at the provider (Twilio's error 21610: they
+    texted STOP): the delivery fails, and the address is suppressed for the brand in the
+    record's transaction (jobs/recording.py)."""
+
+
 class Provider(Protocol):
     name: str
 

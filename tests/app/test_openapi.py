@@ -33,22 +33,28 @@ from app.http.asgi import create_app
 from app.http.body import CAMPAIGN_BODY_BYTES
 from app.services.feedback import MAX_BODY_BYTES as FEEDBACK_MAX_BODY
 from app.services.idempotency import lock_id
+from app.services.twilio import MAX_FORM_BYTES as TWILIO_MAX_BODY
 from tests.helpers import CAMPAIGNS, create_campaign, database_unreachable, recipients
 from tests.tokens import ALL_SCOPES, bearer
+from tests.twilio import signed_form
 
 BRANDS = "/v1/messaging/brands"
 MAX_BODY = 64 * 1024  # small, so that 413 needs no huge body
 WEBHOOK_SECRET = "tour-secret"
+TWILIO_TOKEN = "tour-twilio-token"
 SENDGRID_KEY = ec.generate_private_key(ec.SECP256R1())
 PROVIDERS = "/v1/messaging/providers"
 # Routes that providers call, authenticated by a signature instead of a token.
 SIGNED = {
     f"{PROVIDERS}/webhook/events": "WebhookSignature",
     f"{PROVIDERS}/sendgrid/events": "SendGridSignature",
+    f"{PROVIDERS}/twilio/status": "TwilioSignature",
+    f"{PROVIDERS}/twilio/inbound": "TwilioSignature",
 }
 UNSUBSCRIBE = "/v1/messaging/unsubscribe/{token}"
 PUBLIC = ("/healthz", "/readyz", UNSUBSCRIBE)
 """Routes without a token or a signature (an unsubscribe link's token is in its path)."""
+TWILIO_BASE = "http://testserver.local"  # the test client's origin, as PUBLIC_BASE_URL
 APP_TABLES = (
     "campaigns",
     "runs",
@@ -73,6 +79,8 @@ async def tour_client(settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
             publish_max_body_bytes=MAX_BODY,
             webhook_secret=WEBHOOK_SECRET,
             sendgrid_webhook_public_key=public_key.decode(),
+            twilio_auth_token=TWILIO_TOKEN,
+            public_base_url=TWILIO_BASE,
         )
     )
     async with AsyncTestClient(app=app) as client:
@@ -220,9 +228,10 @@ class Tour:
             assert response.headers["content-type"].startswith("text/html"), (op, status)
             assert response.text.startswith("<!doctype html>"), (op, status)
         else:
-            assert response.headers["content-type"].startswith("application/json")
-            (media,) = content.values()
-            validate(self.document, media["schema"], response.json(), (op, status))
+            ((media_type, media),) = content.items()
+            assert response.headers["content-type"].startswith(media_type), (op, status)
+            if media_type == "application/json":
+                validate(self.document, media["schema"], response.json(), (op, status))
         sent = request or {}
         if "requestBody" in operation and ("json" in sent or "content" in sent):
             body = sent["json"] if "json" in sent else json.loads(sent["content"])
@@ -447,6 +456,35 @@ async def sendgrid_events_req(t: Tour) -> Request:
     }
 
 
+def twilio_signed(path: str, form: dict[str, str]) -> Request:
+    body, headers = signed_form(TWILIO_BASE + path, form, TWILIO_TOKEN)
+    return {"url": path, "content": body, "headers": headers}
+
+
+async def twilio_status_req(t: Tour) -> Request:
+    _, run = await t.run()
+    sid = f"SM{uuid.uuid4().hex}"
+    await t.db.execute(
+        "UPDATE deliveries SET status = 'sent', provider_message_id = $2"
+        " WHERE run_id = $1 AND position = 0",
+        uuid.UUID(run["id"]),
+        sid,
+    )
+    await t.db.execute(
+        "INSERT INTO awaited_receipts (message_id, run_id, position) VALUES ($2, $1, 0)",
+        uuid.UUID(run["id"]),
+        sid,
+    )
+    form = {"MessageSid": sid, "MessageStatus": "delivered", "To": "+15557654321"}
+    return twilio_signed(f"{PROVIDERS}/twilio/status", form)
+
+
+async def twilio_inbound_req(t: Tour) -> Request:
+    await t.campaign()
+    form = {"From": "+15557654321", "To": "+15550000000", "Body": "STOP"}
+    return twilio_signed(f"{PROVIDERS}/twilio/inbound", form)
+
+
 async def healthz_req(t: Tour) -> Request:
     return {"url": "/healthz"}
 
@@ -475,6 +513,8 @@ HAPPY: dict[Op, tuple[int, Callable[[Tour], Awaitable[Request]]]] = {
     ("POST", f"{C}/{{id}}/runs/{{run_id}}/retry"): (202, retry_req),
     ("POST", f"{PROVIDERS}/webhook/events"): (200, webhook_events_req),
     ("POST", f"{PROVIDERS}/sendgrid/events"): (200, sendgrid_events_req),
+    ("POST", f"{PROVIDERS}/twilio/status"): (200, twilio_status_req),
+    ("POST", f"{PROVIDERS}/twilio/inbound"): (200, twilio_inbound_req),
     ("GET", S): (200, suppressions_req),
     ("GET", f"{S}/{{recipient}}"): (200, suppression_req),
     ("PUT", f"{S}/{{recipient}}"): (200, put_suppression_req),
@@ -615,6 +655,16 @@ async def provider_not_json(t: Tour, op: Op) -> Any:
     return await provider_body(t, op, b"[]", content_type="text/plain")
 
 
+async def twilio_unsigned(t: Tour, op: Op) -> Any:
+    request = await HAPPY[op][1](t)
+    headers = {**request["headers"], "X-Twilio-Signature": "0/KCTR6DLpKmkAf8muzZqo1nDgQ="}
+    return await t.send(op, {**request, "headers": headers})
+
+
+async def twilio_too_large(t: Tour, op: Op) -> Any:
+    return await t.send(op, twilio_signed(op[1], {"Body": "x" * TWILIO_MAX_BODY}))
+
+
 async def foreign_brand(t: Tour, op: Op) -> Any:
     request = await HAPPY[op][1](t)
     return await t.send(op, request, headers=bearer(brands=["brand-b"]))
@@ -655,6 +705,13 @@ SPECIFIC: dict[tuple[str, str, int], Callable[[Tour, Op], Awaitable[Any]]] = {
             (413, provider_too_large),
             (415, provider_not_json),
         ]
+        if "twilio" not in path
+    },
+    **{
+        ("POST", path, status): scenario
+        for path in SIGNED
+        for status, scenario in [(403, twilio_unsigned), (413, twilio_too_large)]
+        if "twilio" in path
     },
 }
 

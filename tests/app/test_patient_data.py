@@ -6,7 +6,8 @@ receives, the /metrics text, every error body, every cursor, every run event, an
 unsubscribe link's token and page. The canary shows only in the answers that must show
 it: the deliveries listing, the suppression itself and its `suppression.created` event;
 the data canary only in the messages the providers receive (and the preview that renders
-it for its caller)."""
+it for its caller). A second test takes the SMS canary through Twilio: the provider's
+refusal, its receipts and the texts a recipient sends."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from tests.servers import (
     web_command,
 )
 from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET, bearer
+from tests.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioReply, TwilioStandIn, signed_form
 from tests.waiting import PATIENCE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -517,3 +519,120 @@ async def until_ready(http: httpx.AsyncClient) -> None:
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.05)
+
+
+# Twilio: the same canary through the Twilio provider, its receipts and inbound texts.
+TWILIO_PHONE = "+15558203917"
+TWILIO_PERSON = "person-canary-twilio-j5r8"
+TWILIO_CANARIES = (PHONE, TWILIO_PHONE, SMS_PERSON, TWILIO_PERSON)
+PUBLIC = "https://messaging.example.com"  # a proxy's origin, in front of the web process
+
+
+async def test_patient_data_stays_in_through_twilio(database_url, db, receiver, sink, tmp_path):
+    """Twilio refuses one canary number quoting it (21610), delivers another and posts
+    receipts for it, and the canary texts STOP, START and HELP, and a forged request
+    quotes it: it shows only in the deliveries listing and the provider's words there."""
+    twilio = TwilioStandIn()
+    twilio.replies[PHONE] = TwilioReply(
+        400, 21610, f"Attempt to send to unsubscribed recipient {PHONE} ({SMS_PERSON})"
+    )
+    twilio.receipts[TWILIO_PHONE] = ["sent", "undelivered:30003"]
+    common = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        "DATABASE_URL": database_url,
+        "JWT_SECRET": TEST_SECRET,
+        "LOG_LEVEL": "DEBUG",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "PUBLIC_BASE_URL": PUBLIC,
+    }
+    port = free_port()
+    twilio.callbacks_via = f"http://127.0.0.1:{port}"
+    with twilio:
+        web = start(web_command(port), common, tmp_path / "web.log")
+        worker = start(
+            [sys.executable, "-m", "jobs.worker"],
+            {
+                **common,
+                "SMS_PROVIDER": "twilio",
+                "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+                "TWILIO_API_URL": twilio.url,
+                "DELIVERY_MAX_ATTEMPTS": "1",
+            },
+            tmp_path / "worker.log",
+        )
+        try:
+            async with httpx.AsyncClient(base_url=twilio.callbacks_via, timeout=30) as http:
+                await until_ready(http)
+                api = Caller(http)
+                sms_campaign = await campaign(api, "sms")
+                people = [
+                    {"person_id": SMS_PERSON, "recipient": PHONE},
+                    {"person_id": TWILIO_PERSON, "recipient": TWILIO_PHONE},
+                ]
+                run = await api.request(
+                    "POST", f"{CAMPAIGNS}/{sms_campaign}/publish", json={"recipients": people}
+                )
+                assert run.status_code == 202, run.text
+                run_id = run.json()["id"]
+                async with asyncio.timeout(60):
+                    while await run_status(db, run_id) not in ENDED:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                callbacks = await asyncio.to_thread(twilio.post_callbacks)
+                assert [c.answer for c in callbacks] == [200, 200]
+
+                inbound = f"{PUBLIC}/v1/messaging/providers/twilio/inbound"
+                for words in ("STOP", "START", "HELP", f"I am {TWILIO_PERSON}", "STOP"):
+                    form = {"From": TWILIO_PHONE, "To": "+15550000000", "Body": words}
+                    body, headers = signed_form(inbound, form)
+                    texted = await api.request(
+                        "POST", "/v1/messaging/providers/twilio/inbound", content=body,
+                        headers=headers,
+                    )  # fmt: skip
+                    assert texted.status_code == 200, texted.text
+                forged = {"From": TWILIO_PHONE, "To": "+15550000000", "Body": TWILIO_PERSON}
+                body, headers = signed_form(inbound, forged, token="not-the-token")
+                for path in ("inbound", "status"):
+                    refused = await api.request(
+                        "POST", f"/v1/messaging/providers/twilio/{path}", content=body,
+                        headers=headers,
+                    )  # fmt: skip
+                    assert refused.status_code == 403
+
+                listed = await api.walk(f"{CAMPAIGNS}/{sms_campaign}/runs/{run_id}/deliveries")
+                metrics = (await api.request("GET", "/metrics")).text
+                await stop(worker)
+                await stop(web)
+        finally:
+            for process in (web, worker):
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+
+    captured = {
+        "web log": (tmp_path / "web.log").read_text(errors="replace"),
+        "worker log": (tmp_path / "worker.log").read_text(errors="replace"),
+        "spans": "\n".join(readable(body) for body in receiver.bodies),
+        "metrics": metrics,
+        **{f"error body {i}": body for i, body in enumerate(api.error_bodies)},
+        **{f"cursor {i}": cursor for i, cursor in enumerate(api.cursors)},
+    }
+    for canary in TWILIO_CANARIES:
+        assert where(canary, captured) == [], [captured[n][:2000] for n in where(canary, captured)]
+
+    # The canary went everywhere it could: Twilio got both numbers and refused one,
+    # quoting it, which the listing shows; the receipt and the texts were taken.
+    assert {m.form["To"] for m in twilio.messages} == {PHONE, TWILIO_PHONE}
+    shown = json.dumps(listed)
+    assert f"unsubscribed recipient {PHONE} ({SMS_PERSON})" in shown
+    assert [d["outcome"] for d in listed] == [None, "undelivered"]
+    suppressed = await db.fetch("SELECT address, source FROM suppressions ORDER BY address")
+    assert [tuple(s) for s in suppressed] == [
+        (PHONE, "provider:twilio"),
+        (TWILIO_PHONE, "sms_stop"),
+    ]
+    assert "an SMS opt-out" in captured["web log"] and "an SMS opt-in" in captured["web log"]
+    sends = [s for s in receiver.spans if s.name == "send twilio"]
+    assert len(sends) == 2 and sum(s.error for s in sends) == 1
+    assert any(s.name.endswith("/v1/messaging/providers/twilio/inbound") for s in receiver.spans)

@@ -30,6 +30,9 @@ from tests.tokens import UNSUBSCRIBE_SECRET
 CLIENTS = 8
 HAMMER_SECONDS = 2.0
 JUNK = b"\x00{[" * (600 * 1024)  # ~1.8 MB: under the providers' 2 MiB limit, read whole
+# Just under Twilio's routes' 32 KiB: as many fields as they read, each all escapes, each
+# decoded and signed over.
+FORM_JUNK = b"&".join(b"F%d=%s" % (n, b"%41" * 105) for n in range(100))
 SENDGRID_KEY = ec.generate_private_key(ec.SECP256R1()).public_key()
 UNSUBSCRIBE = "/v1/messaging/unsubscribe"
 UNSUBSCRIBE_KEYS = UnsubscribeKeys.of(
@@ -120,6 +123,19 @@ def public_routes() -> list[Route]:
                 "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(b"x" * 72).decode(),
                 "X-Twilio-Email-Event-Webhook-Timestamp": str(int(time.time())),
             },
+        ),
+        *(
+            Route(
+                "POST",
+                f"/v1/messaging/providers/twilio/{name}",
+                403,
+                FORM_JUNK,
+                {
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "X-Twilio-Signature": "0/KCTR6DLpKmkAf8muzZqo1nDgQ=",
+                },
+            )
+            for name in ("status", "inbound")
         ),
         Route(
             "GET", "/v1/messaging/campaigns", 401, None, {"Authorization": "Bearer " + "e30." * 500}
@@ -214,6 +230,7 @@ async def test_hammering_any_public_route_leaves_healthz_fast(database_url, tmp_
         "SENDGRID_WEBHOOK_PUBLIC_KEY": base64.b64encode(sendgrid_key).decode(),
         "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
         "UNSUBSCRIBE_SECRETS": UNSUBSCRIBE_SECRET,
+        "TWILIO_AUTH_TOKEN": "twilio-token",  # so that junk costs its form and signature
     }
     measured: dict[str, list[tuple[float, float]]] = {}
     async with web_process(database_url, **env) as web:

@@ -25,14 +25,16 @@ TABLES = {
     "procrastinate_events",
     "procrastinate_workers",
     "procrastinate_periodic_defers",
+    "awaited_receipts",
 }
 
+LATER_THAN_0012 = {"delivery_data", "awaited_receipts"}
 LATER_THAN_0007 = {
     "brand_rate_limits",
     "rate_buckets",
     "provider_pauses",
     "delivery_unrecorded_sends",
-    "delivery_data",
+    *LATER_THAN_0012,
 }
 LATER_THAN_0004 = {"delivery_job_failures", "events", *LATER_THAN_0007}
 BEFORE_0016 = {"events": "run_events"}
@@ -220,8 +222,21 @@ async def test_0009_downgrades_to_0007_and_back(empty_database):
 
     command.upgrade(config, "0009")
     assert (await objects(empty_database))[0] == named_before_0016(
-        TABLES - {"delivery_unrecorded_sends", "delivery_data"}
+        TABLES - {"delivery_unrecorded_sends", *LATER_THAN_0012}
     )
+    command.upgrade(config, "head")
+    assert (await objects(empty_database))[0] == TABLES
+
+
+async def test_0014_downgrades_to_0013_and_back(empty_database):
+    config = alembic_config(empty_database)
+    command.upgrade(config, "head")
+    assert "source" in await columns(empty_database, "suppressions")
+
+    command.downgrade(config, "0013")
+    assert (await objects(empty_database))[0] == named_before_0016(TABLES - {"awaited_receipts"})
+    assert "source" not in await columns(empty_database, "suppressions")
+
     command.upgrade(config, "head")
     assert (await objects(empty_database))[0] == TABLES
 
