@@ -75,10 +75,10 @@ class SuppressionRepository:
     ) -> list[asyncpg.Record]:
         """THE way a suppression comes to be: the rows of `entries` that are new, and a
         `suppression.created` event for each, in one transaction (the caller's, if it has
-        one). An entry already suppressed keeps its reason, unless `new_reason` (the API's
-        PUT: the caller says why now). Returns each entry's row as stored (an entry repeated
-        once), with `created` (whether this call added it), in the order of `entries`;
-        without `new_reason`, a row another transaction committed while this one waited
+        one). An entry already suppressed keeps its reason and source, unless `new_reason`
+        (the API's PUT: the caller says why now). Returns each entry's row as stored (an
+        entry repeated once), with `created` (whether this call added it), in the order of
+        `entries`; without `new_reason`, a row another transaction committed while this one waited
         for it reads with `reason` and `created_at` null (this statement's snapshot is
         older), and `created` false."""
         # One row per key: a key twice in one INSERT would be a second update of a row.
@@ -88,7 +88,9 @@ class SuppressionRepository:
         entries = list(unique.values())
         if not entries:
             return []
-        on_conflict = "DO UPDATE SET reason = EXCLUDED.reason" if new_reason else "DO NOTHING"
+        # A new reason is the caller's word now: its source too (a START never lifts it).
+        new = "DO UPDATE SET reason = EXCLUDED.reason, source = EXCLUDED.source"
+        on_conflict = new if new_reason else "DO NOTHING"
         async with self.conn.transaction():
             rows: list[asyncpg.Record] = await self.conn.fetch(
                 f"""

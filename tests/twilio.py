@@ -35,10 +35,25 @@ def signed_form(
 ) -> tuple[bytes, dict[str, str]]:
     """The body and headers of a request Twilio makes to `url` with the form `fields`."""
     pairs = list(fields.items()) if isinstance(fields, Mapping) else list(fields)
+    if any(_unencodable(name + value) for name, value in pairs):
+        # Text no UTF-8 holds (a lone surrogate): sent as the bytes Python would make of it,
+        # unsigned (no signature can cover it); the service must refuse it, not fail.
+        raw = [
+            (n.encode(errors="surrogatepass"), v.encode(errors="surrogatepass")) for n, v in pairs
+        ]
+        return urlencode(raw).encode(), {"Content-Type": "application/x-www-form-urlencoded"}
     return urlencode(pairs).encode(), {
         "Content-Type": "application/x-www-form-urlencoded",
         "X-Twilio-Signature": twilio_signature(token, url, pairs),
     }
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 @dataclass

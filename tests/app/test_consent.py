@@ -451,7 +451,7 @@ async def test_every_new_suppression_is_one_event_whatever_its_source(settings, 
         ("ann@example.com", None, "manual", "api"),
         ("ann@example.com", "newsletter", "manual", "api"),
         ("bob@example.com", "newsletter", "unsubscribed", "one_click"),
-        ("cy@example.com", None, "bounced", "provider_feedback"),
+        ("cy@example.com", None, "bounced", "provider:webhook"),
     ]
     assert {e["brand_id"] for e in events} == {"brand-a"}
     assert len(jobs) == 4 and {(j["task_name"], j["lock"]) for j in jobs} == {

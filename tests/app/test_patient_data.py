@@ -476,7 +476,8 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
     # item but the last of every listing (after the canary's suppression among them).
     assert len(api.cursors) == 8 and len(run_events(events_sink)) >= 3
     assert {e["data"]["source"] for e in suppression_events(events_sink)} == {
-        "provider_feedback",
+        "provider:webhook",
+        "provider:sendgrid",
         "api",
         "one_click",
     }

@@ -218,7 +218,9 @@ async def test_without_twilio_settings_every_request_is_403(settings, db):
 
     from app.http.asgi import create_app
 
-    for unset in ({"twilio_auth_token": None}, {"public_base_url": None}):
+    # Without PUBLIC_BASE_URL, unsubscribe links cannot be made either.
+    no_base = {"public_base_url": None, "unsubscribe_secrets": None}
+    for unset in ({"twilio_auth_token": None}, no_base):
         async with AsyncTestClient(app=create_app(replace(settings, **unset))) as client:
             response = await post(client, INBOUND, {"From": PATIENT, "To": OURS, "Body": "STOP"})
             assert response.status_code == 403
