@@ -92,7 +92,7 @@ class WebhookProvider:
         if 200 <= status < 300:
             return SendResult(provider_message_id=_message_id(answer))
         refusal = _refusal(status, answer, retry_after)
-        refusal.status_code = status  # for the send's span (app/core/lean_spans.py)
+        refusal.status_code = status  # for the send's span (app/core/tracing.py)
         raise refusal
 
     async def aclose(self) -> None:
