@@ -12,7 +12,7 @@
 2. The web process of bench/publish.py (uvicorn, as in the Procfile, database
    `messaging_bench`) started in turn with tracing off, on (every request sampled) and on
    with 10 % of the traces sampled; with --before, also the web process of older code,
-   off and on. 1-recipient publishes from 8 wrk connections. Per round: p50, p99,
+   off, on and at 10 %. 1-recipient publishes from 8 wrk connections. Per round: p50, p99,
    throughput, and the web process's CPU time per publish (/proc, all its threads, the
    span exporter's included), then the medians. CPU per publish is the steadier figure on
    a shared machine: other sessions' load stretches latencies more than CPU time. The
@@ -100,7 +100,9 @@ def span_costs() -> dict[str, float]:
     n = 100_000
     costs = {}
     for name, block in [("floor", floor), ("off", off), ("api_noop", api_noop), ("sdk", recorded)]:
-        costs[name] = min(timeit.repeat(block, number=n, repeat=5)) / n * 1e6
+        costs[name] = (
+            min(timeit.repeat(block, number=n, repeat=5, timer=time.process_time)) / n * 1e6
+        )
     provider.shutdown()
 
     # What the exporter's thread does per span: OTLP protobuf encoding (then one POST per
@@ -131,7 +133,7 @@ def our_span_cost() -> float:
 
     SAMPLER.delegate = ALWAYS_ON
     n = 100_000
-    return min(timeit.repeat(recorded, number=n, repeat=5)) / n * 1e6
+    return min(timeit.repeat(recorded, number=n, repeat=5, timer=time.process_time)) / n * 1e6
 
 
 def batch(exporter: SpanExporter) -> SpanProcessor:
@@ -294,7 +296,7 @@ def in_process() -> None:
     costs = span_costs()
     per_publish = publish_tracing_costs()  # after the figures of tracing off: turns it on
     costs["ours"] = our_span_cost()  # tracing on since publish_tracing_costs
-    print("one span block, microseconds (best of 5 x 100,000):")
+    print("one span block, CPU microseconds (best of 5 x 100,000):")
     for name, label in [
         ("floor", "empty `with` (floor)"),
         ("off", "span() with tracing off"),
@@ -316,7 +318,9 @@ async def under_load(rounds: int, seconds: int, before: Path | None) -> None:
     for name in [name for name in os.environ if name.startswith("OTEL_")]:
         del os.environ[name]  # "off" means none of them
     await prepare_database(DATABASE_URL)
-    modes = ("off", "on", "on 10%") + (("before, off", "before, on") if before else ())
+    modes: tuple[str, ...] = ("off", "on", "on 10%")
+    if before:
+        modes += ("before, off", "before, on", "before, 10%")
     results: dict[str, list[tuple[float, float, float, float, int]]] = {m: [] for m in modes}
     db = await asyncpg.connect(DATABASE_URL)
     traced = 0
@@ -327,7 +331,14 @@ async def under_load(rounds: int, seconds: int, before: Path | None) -> None:
             "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
             "OTEL_TRACES_SAMPLER_ARG": "0.1",
         }
-        environments = {"off": {}, "on": on, "on 10%": sampled, "before, off": {}, "before, on": on}
+        environments = {
+            "off": {},
+            "on": on,
+            "on 10%": sampled,
+            "before, off": {},
+            "before, on": on,
+            "before, 10%": sampled,
+        }
         for _ in range(rounds):
             for mode in modes:
                 code = before if before and mode.startswith("before") else ROOT
@@ -345,7 +356,15 @@ async def under_load(rounds: int, seconds: int, before: Path | None) -> None:
     }
     for mode in modes:
         print(f"  tracing {mode:>11}: {figures(medians[mode])}")
-    for mode, baseline in [("on", "off"), ("on 10%", "off"), ("on", "before, off")]:
+    for mode, baseline in [
+        ("on", "off"),
+        ("on 10%", "off"),
+        ("before, on", "before, off"),
+        ("before, 10%", "before, off"),
+        ("off", "before, off"),
+        ("on", "before, on"),
+        ("on 10%", "before, 10%"),
+    ]:
         if baseline in medians:
             p50 = medians[mode][0] / medians[baseline][0]
             cpu = medians[mode][3] / medians[baseline][3]
@@ -361,7 +380,7 @@ if __name__ == "__main__":
         "--before",
         type=Path,
         help="a copy of older code (git archive <commit> | tar -x -C DIR): its web process "
-        "joins each round, tracing off and on, as the baseline of 'the current p50'",
+        "joins each round, tracing off, on and at 10%%, as a baseline for a change",
     )
     args = parser.parse_args()
     in_process()
