@@ -5,19 +5,19 @@
 1. In this process, the cost of one `with span(...)` block (app/core/tracing.py): with tracing
    off (what web and worker run when no OTEL_* variable is set), beside an empty `with`
    (the floor), the API's no-op tracer (an unconditional `start_as_current_span` without
-   SDK), the SDK recording a span for its batch processor, and this service's own span
-   (app/core/lean_spans.py) for the same; the OTLP encoding of a span by the SDK and by
-   app/core/otlp.py; then the tracing work of one publish (its request span, through
-   app/http/tracing_middleware.py, and its seven spans) per sampler, beside tracing off.
+   SDK), the SDK's `start_as_current_span` recording a span for its batch processor, and
+   this service's `span()` on the same SDK; the SDK's OTLP encoding of a span; then the
+   tracing work of one publish (its request span, through app/http/tracing_middleware.py,
+   and its seven spans) per sampler, beside tracing off.
 2. The web process of bench/publish.py (uvicorn, as in the Procfile, database
    `messaging_bench`) started in turn with tracing off, on (every request sampled) and on
    with 10 % of the traces sampled; with --before, also the web process of older code,
-   off and on: "the current p50" of the issue. 1-recipient publishes from 8 wrk
-   connections. Per round: p50, p99, throughput, and the web process's CPU time per
-   publish (/proc, all its threads, the span exporter's included), then the medians. CPU
-   per publish is the steadier figure on a shared machine: other sessions' load stretches
-   latencies more than CPU time. The traces go to a local OTLP/HTTP receiver that decodes
-   every export (tests/servers.py), in this process, on the same 2 cores.
+   off, on and at 10 %. 1-recipient publishes from 8 wrk connections. Per round: p50, p99,
+   throughput, and the web process's CPU time per publish (/proc, all its threads, the
+   span exporter's included), then the medians. CPU per publish is the steadier figure on
+   a shared machine: other sessions' load stretches latencies more than CPU time. The
+   traces go to a local OTLP/HTTP receiver that decodes every export (tests/servers.py),
+   in this process, on the same 2 cores.
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ def span_costs() -> dict[str, float]:
     n = 100_000
     costs = {}
     for name, block in [("floor", floor), ("off", off), ("api_noop", api_noop), ("sdk", recorded)]:
-        costs[name] = min(timeit.repeat(block, number=n, repeat=5)) / n * 1e6
+        costs[name] = (
+            min(timeit.repeat(block, number=n, repeat=5, timer=time.process_time)) / n * 1e6
+        )
     provider.shutdown()
 
     # What the exporter's thread does per span: OTLP protobuf encoding (then one POST per
@@ -118,13 +120,10 @@ def span_costs() -> dict[str, float]:
     return costs
 
 
-def lean_costs() -> dict[str, float]:
-    """Microseconds per span of this service's own (app/core/lean_spans.py), to the batch
-    processor, and of their OTLP encoding (app/core/otlp.py). Turns tracing on in this process."""
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-
-    from app.core import otlp, tracing
+def our_span_cost() -> float:
+    """Microseconds per `with span(...)` block of app/core/tracing.py with tracing on, every
+    span sampled and handed to the batch processor (whose exporter drops them)."""
+    from app.core import tracing
 
     attributes = {"delivery_id": "run:1", "channel": "email"}
 
@@ -133,20 +132,8 @@ def lean_costs() -> dict[str, float]:
             pass
 
     SAMPLER.delegate = ALWAYS_ON
-    install(batch(Drop()))
     n = 100_000
-    costs = {"lean": min(timeit.repeat(recorded, number=n, repeat=5)) / n * 1e6}
-    kept = InMemorySpanExporter()
-    install(SimpleSpanProcessor(kept))
-    for _ in range(2048):
-        recorded()
-    resource = Resource.create({"service.name": "bench"})
-    spans: Sequence[Any] = kept.get_finished_spans()  # ours, not the SDK's ReadableSpans
-    started = time.process_time()
-    for first in range(0, 2048, 512):
-        otlp.export_request(resource, "bench", spans[first : first + 512])
-    costs["encode lean"] = (time.process_time() - started) / 2048 * 1e6
-    return costs
+    return min(timeit.repeat(recorded, number=n, repeat=5, timer=time.process_time)) / n * 1e6
 
 
 def batch(exporter: SpanExporter) -> SpanProcessor:
@@ -181,7 +168,9 @@ def install(processor: SpanProcessor) -> None:
     """Tracing on in this process, sampled by SAMPLER, spans ended to `processor`."""
     from app.core import tracing
 
-    tracing.install(TracerProvider(sampler=SAMPLER), processor)
+    provider = TracerProvider(sampler=SAMPLER)
+    provider.add_span_processor(processor)
+    tracing.install(provider)
 
 
 def publish_tracing_costs() -> dict[str, float]:
@@ -306,23 +295,22 @@ async def runs_of(db: asyncpg.Connection, campaign_id: str) -> int:
 def in_process() -> None:
     costs = span_costs()
     per_publish = publish_tracing_costs()  # after the figures of tracing off: turns it on
-    costs.update(lean_costs())
-    print("one span block, microseconds (best of 5 x 100,000):")
+    costs["ours"] = our_span_cost()  # tracing on since publish_tracing_costs
+    print("one span block, CPU microseconds (best of 5 x 100,000):")
     for name, label in [
         ("floor", "empty `with` (floor)"),
         ("off", "span() with tracing off"),
         ("api_noop", "API no-op tracer (no SDK)"),
         ("sdk", "SDK, recorded (exporter drops)"),
-        ("lean", "this service's span, recorded"),
+        ("ours", "span() on the SDK, recorded"),
         ("encode", "SDK's OTLP encoding of its span"),
-        ("encode lean", "app/core/otlp.py's encoding of ours"),
     ]:
         print(f"  {label:>32}: {costs[name]:6.2f} us")
     print("tracing work per publish (request span + 7 spans), CPU microseconds, in-process:")
     for name, value in per_publish.items():
         extra = value - per_publish["off"]
         print(f"  {name:>32}: {value:6.1f} us  (+{extra:5.1f} us over off)")
-    encoding = 8 * costs["encode lean"]
+    encoding = 8 * costs["encode"]
     print(f"  {'+ OTLP encoding, when sampled':>32}: {encoding:6.1f} us (exporter thread)")
 
 
@@ -330,7 +318,9 @@ async def under_load(rounds: int, seconds: int, before: Path | None) -> None:
     for name in [name for name in os.environ if name.startswith("OTEL_")]:
         del os.environ[name]  # "off" means none of them
     await prepare_database(DATABASE_URL)
-    modes = ("off", "on", "on 10%") + (("before, off", "before, on") if before else ())
+    modes: tuple[str, ...] = ("off", "on", "on 10%")
+    if before:
+        modes += ("before, off", "before, on", "before, 10%")
     results: dict[str, list[tuple[float, float, float, float, int]]] = {m: [] for m in modes}
     db = await asyncpg.connect(DATABASE_URL)
     traced = 0
@@ -341,7 +331,14 @@ async def under_load(rounds: int, seconds: int, before: Path | None) -> None:
             "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
             "OTEL_TRACES_SAMPLER_ARG": "0.1",
         }
-        environments = {"off": {}, "on": on, "on 10%": sampled, "before, off": {}, "before, on": on}
+        environments = {
+            "off": {},
+            "on": on,
+            "on 10%": sampled,
+            "before, off": {},
+            "before, on": on,
+            "before, 10%": sampled,
+        }
         for _ in range(rounds):
             for mode in modes:
                 code = before if before and mode.startswith("before") else ROOT
@@ -359,7 +356,15 @@ async def under_load(rounds: int, seconds: int, before: Path | None) -> None:
     }
     for mode in modes:
         print(f"  tracing {mode:>11}: {figures(medians[mode])}")
-    for mode, baseline in [("on", "off"), ("on 10%", "off"), ("on", "before, off")]:
+    for mode, baseline in [
+        ("on", "off"),
+        ("on 10%", "off"),
+        ("before, on", "before, off"),
+        ("before, 10%", "before, off"),
+        ("off", "before, off"),
+        ("on", "before, on"),
+        ("on 10%", "before, 10%"),
+    ]:
         if baseline in medians:
             p50 = medians[mode][0] / medians[baseline][0]
             cpu = medians[mode][3] / medians[baseline][3]
@@ -375,7 +380,7 @@ if __name__ == "__main__":
         "--before",
         type=Path,
         help="a copy of older code (git archive <commit> | tar -x -C DIR): its web process "
-        "joins each round, tracing off and on, as the baseline of 'the current p50'",
+        "joins each round, tracing off, on and at 10%%, as a baseline for a change",
     )
     args = parser.parse_args()
     in_process()

@@ -3,35 +3,36 @@ variables ask for them (`Settings.tracing`).
 
 Off (the default), no SDK is imported or set up and `span()` hands out one shared
 `nullcontext`: a span costs a function call. On, `configure_tracing` installs the SDK's
-tracer provider with a batching OTLP exporter; the SDK itself reads the other variables
-(OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_HEADERS, OTEL_TRACES_SAMPLER, OTEL_BSP_...). Our
-spans are recorded leanly (app/core/lean_spans.py) and encoded by hand (app/core/otlp.py): the SDK's
-own spans and encoding cost a sampled publish 1.7 times the CPU of an untraced one.
+tracer provider with its batch processor and stock OTLP/HTTP exporter; the SDK itself reads
+the other variables (OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_HEADERS, OTEL_TRACES_SAMPLER,
+OTEL_BSP_..., OTEL_SPAN_..._LIMIT).
 
 A publish and the deliveries of its run share one trace: each deliver_batch job carries
 the W3C `traceparent` of the span that deferred it (an optional job argument), and its
 span continues that trace.
+
+Exceptions enter spans only through `record_exception`, without their messages (ADR 0053):
+spans are started with the SDK's own recording off.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractContextManager, asynccontextmanager
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-from app.core.lean_spans import NO_SPAN, LeanTracer
 from app.core.settings import Settings
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
-    from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,9 @@ SCOPE = "messaging"  # the instrumentation scope of every span
 POSTGRESQL: Mapping[str, AttributeValue] = {"db.system.name": "postgresql"}
 
 _enabled = False
-_tracer: LeanTracer
+_tracer: trace.Tracer
 _flush: Callable[[], object] | None = None
-_NO_SPAN: AbstractContextManager[Any] = NO_SPAN
+_NO_SPAN: AbstractContextManager[Any] = nullcontext()
 _W3C = TraceContextTextMapPropagator()
 
 
@@ -51,31 +52,27 @@ def configure_tracing(settings: Settings) -> None:
     if not settings.tracing or _enabled:
         return
     # Imported here: a process without tracing never loads the SDK.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    from app.core.otlp import LeanSpanExporter
-
     resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: "messaging"}))
-    provider = TracerProvider(resource=resource)  # OTEL_TRACES_SAMPLER
-    processor = BatchSpanProcessor(LeanSpanExporter(resource, SCOPE))  # OTEL_BSP_*
-    provider.add_span_processor(processor)
-    install(provider, processor)
+    provider = TracerProvider(resource=resource)  # OTEL_TRACES_SAMPLER, OTEL_SPAN_*_LIMIT
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # OTEL_BSP_*, OTLP_*
+    install(provider)
     logger.info(
         "tracing on: OTLP/HTTP export", extra={"service": resource.attributes[SERVICE_NAME]}
     )
 
 
-def install(provider: SdkTracerProvider, processor: SpanProcessor) -> None:
-    """Make `provider` the process's tracer provider, and the spans of this module real:
-    recorded as app/core/lean_spans.py's, sampled by `provider`'s sampler, ended to `processor`
-    (which `provider.force_flush` must flush)."""
+def install(provider: SdkTracerProvider) -> None:
+    """Make `provider` the process's tracer provider, and the spans of this module its."""
     global _enabled, _flush, _tracer
     trace.set_tracer_provider(provider)
-    _tracer = LeanTracer(provider.sampler, provider.id_generator, processor)
+    _tracer = provider.get_tracer(SCOPE)
     _flush = provider.force_flush
     _enabled = True
 
@@ -105,7 +102,73 @@ def span(
     `record_errors` (the caller then says what is one)."""
     if not _enabled:  # off: one test, no call
         return _NO_SPAN
-    return _tracer.start(name, kind, attributes, parent, record_errors=record_errors)
+    if parent is None:
+        current = trace.get_current_span()
+        if not current.is_recording() and current.get_span_context().is_valid:
+            # Inside a span that is not sampled: its children would not be either (the
+            # built-in samplers follow the parent, or decide by trace id), so none is made.
+            # The context still says "not sampled" to the jobs deferred inside.
+            return _NO_SPAN
+    started = _tracer.start_span(
+        name,
+        parent,
+        kind,
+        attributes,
+        record_exception=False,  # ours below, without the message
+        set_status_on_exception=False,
+    )
+    return _current(started, record_errors)
+
+
+@contextmanager
+def _current(started: trace.Span, record_errors: bool) -> Iterator[trace.Span]:
+    with trace.use_span(
+        started, end_on_exit=True, record_exception=False, set_status_on_exception=False
+    ):
+        try:
+            yield started
+        except Exception as exc:  # as the SDK: not CancelledError, GeneratorExit
+            if record_errors and started.is_recording():
+                record_exception(started, exc)
+                started.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
+            raise
+
+
+def record_exception(recording: trace.Span, exception: BaseException) -> None:
+    """An `exception` event with the exception's type, where it was raised and, if it
+    carries one, its `status_code` (a provider's SMTP or HTTP code): never its message.
+    A message may quote data (a provider's refusal quotes the address it refused, asyncpg
+    the argument it could not encode), and spans leave the service for a tracing backend.
+    This is the one place where exceptions enter spans; their words stay in the delivery's
+    `last_error` or the log line of the same request."""
+    kind = type(exception)
+    module = kind.__module__
+    event: dict[str, AttributeValue] = {
+        "exception.type": kind.__qualname__
+        if module == "builtins"
+        else f"{module}.{kind.__qualname__}",
+        "exception.stacktrace": stacktrace_without_messages(exception),
+    }
+    status_code = getattr(exception, "status_code", None)
+    if type(status_code) is int:
+        event["exception.status_code"] = status_code
+    recording.add_event("exception", event)
+
+
+def stacktrace_without_messages(exception: BaseException) -> str:
+    """The traceback Python would print for `exception` and the exceptions it chains
+    (causes first), each ending with its type where Python adds `: <message>`."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exception
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = "".join(traceback.format_tb(current.__traceback__))
+        parts.append(f"Traceback (most recent call last):\n{frames}{type(current).__qualname__}\n")
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    return "\nwhich led to\n\n".join(reversed(parts))
 
 
 def db_span(operation: str, table: str) -> AbstractContextManager[Any]:

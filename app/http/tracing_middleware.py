@@ -52,7 +52,8 @@ def tracing_middleware(app: ASGIApp) -> ASGIApp:
                 status = exc.status_code
                 raise
             except Exception as exc:
-                request_span.record_exception(exc)
+                if request_span.is_recording():
+                    tracing.record_exception(request_span, exc)
                 raise
             finally:
                 request_span.set_attribute("http.response.status_code", status)

@@ -54,7 +54,7 @@ class WebhookProvider:
         if 200 <= answer.status < 300:
             return SendResult(provider_message_id=_message_id(answer.body))
         refusal = _refusal(answer.status, answer.body, answer.retry_after)
-        refusal.status_code = answer.status  # for the send's span (app/core/lean_spans.py)
+        refusal.status_code = answer.status  # for the send's span (app/core/tracing.py)
         raise refusal
 
     async def aclose(self) -> None:
