@@ -7,7 +7,7 @@ import email.errors
 import email.policy
 import functools
 import ssl
-from email.headerregistry import HeaderRegistry, UnstructuredHeader
+from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import Policy
 from email.utils import formatdate, parseaddr
@@ -122,7 +122,7 @@ class SmtpProvider:
             client.close()
 
 
-class _UriListHeader(UnstructuredHeader):
+class _UriListHeader(UnstructuredHeader, BaseHeader):  # BaseHeader: the stubs miss it
     """List-Unsubscribe's `<URI>, <URI>`, folded between the URIs only. The standard folder
     turns a URI longer than a 78-character line into RFC 2047 encoded-words, which RFC 2369
     readers (mailbox providers' unsubscribe buttons) do not decode. Each line stays under
