@@ -24,8 +24,9 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from app.core.settings import Settings
 from app.http.asgi import create_app
 from db.pool import connect
-from tests.servers import HttpSink, WebProcess, web_process
+from tests.fakes.webhook import HttpSink
 from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET
+from tests.web import WebProcess, web_process
 
 PUBLIC_BASE_URL = "https://messaging.test"
 

@@ -34,9 +34,9 @@ from app.http.body import CAMPAIGN_BODY_BYTES
 from app.services.feedback import MAX_BODY_BYTES as FEEDBACK_MAX_BODY
 from app.services.idempotency import lock_id
 from app.services.twilio import MAX_FORM_BYTES as TWILIO_MAX_BODY
+from tests.fakes.twilio import signed_form
 from tests.helpers import CAMPAIGNS, create_campaign, database_unreachable, recipients
 from tests.tokens import ALL_SCOPES, bearer
-from tests.twilio import signed_form
 
 BRANDS = "/v1/messaging/brands"
 MAX_BODY = 64 * 1024  # small, so that 413 needs no huge body

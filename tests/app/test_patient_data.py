@@ -34,19 +34,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from app.core.settings import Settings
 from app.core.unsubscribe import UnsubscribeKeys
 from tests.conftest import PUBLIC_BASE_URL
+from tests.fakes.otlp import OtlpReceiver
+from tests.fakes.server import free_port
+from tests.fakes.smtp import SmtpSink
+from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioReply, TwilioStandIn, signed_form
+from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import CAMPAIGNS
 from tests.jobs.delivery_helpers import ENDED, run_status, until
-from tests.servers import (
-    HttpSink,
-    OtlpReceiver,
-    Reply,
-    SmtpSink,
-    free_port,
-    web_command,
-)
 from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET, bearer
-from tests.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioReply, TwilioStandIn, signed_form
 from tests.waiting import PATIENCE
+from tests.web import web_command
 
 ROOT = Path(__file__).resolve().parents[2]
 BRAND = "brand-a"

@@ -8,9 +8,9 @@ from dataclasses import replace
 from litestar.testing import AsyncTestClient
 
 from app.http.asgi import create_app
+from tests.fakes.webhook import Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients, walk
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliver_until_ended
-from tests.servers import Reply
 from tests.tokens import bearer
 
 

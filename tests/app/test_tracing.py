@@ -16,11 +16,14 @@ import httpx
 import pytest
 
 from app.core.settings import Settings, SettingsError
+from tests.fakes.otlp import OtlpReceiver, ReceivedSpan
+from tests.fakes.server import free_port
+from tests.fakes.webhook import Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish
 from tests.jobs.delivery_helpers import ENDED, run_status
-from tests.servers import OtlpReceiver, ReceivedSpan, Reply, free_port, web_command
 from tests.tokens import TEST_SECRET, bearer
 from tests.waiting import PATIENCE
+from tests.web import web_command
 
 ROOT = Path(__file__).resolve().parents[2]
 FAILING = "down@example.com"

@@ -10,7 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tests.servers import HttpSink
+from tests.fakes.webhook import HttpSink
 
 ROOT = Path(__file__).resolve().parents[2]
 CONCURRENCY = 4

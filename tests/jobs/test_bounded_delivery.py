@@ -28,10 +28,10 @@ from pathlib import Path
 import pytest
 
 from db.pool import connect
+from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliveries, ended
 from tests.jobs.processes import delivery_ids
-from tests.servers import HttpSink, Reply
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 2

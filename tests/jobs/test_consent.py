@@ -22,6 +22,8 @@ import pytest
 from app.core.unsubscribe import UnsubscribeKeys
 from jobs.worker import run_worker
 from tests.conftest import PUBLIC_BASE_URL
+from tests.fakes.smtp import SmtpSink
+from tests.fakes.webhook import HttpSink
 from tests.helpers import CAMPAIGNS, publish
 from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,
@@ -29,7 +31,6 @@ from tests.jobs.delivery_helpers import (
     deliveries,
     until,
 )
-from tests.servers import HttpSink, SmtpSink
 from tests.tokens import bearer
 
 WEBHOOK_SECRET = "webhook-secret"

@@ -18,9 +18,9 @@ import jobs.retention
 from app.http.asgi import create_app
 from db.pool import create_pool
 from jobs.retention import maintain_deliveries
+from tests.fakes.webhook import Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish, walk
 from tests.jobs.delivery_helpers import deliver_until_ended
-from tests.servers import Reply
 from tests.tokens import bearer
 
 DAYS = timedelta(days=7)

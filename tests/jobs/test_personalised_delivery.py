@@ -16,13 +16,14 @@ from litestar.testing import AsyncTestClient
 
 from app.core.settings import Settings
 from app.http.asgi import create_app
+from tests.fakes.smtp import SmtpSink
+from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish
 from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,
     deliver_until_ended,
     deliveries,
 )
-from tests.servers import HttpSink, Reply, SmtpSink
 from tests.tokens import bearer
 
 REMINDER = {

@@ -13,6 +13,7 @@ from dataclasses import replace
 import pytest
 
 from jobs.providers import OutgoingMessage, SendResult
+from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,
@@ -20,7 +21,6 @@ from tests.jobs.delivery_helpers import (
     ended,
     running_worker,
 )
-from tests.servers import HttpSink, Reply
 
 MAX_ATTEMPTS = 3
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,
@@ -19,7 +20,6 @@ from tests.jobs.delivery_helpers import (
     ended,
     running_worker,
 )
-from tests.servers import HttpSink, Reply
 
 OUTAGE_SECONDS = 2.0
 TIMEOUT = 0.5  # WEBHOOK_TIMEOUT_SECONDS

@@ -26,9 +26,9 @@ import pytest
 from db.queue import delivery_priority
 from jobs.tasks import defer_follow_up
 from jobs.worker import run_worker
+from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, ended, running_worker
-from tests.servers import HttpSink, Reply
 from tests.tokens import bearer
 
 ROOT = Path(__file__).resolve().parents[2]

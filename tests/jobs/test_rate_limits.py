@@ -15,10 +15,10 @@ from litestar.testing import AsyncTestClient
 
 from app.http.asgi import create_app
 from db.pool import connect
+from tests.fakes.webhook import HttpSink, Rendezvous, Reply
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliveries, run_status
 from tests.jobs.processes import CONCURRENCY, Workers, delivery_ids
-from tests.servers import HttpSink, Rendezvous, Reply
 from tests.tokens import bearer
 
 LIMIT, BURST_SECONDS = 20, 0.2

@@ -14,6 +14,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from app.http.asgi import create_app
+from tests.fakes.server import free_port
+from tests.fakes.webhook import Rendezvous, Reply
 from tests.helpers import create_campaign, database_unreachable, publish, recipients
 from tests.jobs.delivery_helpers import (
     ENDED,
@@ -23,7 +25,6 @@ from tests.jobs.delivery_helpers import (
     until,
 )
 from tests.jobs.processes import CONCURRENCY, STALLED, Workers, delivery_ids, wait_exit
-from tests.servers import Rendezvous, Reply, free_port
 
 JOBS = 4  # WORKER_JOBS, the default
 ROUND_SLACK = 1.5
