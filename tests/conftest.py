@@ -29,6 +29,7 @@ from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET
 from tests.web import WebProcess, web_process
 
 PUBLIC_BASE_URL = "https://messaging.test"
+WEBHOOK_SECRET = "webhook-secret"
 
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("PGPORT", "5432"))
@@ -142,6 +143,19 @@ def sink() -> Iterator[HttpSink]:
     """A real local HTTP receiver: the webhook provider's, or an events receiver."""
     with HttpSink() as sink:
         yield sink
+
+
+@pytest.fixture
+def webhook_settings(settings: Settings, sink: HttpSink) -> Settings:
+    """The test's settings with both channels sent through the webhook provider to `sink`,
+    signed with WEBHOOK_SECRET. A module that tunes the workers overrides this fixture."""
+    return replace(
+        settings,
+        email_provider="webhook",
+        sms_provider="webhook",
+        webhook_url=sink.url,
+        webhook_secret=WEBHOOK_SECRET,
+    )
 
 
 @pytest.fixture

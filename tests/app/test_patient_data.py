@@ -42,8 +42,7 @@ from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import CAMPAIGNS
 from tests.jobs.delivery_helpers import ENDED, run_status, until
 from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET, bearer
-from tests.waiting import PATIENCE
-from tests.web import web_command
+from tests.web import until_ready, web_command
 
 ROOT = Path(__file__).resolve().parents[2]
 BRAND = "brand-a"
@@ -217,7 +216,7 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
     answers: dict[str, str] = {}  # the answers that may show the canary
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            await until_ready(http)
+            await until_ready(str(http.base_url))
             api = Caller(http)
             email_campaign = await campaign(api, "email")
             sms_campaign = await campaign(api, "sms")
@@ -508,17 +507,6 @@ def suppression_events(sink: HttpSink) -> list[Any]:
     return [r.json() for r in list(sink.requests) if r.json()["type"] == "suppression.created"]
 
 
-async def until_ready(http: httpx.AsyncClient) -> None:
-    async with asyncio.timeout(PATIENCE):
-        while True:
-            try:
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-
-
 # Twilio: the same canary through the Twilio provider, its receipts and inbound texts.
 TWILIO_PHONE = "+15558203917"
 TWILIO_PERSON = "person-canary-twilio-j5r8"
@@ -562,7 +550,7 @@ async def test_patient_data_stays_in_through_twilio(database_url, db, receiver, 
         )
         try:
             async with httpx.AsyncClient(base_url=twilio.callbacks_via, timeout=30) as http:
-                await until_ready(http)
+                await until_ready(str(http.base_url))
                 api = Caller(http)
                 sms_campaign = await campaign(api, "sms")
                 people = [

@@ -17,13 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -31,54 +27,23 @@ from db.pool import connect
 from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliveries, ended
-from tests.jobs.processes import delivery_ids
+from tests.jobs.processes import Workers, delivery_ids
 
-ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 2
-
-
-class Workers:
-    """`python -m jobs.worker` processes (or `module`'s) with the settings' defaults but
-    what a test sets: WORKER_CONCURRENCY 32, jobs of 500, DELIVERY_MAX_THROTTLES 10."""
-
-    def __init__(self, database_url: str, sink: HttpSink, tmp_path: Path) -> None:
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "EMAIL_PROVIDER": "webhook",
-            "WEBHOOK_URL": sink.url,
-            "WEBHOOK_SECRET": "s",
-            "STALLED_JOB_SECONDS": "3",
-            "LOG_LEVEL": "INFO",
-        }
-        self.tmp_path = tmp_path
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self, module: str = "jobs.worker", *args: str) -> None:
-        with (self.tmp_path / f"worker-{len(self.processes)}.log").open("wb") as log:
-            self.processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", module, *args],
-                    cwd=ROOT,
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-
-    def logs(self) -> str:
-        return "".join(p.read_text() for p in sorted(self.tmp_path.glob("worker-*.log")))
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
 
 
 @pytest.fixture
 def workers(database_url, sink, tmp_path) -> Iterator[Workers]:
-    workers = Workers(database_url, sink, tmp_path)
+    """Workers with the settings' defaults but what a test sets: WORKER_CONCURRENCY 32,
+    jobs of 500, DELIVERY_MAX_THROTTLES 10."""
+    workers = Workers(
+        database_url,
+        sink,
+        tmp_path,
+        WORKER_CONCURRENCY=None,
+        DELIVERY_RETRY_BASE_SECONDS=None,
+        STALLED_JOB_SECONDS="3",
+    )
     yield workers
     workers.stop_all()
 

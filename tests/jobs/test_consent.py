@@ -21,7 +21,7 @@ import pytest
 
 from app.core.unsubscribe import UnsubscribeKeys
 from jobs.worker import run_worker
-from tests.conftest import PUBLIC_BASE_URL
+from tests.conftest import PUBLIC_BASE_URL, WEBHOOK_SECRET
 from tests.fakes.smtp import SmtpSink
 from tests.fakes.webhook import HttpSink
 from tests.helpers import CAMPAIGNS, publish
@@ -33,7 +33,6 @@ from tests.jobs.delivery_helpers import (
 )
 from tests.tokens import bearer
 
-WEBHOOK_SECRET = "webhook-secret"
 EVENTS_SECRET = "events-secret"
 MAILTO = "unsubscribe@brand-a.example"
 BODY = "News for {{person_id}}. Unsubscribe: {{ unsubscribe_url }}"
@@ -44,17 +43,6 @@ LINK = re.compile(r"<(https://[^>]+)>")
 def smtp() -> Iterator[SmtpSink]:
     with SmtpSink() as smtp:
         yield smtp
-
-
-@pytest.fixture
-def webhook_settings(settings, sink):
-    return replace(
-        settings,
-        email_provider="webhook",
-        sms_provider="webhook",
-        webhook_url=sink.url,
-        webhook_secret=WEBHOOK_SECRET,
-    )
 
 
 async def campaign(

@@ -29,17 +29,11 @@ from tests.jobs.processes import delivery_ids
 from tests.tokens import bearer
 from tests.waiting import PATIENCE
 
-SECRET = "webhook-secret"
-
 
 @pytest.fixture
-def webhook_settings(settings, sink):
+def webhook_settings(webhook_settings):
     return replace(
-        settings,
-        email_provider="webhook",
-        sms_provider="webhook",
-        webhook_url=sink.url,
-        webhook_secret=SECRET,
+        webhook_settings,
         delivery_retry_base_seconds=0.01,
         delivery_max_attempts=3,
         worker_concurrency=8,

@@ -26,12 +26,9 @@ MAX_ATTEMPTS = 3
 
 
 @pytest.fixture
-def webhook_settings(settings, sink):
+def webhook_settings(webhook_settings):
     return replace(
-        settings,
-        email_provider="webhook",
-        webhook_url=sink.url,
-        webhook_secret="s",
+        webhook_settings,
         delivery_retry_base_seconds=0.01,
         delivery_max_attempts=MAX_ATTEMPTS,
         worker_concurrency=4,

@@ -26,12 +26,9 @@ TIMEOUT = 0.5  # WEBHOOK_TIMEOUT_SECONDS
 
 
 @pytest.fixture
-def outage_settings(settings, sink):
+def outage_settings(webhook_settings):
     return replace(
-        settings,
-        email_provider="webhook",
-        webhook_url=sink.url,
-        webhook_secret="s",
+        webhook_settings,
         webhook_timeout_seconds=TIMEOUT,
         delivery_retry_base_seconds=0.2,
         delivery_max_attempts=12,  # 0.2 s doubling: far more than the outage

@@ -21,7 +21,7 @@ from jobs.worker import run_worker
 from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import run_status, until
-from tests.jobs.test_worker_process import Workers, wait_exit
+from tests.jobs.processes import Workers, wait_exit
 from tests.tokens import bearer
 
 SECRET = "events-secret"
