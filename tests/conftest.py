@@ -67,11 +67,18 @@ def template_database() -> Iterator[str]:
         yield name
 
 
-@pytest.fixture
-def database_url(template_database: str) -> Iterator[str]:
+@contextmanager
+def fresh_database(template_database: str) -> Iterator[str]:
+    """A new copy of the migrated template, dropped on exit; yields its URL."""
     name = f"{PREFIX}_{next(_numbers)}"
     with _janitor(name, template_dbname=template_database):
         yield url_of(name)
+
+
+@pytest.fixture
+def database_url(template_database: str) -> Iterator[str]:
+    with fresh_database(template_database) as url:
+        yield url
 
 
 @pytest.fixture
@@ -82,8 +89,8 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
-@pytest.fixture
-def settings(database_url: str) -> Settings:
+def settings_of(database_url: str) -> Settings:
+    """The settings every test starts from, on `database_url`."""
     return replace(
         Settings(),
         database_url=database_url,
@@ -91,6 +98,11 @@ def settings(database_url: str) -> Settings:
         public_base_url=PUBLIC_BASE_URL,
         unsubscribe_secrets=UNSUBSCRIBE_SECRET,
     )
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return settings_of(database_url)
 
 
 @pytest.fixture
