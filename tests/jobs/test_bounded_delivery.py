@@ -109,8 +109,9 @@ async def test_a_receiver_that_only_ever_throttles_gets_ten_sends_a_second_apart
             status=429, body=b"slow", headers={"Retry-After": retry_after}
         )
     # Without a readable Retry-After ("-5", "soon") the wait is the delivery's backoff, of
-    # 2 s doubling by default; this one would ask 0.05 s and gets the minimum, 1 s.
-    workers.env["DELIVERY_RETRY_BASE_SECONDS"] = "0.05"
+    # 2 s doubling by default; this one asks 0.4 s at most (0.001 s x 2^8, +50%) and gets
+    # the minimum, 1 s, every time (a base of 0.05 s made the last waits up to 19 s).
+    workers.env["DELIVERY_RETRY_BASE_SECONDS"] = "0.001"
     await start(workers, db)
     runs = await publish_runs(client, [200, 200, 200])
 
@@ -230,7 +231,15 @@ async def test_a_due_delivery_locked_during_the_jobs_last_claim_gets_a_follow_up
             return sent == 1800 - len(locked)
 
         await until_db(all_but_locked_sent)
-        await asyncio.sleep(2)  # the jobs ended their ranges meanwhile
+
+        async def first_jobs_ended() -> bool:
+            ended_jobs: int = await db.fetchval(
+                "SELECT count(DISTINCT (args->>'run_id', args->>'first')) FROM procrastinate_jobs"
+                " WHERE task_name = 'deliver_batch' AND status IN ('succeeded', 'failed')"
+            )
+            return ended_jobs == len(locked)  # every range's first job made its last claim
+
+        await until_db(first_jobs_ended)
         for run_id, position in locked:
             first = 0 if position < 500 else 500
             waiting = await db.fetchval(
