@@ -24,6 +24,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from app.core.settings import Settings
 from app.http.asgi import create_app
 from db.pool import connect
+from tests.fakes.smtp import SmtpSink
 from tests.fakes.webhook import HttpSink
 from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET
 from tests.web import WebProcess, web_process
@@ -155,6 +156,13 @@ def sink() -> Iterator[HttpSink]:
     """A real local HTTP receiver: the webhook provider's, or an events receiver."""
     with HttpSink() as sink:
         yield sink
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    """A real local mail relay: the SMTP provider's."""
+    with SmtpSink() as smtp:
+        yield smtp
 
 
 @pytest.fixture

@@ -70,10 +70,9 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with SmtpSink() as smtp:
-        smtp.replies[EMAIL] = SMTP_REFUSAL
-        yield smtp
+def smtp(smtp: SmtpSink) -> SmtpSink:
+    smtp.replies[EMAIL] = SMTP_REFUSAL
+    return smtp
 
 
 @pytest.fixture

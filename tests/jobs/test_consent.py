@@ -11,18 +11,15 @@ import hmac
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 
 from app.core.unsubscribe import UnsubscribeKeys
 from jobs.worker import run_worker
 from tests.conftest import PUBLIC_BASE_URL, WEBHOOK_SECRET
-from tests.fakes.smtp import SmtpSink
 from tests.fakes.webhook import HttpSink
 from tests.helpers import CAMPAIGNS, publish
 from tests.jobs.delivery_helpers import (
@@ -37,12 +34,6 @@ EVENTS_SECRET = "events-secret"
 MAILTO = "unsubscribe@brand-a.example"
 BODY = "News for {{person_id}}. Unsubscribe: {{ unsubscribe_url }}"
 LINK = re.compile(r"<(https://[^>]+)>")
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with SmtpSink() as smtp:
-        yield smtp
 
 
 async def campaign(

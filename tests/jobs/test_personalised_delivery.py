@@ -6,7 +6,7 @@ carries the original data."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -35,12 +35,6 @@ REMINDER = {
 
 def person(n: int, **data: Any) -> dict[str, Any]:
     return {"person_id": f"p{n}", "recipient": f"user{n}@example.com", "data": data}
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with SmtpSink() as smtp:
-        yield smtp
 
 
 @pytest.fixture
