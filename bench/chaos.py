@@ -6,7 +6,7 @@ receiver, faults at random instants, several rounds each.
 
 Each round uses a fresh database on `--server` (a copy of a template migrated once), one
 web process (uvicorn, as the Procfile starts it), two worker processes and a threaded HTTP
-receiver (tests/servers.py) that answers in 2 to 10 ms. Clients publish runs through the
+receiver (tests/fakes/webhook.py) that answers in 2 to 10 ms. Clients publish runs through the
 API while the fault happens. Scenarios:
 - kill9: `kill -9` of one of the two workers at a random instant while it holds jobs of
   several runs; measures the time until the dead worker's jobs are back in the queue.
@@ -53,8 +53,10 @@ import httpx  # noqa: E402
 from alembic import command  # noqa: E402
 from alembic.config import Config  # noqa: E402
 
-from tests.servers import HttpSink, Reply, free_port, web_command  # noqa: E402
+from tests.fakes.server import free_port  # noqa: E402
+from tests.fakes.webhook import HttpSink, Reply  # noqa: E402
 from tests.tokens import TEST_SECRET, bearer  # noqa: E402
+from tests.web import web_command  # noqa: E402
 
 CAMPAIGNS = "/v1/messaging/campaigns"
 JOBS, CONCURRENCY, STALLED = 4, 8, 3

@@ -13,7 +13,7 @@ missing), two worker processes (`python -m jobs.worker`) and a webhook receiver.
   the big run's remaining time, `completed_at` of the big run minus the small run's
   `created_at`.
 - Rate limit: `EMAIL_RATE_LIMIT=--limit` with two workers for `--seconds`, to a receiver
-  that records when each message arrives (tests/servers.py HttpSink, in this process).
+  that records when each message arrives (tests/fakes/webhook.py HttpSink, in this process).
   Prints the mean rate against the limit, the spread of the per-second counts, and the
   busiest 1-second window against the limit plus its burst (RATE_LIMIT_BURST_SECONDS).
 """
@@ -43,7 +43,7 @@ from app.services.publishing import publish_campaign  # noqa: E402
 from bench.deliver import DATABASE_URL, free_port, reset  # noqa: E402
 from bench.publish import prepare_database  # noqa: E402
 from db.pool import connect  # noqa: E402
-from tests.servers import HttpSink  # noqa: E402
+from tests.fakes.webhook import HttpSink  # noqa: E402
 
 BURST_SECONDS = 0.2
 

@@ -27,7 +27,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import free_port, web_command  # noqa: E402
+from tests.fakes.server import free_port  # noqa: E402
+from tests.web import web_command  # noqa: E402
 
 CHUNK = 64 * 1024
 

@@ -35,8 +35,9 @@ from alembic.config import Config
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import free_port, web_command  # noqa: E402
+from tests.fakes.server import free_port  # noqa: E402
 from tests.tokens import TEST_SECRET, bearer  # noqa: E402
+from tests.web import web_command  # noqa: E402
 
 CAMPAIGNS = "/v1/messaging/campaigns"
 SIZES = {1: 0.6, 100: 0.3, 5000: 0.1}

@@ -36,7 +36,8 @@ from bench.publish import (  # noqa: E402
     token,
     wait_ready,
 )
-from tests.servers import free_port, web_command  # noqa: E402
+from tests.fakes.server import free_port  # noqa: E402
+from tests.web import web_command  # noqa: E402
 
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 

@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from bench.templates import BODY as TEMPLATE  # noqa: E402
 from bench.templates import DATA  # noqa: E402
 from db.create_database import create_database  # noqa: E402
-from tests.servers import web_command  # noqa: E402
+from tests.web import web_command  # noqa: E402
 
 DATABASE_URL = os.environ.get(
     "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/messaging_bench"

@@ -4,7 +4,7 @@
 
 Uses the database `messaging_bench` on the local PostgreSQL (BENCH_DATABASE_URL names
 another), two worker processes (`python -m jobs.worker`, default settings) and a local
-webhook receiver (tests/servers.py HttpSink, in this process) that answers one address
+webhook receiver (tests/fakes/webhook.py HttpSink, in this process) that answers one address
 `429` with `Retry-After: 3` every time, and everyone else 200. Per round, in an order that
 alternates: brand B's run of --recipients alone, and the same run published while brand A's
 20-recipient run, whose first recipient is that address, is being throttled. Rate = sent /
@@ -34,7 +34,7 @@ from bench.deliver import DATABASE_URL, reset  # noqa: E402
 from bench.fairness import campaign, ended, workers  # noqa: E402
 from bench.publish import prepare_database  # noqa: E402
 from db.pool import connect  # noqa: E402
-from tests.servers import HttpSink, Reply  # noqa: E402
+from tests.fakes.webhook import HttpSink, Reply  # noqa: E402
 
 THROTTLED = "throttled@a.example.com"
 

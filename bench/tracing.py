@@ -16,7 +16,7 @@
    throughput, and the web process's CPU time per publish (/proc, all its threads, the
    span exporter's included), then the medians. CPU per publish is the steadier figure on
    a shared machine: other sessions' load stretches latencies more than CPU time. The
-   traces go to a local OTLP/HTTP receiver that decodes every export (tests/servers.py),
+   traces go to a local OTLP/HTTP receiver that decodes every export (tests/fakes/otlp.py),
    in this process, on the same 2 cores.
 """
 
@@ -57,7 +57,7 @@ from bench.publish import (  # noqa: E402
     token,
     wait_ready,
 )
-from tests.servers import OtlpReceiver  # noqa: E402
+from tests.fakes.otlp import OtlpReceiver  # noqa: E402
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 

@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 from app.core.settings import DEV_JWT_SECRET, Settings  # noqa: E402
 from app.core.unsubscribe import UnsubscribeKeys, unsubscribe_link  # noqa: E402
 from db.create_database import create_database  # noqa: E402
-from tests.servers import free_port, web_command  # noqa: E402
+from tests.fakes.server import free_port  # noqa: E402
+from tests.web import web_command  # noqa: E402
 
 DATABASE = f"messaging_bench_unsubscribe_{os.getpid()}"
 URL = f"postgresql://postgres@127.0.0.1:5432/{DATABASE}"

@@ -24,10 +24,13 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from app.core.settings import Settings
 from app.http.asgi import create_app
 from db.pool import connect
-from tests.servers import HttpSink, WebProcess, web_process
+from tests.fakes.smtp import SmtpSink
+from tests.fakes.webhook import HttpSink
 from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET
+from tests.web import WebProcess, web_process
 
 PUBLIC_BASE_URL = "https://messaging.test"
+WEBHOOK_SECRET = "webhook-secret"
 
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("PGPORT", "5432"))
@@ -65,11 +68,18 @@ def template_database() -> Iterator[str]:
         yield name
 
 
-@pytest.fixture
-def database_url(template_database: str) -> Iterator[str]:
+@contextmanager
+def fresh_database(template_database: str) -> Iterator[str]:
+    """A new copy of the migrated template, dropped on exit; yields its URL."""
     name = f"{PREFIX}_{next(_numbers)}"
     with _janitor(name, template_dbname=template_database):
         yield url_of(name)
+
+
+@pytest.fixture
+def database_url(template_database: str) -> Iterator[str]:
+    with fresh_database(template_database) as url:
+        yield url
 
 
 @pytest.fixture
@@ -80,8 +90,8 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
-@pytest.fixture
-def settings(database_url: str) -> Settings:
+def settings_of(database_url: str) -> Settings:
+    """The settings every test starts from, on `database_url`."""
     return replace(
         Settings(),
         database_url=database_url,
@@ -89,6 +99,11 @@ def settings(database_url: str) -> Settings:
         public_base_url=PUBLIC_BASE_URL,
         unsubscribe_secrets=UNSUBSCRIBE_SECRET,
     )
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return settings_of(database_url)
 
 
 @pytest.fixture
@@ -141,6 +156,26 @@ def sink() -> Iterator[HttpSink]:
     """A real local HTTP receiver: the webhook provider's, or an events receiver."""
     with HttpSink() as sink:
         yield sink
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    """A real local mail relay: the SMTP provider's."""
+    with SmtpSink() as smtp:
+        yield smtp
+
+
+@pytest.fixture
+def webhook_settings(settings: Settings, sink: HttpSink) -> Settings:
+    """The test's settings with both channels sent through the webhook provider to `sink`,
+    signed with WEBHOOK_SECRET. A module that tunes the workers overrides this fixture."""
+    return replace(
+        settings,
+        email_provider="webhook",
+        sms_provider="webhook",
+        webhook_url=sink.url,
+        webhook_secret=WEBHOOK_SECRET,
+    )
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from tests.servers import ROOT
+from tests.web import ROOT
 
 WORKER_ONLY = ("jobs.delivery", "jobs.providers", "jobs.tasks", "aiohttp", "aiosmtplib")
 

@@ -17,9 +17,10 @@ import pytest
 
 from app.domain.decoding import TOO_DEEP
 from app.http.body import CAMPAIGN_BODY_BYTES, SMALL_BODY_BYTES
+from tests.fakes.server import HOST
 from tests.helpers import CAMPAIGNS
-from tests.servers import HOST, WebProcess
 from tests.tokens import bearer
+from tests.web import WebProcess
 
 BRANDS = "/v1/messaging/brands"
 EVERY_BRAND = bearer(brands=["*"])

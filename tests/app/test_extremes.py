@@ -35,9 +35,9 @@ from app.core.settings import Settings
 from app.http.asgi import create_app
 from db.pool import connect
 from tests.conftest import PREFIX, _janitor, url_of
+from tests.fakes.twilio import signed_form
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients
 from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET, bearer
-from tests.twilio import signed_form
 
 WEBHOOK_SECRET = "provider-secret"
 TWILIO_TOKEN = "twilio-token"

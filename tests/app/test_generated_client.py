@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import httpx
 
-from tests.servers import WebProcess
 from tests.tokens import make_token
+from tests.web import WebProcess
 
 PACKAGE = "messaging_client"
 OPERATIONS = (

@@ -23,9 +23,9 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from app.core.settings import Settings, SettingsError
 from app.http.asgi import create_app
 from tests.conftest import serving
+from tests.fakes.jwks import JwksServer
 from tests.helpers import CAMPAIGNS
 from tests.jobs.delivery_helpers import until
-from tests.servers import JwksServer
 from tests.tokens import make_token
 
 

@@ -16,9 +16,9 @@ from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.http.asgi import create_app
+from tests.fakes.server import free_port
 from tests.helpers import CAMPAIGNS, create_campaign, database_unreachable, publish, recipients
 from tests.jobs.delivery_helpers import deliver_until_ended
-from tests.servers import free_port
 from tests.tokens import bearer
 from tests.waiting import PATIENCE
 

@@ -1,10 +1,10 @@
 """The OpenAPI document against the running routes.
 
 The tour below makes every route answer every status its operation documents, and only
-those: a status documented without a scenario, or a scenario of an undocumented status,
-fails. Each real response is validated against the documented schema (strictly: an
-undocumented field fails too), its documented headers must be there, and the bodies the
-happy paths send must match the documented request body.
+those, one test an (operation, status) pair: a status documented without a scenario, or a
+scenario of an undocumented status, fails. Each real response is validated against the
+documented schema (strictly: an undocumented field fails too), its documented headers must
+be there, and the bodies the happy paths send must match the documented request body.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jsonschema
@@ -34,9 +34,11 @@ from app.http.body import CAMPAIGN_BODY_BYTES
 from app.services.feedback import MAX_BODY_BYTES as FEEDBACK_MAX_BODY
 from app.services.idempotency import lock_id
 from app.services.twilio import MAX_FORM_BYTES as TWILIO_MAX_BODY
+from db.pool import connect
+from tests.conftest import fresh_database, settings_of
+from tests.fakes.twilio import signed_form
 from tests.helpers import CAMPAIGNS, create_campaign, database_unreachable, recipients
 from tests.tokens import ALL_SCOPES, bearer
-from tests.twilio import signed_form
 
 BRANDS = "/v1/messaging/brands"
 MAX_BODY = 64 * 1024  # small, so that 413 needs no huge body
@@ -68,14 +70,13 @@ Op = tuple[str, str]  # (method, path as documented)
 Request = dict[str, Any]  # keyword arguments of client.request besides the method
 
 
-@pytest.fixture
-async def tour_client(settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
+def tour_app(database_url: str) -> Litestar:
     public_key = SENDGRID_KEY.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    app = create_app(
+    return create_app(
         replace(
-            settings,
+            settings_of(database_url),
             publish_max_body_bytes=MAX_BODY,
             webhook_secret=WEBHOOK_SECRET,
             sendgrid_webhook_public_key=public_key.decode(),
@@ -83,8 +84,6 @@ async def tour_client(settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
             public_base_url=TWILIO_BASE,
         )
     )
-    async with AsyncTestClient(app=app) as client:
-        yield client
 
 
 async def test_schema_is_openapi_3_1_served_without_a_token_with_interactive_docs(client):
@@ -184,7 +183,6 @@ class Tour:
     client: Any
     db: Any
     document: dict[str, Any]
-    checked: set[tuple[str, str, int]] = field(default_factory=set)
 
     async def campaign(self, *, activate: bool = True, brand: str = "brand-a") -> dict[str, Any]:
         return await create_campaign(self.client, brand=brand, activate=activate)
@@ -237,7 +235,6 @@ class Tour:
             body = sent["json"] if "json" in sent else json.loads(sent["content"])
             (media,) = operation["requestBody"]["content"].values()
             validate(self.document, media["schema"], body, (op, "request body"))
-        self.checked.add((method, path, status))
 
 
 def strict(node: Any) -> Any:
@@ -727,84 +724,112 @@ async def broken(db: Any) -> AsyncIterator[None]:
             await db.execute(f"ALTER TABLE {table}_gone RENAME TO {table}")
 
 
-async def test_every_documented_response_is_what_the_route_answers(tour_client, db):
-    client = tour_client
-    document = (await client.get("/schema/openapi.json")).json()
-    t = Tour(client, db, document)
-    operations = error_ops(document)
-    assert set(operations) == set(HAPPY)
+FOREIGN_BRAND = {
+    ("POST", C),
+    ("GET", S),
+    ("PUT", f"{S}/{{recipient}}"),
+    ("PUT", T),
+    ("GET", R),
+    ("PUT", R),
+}
+"""Naming a brand outside the token is the other 403 (create, suppressions, filter)."""
+NO_DATABASE = {("GET", "/healthz"), ("GET", UNSUBSCRIBE)}
+"""What answers without the database: every other route answers 503 with it away."""
 
-    for op, operation in operations.items():
-        documented = {int(status) for status in operation["responses"]}
-        success, make_request = HAPPY[op]
+
+def tour_pairs(document: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """Every documented (operation, status), and what each operation is tried with whether
+    or not it is documented (then it must be): its happy path, a 404 for another brand's
+    campaign, the other 403, and a 503 without the database."""
+    pairs = []
+    for op, operation in error_ops(document).items():
+        tried = {int(status) for status in operation["responses"]}
+        tried |= {HAPPY[op][0]} if op in HAPPY else set()
+        tried |= {404} if "{id}" in op[1] else set()
+        tried |= {403} if op in FOREIGN_BRAND else set()
+        tried |= set() if op in NO_DATABASE else {503}
+        pairs += [(*op, status) for status in sorted(tried)]
+    return pairs
+
+
+def collected_document() -> dict[str, Any]:
+    """The document as the app builds it, to name the tour's tests when they are collected;
+    test_the_tour_tries_every_documented_response compares it with the served one."""
+    return tour_app("postgresql://nobody@127.0.0.1/unused").openapi_schema.to_schema()
+
+
+PAIRS = tour_pairs(collected_document())
+
+
+@pytest.fixture(scope="module")
+async def tour(template_database: str) -> AsyncIterator[Tour]:
+    """One database and app for the whole tour, as when it was one test (a fresh database
+    a pair costs more than the tour): each scenario arranges its own campaigns and runs, and
+    the ones that take tables or the database away give them back."""
+    with fresh_database(template_database) as database_url:
+        db = await connect(database_url)
+        try:
+            async with AsyncTestClient(app=tour_app(database_url)) as client:
+                document = (await client.get("/schema/openapi.json")).json()
+                yield Tour(client, db, document)
+        finally:
+            await db.close()
+
+
+async def test_the_tour_tries_every_documented_response(tour):
+    assert set(error_ops(tour.document)) == set(HAPPY)
+    assert tour_pairs(tour.document) == PAIRS
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"), PAIRS, ids=[f"{m} {p} {status}" for m, p, status in PAIRS]
+)
+async def test_the_route_answers_the_documented_response(tour, method, path, status):
+    t, op = tour, (method, path)
+    operation = t.document["paths"][path][method.lower()]
+    success, make_request = HAPPY[op]
+    public = path in PUBLIC or path in SIGNED
+    scope = None if public else scope_of(operation)
+    specific = SPECIFIC.get((*op, status))
+    if status == success:
         request = await make_request(t)
-        t.check(op, success, await t.send(op, request), request)
-        public = op[1] in PUBLIC or op[1] in SIGNED
-        scope = None if public else scope_of(operation)
-
-        # Every route that takes a campaign id answers 404 for another brand's: that
-        # is tried whether or not it is documented, and then must be.
-        tried = documented | ({404} if "{id}" in op[1] else set())
-        for status in sorted(tried - {success}):
-            specific = SPECIFIC.get((*op, status))
-            if specific is not None:
-                response = await specific(t, op)
-            elif status == 400:
-                response = await bad_request(t, op)
-            elif status == 401:
-                response = await t.send(op, await make_request(t), headers={"Authorization": ""})
-            elif status == 403:
-                others = [s for s in ALL_SCOPES if s != scope]
-                response = await t.send(op, await make_request(t), headers=bearer(scopes=others))
-                assert response.json()["details"] == {"required_scope": scope}
-            elif status == 404:
-                response = await not_found(t, op)
-            elif status == 412:
-                response = await bad_state(t, op)
-            elif status == 413:
-                response = await too_large(t, op)
-            elif status == 415:
-                response = await not_json(t, op)
-            elif status == 500:
-                request = await make_request(t)
-                async with broken(db):
-                    response = await t.send(op, request)
-            elif status == 503:
-                continue  # below: it takes the database away for good
-            else:
-                raise AssertionError(f"no scenario for {op} {status}")
-            t.check(op, status, response)
-
-    # Naming a brand outside the token is the other 403 (create, suppressions, filter).
-    for op in [
-        ("POST", C),
-        ("GET", S),
-        ("PUT", f"{S}/{{recipient}}"),
-        ("PUT", T),
-        ("GET", R),
-        ("PUT", R),
-    ]:
-        response = await foreign_brand(t, op)
-        t.check(op, 403, response)
-        assert response.json()["details"] == {"brand_id": "brand-a"}
-
-    # The database away: every route that needs it answers 503 with Retry-After.
-    # (/healthz and an unsubscribe link's page need no database.)
-    requests = {
-        op: await HAPPY[op][1](t)
-        for op in operations
-        if op not in {("GET", "/healthz"), ("GET", UNSUBSCRIBE)}
-    }
-    async with database_unreachable(db):
-        for op, request in requests.items():
+        response = await t.send(op, request)
+        t.check(op, success, response, request)
+        return
+    if specific is not None:
+        response = await specific(t, op)
+    elif status == 400:
+        response = await bad_request(t, op)
+    elif status == 401:
+        response = await t.send(op, await make_request(t), headers={"Authorization": ""})
+    elif status == 403:
+        others = [s for s in ALL_SCOPES if s != scope]
+        response = await t.send(op, await make_request(t), headers=bearer(scopes=others))
+        assert response.json()["details"] == {"required_scope": scope}
+        if op in FOREIGN_BRAND:
+            t.check(op, 403, response)
+            response = await foreign_brand(t, op)
+            t.check(op, 403, response)
+            assert response.json()["details"] == {"brand_id": "brand-a"}
+    elif status == 404:
+        response = await not_found(t, op)
+    elif status == 412:
+        response = await bad_state(t, op)
+    elif status == 413:
+        response = await too_large(t, op)
+    elif status == 415:
+        response = await not_json(t, op)
+    elif status == 500:
+        request = await make_request(t)
+        async with broken(t.db):
+            response = await t.send(op, request)
+    elif status == 503 and op not in NO_DATABASE:
+        request = await make_request(t)
+        async with database_unreachable(t.db):
             response = await t.send(op, request)
             t.check(op, 503, response)
-            if op[1] != "/readyz":
+            if path != "/readyz":
                 assert response.headers["Retry-After"] == "1"
-
-    every_documented = {
-        (method, path, int(status))
-        for (method, path), operation in operations.items()
-        for status in operation["responses"]
-    }
-    assert t.checked == every_documented
+    else:
+        raise AssertionError(f"no scenario for {op} {status}")
+    t.check(op, status, response)

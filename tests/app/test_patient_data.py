@@ -34,19 +34,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from app.core.settings import Settings
 from app.core.unsubscribe import UnsubscribeKeys
 from tests.conftest import PUBLIC_BASE_URL
+from tests.fakes.otlp import OtlpReceiver
+from tests.fakes.server import free_port
+from tests.fakes.smtp import SmtpSink
+from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioReply, TwilioStandIn, signed_form
+from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import CAMPAIGNS
 from tests.jobs.delivery_helpers import ENDED, run_status, until
-from tests.servers import (
-    HttpSink,
-    OtlpReceiver,
-    Reply,
-    SmtpSink,
-    free_port,
-    web_command,
-)
 from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET, bearer
-from tests.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioReply, TwilioStandIn, signed_form
-from tests.waiting import PATIENCE
+from tests.web import until_ready, web_command
 
 ROOT = Path(__file__).resolve().parents[2]
 BRAND = "brand-a"
@@ -74,10 +70,9 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with SmtpSink() as smtp:
-        smtp.replies[EMAIL] = SMTP_REFUSAL
-        yield smtp
+def smtp(smtp: SmtpSink) -> SmtpSink:
+    smtp.replies[EMAIL] = SMTP_REFUSAL
+    return smtp
 
 
 @pytest.fixture
@@ -220,7 +215,7 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
     answers: dict[str, str] = {}  # the answers that may show the canary
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            await until_ready(http)
+            await until_ready(str(http.base_url))
             api = Caller(http)
             email_campaign = await campaign(api, "email")
             sms_campaign = await campaign(api, "sms")
@@ -511,17 +506,6 @@ def suppression_events(sink: HttpSink) -> list[Any]:
     return [r.json() for r in list(sink.requests) if r.json()["type"] == "suppression.created"]
 
 
-async def until_ready(http: httpx.AsyncClient) -> None:
-    async with asyncio.timeout(PATIENCE):
-        while True:
-            try:
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-
-
 # Twilio: the same canary through the Twilio provider, its receipts and inbound texts.
 TWILIO_PHONE = "+15558203917"
 TWILIO_PERSON = "person-canary-twilio-j5r8"
@@ -565,7 +549,7 @@ async def test_patient_data_stays_in_through_twilio(database_url, db, receiver, 
         )
         try:
             async with httpx.AsyncClient(base_url=twilio.callbacks_via, timeout=30) as http:
-                await until_ready(http)
+                await until_ready(str(http.base_url))
                 api = Caller(http)
                 sms_campaign = await campaign(api, "sms")
                 people = [

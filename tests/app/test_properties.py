@@ -16,8 +16,8 @@ import sys
 
 import httpx
 
-from tests.servers import WebProcess
 from tests.tokens import make_token
+from tests.web import WebProcess
 
 CHECKS = [
     "not_a_server_error",

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from app.core.settings import Settings
 from app.core.unsubscribe import UnsubscribeKeys
 from tests.conftest import PUBLIC_BASE_URL
-from tests.servers import web_process
 from tests.tokens import UNSUBSCRIBE_SECRET
+from tests.web import web_process
 
 CLIENTS = 8
 HAMMER_SECONDS = 2.0

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 
 from litestar.testing import AsyncTestClient
 
 from app.http.asgi import create_app
+from tests.fakes.webhook import Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients, walk
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliver_until_ended
-from tests.servers import Reply
 from tests.tokens import bearer
 
 
@@ -196,19 +195,18 @@ async def test_retry_of_another_brands_run_is_404_and_needs_the_publish_scope(cl
     assert await db.fetchval("SELECT count(*) FROM runs") == 1
 
 
-async def test_failed_deliveries_of_a_real_run_are_sent_by_its_retry(settings, db, sink):
-    webhook = replace(settings, email_provider="webhook", webhook_url=sink.url, webhook_secret="s")
+async def test_failed_deliveries_of_a_real_run_are_sent_by_its_retry(webhook_settings, db, sink):
     sink.replies["user2@example.com"] = Reply(status=422, body=b"mailbox full")
     sink.replies["user5@example.com"] = Reply(status=422, body=b"mailbox full")
-    async with AsyncTestClient(create_app(webhook)) as client:
+    async with AsyncTestClient(create_app(webhook_settings)) as client:
         campaign = await create_campaign(client)
         run = (await publish(client, campaign["id"], {"recipients": recipients(8)})).json()
-        await deliver_until_ended(webhook, db, run["id"])
+        await deliver_until_ended(webhook_settings, db, run["id"])
         assert await assert_counters_equal_rows(db, run["id"]) == {"sent": 6, "failed": 2}
 
         sink.replies.clear()  # the receiver takes them now
         again = (await retry(client, campaign, run["id"])).json()
-        await deliver_until_ended(webhook, db, again["id"])
+        await deliver_until_ended(webhook_settings, db, again["id"])
 
         final = (await client.get(run_url(campaign, again["id"]), headers=bearer())).json()
     assert (final["status"], final["sent_count"], final["total_recipients"]) == ("completed", 2, 2)

@@ -18,7 +18,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from app.core import tracing
 from jobs.providers.base import PermanentError
-from tests.servers import OtlpReceiver
+from tests.fakes.otlp import OtlpReceiver
 
 CALLER_TRACE, CALLER_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
 

@@ -16,11 +16,14 @@ import httpx
 import pytest
 
 from app.core.settings import Settings, SettingsError
+from tests.fakes.otlp import OtlpReceiver, ReceivedSpan
+from tests.fakes.server import free_port
+from tests.fakes.webhook import Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish
 from tests.jobs.delivery_helpers import ENDED, run_status
-from tests.servers import OtlpReceiver, ReceivedSpan, Reply, free_port, web_command
 from tests.tokens import TEST_SECRET, bearer
 from tests.waiting import PATIENCE
+from tests.web import until_ready, web_command
 
 ROOT = Path(__file__).resolve().parents[2]
 FAILING = "down@example.com"
@@ -49,17 +52,6 @@ async def stop(process: subprocess.Popen[bytes]) -> None:
     async with asyncio.timeout(PATIENCE):
         while process.poll() is None:  # noqa: ASYNC110 - another process
             await asyncio.sleep(0.05)
-
-
-async def ready(base_url: str) -> None:
-    async with httpx.AsyncClient(base_url=base_url) as http, asyncio.timeout(PATIENCE):
-        while True:
-            try:
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
 
 
 def only(spans: list[ReceivedSpan]) -> ReceivedSpan:
@@ -97,7 +89,7 @@ async def test_one_trace_shows_a_run_from_the_publish_request_to_its_last_send(
     caller_trace, caller_span = secrets.token_hex(16), secrets.token_hex(8)
     try:
         base_url = f"http://127.0.0.1:{port}"
-        await ready(base_url)
+        await until_ready(base_url)
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
             campaign = await create_campaign(http)
             # The brand has a suppression, so publish checks its recipients: one more call.

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from app.core.signing import twilio_signature, twilio_signature_matches
 from app.services.twilio import form_fields
+from tests.fakes.twilio import AUTH_TOKEN, signed_form
 from tests.helpers import CAMPAIGNS, create_campaign, publish
 from tests.tokens import bearer
-from tests.twilio import AUTH_TOKEN, signed_form
 
 BASE = "http://testserver.local"  # the test client's origin: PUBLIC_BASE_URL here
 STATUS = "/v1/messaging/providers/twilio/status"

@@ -8,8 +8,8 @@ import signal
 import httpx
 
 from tests.helpers import CAMPAIGNS, recipients
-from tests.servers import web_process
 from tests.tokens import bearer
+from tests.web import web_process
 
 
 async def test_sigterm_lets_the_request_in_flight_finish(database_url, db):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncpg
-import pytest
 from alembic import command
 
-from tests.conftest import PREFIX, _janitor, alembic_config, url_of
+from tests.conftest import alembic_config
 
 TABLES = {
     "campaigns",
@@ -55,13 +54,6 @@ VIEWS_0004 = {
 }
 VIEWS_0007 = VIEWS_0004 | {"ops_delivery_partitions", "ops_undelivered_events"}
 VIEWS = VIEWS_0007 | {"ops_scheduled_runs"}
-
-
-@pytest.fixture
-def empty_database():
-    name = f"{PREFIX}_migrations"  # per test process, like every test database
-    with _janitor(name):
-        yield url_of(name)
 
 
 async def objects(url: str) -> tuple[set[str], int, int]:

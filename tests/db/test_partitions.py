@@ -17,7 +17,7 @@ from db.queue import MAINTENANCE_QUEUE
 from jobs.app import app as procrastinate_app
 from jobs.retention import PartitionsBehind, add_months, maintain_deliveries, month_of
 from jobs.tasks import maintain_deliveries_task
-from tests.conftest import PREFIX, _janitor, alembic_config, url_of
+from tests.conftest import alembic_config
 from tests.helpers import create_campaign, publish, recipients
 from tests.tokens import bearer
 
@@ -75,13 +75,6 @@ async def test_publish_with_an_idempotency_key_makes_a_uuid7_run_too(client):
     )
     assert response.status_code == 202
     assert uuid.UUID(response.json()["id"]).version == 7
-
-
-@pytest.fixture
-def empty_database():
-    name = f"{PREFIX}_partitions"
-    with _janitor(name):
-        yield url_of(name)
 
 
 _IN_400_DAYS = uuid7(int((NOW + timedelta(days=400)).timestamp() * 1000))

@@ -10,18 +10,21 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tests.servers import HttpSink
+from tests.fakes.webhook import HttpSink
+from tests.web import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 CONCURRENCY = 4
 STALLED = 2  # STALLED_JOB_SECONDS of these workers
 
 
 class Workers:
-    """Starts `python -m jobs.worker` processes on the test database."""
+    """Starts `python -m jobs.worker` processes on the test database, emails sent to `sink`;
+    `env` sets variables beside these tests' own (a None unsets one: the setting's default)."""
 
-    def __init__(self, database_url: str, sink: HttpSink, tmp_path: Path) -> None:
-        self.env = {
+    def __init__(
+        self, database_url: str, sink: HttpSink, tmp_path: Path, **env: str | None
+    ) -> None:
+        variables: dict[str, str | None] = {
             **os.environ,
             "DATABASE_URL": database_url,
             "EMAIL_PROVIDER": "webhook",
@@ -31,14 +34,17 @@ class Workers:
             "STALLED_JOB_SECONDS": str(STALLED),
             "DELIVERY_RETRY_BASE_SECONDS": "0.05",
             "LOG_LEVEL": "INFO",
+            **env,
         }
+        self.env = {name: value for name, value in variables.items() if value is not None}
         self.tmp_path = tmp_path
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, module: str = "jobs.worker", *args: str) -> subprocess.Popen[bytes]:
+        """`module` instead of the worker: one that runs it with a twist (its `args`)."""
         with (self.tmp_path / f"worker-{len(self.processes)}.log").open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "jobs.worker"],
+                [sys.executable, "-m", module, *args],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -62,6 +68,10 @@ class Workers:
 
     def log(self, index: int) -> str:
         return (self.tmp_path / f"worker-{index}.log").read_text()
+
+    def logs(self) -> str:
+        """Every worker's log, one after the other."""
+        return "".join(self.log(index) for index in range(len(self.processes)))
 
     def stop_all(self) -> None:
         for process in self.processes:

@@ -184,7 +184,11 @@ class FreezingProxy:
         await self.server.wait_closed()
 
 
-async def test_the_listener_replaces_a_half_open_connection(database_url, db):
+async def test_the_listener_replaces_a_half_open_connection(database_url, db, monkeypatch):
+    # The check's timeout, waited in full twice (the check, then the release of the frozen
+    # connection): 1 s instead of 5. One that a slow machine crossed on a healthy
+    # connection would only make the listener listen again.
+    monkeypatch.setattr("db.procrastinate.HEALTH_CHECK_TIMEOUT", 1.0)
     proxy = FreezingProxy(PG_PORT)
     port = await proxy.start()
     connector = AsyncpgConnector(database_url.replace(f":{PG_PORT}/", f":{port}/"))
@@ -208,7 +212,7 @@ async def test_the_listener_replaces_a_half_open_connection(database_url, db):
         await asyncio.sleep(0.5)
         await db.execute("NOTIFY chan, 'lost'")  # sent into the frozen connection
 
-        # The check times out (5 s), the listener listens again on a new connection.
+        # The check times out, the listener listens again on a new connection.
         async with asyncio.timeout(15):
             while "after" not in received:
                 await db.execute("NOTIFY chan, 'after'")

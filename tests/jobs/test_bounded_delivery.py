@@ -17,68 +17,33 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from db.pool import connect
+from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliveries, ended
-from tests.jobs.processes import delivery_ids
-from tests.servers import HttpSink, Reply
+from tests.jobs.processes import Workers, delivery_ids
 
-ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 2
-
-
-class Workers:
-    """`python -m jobs.worker` processes (or `module`'s) with the settings' defaults but
-    what a test sets: WORKER_CONCURRENCY 32, jobs of 500, DELIVERY_MAX_THROTTLES 10."""
-
-    def __init__(self, database_url: str, sink: HttpSink, tmp_path: Path) -> None:
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "EMAIL_PROVIDER": "webhook",
-            "WEBHOOK_URL": sink.url,
-            "WEBHOOK_SECRET": "s",
-            "STALLED_JOB_SECONDS": "3",
-            "LOG_LEVEL": "INFO",
-        }
-        self.tmp_path = tmp_path
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self, module: str = "jobs.worker", *args: str) -> None:
-        with (self.tmp_path / f"worker-{len(self.processes)}.log").open("wb") as log:
-            self.processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", module, *args],
-                    cwd=ROOT,
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-
-    def logs(self) -> str:
-        return "".join(p.read_text() for p in sorted(self.tmp_path.glob("worker-*.log")))
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
 
 
 @pytest.fixture
 def workers(database_url, sink, tmp_path) -> Iterator[Workers]:
-    workers = Workers(database_url, sink, tmp_path)
+    """Workers with the settings' defaults but what a test sets: WORKER_CONCURRENCY 32,
+    jobs of 500, DELIVERY_MAX_THROTTLES 10."""
+    workers = Workers(
+        database_url,
+        sink,
+        tmp_path,
+        WORKER_CONCURRENCY=None,
+        DELIVERY_RETRY_BASE_SECONDS=None,
+        STALLED_JOB_SECONDS="3",
+    )
     yield workers
     workers.stop_all()
 
@@ -144,8 +109,9 @@ async def test_a_receiver_that_only_ever_throttles_gets_ten_sends_a_second_apart
             status=429, body=b"slow", headers={"Retry-After": retry_after}
         )
     # Without a readable Retry-After ("-5", "soon") the wait is the delivery's backoff, of
-    # 2 s doubling by default; this one would ask 0.05 s and gets the minimum, 1 s.
-    workers.env["DELIVERY_RETRY_BASE_SECONDS"] = "0.05"
+    # 2 s doubling by default; this one asks 0.4 s at most (0.001 s x 2^8, +50%) and gets
+    # the minimum, 1 s, every time (a base of 0.05 s made the last waits up to 19 s).
+    workers.env["DELIVERY_RETRY_BASE_SECONDS"] = "0.001"
     await start(workers, db)
     runs = await publish_runs(client, [200, 200, 200])
 
@@ -265,7 +231,15 @@ async def test_a_due_delivery_locked_during_the_jobs_last_claim_gets_a_follow_up
             return sent == 1800 - len(locked)
 
         await until_db(all_but_locked_sent)
-        await asyncio.sleep(2)  # the jobs ended their ranges meanwhile
+
+        async def first_jobs_ended() -> bool:
+            ended_jobs: int = await db.fetchval(
+                "SELECT count(DISTINCT (args->>'run_id', args->>'first')) FROM procrastinate_jobs"
+                " WHERE task_name = 'deliver_batch' AND status IN ('succeeded', 'failed')"
+            )
+            return ended_jobs == len(locked)  # every range's first job made its last claim
+
+        await until_db(first_jobs_ended)
         for run_id, position in locked:
             first = 0 if position < 500 else 500
             waiting = await db.fetchval(

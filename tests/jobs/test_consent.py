@@ -11,17 +11,16 @@ import hmac
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 
 from app.core.unsubscribe import UnsubscribeKeys
 from jobs.worker import run_worker
-from tests.conftest import PUBLIC_BASE_URL
+from tests.conftest import PUBLIC_BASE_URL, WEBHOOK_SECRET
+from tests.fakes.webhook import HttpSink
 from tests.helpers import CAMPAIGNS, publish
 from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,
@@ -29,31 +28,12 @@ from tests.jobs.delivery_helpers import (
     deliveries,
     until,
 )
-from tests.servers import HttpSink, SmtpSink
 from tests.tokens import bearer
 
-WEBHOOK_SECRET = "webhook-secret"
 EVENTS_SECRET = "events-secret"
 MAILTO = "unsubscribe@brand-a.example"
 BODY = "News for {{person_id}}. Unsubscribe: {{ unsubscribe_url }}"
 LINK = re.compile(r"<(https://[^>]+)>")
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with SmtpSink() as smtp:
-        yield smtp
-
-
-@pytest.fixture
-def webhook_settings(settings, sink):
-    return replace(
-        settings,
-        email_provider="webhook",
-        sms_provider="webhook",
-        webhook_url=sink.url,
-        webhook_secret=WEBHOOK_SECRET,
-    )
 
 
 async def campaign(

@@ -18,9 +18,9 @@ import jobs.retention
 from app.http.asgi import create_app
 from db.pool import create_pool
 from jobs.retention import maintain_deliveries
+from tests.fakes.webhook import Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish, walk
 from tests.jobs.delivery_helpers import deliver_until_ended
-from tests.servers import Reply
 from tests.tokens import bearer
 
 DAYS = timedelta(days=7)
@@ -174,13 +174,14 @@ async def test_a_retry_is_412_data_erased_once_the_data_expired_erased_or_not(se
     assert answers[plain].status_code == 202, answers[plain].text
 
 
-async def test_a_real_run_erased_a_week_after_it_ended_cannot_be_retried(settings, db, pool, sink):
-    webhook = replace(settings, email_provider="webhook", webhook_url=sink.url, webhook_secret="s")
+async def test_a_real_run_erased_a_week_after_it_ended_cannot_be_retried(
+    webhook_settings, db, pool, sink
+):
     sink.replies["user1@example.com"] = Reply(status=422, body=b"mailbox full")
-    async with AsyncTestClient(create_app(webhook)) as client:
+    async with AsyncTestClient(create_app(webhook_settings)) as client:
         campaign = await create_campaign(client, body=BODY)
         run_id = await published(client, campaign, 3)
-        await deliver_until_ended(webhook, db, run_id)
+        await deliver_until_ended(webhook_settings, db, run_id)
         # Sent side by side: in either order.
         assert sorted(r.json()["body"] for r in sink.requests if r.status == 200) == [
             "Hi Name 0, see you at 15:30.",

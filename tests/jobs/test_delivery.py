@@ -14,6 +14,8 @@ from app.domain.schemas import Recipient
 from app.http.auth import AccessToken
 from app.services.publishing import publish_campaign
 from jobs.worker import run_worker
+from tests.fakes.smtp import SmtpSink
+from tests.fakes.webhook import Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,
@@ -24,21 +26,14 @@ from tests.jobs.delivery_helpers import (
     until,
 )
 from tests.jobs.processes import delivery_ids
-from tests.servers import Reply, SmtpSink
 from tests.tokens import bearer
 from tests.waiting import PATIENCE
 
-SECRET = "webhook-secret"
-
 
 @pytest.fixture
-def webhook_settings(settings, sink):
+def webhook_settings(webhook_settings):
     return replace(
-        settings,
-        email_provider="webhook",
-        sms_provider="webhook",
-        webhook_url=sink.url,
-        webhook_secret=SECRET,
+        webhook_settings,
         delivery_retry_base_seconds=0.01,
         delivery_max_attempts=3,
         worker_concurrency=8,

@@ -13,6 +13,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from app.http.asgi import create_app
+from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,
@@ -22,7 +23,6 @@ from tests.jobs.delivery_helpers import (
     running_worker,
     until,
 )
-from tests.servers import HttpSink, Reply
 from tests.tokens import bearer
 
 

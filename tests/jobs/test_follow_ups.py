@@ -15,6 +15,7 @@ from app.http.asgi import create_app
 from db.queue import delivery_priority
 from jobs.tasks import defer_follow_up
 from jobs.worker import StopRequest, run_worker
+from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,
@@ -23,7 +24,6 @@ from tests.jobs.delivery_helpers import (
     running_worker,
 )
 from tests.jobs.test_quiet_hours import VirtualClock, people, quiet_campaign, utc
-from tests.servers import HttpSink, Reply
 from tests.waiting import PATIENCE
 
 

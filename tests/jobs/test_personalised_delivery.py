@@ -6,7 +6,7 @@ carries the original data."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -16,13 +16,14 @@ from litestar.testing import AsyncTestClient
 
 from app.core.settings import Settings
 from app.http.asgi import create_app
+from tests.fakes.smtp import SmtpSink
+from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish
 from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,
     deliver_until_ended,
     deliveries,
 )
-from tests.servers import HttpSink, Reply, SmtpSink
 from tests.tokens import bearer
 
 REMINDER = {
@@ -34,12 +35,6 @@ REMINDER = {
 
 def person(n: int, **data: Any) -> dict[str, Any]:
     return {"person_id": f"p{n}", "recipient": f"user{n}@example.com", "data": data}
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with SmtpSink() as smtp:
-        yield smtp
 
 
 @pytest.fixture

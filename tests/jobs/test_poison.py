@@ -13,6 +13,7 @@ from dataclasses import replace
 import pytest
 
 from jobs.providers import OutgoingMessage, SendResult
+from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,
@@ -20,18 +21,14 @@ from tests.jobs.delivery_helpers import (
     ended,
     running_worker,
 )
-from tests.servers import HttpSink, Reply
 
 MAX_ATTEMPTS = 3
 
 
 @pytest.fixture
-def webhook_settings(settings, sink):
+def webhook_settings(webhook_settings):
     return replace(
-        settings,
-        email_provider="webhook",
-        webhook_url=sink.url,
-        webhook_secret="s",
+        webhook_settings,
         delivery_retry_base_seconds=0.01,
         delivery_max_attempts=MAX_ATTEMPTS,
         worker_concurrency=4,

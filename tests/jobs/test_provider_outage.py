@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,
@@ -19,19 +20,15 @@ from tests.jobs.delivery_helpers import (
     ended,
     running_worker,
 )
-from tests.servers import HttpSink, Reply
 
 OUTAGE_SECONDS = 2.0
 TIMEOUT = 0.5  # WEBHOOK_TIMEOUT_SECONDS
 
 
 @pytest.fixture
-def outage_settings(settings, sink):
+def outage_settings(webhook_settings):
     return replace(
-        settings,
-        email_provider="webhook",
-        webhook_url=sink.url,
-        webhook_secret="s",
+        webhook_settings,
         webhook_timeout_seconds=TIMEOUT,
         delivery_retry_base_seconds=0.2,
         delivery_max_attempts=12,  # 0.2 s doubling: far more than the outage

@@ -35,8 +35,11 @@ from jobs.providers import (
     close_providers,
 )
 from jobs.providers.smtp import StartTls
+from tests.fakes.server import free_port
+from tests.fakes.smtp import SmtpSink
+from tests.fakes.tls import Tls
+from tests.fakes.webhook import HttpSink, Reply
 from tests.jobs.delivery_helpers import until
-from tests.servers import HttpSink, Reply, SmtpSink, Tls, free_port
 
 SECRET = "webhook-test-secret"
 CONTRACT_FIELDS = [

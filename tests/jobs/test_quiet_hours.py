@@ -26,12 +26,12 @@ import pytest
 from db.queue import delivery_priority
 from jobs.tasks import defer_follow_up
 from jobs.worker import run_worker
+from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, ended, running_worker
-from tests.servers import HttpSink, Reply
 from tests.tokens import bearer
+from tests.web import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 NIGHT = {"start": "21:00", "end": "08:00", "time_zone": "America/New_York"}
 ON_TIME = timedelta(seconds=3)
 """Workers poll every second: a delivery whose wait ends goes within that and a window,
@@ -70,14 +70,8 @@ class VirtualClock:
 
 
 @pytest.fixture
-def webhook_settings(settings, sink):
-    return replace(
-        settings,
-        sms_provider="webhook",
-        webhook_url=sink.url,
-        webhook_secret="s",
-        worker_concurrency=8,
-    )
+def webhook_settings(webhook_settings):
+    return replace(webhook_settings, worker_concurrency=8)
 
 
 async def quiet_campaign(client) -> dict:

@@ -15,10 +15,10 @@ from litestar.testing import AsyncTestClient
 
 from app.http.asgi import create_app
 from db.pool import connect
+from tests.fakes.webhook import HttpSink, Rendezvous, Reply
 from tests.helpers import create_campaign, publish, recipients
-from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliveries, run_status
-from tests.jobs.processes import CONCURRENCY, Workers, delivery_ids
-from tests.servers import HttpSink, Rendezvous, Reply
+from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliveries, ended
+from tests.jobs.processes import CONCURRENCY, delivery_ids
 from tests.tokens import bearer
 
 LIMIT, BURST_SECONDS = 20, 0.2
@@ -31,13 +31,6 @@ def sink() -> Iterator[HttpSink]:
         yield sink
 
 
-@pytest.fixture
-def workers(database_url, sink, tmp_path) -> Iterator[Workers]:
-    workers = Workers(database_url, sink, tmp_path)
-    yield workers
-    workers.stop_all()
-
-
 BATCH = 10
 
 
@@ -46,12 +39,6 @@ async def small_jobs(settings) -> AsyncIterator[Any]:
     """Jobs of BATCH deliveries: a run is several jobs, for two workers to share."""
     async with AsyncTestClient(create_app(replace(settings, delivery_batch_size=BATCH))) as client:
         yield client
-
-
-async def ended(db: Any, run_id: str, seconds: float = 60) -> None:
-    async with asyncio.timeout(seconds):
-        while await run_status(db, run_id) not in ("completed", "cancelled"):  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
 
 
 def rate_and_busiest_second(sink: HttpSink) -> tuple[float, int]:

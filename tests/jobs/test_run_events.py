@@ -18,10 +18,10 @@ from app.http.asgi import create_app
 from db.pool import connect
 from db.runs import RunRepository
 from jobs.worker import run_worker
+from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import run_status, until
-from tests.jobs.test_worker_process import Workers, wait_exit
-from tests.servers import HttpSink, Reply
+from tests.jobs.processes import Workers, wait_exit
 from tests.tokens import bearer
 
 SECRET = "events-secret"

@@ -25,15 +25,8 @@ LEAD = timedelta(seconds=3)
 
 
 @pytest.fixture
-def webhook_settings(settings, sink):
-    return replace(
-        settings,
-        email_provider="webhook",
-        webhook_url=sink.url,
-        webhook_secret="s",
-        worker_concurrency=8,
-        delivery_batch_size=50,
-    )
+def webhook_settings(webhook_settings):
+    return replace(webhook_settings, worker_concurrency=8, delivery_batch_size=50)
 
 
 async def test_a_scheduled_run_starts_on_time(client, db, webhook_settings, sink):

@@ -16,6 +16,7 @@ from db.pool import create_pool
 from db.queue import MAINTENANCE_QUEUE
 from jobs.app import app as procrastinate_app
 from jobs.tasks import purge_awaited_receipts
+from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioReply, TwilioStandIn, signed_form
 from tests.helpers import CAMPAIGNS, create_campaign, publish
 from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,
@@ -24,9 +25,8 @@ from tests.jobs.delivery_helpers import (
     ended,
 )
 from tests.jobs.processes import Workers
-from tests.servers import web_process
 from tests.tokens import bearer
-from tests.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioReply, TwilioStandIn, signed_form
+from tests.web import web_process
 
 BASE = "http://testserver.local"  # the in-process client's origin: PUBLIC_BASE_URL
 INBOUND = "/v1/messaging/providers/twilio/inbound"

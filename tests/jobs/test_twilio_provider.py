@@ -19,8 +19,8 @@ from jobs.providers import (
     build_providers,
     close_providers,
 )
-from tests.servers import free_port
-from tests.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioReply, TwilioStandIn
+from tests.fakes.server import free_port
+from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioReply, TwilioStandIn
 
 PUBLIC = "https://messaging.example.com"
 PHONE = "+15557654321"

@@ -11,7 +11,7 @@ import time
 
 import httpx
 
-from tests.servers import free_port
+from tests.fakes.server import free_port
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 
 import asyncpg
@@ -14,16 +13,17 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from app.http.asgi import create_app
+from tests.fakes.server import free_port
+from tests.fakes.webhook import Rendezvous, Reply
 from tests.helpers import create_campaign, database_unreachable, publish, recipients
 from tests.jobs.delivery_helpers import (
-    ENDED,
     assert_counters_equal_rows,
     deliveries,
+    ended,
     run_status,
     until,
 )
-from tests.jobs.processes import CONCURRENCY, STALLED, Workers, delivery_ids, wait_exit
-from tests.servers import Rendezvous, Reply, free_port
+from tests.jobs.processes import CONCURRENCY, STALLED, delivery_ids, wait_exit
 
 JOBS = 4  # WORKER_JOBS, the default
 ROUND_SLACK = 1.5
@@ -31,19 +31,6 @@ ROUND_SLACK = 1.5
 queries take milliseconds, but the survivor's loop also runs 4 jobs' windows, and the
 machine swings 2-3x (a round once took 0.5 s more). A requeue that depended on anything
 but the recovery loop would come much later (procrastinate alone never requeues it)."""
-
-
-@pytest.fixture
-def workers(database_url, sink, tmp_path) -> Iterator[Workers]:
-    workers = Workers(database_url, sink, tmp_path)
-    yield workers
-    workers.stop_all()
-
-
-async def ended(db, run_id: str, seconds: float = 60) -> None:
-    async with asyncio.timeout(seconds):
-        while await run_status(db, run_id) not in ENDED:  # noqa: ASYNC110 - another process
-            await asyncio.sleep(0.1)
 
 
 async def sent_ids(db, run_id: str) -> set[str]:

@@ -17,15 +17,14 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 
 from app.core.signing import twilio_signature
+from tests.fakes.server import HOST, Handler, ThreadedServer
 
-HOST = "127.0.0.1"
 ACCOUNT_SID = "AC" + "0" * 31 + "1"
 AUTH_TOKEN = "twilio-test-auth-token"
 
@@ -88,7 +87,7 @@ class Callback:
     body: bytes
 
 
-class TwilioStandIn:
+class TwilioStandIn(ThreadedServer):
     """Twilio's Messages API for one account, on a free local port (`url` is its
     origin: TWILIO_API_URL). `replies[to]` scripts the answer for a number, `script` the
     next answers whatever the number. After each accepted message, `receipts[to]` (default
@@ -109,24 +108,12 @@ class TwilioStandIn:
         self.callbacks_via: str | None = None
         self._queued: list[tuple[str, dict[str, str]]] = []
         self._lock = threading.Lock()
-        self._server = _Server((HOST, 0), _handler_for(self))
-        self.url = f"http://{HOST}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        super().__init__(_handler_for(self))
+        self.url = f"http://{HOST}:{self.port}"
 
     @property
     def path(self) -> str:
         return f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
-
-    def __enter__(self) -> TwilioStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
 
     @property
     def connections(self) -> int:
@@ -195,21 +182,11 @@ class TwilioStandIn:
         return reply, sid
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
-
-
-def _handler_for(twilio: TwilioStandIn) -> type[BaseHTTPRequestHandler]:
+def _handler_for(twilio: TwilioStandIn) -> type[Handler]:
     credentials = f"{twilio.account_sid}:{twilio.auth_token}".encode()
     expected_auth = "Basic " + base64.b64encode(credentials).decode()
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-
+    class TwilioHandler(Handler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if self.path != twilio.path:
@@ -251,7 +228,4 @@ def _handler_for(twilio: TwilioStandIn) -> type[BaseHTTPRequestHandler]:
             with contextlib.suppress(OSError):
                 self.wfile.write(content)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
+    return TwilioHandler
