@@ -7,31 +7,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 
 from app.core.logs import bound
+from app.domain.schemas import AuditAction, AuditTargetType
 from db.params import Params
 
-Action = Literal[
-    "campaign.created",
-    "campaign.updated",
-    "campaign.activated",
-    "campaign.archived",
-    "run.published",
-    "run.cancelled",
-    "suppression.created",
-    "suppression.deleted",
-    "rate_limit.updated",
-]
-TargetType = Literal["campaign", "run", "suppression", "rate_limit"]
+Action = AuditAction
+TargetType = AuditTargetType
 RECIPIENT = "recipient"
 """The actor of what recipients do themselves: a one-click unsubscribe, an SMS keyword."""
 
-COLUMNS = (
-    "id, occurred_at, brand_id, actor, action, target_type, target_id, request_id, changes"
-)
+COLUMNS = "id, occurred_at, brand_id, actor, action, target_type, target_id, request_id, changes"
 
 
 @dataclass(frozen=True, slots=True)

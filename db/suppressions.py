@@ -273,9 +273,7 @@ def _deleted(rows: Sequence[asyncpg.Record], actor: str) -> list[AuditEvent]:
     ]
 
 
-def _event(
-    row: asyncpg.Record, actor: str, action: Action, changes: dict[str, Any]
-) -> AuditEvent:
+def _event(row: asyncpg.Record, actor: str, action: Action, changes: dict[str, Any]) -> AuditEvent:
     """The address is the target (docs/ops.md reads a suppression's trail by it); its
     `topic` (null: brand-wide) is always in `changes`, since the address alone does not
     name the suppression."""

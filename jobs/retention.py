@@ -255,7 +255,9 @@ async def maintain_audit(
                 if month_start(add_months(month, 1)) > now - retention:
                     break  # this month holds changes still to keep, and so do the later ones
                 name = f"audit_events_{month:%Y_%m}"
-                dropped = await _ddl(conn, repo, f"dropping {name}", partial(audit.drop_month, month))
+                dropped = await _ddl(
+                    conn, repo, f"dropping {name}", partial(audit.drop_month, month)
+                )
                 if dropped is not None:
                     report.dropped.append(dropped)
             months = set(await audit.months())

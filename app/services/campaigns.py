@@ -31,7 +31,10 @@ CONTENT_FIELDS = (
 TEXT_FIELDS = ("subject", "body", "html_body")
 """The message's words: the audit trail says that they changed, never what they say."""
 AUDITED_FIELDS = tuple(f for f in CONTENT_FIELDS if f not in TEXT_FIELDS)
-STATUS_ACTIONS: dict[str, Action] = {"active": "campaign.activated", "archived": "campaign.archived"}
+STATUS_ACTIONS: dict[str, Action] = {
+    "active": "campaign.activated",
+    "archived": "campaign.archived",
+}
 
 
 def parse_id(value: str, what: str) -> UUID:

@@ -31,7 +31,8 @@ async def put_rate_limit(
         await limits.set_brand_caps(brand_id, limit.email_per_second, limit.sms_per_second)
         # A repeat changes nothing, and records nothing.
         if changes := changes_between(old, new, new):
-            action = "rate_limit.updated"
-            event = AuditEvent(brand_id, caller.sub, action, "rate_limit", brand_id, changes)
+            event = AuditEvent(
+                brand_id, caller.sub, "rate_limit.updated", "rate_limit", brand_id, changes
+            )
             await record_audit(conn, event)
     return limit

@@ -53,7 +53,9 @@ async def cancel_run(
         changes = {"status": {"old": status, "new": cancelled["status"]}, "cancelled": skipped}
         await record_audit(
             conn,
-            AuditEvent(run["brand_id"], caller.sub, "run.cancelled", "run", str(run["id"]), changes),
+            AuditEvent(
+                run["brand_id"], caller.sub, "run.cancelled", "run", str(run["id"]), changes
+            ),
         )
         return Run(**cancelled)
 

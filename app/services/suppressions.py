@@ -47,7 +47,9 @@ async def put_suppression(
     the reason."""
     require_brand(caller, brand_id)
     entry = NewSuppression(brand_id, suppression_address(recipient), reason, topic)
-    [record] = await SuppressionRepository(conn).add([entry], "api", new_reason=True, sub=caller.sub)
+    [record] = await SuppressionRepository(conn).add(
+        [entry], "api", new_reason=True, sub=caller.sub
+    )
     return _suppression(record)
 
 
