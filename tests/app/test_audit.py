@@ -208,7 +208,9 @@ async def test_suppressions_put_and_deleted_through_the_api(client):
         f"{SUPPRESSIONS}/{address}", json={"reason": "manual"}, headers=as_("ops", "r1")
     )
     assert put.status_code == 200
-    again = await client.put(f"{SUPPRESSIONS}/{address}", json={"reason": "manual"}, headers=as_("o"))
+    again = await client.put(
+        f"{SUPPRESSIONS}/{address}", json={"reason": "manual"}, headers=as_("o")
+    )
     assert again.status_code == 200  # a repeat changes nothing: no row
     changed = await client.put(
         f"{SUPPRESSIONS}/{address}", json={"reason": "complained"}, headers=as_("ops2")
@@ -313,7 +315,9 @@ async def test_a_one_click_unsubscribe_is_the_recipients_own(client):
 
     (item,) = await trail(client)
 
-    assert summary([item]) == [("suppression.created", "recipient", "suppression", "ann@example.com")]
+    assert summary([item]) == [
+        ("suppression.created", "recipient", "suppression", "ann@example.com")
+    ]
     assert item["changes"] == {
         "reason": {"old": None, "new": "unsubscribed"},
         "source": {"old": None, "new": "one_click"},
@@ -422,8 +426,13 @@ async def test_a_change_whose_audit_row_fails_is_not_made(client, db):
 
     created = await client.post(
         CAMPAIGNS,
-        json={"brand_id": BRAND, "name": "n", "channel": "sms", "body": "b",
-              "sender": "+15550000000"},
+        json={
+            "brand_id": BRAND,
+            "name": "n",
+            "channel": "sms",
+            "body": "b",
+            "sender": "+15550000000",
+        },
         headers=as_("alice"),
     )
     put = await client.put(f"{SUPPRESSIONS}/ann@example.com", json={"reason": "manual"},
@@ -461,9 +470,7 @@ async def test_the_table_refuses_updates_deletes_and_truncation(client, db):
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
             await db.execute(statement)
     # A partition too: the trigger is on each of them.
-    partition = await db.fetchval(
-        "SELECT tableoid::regclass::text FROM audit_events LIMIT 1"
-    )
+    partition = await db.fetchval("SELECT tableoid::regclass::text FROM audit_events LIMIT 1")
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
         await db.execute(f'DELETE FROM "{partition}"')
     assert await db.fetchval("SELECT actor FROM audit_events") == "service:test"

@@ -312,12 +312,14 @@ async def test_0017_audit_trail_downgrades_to_0016_and_back(empty_database):
     assert await views(empty_database) == VIEWS_0016
     conn = await asyncpg.connect(empty_database)
     try:  # its partitions and functions went with it
-        assert await conn.fetchval(
-            "SELECT count(*) FROM pg_class WHERE relname LIKE 'audit_events%'"
-        ) == 0
-        assert await conn.fetchval(
-            "SELECT count(*) FROM pg_proc WHERE proname LIKE 'audit_events%'"
-        ) == 0
+        assert (
+            await conn.fetchval("SELECT count(*) FROM pg_class WHERE relname LIKE 'audit_events%'")
+            == 0
+        )
+        assert (
+            await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname LIKE 'audit_events%'")
+            == 0
+        )
     finally:
         await conn.close()
 
