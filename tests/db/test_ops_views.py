@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from tests.helpers import create_campaign, publish, recipients
+from tests.tokens import bearer
 
 
 async def one(db: asyncpg.Connection, sql: str, *args: Any) -> asyncpg.Record:
@@ -201,3 +202,48 @@ async def test_stuck_jobs_and_stale_workers(db, run):
     assert workers[worker_id]["heartbeat_age"] >= timedelta(minutes=2)
     assert workers[healthy]["doing_jobs"] == 0
     assert workers[healthy]["heartbeat_age"] < timedelta(seconds=10)
+
+
+async def test_the_audit_queries_of_ops_md_say_who_published_a_run_and_changed_a_suppression(
+    client, db
+):
+    campaign = await create_campaign(client)
+    published = await publish(client, campaign["id"], {"recipients": recipients(2)}, sub="alice")
+    run_id = published.json()["id"]
+    cancel = f"/v1/messaging/campaigns/{campaign['id']}/runs/{run_id}/cancel"
+    assert (await client.post(cancel, headers=bearer(sub="bob"))).status_code == 200
+    suppression = "/v1/messaging/brands/brand-a/suppressions/ann@example.com"
+    for method, sub in (("PUT", "carol"), ("DELETE", "dave")):
+        response = await client.request(
+            method, suppression, json={"reason": "manual"} if method == "PUT" else None,
+            headers={**bearer(sub=sub), "X-Request-ID": f"req-{sub}"},
+        )  # fmt: skip
+        assert response.is_success, response.text
+
+    # docs/ops.md, section 11: who published this run (and who cancelled it).
+    rows = await db.fetch(
+        "SELECT occurred_at, action, actor, request_id, changes FROM ops_audit"
+        " WHERE target_type = 'run' AND target_id = $1 ORDER BY occurred_at",
+        run_id,
+    )
+    assert [(r["action"], r["actor"]) for r in rows] == [
+        ("run.published", "alice"),
+        ("run.cancelled", "bob"),
+    ]
+    # Every change to this suppression.
+    rows = await db.fetch(
+        "SELECT occurred_at, action, actor, changes->'topic' AS topic, fields, changes"
+        " FROM ops_audit WHERE brand_id = 'brand-a' AND target_type = 'suppression'"
+        " AND target_id = 'ann@example.com' ORDER BY occurred_at"
+    )
+    assert [(r["action"], r["actor"], r["fields"]) for r in rows] == [
+        ("suppression.created", "carol", ["reason", "source", "topic"]),
+        ("suppression.deleted", "dave", ["reason", "source", "topic"]),
+    ]
+    plan = await plan_of(
+        db,
+        "SELECT * FROM ops_audit WHERE brand_id = 'brand-a' AND target_type = 'suppression'"
+        " AND target_id = 'ann@example.com'",
+    )
+    # Read by the (brand_id, target_id, ...) index of each month, however long the trail.
+    assert "brand_id_target_id" in plan and "Seq Scan" not in plan, plan
