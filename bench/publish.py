@@ -2,6 +2,7 @@
 
     python3 -m uv run --frozen python bench/publish.py [--repeat 7] [--http httptools]
     python3 -m uv run --frozen python bench/publish.py --data [--repeat 7]
+    python3 -m uv run --frozen python bench/publish.py --audit [--repeat 7]
 
 Creates (or reuses) the database `messaging_bench` on the local PostgreSQL, migrates it,
 starts the web process (the Procfile's web line; `--http httptools` for the parser used
@@ -25,6 +26,12 @@ rows data included (into a table of the deliveries' columns and a `data` one, th
 JSON text made before the clock starts: one COPY where publish makes two); the publish of
 the same recipients without data (to a campaign without variables); and the web process's
 peak RSS.
+
+With --audit (issue 27), instead: the publish transaction (`publish_campaign`, in this
+process, on one connection) of 1, 100 and 1,000 recipients, with its audit row and without
+it (`record_audit` swapped for a no-op in this process only), alternated call by call in
+rounds of ROUND_CALLS: the same-run ratio of the audit's cost, target <= 1.03x. The
+transaction alone, without HTTP: the strictest denominator a publish has.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -409,6 +417,92 @@ async def main_data(repeat: int) -> None:
     print(f"web process peak RSS (VmHWM): {rss:.0f} MB")
 
 
+AUDIT_SIZES = (1, 100, 1_000)
+ROUND_CALLS = 200
+"""Publishes of each size per round, half of them with the audit row, alternated."""
+
+
+@dataclass
+class BenchCaller:
+    """The `Caller` publish acts for (app/domain/access.py)."""
+
+    sub: str = "bench"
+    brands: list[str] = field(default_factory=lambda: ["*"])
+    all_brands: bool = True
+
+    def may_act_for(self, brand_id: str) -> bool:
+        return True
+
+
+async def main_audit(repeat: int) -> None:
+    import app.services.publishing as publishing
+    from app.domain.schemas import CampaignCreate, Recipient
+    from app.services.campaigns import change_status, create_campaign
+    from db.pool import create_pool
+
+    await prepare_database()
+    caller = BenchCaller()
+    recorded = publishing.record_audit
+
+    async def no_audit(conn: asyncpg.Connection, *events: object) -> None:
+        return None
+
+    pool = await create_pool(DATABASE_URL)
+    try:
+        async with pool.acquire() as conn:
+            draft = CampaignCreate(brand_id="bench", name="bench", channel="email", body="b",
+                                   subject="s")  # fmt: skip
+            campaign = await create_campaign(conn, draft, caller)
+            await change_status(conn, str(campaign.id), caller, to="active", allowed=["draft"])
+            people = {
+                n: [
+                    Recipient(person_id=f"p{i}", recipient=f"user{i}@example.com") for i in range(n)
+                ]
+                for n in AUDIT_SIZES
+            }
+
+            async def timed(n: int, audit: bool) -> float:
+                publishing.record_audit = recorded if audit else no_audit  # type: ignore[assignment]
+                start = time.perf_counter()
+                await publishing.publish_campaign(
+                    conn, str(campaign.id), people[n], caller,
+                    max_recipients=100_000, batch_size=500,
+                )  # fmt: skip
+                return time.perf_counter() - start
+
+            for n in AUDIT_SIZES:  # warm up every path (and plan) once
+                for audit in (True, False):
+                    await timed(n, audit)
+            medians: dict[tuple[int, bool], list[float]] = {
+                (n, audit): [] for n in AUDIT_SIZES for audit in (True, False)
+            }
+            for _ in range(repeat):
+                for n in AUDIT_SIZES:
+                    times: dict[bool, list[float]] = {True: [], False: []}
+                    for call in range(ROUND_CALLS):
+                        audit = call % 2 == 0
+                        times[audit].append(await timed(n, audit))
+                    for audit in (True, False):
+                        medians[(n, audit)].append(statistics.median(times[audit]))
+            audit_rows = await conn.fetchval(
+                "SELECT count(*) FROM audit_events WHERE action = 'run.published'"
+            )
+    finally:
+        publishing.record_audit = recorded  # type: ignore[assignment]
+        await pool.close()
+    print(f"publish transaction (in process), median of {repeat} rounds of {ROUND_CALLS // 2}"
+          f" calls each way, alternated; machine: {os.cpu_count()} cores")  # fmt: skip
+    for n in AUDIT_SIZES:
+        with_audit = statistics.median(medians[(n, True)])
+        without = statistics.median(medians[(n, False)])
+        ratios = [a / b for a, b in zip(medians[(n, True)], medians[(n, False)], strict=True)]
+        print(
+            f"{n:>6} recipients: with audit {ms(with_audit)}, without {ms(without)}:"
+            f" {with_audit / without:5.3f}x (rounds {min(ratios):5.3f}x to {max(ratios):5.3f}x)"
+        )
+    print(f"run.published rows written: {audit_rows}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
@@ -422,8 +516,15 @@ if __name__ == "__main__":
         choices=("h11", "httptools"),
         help="swap the Procfile's HTTP implementation (httptools: the one before issue 15)",
     )
+    parser.add_argument(
+        "--audit",
+        action="store_true",
+        help="the publish transaction with its audit row and without it (issue 27)",
+    )
     args = parser.parse_args()
-    if args.data:
+    if args.audit:
+        asyncio.run(main_audit(args.repeat))
+    elif args.data:
         asyncio.run(main_data(args.repeat))
     else:
         asyncio.run(main(args.repeat, args.http))
