@@ -63,10 +63,17 @@ async def record_audit(conn: asyncpg.Connection, *events: AuditEvent) -> None:
     if not events:
         return
     assert conn.is_in_transaction(), "an audit row commits with its change"
+    if len(events) == 1:  # most changes: plain VALUES, a little cheaper than unnest
+        [e] = events
+        await conn.execute(
+            f"INSERT INTO audit_events ({_WRITTEN}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            e.brand_id, e.actor, e.action, e.target_type, e.target_id, bound("request_id"),
+            e.changes,
+        )  # fmt: skip
+        return
     await conn.execute(
-        """
-        INSERT INTO audit_events
-            (brand_id, actor, action, target_type, target_id, request_id, changes)
+        f"""
+        INSERT INTO audit_events ({_WRITTEN})
         SELECT e.brand_id, e.actor, e.action, e.target_type, e.target_id, $6, e.changes
         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::jsonb[])
             AS e(brand_id, actor, action, target_type, target_id, changes)
@@ -77,8 +84,11 @@ async def record_audit(conn: asyncpg.Connection, *events: AuditEvent) -> None:
         [e.target_type for e in events],
         [e.target_id for e in events],
         bound("request_id"),
-        [dict(e.changes) for e in events],
+        [e.changes for e in events],
     )
+
+
+_WRITTEN = "brand_id, actor, action, target_type, target_id, request_id, changes"
 
 
 @dataclass(frozen=True, slots=True)
