@@ -6,8 +6,9 @@ receives, the /metrics text, every error body, every cursor, every run event, an
 unsubscribe link's token and page. The canary shows only in the answers that must show
 it: the deliveries listing, the suppression itself, its `suppression.created` event and
 its audit trail (read by the address); the data canary only in the messages the providers
-receive (and the preview that renders it for its caller). A second test takes the SMS canary through Twilio: the provider's
-refusal, its receipts and the texts a recipient sends."""
+receive (and the preview that renders it for its caller). A second test takes the SMS
+canary through Twilio: the provider's refusal, its receipts and the texts a recipient
+sends."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests.app.test_consent import ops_queries
 from tests.helpers import create_campaign, publish, recipients
 from tests.tokens import bearer
 
@@ -220,30 +221,28 @@ async def test_the_audit_queries_of_ops_md_say_who_published_a_run_and_changed_a
         )  # fmt: skip
         assert response.is_success, response.text
 
-    # docs/ops.md, section 11: who published this run (and who cancelled it).
-    rows = await db.fetch(
-        "SELECT occurred_at, action, actor, request_id, changes FROM ops_audit"
-        " WHERE target_type = 'run' AND target_id = $1 ORDER BY occurred_at",
-        run_id,
+    published_by, suppression_changes, by_caller, campaign_changes, behind = ops_queries(
+        "11. Who changed what"
     )
-    assert [(r["action"], r["actor"]) for r in rows] == [
-        ("run.published", "alice"),
-        ("run.cancelled", "bob"),
+
+    # Who published this run (and who cancelled it).
+    rows = await db.fetch(published_by.replace("<run_id>", run_id))
+    assert [(r["action"], r["actor"], r["request_id"] is not None) for r in rows] == [
+        ("run.published", "alice", True),
+        ("run.cancelled", "bob", True),
     ]
     # Every change to this suppression.
-    rows = await db.fetch(
-        "SELECT occurred_at, action, actor, changes->'topic' AS topic, fields, changes"
-        " FROM ops_audit WHERE brand_id = 'brand-a' AND target_type = 'suppression'"
-        " AND target_id = 'ann@example.com' ORDER BY occurred_at"
-    )
-    assert [(r["action"], r["actor"], r["fields"]) for r in rows] == [
-        ("suppression.created", "carol", ["reason", "source", "topic"]),
-        ("suppression.deleted", "dave", ["reason", "source", "topic"]),
+    rows = await db.fetch(suppression_changes.replace("<brand_id>", "brand-a"))
+    assert [(r["action"], r["actor"], r["fields"], r["topic"]) for r in rows] == [
+        ("suppression.created", "carol", ["reason", "source", "topic"], None),
+        ("suppression.deleted", "dave", ["reason", "source", "topic"], None),
     ]
-    plan = await plan_of(
-        db,
-        "SELECT * FROM ops_audit WHERE brand_id = 'brand-a' AND target_type = 'suppression'"
-        " AND target_id = 'ann@example.com'",
-    )
+    assert [r["action"] for r in await db.fetch(by_caller.replace("<sub>", "dave"))] == [
+        "suppression.deleted"
+    ]
+    rows = await db.fetch(campaign_changes.replace("<campaign_id>", campaign["id"]))
+    assert [r["action"] for r in rows] == ["campaign.created", "campaign.activated"]
+    assert await db.fetchval(behind) is False
     # Read by the (brand_id, target_id, ...) index of each month, however long the trail.
+    plan = await plan_of(db, suppression_changes.replace("<brand_id>", "brand-a"))
     assert "brand_id_target_id" in plan and "Seq Scan" not in plan, plan
