@@ -37,14 +37,22 @@ async def list_audit(
     conn: asyncpg.Connection,
     brand_id: str,
     caller: Caller,
-    filters: AuditFilters,
     *,
+    action: str | None = None,
+    actor: str | None = None,
+    target_id: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
     limit: int,
     cursor: str | None,
     cursor_key: bytes,
 ) -> AuditPage:
-    """The brand's changes, newest first. Another brand's trail is not found: who changed
-    what for a brand is none of another's business, not even that there is something."""
+    """The brand's changes, newest first; `since` (inclusive) and `until` (exclusive) are
+    RFC 3339 date-times. Another brand's trail is not found: who changed what for a brand
+    is none of another's business, not even that there is something."""
+    filters = AuditFilters(
+        action, actor, target_id, parse_instant(since, "since"), parse_instant(until, "until")
+    )
     if not caller.may_act_for(brand_id):
         raise NotFound(f"brand {brand_id} has no audit trail among the token's brands")
     # The filters are the listing's: a cursor holds only (occurred_at, id), never them.

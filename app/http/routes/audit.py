@@ -14,9 +14,8 @@ from app.http.openapi import access
 from app.http.raw_params import raw_params_middleware
 from app.http.routes.campaigns import AuthRequest, Conn
 from app.http.routes.params import BrandPath, Cursor, Limit
-from app.services.audit import list_audit, parse_instant
+from app.services.audit import list_audit
 from app.services.pagination import DEFAULT_LIMIT
-from db.audit import AuditFilters
 
 NO_NUL = "^[^\\x00]*$"
 """PostgreSQL cannot compare text with NUL in it: refused as what no row can hold."""
@@ -78,18 +77,15 @@ class AuditController(Controller):
         first: who (`actor`), what (`action`, `changes`), to what (`target_type`,
         `target_id`), when, and by which request. `since` (inclusive) and `until`
         (exclusive) bound `occurred_at`. Kept AUDIT_RETENTION_DAYS (six years)."""
-        filters = AuditFilters(
-            action=action,
-            actor=actor,
-            target_id=target_id,
-            since=parse_instant(since, "since"),
-            until=parse_instant(until, "until"),
-        )
         return await list_audit(
             conn,
             brand_id,
             request.auth,
-            filters,
+            action=action,
+            actor=actor,
+            target_id=target_id,
+            since=since,
+            until=until,
             limit=limit,
             cursor=cursor,
             cursor_key=state.cursor_key,
