@@ -2,6 +2,7 @@
 
     python3 -m uv run --frozen python bench/publish.py [--repeat 7] [--http httptools]
     python3 -m uv run --frozen python bench/publish.py --data [--repeat 7]
+    python3 -m uv run --frozen python bench/publish.py --audit [--repeat 7]
 
 Creates (or reuses) the database `messaging_bench` on the local PostgreSQL, migrates it,
 starts the web process (the Procfile's web line; `--http httptools` for the parser used
@@ -25,6 +26,16 @@ rows data included (into a table of the deliveries' columns and a `data` one, th
 JSON text made before the clock starts: one COPY where publish makes two); the publish of
 the same recipients without data (to a campaign without variables); and the web process's
 peak RSS.
+
+With --audit (issue 27), instead: the publish transaction (`publish_campaign`, in this
+process, on one connection) of 1, 100 and 1,000 recipients, with its audit row and without
+it (`record_audit` swapped for a no-op in this process only), alternated call by call in
+rounds of ROUND_CALLS: the transaction alone, the strictest denominator a publish has.
+Then publish as a client sees it (request sent to 202 received, as above), of 1 and 1,000
+recipients: this code's web process beside one of the code before issue 27
+(AUDIT_BEFORE, the same publish without its audit row; `git archive` into a temporary
+directory), on one database, requests alternated between them: the same-run ratio that
+target <= 1.03x is set on.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -188,20 +200,23 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def start_web(
-    http: str | None = None, extra_env: dict[str, str] | None = None, code: Path = ROOT
+    http: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    code: Path = ROOT,
+    port: int = PORT,
 ) -> subprocess.Popen[bytes]:
     """The Procfile's web line; `http` swaps its HTTP implementation (see --http); `code`:
-    a copy of other code to run (bench/tracing.py --before)."""
+    a copy of other code to run (bench/tracing.py --before, --audit)."""
     # Another process on the port would answer the bench instead (and receive its runs).
     with socket.socket() as probe:
         try:
-            probe.bind(("127.0.0.1", PORT))
+            probe.bind(("127.0.0.1", port))
         except OSError:
-            raise SystemExit(f"port {PORT} is taken: set BENCH_PORT to a free one") from None
+            raise SystemExit(f"port {port} is taken: set BENCH_PORT to a free one") from None
     env = {**os.environ, "DATABASE_URL": DATABASE_URL, "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING"}
     env.update(extra_env or {})
     return subprocess.Popen(
-        [*web_command(PORT, http=http), "--log-level", "warning"], cwd=code, env=env
+        [*web_command(port, http=http), "--log-level", "warning"], cwd=code, env=env
     )
 
 
@@ -409,6 +424,169 @@ async def main_data(repeat: int) -> None:
     print(f"web process peak RSS (VmHWM): {rss:.0f} MB")
 
 
+AUDIT_SIZES = (1, 100, 1_000)
+AUDIT_BEFORE = "0e43707"
+"""The last commit before the audit trail: its publish is this one without the audit row."""
+HTTP_SIZES = (1, 1_000)
+SYNC_MODES = {
+    "on": " (as deployed: each commit waits for its WAL flush)",
+    "off": " (no wait for the disk: what the audit row itself costs, the strictest ratio)",
+}
+ROUND_CALLS = 200
+"""Publishes of each size per round, half of them with the audit row, alternated."""
+
+
+@dataclass
+class BenchCaller:
+    """The `Caller` publish acts for (app/domain/access.py)."""
+
+    sub: str = "bench"
+    brands: list[str] = field(default_factory=lambda: ["*"])
+    all_brands: bool = True
+
+    def may_act_for(self, brand_id: str) -> bool:
+        return True
+
+
+async def main_audit(repeat: int) -> None:
+    import app.services.publishing as publishing
+    from app.domain.schemas import CampaignCreate, Recipient
+    from app.services.campaigns import change_status, create_campaign
+    from db.pool import create_pool
+
+    await prepare_database()
+    caller = BenchCaller()
+    recorded = publishing.record_audit
+
+    async def no_audit(conn: asyncpg.Connection, *events: object) -> None:
+        return None
+
+    pool = await create_pool(DATABASE_URL)
+    try:
+        async with pool.acquire() as conn:
+            draft = CampaignCreate(brand_id="bench", name="bench", channel="email", body="b",
+                                   subject="s")  # fmt: skip
+            campaign = await create_campaign(conn, draft, caller)
+            await change_status(conn, str(campaign.id), caller, to="active", allowed=["draft"])
+            people = {
+                n: [
+                    Recipient(person_id=f"p{i}", recipient=f"user{i}@example.com") for i in range(n)
+                ]
+                for n in AUDIT_SIZES
+            }
+
+            async def timed(n: int, audit: bool) -> float:
+                publishing.record_audit = recorded if audit else no_audit  # type: ignore[assignment]
+                start = time.perf_counter()
+                await publishing.publish_campaign(
+                    conn, str(campaign.id), people[n], caller,
+                    max_recipients=100_000, batch_size=500,
+                )  # fmt: skip
+                return time.perf_counter() - start
+
+            for n in AUDIT_SIZES:  # warm up every path (and plan) once
+                for audit in (True, False):
+                    await timed(n, audit)
+            medians: dict[tuple[str, int, bool], list[float]] = {
+                (sync, n, audit): []
+                for sync in SYNC_MODES
+                for n in AUDIT_SIZES
+                for audit in (True, False)
+            }
+            for _ in range(repeat):
+                for sync in SYNC_MODES:
+                    await conn.execute(f"SET synchronous_commit = {sync}")
+                    for n in AUDIT_SIZES:
+                        times: dict[bool, list[float]] = {True: [], False: []}
+                        for call in range(ROUND_CALLS):
+                            audit = call % 2 == 0
+                            times[audit].append(await timed(n, audit))
+                        for audit in (True, False):
+                            medians[(sync, n, audit)].append(statistics.median(times[audit]))
+            await conn.execute("RESET synchronous_commit")
+            audit_rows = await conn.fetchval(
+                "SELECT count(*) FROM audit_events WHERE action = 'run.published'"
+            )
+    finally:
+        publishing.record_audit = recorded  # type: ignore[assignment]
+        await pool.close()
+    print(f"publish transaction (in process), median of {repeat} rounds of {ROUND_CALLS // 2}"
+          f" calls each way, alternated; machine: {os.cpu_count()} cores")  # fmt: skip
+    for sync in SYNC_MODES:
+        print(f"synchronous_commit = {sync}{SYNC_MODES[sync]}")
+        for n in AUDIT_SIZES:
+            with_audit = statistics.median(medians[(sync, n, True)])
+            without = statistics.median(medians[(sync, n, False)])
+            ratios = [
+                a / b
+                for a, b in zip(medians[(sync, n, True)], medians[(sync, n, False)], strict=True)
+            ]
+            print(
+                f"{n:>6} recipients: with audit {ms(with_audit)}, without {ms(without)}:"
+                f" {with_audit / without:5.3f}x (rounds {min(ratios):5.3f}x to {max(ratios):5.3f}x)"
+            )
+    print(f"run.published rows written: {audit_rows}")
+    await audit_over_http(repeat)
+
+
+async def audit_over_http(repeat: int) -> None:
+    before = Path(tempfile.mkdtemp(prefix="messaging-before-audit-"))
+    archive = subprocess.run(
+        ["git", "archive", AUDIT_BEFORE], cwd=ROOT, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+    servers = {True: start_web(), False: start_web(code=before, port=PORT + 1)}
+    headers = {"Authorization": f"Bearer {token()}", "Content-Type": "application/json"}
+    ports = {True: PORT, False: PORT + 1}
+    clients = {
+        audit: httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60)
+        for audit, port in ports.items()
+    }
+    try:
+        urls = {}
+        for audit, client in clients.items():
+            await wait_ready(client)
+            urls[audit] = f"/v1/messaging/campaigns/{await campaign(client)}/publish"
+        payloads = {n: body(n) for n in HTTP_SIZES}
+        calls = {1: ROUND_CALLS, 1_000: ROUND_CALLS // 4}
+        for n in HTTP_SIZES:  # warm up
+            for audit in (True, False):
+                for _ in range(10):
+                    await timed_publish(clients[audit], urls[audit], payloads[n])
+        medians: dict[tuple[int, bool], list[float]] = {
+            (n, audit): [] for n in HTTP_SIZES for audit in (True, False)
+        }
+        for _ in range(repeat):
+            for n in HTTP_SIZES:
+                times: dict[bool, list[float]] = {True: [], False: []}
+                for call in range(calls[n]):
+                    audit = call % 2 == 0
+                    times[audit].append(
+                        await timed_publish(clients[audit], urls[audit], payloads[n])
+                    )
+                for audit in (True, False):
+                    medians[(n, audit)].append(statistics.median(times[audit]))
+    finally:
+        for client in clients.values():
+            await client.aclose()
+        for web in servers.values():
+            web.terminate()
+            web.wait()
+        shutil.rmtree(before)
+    print(
+        f"publish over HTTP (request to 202), this code against {AUDIT_BEFORE} (no audit row),"
+        f" median of {repeat} rounds, requests alternated; target <= 1.03x"
+    )
+    for n in HTTP_SIZES:
+        with_audit = statistics.median(medians[(n, True)])
+        without = statistics.median(medians[(n, False)])
+        ratios = [a / b for a, b in zip(medians[(n, True)], medians[(n, False)], strict=True)]
+        print(
+            f"{n:>6} recipients: with audit {ms(with_audit)}, without {ms(without)}:"
+            f" {with_audit / without:5.3f}x (rounds {min(ratios):5.3f}x to {max(ratios):5.3f}x)"
+        )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
@@ -422,8 +600,15 @@ if __name__ == "__main__":
         choices=("h11", "httptools"),
         help="swap the Procfile's HTTP implementation (httptools: the one before issue 15)",
     )
+    parser.add_argument(
+        "--audit",
+        action="store_true",
+        help="the publish transaction with its audit row and without it (issue 27)",
+    )
     args = parser.parse_args()
-    if args.data:
+    if args.audit:
+        asyncio.run(main_audit(args.repeat))
+    elif args.data:
         asyncio.run(main_data(args.repeat))
     else:
         asyncio.run(main(args.repeat, args.http))

@@ -84,9 +84,12 @@ class RateLimitRepository:
             tokens,
         )
 
-    async def brand_caps(self, brand_id: str) -> asyncpg.Record | None:
+    async def brand_caps(self, brand_id: str, *, lock: bool = False) -> asyncpg.Record | None:
+        """The brand's caps; with `lock`, row-locked until the transaction ends (a PUT
+        reads what it replaces)."""
         record: asyncpg.Record | None = await self.conn.fetchrow(
-            "SELECT email_per_second, sms_per_second FROM brand_rate_limits WHERE brand_id = $1",
+            "SELECT email_per_second, sms_per_second FROM brand_rate_limits WHERE brand_id = $1"
+            + (" FOR UPDATE" if lock else ""),
             brand_id,
         )
         return record

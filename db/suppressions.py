@@ -4,17 +4,21 @@ one topic. Every new suppression is written by `SuppressionRepository.add`, with
 `one_click` (an unsubscribe link), `provider:<name>` (a provider's feedback or refusal),
 `sms_stop` (the recipient texted STOP). The recipient's own SMS opt-outs are added by
 `opt_out` and lifted by `opt_in`, and only those: a START never lifts what a brand, a
-bounce or a complaint put there."""
+bounce or a complaint put there.
+
+Every change here writes its audit row (db/audit.py) in its own transaction: `add`,
+`remove` and `opt_in` are the only writers of suppressions, whoever calls them."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
 
+from db.audit import RECIPIENT, Action, AuditEvent, changes_between, record_audit
 from db.events import SUPPRESSION_CREATED, EventRepository, brand_stream
 from db.params import Params
 
@@ -34,6 +38,19 @@ TWILIO_OPTED_OUT: Source = "provider:twilio"
 """Twilio refused a send with 21610: the recipient had texted STOP to that sender."""
 RECIPIENT_OPT_OUTS = (SMS_STOP, TWILIO_OPTED_OUT)
 """The recipient's own word, either way: what their START lifts."""
+AUDITED_FIELDS = ("reason", "source", "run_id")
+
+
+def actor_of(source: Source, sub: str | None) -> str:
+    """Who the audit trail names for a change from `source`: the token's `sub` for the
+    API, `recipient` for their own unsubscribe or STOP, the provider as it is named."""
+    if source == "api":
+        if sub is None:
+            raise ValueError("a change through the API names its caller's sub")
+        return sub
+    if source in ("one_click", SMS_STOP):
+        return RECIPIENT
+    return source
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +88,19 @@ class SuppressionRepository:
         return {row["address"] for row in rows}
 
     async def add(
-        self, entries: Sequence[NewSuppression], source: Source, *, new_reason: bool = False
+        self,
+        entries: Sequence[NewSuppression],
+        source: Source,
+        *,
+        new_reason: bool = False,
+        sub: str | None = None,
     ) -> list[asyncpg.Record]:
         """THE way a suppression comes to be: the rows of `entries` that are new, and a
-        `suppression.created` event for each, in one transaction (the caller's, if it has
-        one). An entry already suppressed keeps its reason and source, unless `new_reason`
-        (the API's PUT: the caller says why now). Returns each entry's row as stored (an
+        `suppression.created` event and audit row for each, in one transaction (the
+        caller's, if it has one). An entry already suppressed keeps its reason and source,
+        unless `new_reason` (the API's PUT, by the token's `sub`: the caller says why now;
+        a reason or source so changed is audited as `suppression.created` too, old and
+        new). Returns each entry's row as stored (an
         entry repeated once), with `created` (whether this call added it), in the order of
         `entries`; without `new_reason`, a row another transaction committed while this one waited
         for it reads with `reason` and `created_at` null (this statement's snapshot is
@@ -88,6 +112,7 @@ class SuppressionRepository:
         entries = list(unique.values())
         if not entries:
             return []
+        actor = actor_of(source, sub)
         # A new reason is the caller's word now: its source too (a START never lifts it).
         new = "DO UPDATE SET reason = EXCLUDED.reason, source = EXCLUDED.source"
         on_conflict = new if new_reason else "DO NOTHING"
@@ -106,10 +131,13 @@ class SuppressionRepository:
                     RETURNING brand_id, address, topic, reason, created_at, xmax = 0 AS created
                 )
                 -- A row kept as it was (DO NOTHING) is not in `written`: read as it is.
+                -- `s` is the statement's snapshot: a row as it was before this statement.
                 SELECT g.brand_id, g.address, nullif(g.topic, '') AS topic,
                        coalesce(w.reason, s.reason) AS reason,
                        coalesce(w.created_at, s.created_at) AS created_at,
-                       coalesce(w.created, false) AS created
+                       coalesce(w.created, false) AS created,
+                       w.brand_id IS NOT NULL AS written, g.run_id,
+                       s.reason AS old_reason, s.source AS old_source
                 FROM given g
                 LEFT JOIN written w USING (brand_id, address, topic)
                 LEFT JOIN suppressions s USING (brand_id, address, topic)
@@ -123,6 +151,7 @@ class SuppressionRepository:
                 source,
             )
             await _record_events([row for row in rows if row["created"]], source, self.conn)
+            await record_audit(self.conn, *_created(rows, source, actor))
         return rows
 
     async def get(
@@ -139,15 +168,23 @@ class SuppressionRepository:
         )
         return record
 
-    async def remove(self, brand_id: str, address: str, topic: str | None = None) -> bool:
-        """True if the address was on the list (of that topic, or brand-wide)."""
-        status: str = await self.conn.execute(
-            "DELETE FROM suppressions WHERE brand_id = $1 AND address = $2 AND topic = $3",
-            brand_id,
-            address,
-            topic or BRAND_WIDE,
-        )
-        return status != "DELETE 0"
+    async def remove(
+        self, brand_id: str, address: str, topic: str | None = None, *, sub: str
+    ) -> bool:
+        """True if the address was on the list (of that topic, or brand-wide); the API's
+        DELETE, by the token's `sub`, audited in the same transaction."""
+        async with self.conn.transaction():
+            rows = await self.conn.fetch(
+                """
+                DELETE FROM suppressions WHERE brand_id = $1 AND address = $2 AND topic = $3
+                RETURNING brand_id, address, nullif(topic, '') AS topic, reason, source, run_id
+                """,
+                brand_id,
+                address,
+                topic or BRAND_WIDE,
+            )
+            await record_audit(self.conn, *_deleted(rows, sub))
+        return bool(rows)
 
     async def page(
         self,
@@ -195,18 +232,53 @@ class SuppressionRepository:
         (reason `unsubscribed` from RECIPIENT_OPT_OUTS), never what a brand, a bounce or a
         complaint put there. Returns the suppressions it removed: the one place SMS
         opt-outs are lifted."""
-        rows: list[asyncpg.Record] = await self.conn.fetch(
-            f"""
-            DELETE FROM suppressions
-            WHERE brand_id = ANY($1::text[]) AND address = $2 AND topic = '{BRAND_WIDE}'
-              AND reason = 'unsubscribed' AND source = ANY($3::text[])
-            RETURNING brand_id, address, reason, source
-            """,
-            list(brand_ids),
-            address,
-            list(RECIPIENT_OPT_OUTS),
-        )
+        async with self.conn.transaction():
+            rows: list[asyncpg.Record] = await self.conn.fetch(
+                f"""
+                DELETE FROM suppressions
+                WHERE brand_id = ANY($1::text[]) AND address = $2 AND topic = '{BRAND_WIDE}'
+                  AND reason = 'unsubscribed' AND source = ANY($3::text[])
+                RETURNING brand_id, address, NULL AS topic, reason, source, run_id
+                """,
+                list(brand_ids),
+                address,
+                list(RECIPIENT_OPT_OUTS),
+            )
+            await record_audit(self.conn, *_deleted(rows, RECIPIENT))
         return rows
+
+
+def _created(rows: Sequence[asyncpg.Record], source: Source, actor: str) -> list[AuditEvent]:
+    """The audit rows of `add`: each new suppression, and each whose reason or source a
+    PUT changed (the caller's word now)."""
+    events = []
+    for row in rows:
+        if row["created"]:
+            old = None
+        elif row["written"]:
+            old = {"reason": row["old_reason"], "source": row["old_source"], "run_id": None}
+        else:
+            continue
+        new = {"reason": row["reason"], "source": source, "run_id": row["run_id"]}
+        if changes := changes_between(old, new, AUDITED_FIELDS):
+            events.append(_event(row, actor, "suppression.created", changes))
+    return events
+
+
+def _deleted(rows: Sequence[asyncpg.Record], actor: str) -> list[AuditEvent]:
+    """The audit rows of suppressions removed: what each was."""
+    return [
+        _event(row, actor, "suppression.deleted", changes_between(row, None, AUDITED_FIELDS))
+        for row in rows
+    ]
+
+
+def _event(row: asyncpg.Record, actor: str, action: Action, changes: dict[str, Any]) -> AuditEvent:
+    """The address is the target (docs/ops.md reads a suppression's trail by it); its
+    `topic` (null: brand-wide) is always in `changes`, since the address alone does not
+    name the suppression."""
+    changes = {**changes, "topic": row["topic"]}
+    return AuditEvent(row["brand_id"], actor, action, "suppression", row["address"], changes)
 
 
 async def _record_events(

@@ -1,6 +1,7 @@
 """The worker's maintenance of `deliveries` (the hourly `maintain_deliveries` task):
 month partitions made ahead of time, DELIVERY_RETENTION_DAYS, and the erasure of the
-recipients' data DELIVERY_DATA_DAYS after their run ended.
+recipients' data DELIVERY_DATA_DAYS after their run ended. The same task keeps the audit
+trail's month partitions (`maintain_audit`): ahead of time, and AUDIT_RETENTION_DAYS.
 
 Retention removes deliveries a month partition at a time: a month whose last day is
 over and whose runs all ended before the cutoff is dropped whole (DROP TABLE: no DELETE,
@@ -30,6 +31,7 @@ from typing import TypeVar
 
 import asyncpg
 
+from db.audit import AuditRepository
 from db.retention import RetentionRepository
 
 logger = logging.getLogger(__name__)
@@ -219,3 +221,56 @@ async def _erase_data(
                 await repo.erase_data(run["id"], first, first + ERASE_BATCH - 1)
             await repo.mark_data_erased(run["id"], now)
             report.erased_runs += 1
+
+
+@dataclass
+class AuditMaintenanceReport:
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+
+async def maintain_audit(
+    pool: asyncpg.Pool, retention: timedelta, *, now: datetime | None = None
+) -> AuditMaintenanceReport:
+    """The audit trail's month partitions: made MONTHS_AHEAD ahead, and those whose whole
+    month ended more than `retention` ago dropped (the only way audit rows go: the table
+    refuses DELETE). Under the maintenance lock of `maintain_deliveries`, after it.
+    Raises PartitionsBehind like it: a change finding no partition could not commit."""
+    now = now or datetime.now(UTC)
+    report = AuditMaintenanceReport()
+    async with pool.acquire() as conn:
+        repo, audit = RetentionRepository(conn), AuditRepository(conn)
+        if not await repo.try_lock_maintenance():
+            logger.info("audit maintenance: another one is running")
+            return report
+        try:
+            months = set(await audit.months())
+            for month in (add_months(month_of(now), n) for n in range(MONTHS_AHEAD + 1)):
+                if month not in months:
+                    what = f"creating the audit partition of {month:%Y-%m}"
+                    name = await _ddl(conn, repo, what, partial(audit.ensure_month, month))
+                    if name is not None:
+                        report.created.append(name)
+            for month in sorted(months):
+                if month_start(add_months(month, 1)) > now - retention:
+                    break  # this month holds changes still to keep, and so do the later ones
+                name = f"audit_events_{month:%Y_%m}"
+                dropped = await _ddl(
+                    conn, repo, f"dropping {name}", partial(audit.drop_month, month)
+                )
+                if dropped is not None:
+                    report.dropped.append(dropped)
+            months = set(await audit.months())
+        finally:
+            await repo.unlock_maintenance()
+    if report.created or report.dropped:
+        logger.info(
+            "audit maintenance done",
+            extra={"partitions_created": report.created, "dropped": report.dropped},
+        )
+    needed = [add_months(month_of(now), n) for n in range(MIN_MONTHS_AHEAD + 1)]
+    if missing := [m for m in needed if m not in months]:
+        raise PartitionsBehind(
+            f"audit_events partitions missing for {', '.join(f'{m:%Y-%m}' for m in missing)}"
+        )
+    return report

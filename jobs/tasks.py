@@ -35,7 +35,7 @@ from jobs.app import app
 from jobs.delivery import DeliveryInterrupted, deliver_chunk, fail_range
 from jobs.events import EventRetry, send_pending_events
 from jobs.resources import WorkerResources
-from jobs.retention import maintain_deliveries
+from jobs.retention import maintain_audit, maintain_deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -252,9 +252,12 @@ async def purge_finished_jobs(timestamp: int) -> None:
 @app.task(name="maintain_deliveries", queue=MAINTENANCE_QUEUE, priority=HOUSEKEEPING_PRIORITY)
 async def maintain_deliveries_task(timestamp: int) -> None:
     """Partitions of `deliveries` ahead of time; retention of old runs' deliveries; the
-    erasure of their recipients' data."""
+    erasure of their recipients' data; the audit trail's partitions and retention."""
     pool = cast(AsyncpgConnector, app.connector).pool
     settings = get_settings()
-    await maintain_deliveries(
-        pool, settings.delivery_retention, data_retention=settings.delivery_data_retention
-    )
+    try:
+        await maintain_deliveries(
+            pool, settings.delivery_retention, data_retention=settings.delivery_data_retention
+        )
+    finally:  # the audit's partitions, whatever became of the deliveries'
+        await maintain_audit(pool, settings.audit_retention)

@@ -62,6 +62,12 @@ def bind_log_context(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+def bound(name: str) -> Any:
+    """What `bind_log_context` bound as `name` in the current task, or None: the
+    request's `request_id` (app/http/request_id.py) for whatever records it besides logs."""
+    return _context.get({}).get(name)
+
+
 class ContextFilter(logging.Filter):
     """Copies the bound fields onto each record (an explicit `extra=` wins)."""
 

@@ -183,6 +183,11 @@ class Settings:
     """The recipients' `data` of a publish (patient data) is erased this many days after
     its run ended, by the worker's hourly maintenance (jobs/retention.py); a retry of such
     a run is then 412 `data_erased`."""
+    audit_retention_days: Annotated[int, Meta(ge=1, le=36_600)] = 2190
+    """The audit trail (`GET /v1/messaging/brands/{brand_id}/audit`) keeps every change this
+    many days (six years: HIPAA's retention of documentation), then the worker's hourly
+    maintenance drops it a whole month at a time (jobs/retention.py); no row is ever
+    updated or deleted."""
     email_rate_limit: Rate | None = None
     """The most e-mails per second that all worker processes together send; unset: no
     limit. Token buckets in PostgreSQL (db/rate_limits.py); brands may have caps of their
@@ -224,6 +229,10 @@ class Settings:
         if self.delivery_retention_days is None:
             return None
         return timedelta(days=self.delivery_retention_days)
+
+    @property
+    def audit_retention(self) -> timedelta:
+        return timedelta(days=self.audit_retention_days)
 
     @property
     def delivery_data_retention(self) -> timedelta:

@@ -10,6 +10,8 @@ from typing import Protocol
 READ = "messaging:campaigns:read"
 WRITE = "messaging:campaigns:write"
 PUBLISH = "messaging:campaigns:publish"
+AUDIT_READ = "messaging:audit:read"
+"""Reading a brand's audit trail: given apart, to who must answer for the changes."""
 
 
 class Caller(Protocol):

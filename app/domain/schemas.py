@@ -18,6 +18,18 @@ Outcome = Literal["delivered", "undelivered", "bounced", "complained"]
 """What a provider reported after the send; `undelivered` comes from SMS receipts (Twilio)."""
 ReportedType = Literal["delivered", "bounced", "complained"]
 """What the webhook provider may report (POST /v1/messaging/providers/webhook/events)."""
+AuditAction = Literal[
+    "campaign.created",
+    "campaign.updated",
+    "campaign.activated",
+    "campaign.archived",
+    "run.published",
+    "run.cancelled",
+    "suppression.created",
+    "suppression.deleted",
+    "rate_limit.updated",
+]
+AuditTargetType = Literal["campaign", "run", "suppression", "rate_limit"]
 Priority = Literal["high", "normal", "low"]
 """Deliveries of a higher priority go before those of a lower one (db/queue.py)."""
 
@@ -277,6 +289,31 @@ class Suppression(msgspec.Struct):
 
 class SuppressionPage(msgspec.Struct):
     items: list[Suppression]
+    next_cursor: str | None
+
+
+class AuditRecord(msgspec.Struct):
+    """One change, recorded in the transaction that made it."""
+
+    id: UUID
+    occurred_at: datetime
+    brand_id: str
+    actor: str
+    """The token's `sub`; `provider:webhook`, `provider:sendgrid` or `provider:twilio`;
+    `recipient` (a one-click unsubscribe, an SMS STOP or START)."""
+    action: AuditAction
+    target_type: AuditTargetType
+    target_id: str
+    """The campaign's or run's id, the suppression's address, the brand's id (rate limit)."""
+    request_id: str | None
+    """The X-Request-ID of the request that made the change; null for the worker's."""
+    changes: dict[str, Any]
+    """`{field: {"old": ..., "new": ...}}`; a message's subject and bodies only as
+    `{"changed": true}`. A suppression's also hold its `topic` (null: brand-wide)."""
+
+
+class AuditPage(msgspec.Struct):
+    items: list[AuditRecord]
     next_cursor: str | None
 
 

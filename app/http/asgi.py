@@ -36,6 +36,7 @@ from app.http.metrics import (
 from app.http.openapi import SECURITY_SCHEMES
 from app.http.openapi_document import complete_document, schema_pages, schema_router
 from app.http.request_id import request_id_middleware, send_request_id
+from app.http.routes.audit import AuditController
 from app.http.routes.campaigns import CampaignController
 from app.http.routes.health import healthz, readyz
 from app.http.routes.providers import sendgrid_events, webhook_events
@@ -108,6 +109,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             SuppressionController,
             TopicSuppressionController,
             RateLimitController,
+            AuditController,
             webhook_events,
             sendgrid_events,
             unsubscribe_page,

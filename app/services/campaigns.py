@@ -21,12 +21,20 @@ from app.domain.schemas import (
 )
 from app.domain.templates import CampaignTemplates, TemplateError, reads_variable
 from app.services.pagination import ByCreation, decode_cursor, listing_of, split_page
+from db.audit import Action, AuditEvent, changes_between, record_audit
 from db.campaigns import CampaignRepository, Lock
 
 CONTENT_FIELDS = (
     "name", "channel", "body", "subject", "sender", "priority", "quiet_hours", "topic",
     "html_body",
 )  # fmt: skip
+TEXT_FIELDS = ("subject", "body", "html_body")
+"""The message's words: the audit trail says that they changed, never what they say."""
+AUDITED_FIELDS = tuple(f for f in CONTENT_FIELDS if f not in TEXT_FIELDS)
+STATUS_ACTIONS: dict[str, Action] = {
+    "active": "campaign.activated",
+    "archived": "campaign.archived",
+}
 
 
 def parse_id(value: str, what: str) -> UUID:
@@ -138,20 +146,35 @@ async def create_campaign(
     require_brand(caller, data.brand_id)
     check_texts(data.channel, data.subject, data.body, data.html_body)
     check_quiet_hours(data.quiet_hours)
-    record = await CampaignRepository(conn).create(
-        brand_id=data.brand_id,
-        name=data.name,
-        channel=data.channel,
-        sender=data.sender,
-        subject=data.subject,
-        body=data.body,
-        created_by=caller.sub,
-        priority=data.priority,
-        quiet_hours=data.quiet_hours,
-        topic=data.topic,
-        html_body=data.html_body,
-    )
+    async with conn.transaction():
+        record = await CampaignRepository(conn).create(
+            brand_id=data.brand_id,
+            name=data.name,
+            channel=data.channel,
+            sender=data.sender,
+            subject=data.subject,
+            body=data.body,
+            created_by=caller.sub,
+            priority=data.priority,
+            quiet_hours=data.quiet_hours,
+            topic=data.topic,
+            html_body=data.html_body,
+        )
+        await _audit(conn, caller, "campaign.created", None, record)
     return campaign_of(record)
+
+
+async def _audit(
+    conn: asyncpg.Connection,
+    caller: Caller,
+    action: Action,
+    old: asyncpg.Record | None,
+    new: asyncpg.Record,
+) -> None:
+    changes = changes_between(old, new, (*AUDITED_FIELDS, "status"), TEXT_FIELDS)
+    if changes:  # a PATCH that sets what was there changes nothing, and records nothing
+        event = AuditEvent(new["brand_id"], caller.sub, action, "campaign", str(new["id"]), changes)
+        await record_audit(conn, event)
 
 
 async def list_campaigns(
@@ -203,6 +226,7 @@ async def update_campaign(
         content = {f: campaign[f] for f in CONTENT_FIELDS} | changes
         check_texts(content["channel"], content["subject"], content["body"], content["html_body"])
         record = await CampaignRepository(conn).update_content(campaign["id"], **content)
+        await _audit(conn, caller, "campaign.updated", campaign, record)
     return campaign_of(record)
 
 
@@ -238,4 +262,5 @@ async def change_status(
                 campaign["channel"], campaign["subject"], campaign["body"], campaign["html_body"]
             )
         record = await CampaignRepository(conn).set_status(campaign["id"], to)
+        await _audit(conn, caller, STATUS_ACTIONS[to], campaign, record)
     return campaign_of(record)

@@ -28,6 +28,7 @@ from app.services.campaigns import campaign_to_publish
 from app.services.idempotency import IdempotencyKey, claim_key, parse_key, retry_key
 from app.services.runs import ensure_deliveries_kept, visible_run
 from db import queue
+from db.audit import AuditEvent, changes_between, record_audit
 from db.deliveries import DataRow, DeliveryRepository, DeliveryRow
 from db.ids import uuid7
 from db.pool import DATABASE_AWAY
@@ -168,6 +169,8 @@ async def _publish(
                 scheduled_for=send_at,
                 with_data=with_data,
             )
+        with tracing.db_span("INSERT", "audit_events"):
+            await record_audit(conn, _published(run, caller))
         deliveries = DeliveryRepository(conn)
         with tracing.db_span("COPY", "deliveries"):
             await deliveries.copy(_delivery_rows(run["id"], recipients, skips))
@@ -262,6 +265,18 @@ async def retry_failed(
         retry_of=original["id"],
         pool=pool,
     )
+
+
+PUBLISHED_FIELDS = (
+    "campaign_id", "status", "total_recipients", "skipped_count", "retry_of", "scheduled_for",
+)  # fmt: skip
+
+
+def _published(run: asyncpg.Record, caller: Caller) -> AuditEvent:
+    """The audit row of a new run (a retry's names the run it retries): its counts, never
+    its recipients."""
+    changes = changes_between(None, run, PUBLISHED_FIELDS)
+    return AuditEvent(run["brand_id"], caller.sub, "run.published", "run", str(run["id"]), changes)
 
 
 def _templates(campaign: asyncpg.Record) -> CampaignTemplates | None:

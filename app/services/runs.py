@@ -11,6 +11,7 @@ from app.domain.errors import BadState, Gone, NotFound
 from app.domain.schemas import Delivery, DeliveryPage, Run, RunPage
 from app.services.campaigns import parse_id, visible_campaign
 from app.services.pagination import ByCreation, ByPosition, decode_cursor, listing_of, split_page
+from db.audit import AuditEvent, record_audit
 from db.deliveries import DeliveryRepository, delivery_id
 from db.jobs import JobRepository
 from db.retention import RetentionRepository
@@ -48,7 +49,15 @@ async def cancel_run(
             )
         skipped = await DeliveryRepository(conn).skip_pending(run["id"], "cancelled")
         await JobRepository(conn).delete_waiting_deliveries(run["id"])
-        return Run(**await runs.cancel(run["id"], skipped))
+        cancelled = await runs.cancel(run["id"], skipped)
+        changes = {"status": {"old": status, "new": cancelled["status"]}, "cancelled": skipped}
+        await record_audit(
+            conn,
+            AuditEvent(
+                run["brand_id"], caller.sub, "run.cancelled", "run", str(run["id"]), changes
+            ),
+        )
+        return Run(**cancelled)
 
 
 async def list_runs(

@@ -47,7 +47,9 @@ async def put_suppression(
     the reason."""
     require_brand(caller, brand_id)
     entry = NewSuppression(brand_id, suppression_address(recipient), reason, topic)
-    [record] = await SuppressionRepository(conn).add([entry], "api", new_reason=True)
+    [record] = await SuppressionRepository(conn).add(
+        [entry], "api", new_reason=True, sub=caller.sub
+    )
     return _suppression(record)
 
 
@@ -74,7 +76,7 @@ async def delete_suppression(
 ) -> None:
     require_brand(caller, brand_id)
     if not await SuppressionRepository(conn).remove(
-        brand_id, suppression_address(recipient), topic
+        brand_id, suppression_address(recipient), topic, sub=caller.sub
     ):
         raise _not_suppressed(brand_id, topic)
 

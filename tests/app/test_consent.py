@@ -469,7 +469,7 @@ async def test_a_suppression_that_rolls_back_leaves_no_event_and_no_job(db):
     with pytest.raises(Crash):
         async with db.transaction():
             entry = NewSuppression("brand-a", "ann@example.com", "manual")
-            [row] = await SuppressionRepository(db).add([entry], "api")
+            [row] = await SuppressionRepository(db).add([entry], "api", sub="ops")
             assert row["created"]
             raise Crash
 

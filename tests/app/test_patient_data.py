@@ -4,10 +4,11 @@ everything that leaves the service is captured: every log line of the web and wo
 processes (started as the Procfile starts them), every span a real OTLP collector
 receives, the /metrics text, every error body, every cursor, every run event, an
 unsubscribe link's token and page. The canary shows only in the answers that must show
-it: the deliveries listing, the suppression itself and its `suppression.created` event;
-the data canary only in the messages the providers receive (and the preview that renders
-it for its caller). A second test takes the SMS canary through Twilio: the provider's
-refusal, its receipts and the texts a recipient sends."""
+it: the deliveries listing, the suppression itself, its `suppression.created` event and
+its audit trail (read by the address); the data canary only in the messages the providers
+receive (and the preview that renders it for its caller). A second test takes the SMS
+canary through Twilio: the provider's refusal, its receipts and the texts a recipient
+sends."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.core.settings import Settings
 from app.core.unsubscribe import UnsubscribeKeys
+from app.domain.access import AUDIT_READ
 from tests.conftest import PUBLIC_BASE_URL
 from tests.fakes.otlp import OtlpReceiver
 from tests.fakes.server import free_port
@@ -409,6 +411,33 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
             # Every suppression.created event reached the receiver (the one-click's last).
             await until(lambda: "one_click" in json.dumps(suppression_events(events_sink)), 30)
 
+            # The audit trail of the canary's address: the answer names it (its target);
+            # its cursors (a page per row) and a refused filter do not.
+            auditor = bearer(brands=[BRAND], scopes=[AUDIT_READ])
+            trail: list[dict[str, Any]] = []
+            cursor = None
+            while True:
+                query = {"target_id": EMAIL, "limit": 1, **({"cursor": cursor} if cursor else {})}
+                page_of_trail = await api.request(
+                    "GET", f"{BRANDS}/audit", params=query, headers=auditor
+                )
+                assert page_of_trail.status_code == 200, page_of_trail.text
+                trail += page_of_trail.json()["items"]
+                if (cursor := page_of_trail.json()["next_cursor"]) is None:
+                    break
+            assert [(i["action"], i["actor"]) for i in trail] == [
+                ("suppression.created", "recipient"),  # the one-click
+                ("suppression.deleted", "service:test"),  # the topic's
+                ("suppression.created", "service:test"),
+                ("suppression.created", "service:test"),  # brand-wide, manual
+                ("suppression.deleted", "service:test"),
+                ("suppression.created", "provider:webhook"),  # the bounce
+            ]
+            answers["audit"] = json.dumps(trail)
+            for bad in ({"target_id": EMAIL + "\x00"}, {"target_id": EMAIL * 10, "actor": PERSON}):
+                refused = await api.request("GET", f"{BRANDS}/audit", params=bad, headers=auditor)
+                assert refused.status_code == 400, refused.text
+
             # A 500 on a route whose path holds the address.
             await db.execute(
                 "CREATE FUNCTION canary_fail() RETURNS trigger LANGUAGE plpgsql AS"
@@ -469,7 +498,7 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
     assert "forced failure" in web_log
     # ... and the cursors, run events and spans were there to look at: a cursor after each
     # item but the last of every listing (after the canary's suppression among them).
-    assert len(api.cursors) == 8 and len(run_events(events_sink)) >= 3
+    assert len(api.cursors) == 8 + 5 and len(run_events(events_sink)) >= 3
     assert {e["data"]["source"] for e in suppression_events(events_sink)} == {
         "provider:webhook",
         "provider:sendgrid",

@@ -152,6 +152,7 @@ async def test_one_trace_shows_a_run_from_the_publish_request_to_its_last_send(
             "INSERT idempotency_keys",
             "SELECT suppressions",
             "INSERT runs",
+            "INSERT audit_events",
         )
     ]
     assert {(c.parent_span_id, c.kind) for c in calls} == {(transaction.span_id, "CLIENT")}

@@ -25,9 +25,11 @@ TABLES = {
     "procrastinate_workers",
     "procrastinate_periodic_defers",
     "awaited_receipts",
+    "audit_events",
 }
 
-LATER_THAN_0012 = {"delivery_data", "awaited_receipts"}
+LATER_THAN_0016 = {"audit_events"}
+LATER_THAN_0012 = {"delivery_data", "awaited_receipts", *LATER_THAN_0016}
 LATER_THAN_0007 = {
     "brand_rate_limits",
     "rate_buckets",
@@ -53,7 +55,8 @@ VIEWS_0004 = {
     "ops_queue_depth",
 }
 VIEWS_0007 = VIEWS_0004 | {"ops_delivery_partitions", "ops_undelivered_events"}
-VIEWS = VIEWS_0007 | {"ops_scheduled_runs"}
+VIEWS_0016 = VIEWS_0007 | {"ops_scheduled_runs"}
+VIEWS = VIEWS_0016 | {"ops_audit"}
 
 
 async def objects(url: str) -> tuple[set[str], int, int]:
@@ -226,7 +229,9 @@ async def test_0014_downgrades_to_0013_and_back(empty_database):
     assert "source" in await columns(empty_database, "suppressions")
 
     command.downgrade(config, "0013")
-    assert (await objects(empty_database))[0] == named_before_0016(TABLES - {"awaited_receipts"})
+    assert (await objects(empty_database))[0] == named_before_0016(
+        TABLES - {"awaited_receipts", *LATER_THAN_0016}
+    )
     assert "source" not in await columns(empty_database, "suppressions")
 
     command.upgrade(config, "head")
@@ -288,3 +293,28 @@ async def test_0016_consent_downgrades_to_0012_and_back_keeping_run_events(empty
     assert await views(empty_database) == VIEWS
     assert {"topic", "source", "run_id"} <= await columns(empty_database, "suppressions")
     assert "stream" in await columns(empty_database, "events")
+
+
+async def test_0017_audit_trail_downgrades_to_0016_and_back(empty_database):
+    config = alembic_config(empty_database)
+    command.upgrade(config, "head")
+
+    command.downgrade(config, "0016")
+    assert (await objects(empty_database))[0] == TABLES - LATER_THAN_0016
+    assert await views(empty_database) == VIEWS_0016
+    conn = await asyncpg.connect(empty_database)
+    try:  # its partitions and functions went with it
+        assert (
+            await conn.fetchval("SELECT count(*) FROM pg_class WHERE relname LIKE 'audit_events%'")
+            == 0
+        )
+        assert (
+            await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname LIKE 'audit_events%'")
+            == 0
+        )
+    finally:
+        await conn.close()
+
+    command.upgrade(config, "head")
+    assert (await objects(empty_database))[0] == TABLES
+    assert await views(empty_database) == VIEWS

@@ -10,7 +10,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests.app.test_consent import ops_queries
 from tests.helpers import create_campaign, publish, recipients
+from tests.tokens import bearer
 
 
 async def one(db: asyncpg.Connection, sql: str, *args: Any) -> asyncpg.Record:
@@ -201,3 +203,46 @@ async def test_stuck_jobs_and_stale_workers(db, run):
     assert workers[worker_id]["heartbeat_age"] >= timedelta(minutes=2)
     assert workers[healthy]["doing_jobs"] == 0
     assert workers[healthy]["heartbeat_age"] < timedelta(seconds=10)
+
+
+async def test_the_audit_queries_of_ops_md_say_who_published_a_run_and_changed_a_suppression(
+    client, db
+):
+    campaign = await create_campaign(client)
+    published = await publish(client, campaign["id"], {"recipients": recipients(2)}, sub="alice")
+    run_id = published.json()["id"]
+    cancel = f"/v1/messaging/campaigns/{campaign['id']}/runs/{run_id}/cancel"
+    assert (await client.post(cancel, headers=bearer(sub="bob"))).status_code == 200
+    suppression = "/v1/messaging/brands/brand-a/suppressions/ann@example.com"
+    for method, sub in (("PUT", "carol"), ("DELETE", "dave")):
+        response = await client.request(
+            method, suppression, json={"reason": "manual"} if method == "PUT" else None,
+            headers={**bearer(sub=sub), "X-Request-ID": f"req-{sub}"},
+        )  # fmt: skip
+        assert response.is_success, response.text
+
+    published_by, suppression_changes, by_caller, campaign_changes, behind = ops_queries(
+        "11. Who changed what"
+    )
+
+    # Who published this run (and who cancelled it).
+    rows = await db.fetch(published_by.replace("<run_id>", run_id))
+    assert [(r["action"], r["actor"], r["request_id"] is not None) for r in rows] == [
+        ("run.published", "alice", True),
+        ("run.cancelled", "bob", True),
+    ]
+    # Every change to this suppression.
+    rows = await db.fetch(suppression_changes.replace("<brand_id>", "brand-a"))
+    assert [(r["action"], r["actor"], r["fields"], r["topic"]) for r in rows] == [
+        ("suppression.created", "carol", ["reason", "source", "topic"], None),
+        ("suppression.deleted", "dave", ["reason", "source", "topic"], None),
+    ]
+    assert [r["action"] for r in await db.fetch(by_caller.replace("<sub>", "dave"))] == [
+        "suppression.deleted"
+    ]
+    rows = await db.fetch(campaign_changes.replace("<campaign_id>", campaign["id"]))
+    assert [r["action"] for r in rows] == ["campaign.created", "campaign.activated"]
+    assert await db.fetchval(behind) is False
+    # Read by the (brand_id, target_id, ...) index of each month, however long the trail.
+    plan = await plan_of(db, suppression_changes.replace("<brand_id>", "brand-a"))
+    assert "brand_id_target_id" in plan and "Seq Scan" not in plan, plan
