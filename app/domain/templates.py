@@ -10,9 +10,10 @@ Why Liquid and not Jinja2's sandbox: ADR 0047.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from functools import lru_cache
 from io import StringIO
@@ -23,6 +24,7 @@ from liquid import Environment, StrictDefaultUndefined, escape
 from liquid.ast import Node
 from liquid.builtin.content import ContentNode
 from liquid.builtin.expressions import FilteredExpression, Path
+from liquid.builtin.expressions.primitive import RangeLiteral
 from liquid.builtin.output import OutputNode
 from liquid.context import RenderContext
 from liquid.exceptions import (
@@ -41,6 +43,12 @@ MAX_SMS_CHARACTERS = 1600
 
 MAX_LOOP_ITERATIONS = 10_000
 """Iterations of all `for` loops of one render together."""
+MAX_NUMBER_BITS = 14_300
+"""The largest integer a filter may make: Python's own bound for printing one (4,300
+digits). `times` squares a number in a few steps; its cost and size have no other bound."""
+MAX_LOCALS_BYTES = 4 * 1024 * 1024
+"""What a render's `assign`ed and `capture`d variables may hold together (sys.getsizeof):
+a doubling `assign` in a loop, or thousands of variables, would fill the memory."""
 VARIABLES = frozenset({"person_id", "recipient", "data", "campaign", "unsubscribe_url"})
 """The roots a template may read."""
 _FORBIDDEN_TAGS = frozenset({"include", "render"})
@@ -77,7 +85,62 @@ class _BoundedTemplate(BoundTemplate):
 class _Bounded(Environment):
     output_stream_limit = MAX_EMAIL_CHARACTERS
     loop_iteration_limit = MAX_LOOP_ITERATIONS
+    local_namespace_limit = MAX_LOCALS_BYTES
     template_class = _BoundedTemplate
+
+    def setup_tags_and_filters(self, *, extra: bool = False) -> None:
+        super().setup_tags_and_filters(extra=extra)
+        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
+
+
+class _WorkLimitError(ResourceLimitError):
+    """A range, or a filter's result, larger than a render may make."""
+
+
+def _bounded_filter(name: str, liquid_filter: Callable[..., Any]) -> Callable[..., Any]:
+    """`liquid_filter`, refusing to make a text or an array longer than an e-mail may be,
+    or a number larger than MAX_NUMBER_BITS: the output bound counts only what is written,
+    and a chain of filters makes its intermediate values whole first. `replace` and `join`
+    are checked before they run: one call can make the square of their inputs' length."""
+
+    @functools.wraps(liquid_filter)  # keeps the attributes Liquid reads (with_context, ...)
+    def bounded(left: Any, *args: Any, **kwargs: Any) -> Any:
+        if _would_be_too_long(name, left, args):
+            raise _WorkLimitError("filter output limit reached", token=None)
+        result = liquid_filter(left, *args, **kwargs)
+        if (isinstance(result, str | list) and len(result) > MAX_EMAIL_CHARACTERS) or (
+            type(result) is int and result.bit_length() > MAX_NUMBER_BITS
+        ):
+            raise _WorkLimitError("filter output limit reached", token=None)
+        return result
+
+    return bounded
+
+
+def _would_be_too_long(name: str, left: Any, args: tuple[Any, ...]) -> bool:
+    if name == "replace" and len(args) == 2:
+        text, old, new = str(left), str(args[0]), str(args[1])
+        growth = len(new) - len(old)
+        return growth > 0 and len(text) + text.count(old) * growth > MAX_EMAIL_CHARACTERS
+    if name == "join" and isinstance(left, Sized):
+        separator = str(args[0]) if args else " "
+        return len(left) * max(len(separator), 1) > MAX_EMAIL_CHARACTERS
+    return False
+
+
+class _BoundedRange(RangeLiteral):
+    """A range of at most MAX_EMAIL_CHARACTERS elements, as a filter's array. `(1..n)` is
+    lazy, but `offset:` steps through what it skips, `reversed` and most filters make it
+    whole: with `n` from a recipient's data, a render would run for hours. Ranges of
+    compiled templates are made of this class (`_parse`)."""
+
+    __slots__ = ()
+
+    def _make_range(self, start: Any, stop: Any) -> range:
+        made = super()._make_range(start, stop)
+        if made.stop - made.start > MAX_EMAIL_CHARACTERS:  # len() overflows past 2**63
+            raise _WorkLimitError("range limit reached", token=self.token)
+        return made
 
 
 # A variable missing from a render's data raises, unless a `default` filter covers it.
@@ -352,6 +415,9 @@ def _parse(field: str, source: str | None, env: Environment) -> BoundTemplate | 
             )
     if not (analysis.tags or analysis.variables or analysis.filters) and "{" not in source:
         return source
+    for expression in _expressions(template):
+        if type(expression) is RangeLiteral:
+            expression.__class__ = _BoundedRange  # the same slots: only its bound differs
     return template
 
 
