@@ -49,6 +49,9 @@ digits). `times` squares a number in a few steps; its cost and size have no othe
 MAX_LOCALS_BYTES = 4 * 1024 * 1024
 """What a render's `assign`ed and `capture`d variables may hold together (sys.getsizeof):
 a doubling `assign` in a loop, or thousands of variables, would fill the memory."""
+LIQUID_PROPERTIES = frozenset({"size", "first", "last"})
+"""What Liquid reads of an array or a string by name (`data.visits.size`): a path through
+one needs only the array or string (what follows is read from an element, at render)."""
 VARIABLES = frozenset({"person_id", "recipient", "data", "campaign", "unsubscribe_url"})
 """The roots a template may read."""
 _FORBIDDEN_TAGS = frozenset({"include", "render"})
@@ -262,6 +265,8 @@ class CampaignTemplates:
         for path in self.required:
             value: Any = data
             for name in path:
+                if name in LIQUID_PROPERTIES and isinstance(value, list | str):
+                    break
                 if not isinstance(value, Mapping) or name not in value:
                     return path
                 value = value[name]
@@ -383,12 +388,18 @@ def _presence_decoder(required: set[tuple[str, ...]]) -> msgspec.json.Decoder[An
 
 def _presence_struct(tree: dict[str, Any]) -> type[msgspec.Struct]:
     # Field names stand for the keys (which need not be identifiers), renamed to them.
-    fields = [
-        (f"f{i}", _presence_struct(below) if below else msgspec.Raw)
-        for i, below in enumerate(tree.values())
-    ]
+    fields = [(f"f{i}", _presence_type(below)) for i, below in enumerate(tree.values())]
     rename = {f"f{i}": name for i, name in enumerate(tree)}
     return msgspec.defstruct("Present", fields, rename=rename)
+
+
+def _presence_type(below: dict[str, Any]) -> Any:
+    if not below:
+        return msgspec.Raw
+    struct = _presence_struct(below)
+    if below.keys() <= LIQUID_PROPERTIES:  # `visits.size`: an array or a string will do
+        return struct | list[msgspec.Raw] | str
+    return struct
 
 
 def _parse(field: str, source: str | None, env: Environment) -> BoundTemplate | str | None:
