@@ -14,6 +14,7 @@ import functools
 import itertools
 import re
 from collections.abc import Callable, Iterator, Mapping, Sized
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
 from io import StringIO
@@ -43,6 +44,13 @@ MAX_SMS_CHARACTERS = 1600
 
 MAX_LOOP_ITERATIONS = 10_000
 """Iterations of all `for` loops of one render together."""
+MAX_ARRAY_ELEMENTS = 2 * MAX_LOOP_ITERATIONS
+"""The most elements of a range (`(1..n)`) or of an array a filter makes: a loop over one
+reaches its own bound first, and an operator (`contains`) or a filter scans no more."""
+MAX_FILTER_WORK = 16 * MAX_EMAIL_CHARACTERS
+"""Characters and elements that the filters of one render may take and make together: a
+loop may call a filter 10,000 times over the longest text or array (`sum` over 20,000
+elements 10,000 times took minutes)."""
 MAX_NUMBER_BITS = 14_300
 """The largest integer a filter may make: Python's own bound for printing one (4,300
 digits). `times` squares a number in a few steps; its cost and size have no other bound."""
@@ -97,27 +105,44 @@ class _Bounded(Environment):
 
 
 class _WorkLimitError(ResourceLimitError):
-    """A range, or a filter's result, larger than a render may make."""
+    """A range, or a filter's result or work, larger than a render may make or do."""
+
+
+_filter_work: ContextVar[int] = ContextVar("filter_work", default=0)
+"""What the filters of the render under way took and made (`_render` starts it at 0)."""
 
 
 def _bounded_filter(name: str, liquid_filter: Callable[..., Any]) -> Callable[..., Any]:
-    """`liquid_filter`, refusing to make a text or an array longer than an e-mail may be,
-    or a number larger than MAX_NUMBER_BITS: the output bound counts only what is written,
-    and a chain of filters makes its intermediate values whole first. `replace` and `join`
-    are checked before they run: one call can make the square of their inputs' length."""
+    """`liquid_filter`, refusing to make a text longer than an e-mail may be, an array of
+    more than MAX_ARRAY_ELEMENTS, or a number larger than MAX_NUMBER_BITS (the output bound
+    counts only what is written, and a chain of filters makes its intermediate values
+    whole first), and to work past MAX_FILTER_WORK in one render. `replace` and `join` are
+    checked before they run: one call can make the square of their inputs' length."""
 
     @functools.wraps(liquid_filter)  # keeps the attributes Liquid reads (with_context, ...)
     def bounded(left: Any, *args: Any, **kwargs: Any) -> Any:
         if _would_be_too_long(name, left, args):
             raise _WorkLimitError("filter output limit reached", token=None)
         result = liquid_filter(left, *args, **kwargs)
-        if (isinstance(result, str | list) and len(result) > MAX_EMAIL_CHARACTERS) or (
-            type(result) is int and result.bit_length() > MAX_NUMBER_BITS
+        kind = type(result)
+        if (
+            (issubclass(kind, str) and len(result) > MAX_EMAIL_CHARACTERS)
+            or (issubclass(kind, list) and len(result) > MAX_ARRAY_ELEMENTS)
+            or (kind is int and result.bit_length() > MAX_NUMBER_BITS)
         ):
             raise _WorkLimitError("filter output limit reached", token=None)
+        work = _filter_work.get() + _size(left) + _size(result)
+        if work > MAX_FILTER_WORK:
+            raise _WorkLimitError("filter work limit reached", token=None)
+        _filter_work.set(work)
         return result
 
     return bounded
+
+
+def _size(value: Any) -> int:
+    # By type(): a strict Undefined raises at isinstance(), which reads its __class__.
+    return len(value) if issubclass(type(value), str | list | range) else 0
 
 
 def _would_be_too_long(name: str, left: Any, args: tuple[Any, ...]) -> bool:
@@ -125,14 +150,14 @@ def _would_be_too_long(name: str, left: Any, args: tuple[Any, ...]) -> bool:
         text, old, new = str(left), str(args[0]), str(args[1])
         growth = len(new) - len(old)
         return growth > 0 and len(text) + text.count(old) * growth > MAX_EMAIL_CHARACTERS
-    if name == "join" and isinstance(left, Sized):
+    if name == "join" and issubclass(type(left), Sized):
         separator = str(args[0]) if args else " "
         return len(left) * max(len(separator), 1) > MAX_EMAIL_CHARACTERS
     return False
 
 
 class _BoundedRange(RangeLiteral):
-    """A range of at most MAX_EMAIL_CHARACTERS elements, as a filter's array. `(1..n)` is
+    """A range of at most MAX_ARRAY_ELEMENTS elements, as a filter's array. `(1..n)` is
     lazy, but `offset:` steps through what it skips, `reversed` and most filters make it
     whole: with `n` from a recipient's data, a render would run for hours. Ranges of
     compiled templates are made of this class (`_parse`)."""
@@ -141,7 +166,7 @@ class _BoundedRange(RangeLiteral):
 
     def _make_range(self, start: Any, stop: Any) -> range:
         made = super()._make_range(start, stop)
-        if made.stop - made.start > MAX_EMAIL_CHARACTERS:  # len() overflows past 2**63
+        if made.stop - made.start > MAX_ARRAY_ELEMENTS:  # len() overflows past 2**63
             raise _WorkLimitError("range limit reached", token=self.token)
         return made
 
@@ -477,6 +502,7 @@ def _walk(expression: Expression) -> Iterator[Expression]:
 def _render(field: str, template: Text | None, variables: dict[str, Any]) -> str | None:
     if template is None or isinstance(template, str):
         return template
+    _filter_work.set(0)
     if isinstance(template, _Plain):
         if (text := template.render(variables)) is not None:
             return text

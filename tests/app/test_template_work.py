@@ -11,7 +11,12 @@ import time
 import httpx
 import pytest
 
-from app.domain.templates import MAX_EMAIL_CHARACTERS, CampaignTemplates, RenderFailed
+from app.domain.templates import (
+    MAX_ARRAY_ELEMENTS,
+    MAX_EMAIL_CHARACTERS,
+    CampaignTemplates,
+    RenderFailed,
+)
 from tests.helpers import CAMPAIGNS, create_campaign
 from tests.servers import WebProcess
 from tests.tokens import bearer
@@ -40,6 +45,16 @@ HOSTILE = [
         {"n": 3},
     ),
     ("{{ data.n" + " | times: data.n" * 3000 + " | modulo: 7 }}", {"n": 10**300}),
+    (
+        "{% assign l = (1..data.n) | sort %}{% for i in (1..10000) %}{% assign t = l | sum %}"
+        "{% endfor %}{{ t }}",
+        {"n": 20000},
+    ),
+    (
+        "{% assign s = data.s %}{% for i in (1..16) %}{% assign s = s | append: s %}{% endfor %}"
+        "{% for i in (1..10000) %}{% assign t = s | replace: 'a', 'b' %}{% endfor %}{{ t | size }}",
+        {"s": "aaaa"},
+    ),
 ]
 
 
@@ -69,7 +84,7 @@ def test_a_render_that_would_work_without_bound_fails_in_milliseconds(body, data
 def test_ranges_filters_and_assigns_within_the_bounds_still_work():
     assert render("{% for i in (1..data.n) offset: 2 %}{{ i }}{% endfor %}", {"n": 5}) == "345"
     assert render("{{ (1..10000) | join: '' | size }}", {}) == "38894"
-    assert render(f"{{{{ (1..{MAX_EMAIL_CHARACTERS}) | size }}}}", {}) == str(MAX_EMAIL_CHARACTERS)
+    assert render(f"{{{{ (1..{MAX_ARRAY_ELEMENTS}) | size }}}}", {}) == str(MAX_ARRAY_ELEMENTS)
     assert render("{{ data.s | replace: 'a', 'bb' | size }}", {"s": "a" * 100_000}) == "200000"
     assert render("{{ data.n | times: data.n }}", {"n": 10**20}) == str(10**40)
     doubled = "{% assign a = 'x' %}{% for i in (1..17) %}{% assign a = a | append: a %}{% endfor %}"
