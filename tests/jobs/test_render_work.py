@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import create_campaign, publish
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliveries, ended
-from tests.jobs.processes import Workers
+from tests.jobs.processes import Workers, delivery_ids
 from tests.servers import HttpSink
 
 SECONDS = 20
@@ -64,3 +64,38 @@ async def test_a_render_that_would_work_for_hours_fails_its_delivery_and_the_wor
     )
     bodies = sorted(r.json()["body"] for r in sink.requests)
     assert bodies == ["Hi Ana..", "Hi Cy.", "Your check-up is due."]
+
+
+SLOW = (
+    "{% capture s %}{% for i in (1..10000) %}{{ data.s }}{% endfor %}{% endcapture %}"
+    "{% for i in (1..1500) %}{% if s contains 'zz' %}{% endif %}{% endfor %}Hi {{ data.name }}"
+)
+"""About 0.4 s of CPU a render: slow, within every bound (a `contains` over 260,000
+characters, 1,500 times)."""
+
+
+async def test_a_window_whose_renders_take_longer_than_its_claim_is_still_delivered_once(
+    client, db, sink, workers
+):
+    """A window renders all its messages before it sends: 8 renders of 0.4 s outlast the
+    2 s claim (STALLED_JOB_SECONDS of these workers) unless the heartbeat may renew it
+    meanwhile. Before, every send found its claim lapsed, was given back, and the next
+    window did the same, for ever."""
+    workers.env["WORKER_CONCURRENCY"] = "8"
+    campaign = await create_campaign(client, body=SLOW)
+    people = [
+        {
+            "person_id": f"p{n}",
+            "recipient": f"user{n}@example.com",
+            "data": {"s": "abcdefghijklmnopqrstuvwxyz", "name": f"N{n}"},
+        }
+        for n in range(8)
+    ]
+    await workers.start_ready()
+
+    run = (await publish(client, campaign["id"], {"recipients": people})).json()
+
+    assert await ended(db, run["id"], 60) == "completed"
+    assert await assert_counters_equal_rows(db, run["id"]) == {"sent": 8}
+    assert set(delivery_ids(sink).values()) == {1}
+    assert len(delivery_ids(sink)) == 8
