@@ -110,6 +110,8 @@ def backoff_seconds(attempts: int, base: float) -> float:
     return float(min(MAX_BACKOFF_SECONDS, base * 2 ** (attempts - 1)) * random.uniform(0.5, 1.5))
 
 
+RENDER_SLICE_SECONDS = 0.05
+"""A window's renders let the event loop run (heartbeat, other jobs) at least this often."""
 RENDER_FAILED = "render_failed"
 """Failure reason of a delivery whose message could not be rendered: never sent."""
 
@@ -320,8 +322,20 @@ async def _send_and_record(
     ends: dict[str | None, datetime | None] = {}  # per zone: a window shares a few
     outcomes: list[Outcome] = []
     to_send: list[tuple[asyncpg.Record, OutgoingMessage]] = []
+    # Renders are bounded, not short (a second or two at worst). A window that rendered
+    # for a third of its claim sends what it has (one message at least) and gives the
+    # rest back, with no attempt: else every send could find the claim lapsed, and the
+    # next window do the same.
+    render_until = lease.expires - 2 * resources.config.lease_seconds / 3
+    yield_at = time.monotonic() + RENDER_SLICE_SECONDS
     for row in window.claimed.rows:
         position, tried, throttles = row["position"], row["tried"], row["throttles"]
+        if to_send and time.monotonic() >= render_until:
+            outcomes.append(Outcome(position, "pending", tried, throttles, retry_in=0.0))
+            continue
+        if time.monotonic() >= yield_at:  # the heartbeat renews claims meanwhile
+            await asyncio.sleep(0)
+            yield_at = time.monotonic() + RENDER_SLICE_SECONDS
         zone = row["time_zone"]
         if quiet is not None and zone not in ends:
             ends[zone] = quiet.quiet_until(now, zone)

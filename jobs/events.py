@@ -33,10 +33,13 @@ MAX_BACKOFF_SECONDS = 3600.0
 
 
 class EventNotDelivered(Exception):
-    """The receiver did not accept an event: retried at `retry_at`, or given up (None)."""
+    """The receiver did not accept an event: retried at `retry_at`, or given up (None).
+    Its message is the failure without the receiver's words (`HTTP 422`, `ConnectError`):
+    procrastinate logs it, and a receiver may quote the event (a suppression's address).
+    The words are kept in the event's `last_error`."""
 
     def __init__(self, detail: str, retry_at: datetime | None) -> None:
-        super().__init__(detail)
+        super().__init__(detail.partition(":")[0])
         self.retry_at = retry_at
 
 

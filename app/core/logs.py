@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 import msgspec
+from asyncpg import PostgresError
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged.
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -99,6 +100,20 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return msgspec.json.encode(line, enc_hook=str).decode()
+
+    def formatException(self, ei: Any) -> str:
+        """The traceback, without PostgreSQL's DETAIL: it quotes the row a statement
+        failed on ("Failing row contains (brand-a, <address>, ...)", "Key (...)=(...)"),
+        and asyncpg puts it into the error's text. The message and SQLSTATE stay."""
+        text = super().formatException(ei)
+        seen: set[int] = set()
+        error = ei[1]
+        while isinstance(error, BaseException) and id(error) not in seen:
+            seen.add(id(error))
+            if isinstance(error, PostgresError) and error.detail:
+                text = text.replace(f"\nDETAIL:  {error.detail}", "\nDETAIL:  (withheld)")
+            error = error.__cause__ or error.__context__
+        return text
 
 
 def json_handler(stream: IO[str] | None = None) -> logging.Handler:

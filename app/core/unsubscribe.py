@@ -125,6 +125,13 @@ class UnsubscribeKeys:
     def url(self, token: str) -> str:
         return f"{self.base_url}{PATH}/{token}"
 
+    def preview_url(self, *, brand_id: str, topic: str, address: str) -> str:
+        """A link as long as the address's real one, whose token opens nothing (`A`s are
+        no version of ours): a preview shows the message, it does not hand a working
+        link to whoever may read campaigns."""
+        token = self.token(brand_id=brand_id, topic=topic, address=address, run_id=UUID(int=0))
+        return self.url("A" * len(token))
+
     def headers(self, token: str, url: str | None = None) -> dict[str, str]:
         """RFC 2369's List-Unsubscribe (the HTTPS link, then `mailto:` if configured) and
         RFC 8058's List-Unsubscribe-Post. `url`: the token's, if made already."""

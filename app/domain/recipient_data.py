@@ -7,7 +7,9 @@ dropped at once, and is stored as the very text that came: no Python object is k
 it, and nothing is encoded again for the COPY (keeping the decoded objects and encoding
 them again cost ~270 ms and ~100 MB for 100,000 of them; ADR 0060). The decode refuses
 what PostgreSQL would refuse (bytes that are not UTF-8, a lone surrogate, a number beyond
-a double) and nesting deeper than MAX_DEPTH. NUL (`\\u0000`), which jsonb cannot hold
+a double, too large or too small: jsonb refuses `1e-20000`, and keeps `1e-16383` as
+16,000 digits that the worker would read for each delivery) and nesting deeper than
+MAX_DEPTH. NUL (`\\u0000`), which jsonb cannot hold
 either, is refused by PostgreSQL itself, and that refusal is a 400 like that of a NUL in
 any text (app/http/error_handlers.py): looking for it here cost a search of every
 recipient's text.
@@ -17,6 +19,8 @@ Error details name the recipient's path, never a value: `data` is patient data.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any, NoReturn, Union
@@ -64,12 +68,39 @@ def stored_data(data: Sequence[msgspec.Raw | None], max_bytes: int) -> list[msgs
             # Not an object at all, or a value too deep inside one.
             _refuse(position, _NESTED if " - at `" in str(exc) else "must be a JSON object")
         except msgspec.DecodeError:
-            _refuse(position, "not storable: a number beyond a double, or not UTF-8")
+            _refuse(position, _UNSTORABLE)
+        # msgspec takes a number too small for a double as 0.0: a search in C finds the
+        # exponents that may be one (a text may hold the same characters), then Python's
+        # decoder, which hands over each number's own text, tells.
+        if _SMALL_EXPONENT.search(raw) and _underflows(raw):
+            _refuse(position, _UNSTORABLE)
         stored.append(raw)
     return stored
 
 
 _NESTED = f"nested deeper than {MAX_DEPTH} levels"
+_UNSTORABLE = "not storable: a number beyond a double, or not UTF-8"
+_SMALL_EXPONENT = re.compile(rb"[0-9][eE]-0*[1-9][0-9]{2}")
+"""An exponent of -100 or less: the only numbers that may be too small for a double."""
+
+
+class _Underflow(Exception):
+    pass
+
+
+def _double(text: str) -> float:
+    value = float(text)
+    if value == 0.0 and any(digit in "123456789" for digit in re.split("[eE]", text)[0]):
+        raise _Underflow
+    return value
+
+
+def _underflows(raw: msgspec.Raw | bytes) -> bool:
+    try:
+        json.loads(bytes(raw), parse_float=_double)
+    except _Underflow:
+        return True
+    return False
 
 
 def _refuse(position: int, problem: str) -> NoReturn:

@@ -10,9 +10,11 @@ Why Liquid and not Jinja2's sandbox: ADR 0047.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sized
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
 from io import StringIO
@@ -23,6 +25,7 @@ from liquid import Environment, StrictDefaultUndefined, escape
 from liquid.ast import Node
 from liquid.builtin.content import ContentNode
 from liquid.builtin.expressions import FilteredExpression, Path
+from liquid.builtin.expressions.primitive import RangeLiteral
 from liquid.builtin.output import OutputNode
 from liquid.context import RenderContext
 from liquid.exceptions import (
@@ -41,6 +44,22 @@ MAX_SMS_CHARACTERS = 1600
 
 MAX_LOOP_ITERATIONS = 10_000
 """Iterations of all `for` loops of one render together."""
+MAX_ARRAY_ELEMENTS = 2 * MAX_LOOP_ITERATIONS
+"""The most elements of a range (`(1..n)`) or of an array a filter makes: a loop over one
+reaches its own bound first, and an operator (`contains`) or a filter scans no more."""
+MAX_FILTER_WORK = 16 * MAX_EMAIL_CHARACTERS
+"""Characters and elements that the filters of one render may take and make together: a
+loop may call a filter 10,000 times over the longest text or array (`sum` over 20,000
+elements 10,000 times took minutes)."""
+MAX_NUMBER_BITS = 14_300
+"""The largest integer a filter may make: Python's own bound for printing one (4,300
+digits). `times` squares a number in a few steps; its cost and size have no other bound."""
+MAX_LOCALS_BYTES = 4 * 1024 * 1024
+"""What a render's `assign`ed and `capture`d variables may hold together (sys.getsizeof):
+a doubling `assign` in a loop, or thousands of variables, would fill the memory."""
+LIQUID_PROPERTIES = frozenset({"size", "first", "last"})
+"""What Liquid reads of an array or a string by name (`data.visits.size`): a path through
+one needs only the array or string (what follows is read from an element, at render)."""
 VARIABLES = frozenset({"person_id", "recipient", "data", "campaign", "unsubscribe_url"})
 """The roots a template may read."""
 _FORBIDDEN_TAGS = frozenset({"include", "render"})
@@ -77,7 +96,79 @@ class _BoundedTemplate(BoundTemplate):
 class _Bounded(Environment):
     output_stream_limit = MAX_EMAIL_CHARACTERS
     loop_iteration_limit = MAX_LOOP_ITERATIONS
+    local_namespace_limit = MAX_LOCALS_BYTES
     template_class = _BoundedTemplate
+
+    def setup_tags_and_filters(self, *, extra: bool = False) -> None:
+        super().setup_tags_and_filters(extra=extra)
+        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
+
+
+class _WorkLimitError(ResourceLimitError):
+    """A range, or a filter's result or work, larger than a render may make or do."""
+
+
+_filter_work: ContextVar[int] = ContextVar("filter_work", default=0)
+"""What the filters of the render under way took and made (`_render` starts it at 0)."""
+
+
+def _bounded_filter(name: str, liquid_filter: Callable[..., Any]) -> Callable[..., Any]:
+    """`liquid_filter`, refusing to make a text longer than an e-mail may be, an array of
+    more than MAX_ARRAY_ELEMENTS, or a number larger than MAX_NUMBER_BITS (the output bound
+    counts only what is written, and a chain of filters makes its intermediate values
+    whole first), and to work past MAX_FILTER_WORK in one render. `replace` and `join` are
+    checked before they run: one call can make the square of their inputs' length."""
+
+    @functools.wraps(liquid_filter)  # keeps the attributes Liquid reads (with_context, ...)
+    def bounded(left: Any, *args: Any, **kwargs: Any) -> Any:
+        if _would_be_too_long(name, left, args):
+            raise _WorkLimitError("filter output limit reached", token=None)
+        result = liquid_filter(left, *args, **kwargs)
+        kind = type(result)
+        if (
+            (issubclass(kind, str) and len(result) > MAX_EMAIL_CHARACTERS)
+            or (issubclass(kind, list) and len(result) > MAX_ARRAY_ELEMENTS)
+            or (kind is int and result.bit_length() > MAX_NUMBER_BITS)
+        ):
+            raise _WorkLimitError("filter output limit reached", token=None)
+        work = _filter_work.get() + _size(left) + _size(result)
+        if work > MAX_FILTER_WORK:
+            raise _WorkLimitError("filter work limit reached", token=None)
+        _filter_work.set(work)
+        return result
+
+    return bounded
+
+
+def _size(value: Any) -> int:
+    # By type(): a strict Undefined raises at isinstance(), which reads its __class__.
+    return len(value) if issubclass(type(value), str | list | range) else 0
+
+
+def _would_be_too_long(name: str, left: Any, args: tuple[Any, ...]) -> bool:
+    if name == "replace" and len(args) == 2:
+        text, old, new = str(left), str(args[0]), str(args[1])
+        growth = len(new) - len(old)
+        return growth > 0 and len(text) + text.count(old) * growth > MAX_EMAIL_CHARACTERS
+    if name == "join" and issubclass(type(left), Sized):
+        separator = str(args[0]) if args else " "
+        return len(left) * max(len(separator), 1) > MAX_EMAIL_CHARACTERS
+    return False
+
+
+class _BoundedRange(RangeLiteral):
+    """A range of at most MAX_ARRAY_ELEMENTS elements, as a filter's array. `(1..n)` is
+    lazy, but `offset:` steps through what it skips, `reversed` and most filters make it
+    whole: with `n` from a recipient's data, a render would run for hours. Ranges of
+    compiled templates are made of this class (`_parse`)."""
+
+    __slots__ = ()
+
+    def _make_range(self, start: Any, stop: Any) -> range:
+        made = super()._make_range(start, stop)
+        if made.stop - made.start > MAX_ARRAY_ELEMENTS:  # len() overflows past 2**63
+            raise _WorkLimitError("range limit reached", token=self.token)
+        return made
 
 
 # A variable missing from a render's data raises, unless a `default` filter covers it.
@@ -199,6 +290,8 @@ class CampaignTemplates:
         for path in self.required:
             value: Any = data
             for name in path:
+                if name in LIQUID_PROPERTIES and isinstance(value, list | str):
+                    break
                 if not isinstance(value, Mapping) or name not in value:
                     return path
                 value = value[name]
@@ -320,12 +413,18 @@ def _presence_decoder(required: set[tuple[str, ...]]) -> msgspec.json.Decoder[An
 
 def _presence_struct(tree: dict[str, Any]) -> type[msgspec.Struct]:
     # Field names stand for the keys (which need not be identifiers), renamed to them.
-    fields = [
-        (f"f{i}", _presence_struct(below) if below else msgspec.Raw)
-        for i, below in enumerate(tree.values())
-    ]
+    fields = [(f"f{i}", _presence_type(below)) for i, below in enumerate(tree.values())]
     rename = {f"f{i}": name for i, name in enumerate(tree)}
     return msgspec.defstruct("Present", fields, rename=rename)
+
+
+def _presence_type(below: dict[str, Any]) -> Any:
+    if not below:
+        return msgspec.Raw
+    struct = _presence_struct(below)
+    if below.keys() <= LIQUID_PROPERTIES:  # `visits.size`: an array or a string will do
+        return struct | list[msgspec.Raw] | str
+    return struct
 
 
 def _parse(field: str, source: str | None, env: Environment) -> BoundTemplate | str | None:
@@ -352,6 +451,9 @@ def _parse(field: str, source: str | None, env: Environment) -> BoundTemplate | 
             )
     if not (analysis.tags or analysis.variables or analysis.filters) and "{" not in source:
         return source
+    for expression in _expressions(template):
+        if type(expression) is RangeLiteral:
+            expression.__class__ = _BoundedRange  # the same slots: only its bound differs
     return template
 
 
@@ -400,6 +502,7 @@ def _walk(expression: Expression) -> Iterator[Expression]:
 def _render(field: str, template: Text | None, variables: dict[str, Any]) -> str | None:
     if template is None or isinstance(template, str):
         return template
+    _filter_work.set(0)
     if isinstance(template, _Plain):
         if (text := template.render(variables)) is not None:
             return text

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncpg
 
+from app.core.unsubscribe import UnsubscribeKeys
 from app.domain.access import Caller
 from app.domain.errors import InvalidInput
 from app.domain.recipient_data import check_preview_data
+from app.domain.recipients import normalise
 from app.domain.schemas import Preview, PreviewRequest
 from app.domain.templates import (
     CampaignTemplates,
@@ -26,6 +28,7 @@ async def preview_message(
     caller: Caller,
     *,
     max_data_bytes: int,
+    unsubscribe: UnsubscribeKeys | None,
 ) -> Preview:
     """The campaign (in any status) rendered for `recipient`. InvalidInput naming
     `$.data.<path>` for a variable the data lacks, or the template and the variable or
@@ -47,12 +50,19 @@ async def preview_message(
             "the data lacks a variable that the campaign's templates need",
             {f"$.data.{'.'.join(path)}": "missing: the templates read it without a default"},
         )
+    link = None
+    if campaign["topic"] is not None and unsubscribe is not None:  # as the worker links it
+        address = normalise(campaign["channel"], recipient.recipient)
+        link = unsubscribe.preview_url(
+            brand_id=campaign["brand_id"], topic=campaign["topic"], address=address
+        )
     try:
         rendered = templates.render(
             person_id=recipient.person_id,
             recipient=recipient.recipient,
             data=data,
             campaign_name=campaign["name"],
+            unsubscribe_url=link,
             max_characters=body_limit(campaign["channel"]),
         )
     except RenderFailed as exc:

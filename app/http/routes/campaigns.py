@@ -166,7 +166,12 @@ class CampaignController(Controller):
         would render it: 400 naming the `data` path a template needs and the data lacks,
         or the variable or bound of a render that fails. Nothing is stored or sent."""
         return await preview_message(
-            conn, id, data, request.auth, max_data_bytes=state.settings.publish_max_data_bytes
+            conn,
+            id,
+            data,
+            request.auth,
+            max_data_bytes=state.settings.publish_max_data_bytes,
+            unsubscribe=state.unsubscribe_keys,
         )
 
     @post(

@@ -1,0 +1,115 @@
+"""A template's work is bounded, not only its output and its loop iterations: ranges,
+`offset:`, `reversed`, filters that multiply text or numbers, and re-assigned variables
+cannot keep a render (the worker's event loop, or a preview's) busy for minutes or fill
+its memory. Each of these ran for hours or took gigabytes before they were bounded."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import httpx
+import pytest
+
+from app.domain.templates import (
+    MAX_ARRAY_ELEMENTS,
+    MAX_EMAIL_CHARACTERS,
+    CampaignTemplates,
+    RenderFailed,
+)
+from tests.helpers import CAMPAIGNS, create_campaign
+from tests.servers import WebProcess
+from tests.tokens import bearer
+
+HOSTILE = [
+    # (template, data): each would run for hours, or take gigabytes, unbounded.
+    (
+        "{% for i in (1..data.n) offset: data.skip %}.{% endfor %}",
+        {"n": 10**12, "skip": 10**12 - 9},
+    ),
+    ("{% for i in (1..data.n) reversed %}.{% break %}{% endfor %}", {"n": 10**9}),
+    ("{{ (1..data.n) | join: '' | size }}", {"n": 10**11}),
+    ("{{ (1..data.n) | sort | first }}", {"n": 10**11}),
+    ("{% assign r = (1..data.n) %}{{ r | uniq | size }}", {"n": 10**11}),
+    ("{{ data.s | split: '' | join: data.s | size }}", {"s": "a" * 3000}),
+    ("{{ data.s | replace: 'a', data.s | replace: 'a', data.s | size }}", {"s": "a" * 3000}),
+    (
+        "{% assign a = data.s %}{% for i in (1..60) %}{% assign a = a | append: a %}{% endfor %}"
+        "{{ a | size }}",
+        {"s": "xxxxxxxx"},
+    ),
+    ("{{ data.s" + " | append: data.s" * 3000 + " | size }}", {"s": "x" * 3000}),
+    (
+        "{% assign n = data.n %}{% for i in (1..60) %}{% assign n = n | times: n %}{% endfor %}"
+        "{{ n | modulo: 7 }}",
+        {"n": 3},
+    ),
+    ("{{ data.n" + " | times: data.n" * 3000 + " | modulo: 7 }}", {"n": 10**300}),
+    (
+        "{% assign l = (1..data.n) | sort %}{% for i in (1..10000) %}{% assign t = l | sum %}"
+        "{% endfor %}{{ t }}",
+        {"n": 20000},
+    ),
+    (
+        "{% assign s = data.s %}{% for i in (1..16) %}{% assign s = s | append: s %}{% endfor %}"
+        "{% for i in (1..10000) %}{% assign t = s | replace: 'a', 'b' %}{% endfor %}{{ t | size }}",
+        {"s": "aaaa"},
+    ),
+]
+
+
+def render(body: str, data: dict[str, object]) -> str:
+    templates = CampaignTemplates.compile(None, body)
+    rendered = templates.render(
+        person_id="p", recipient="a@example.com", data=data, campaign_name="c"
+    )
+    return rendered.body
+
+
+@pytest.mark.parametrize(
+    ("body", "data"), HOSTILE, ids=[f"hostile{i}" for i in range(len(HOSTILE))]
+)
+def test_a_render_that_would_work_without_bound_fails_in_milliseconds(body, data):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.process_time()
+
+    with pytest.raises(RenderFailed, match="limit"):
+        render(body, data)
+
+    assert time.process_time() - started < 1.0  # CPU seconds: hours before the bounds
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 200
+
+
+def test_ranges_filters_and_assigns_within_the_bounds_still_work():
+    assert render("{% for i in (1..data.n) offset: 2 %}{{ i }}{% endfor %}", {"n": 5}) == "345"
+    assert render("{{ (1..10000) | join: '' | size }}", {}) == "38894"
+    assert render(f"{{{{ (1..{MAX_ARRAY_ELEMENTS}) | size }}}}", {}) == str(MAX_ARRAY_ELEMENTS)
+    assert render("{{ data.s | replace: 'a', 'bb' | size }}", {"s": "a" * 100_000}) == "200000"
+    assert render("{{ data.n | times: data.n }}", {"n": 10**20}) == str(10**40)
+    doubled = "{% assign a = 'x' %}{% for i in (1..17) %}{% assign a = a | append: a %}{% endfor %}"
+    assert render(doubled + "{{ a | size }}", {}) == str(2**17)
+    assert len(render("{{ data.s | append: data.s }}", {"s": "é" * (MAX_EMAIL_CHARACTERS // 2)}))
+
+
+async def test_a_preview_of_a_template_that_would_work_for_hours_is_a_400_and_the_web_goes_on(
+    web: WebProcess,
+):
+    async with httpx.AsyncClient(base_url=web.url, timeout=30) as http:
+        campaign = await create_campaign(
+            http, body="Hi {{ data.name }}{% for i in (1..data.n) offset: data.skip %}.{% endfor %}"
+        )
+        preview = await http.post(
+            f"{CAMPAIGNS}/{campaign['id']}/preview",
+            json={
+                "person_id": "p1",
+                "recipient": "a@example.com",
+                "data": {"name": "Ana", "n": 10**12, "skip": 10**12 - 9},
+            },
+            headers=bearer(brands=["brand-a"]),
+        )
+        health = await http.get("/healthz")
+
+    assert preview.status_code == 400, preview.text
+    assert preview.json()["details"] == {"$.data": "body: range limit reached"}
+    assert health.status_code == 200
