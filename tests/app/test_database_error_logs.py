@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.servers import WebProcess
 from tests.tokens import bearer
+from tests.web import WebProcess
 
 CANARY = "canary.patient.7731@clinic.example"
 

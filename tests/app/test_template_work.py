@@ -18,8 +18,8 @@ from app.domain.templates import (
     RenderFailed,
 )
 from tests.helpers import CAMPAIGNS, create_campaign
-from tests.servers import WebProcess
 from tests.tokens import bearer
+from tests.web import WebProcess
 
 HOSTILE = [
     # (template, data): each would run for hours, or take gigabytes, unbounded.

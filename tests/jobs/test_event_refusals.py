@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.fakes.webhook import HttpSink, Reply
 from tests.jobs.delivery_helpers import until
 from tests.jobs.processes import Workers
-from tests.servers import HttpSink, Reply
 from tests.tokens import bearer
 
 CANARY = "canary.patient.7731@clinic.example"
@@ -27,12 +27,14 @@ def events_sink() -> Iterator[HttpSink]:
 def workers(
     database_url: str, sink: HttpSink, events_sink: HttpSink, tmp_path
 ) -> Iterator[Workers]:
-    workers = Workers(database_url, sink, tmp_path)
-    workers.env |= {
-        "EVENTS_WEBHOOK_URL": events_sink.url,
-        "EVENTS_WEBHOOK_SECRET": "events",
-        "EVENTS_RETRY_BASE_SECONDS": "0.05",
-    }
+    workers = Workers(
+        database_url,
+        sink,
+        tmp_path,
+        EVENTS_WEBHOOK_URL=events_sink.url,
+        EVENTS_WEBHOOK_SECRET="events",
+        EVENTS_RETRY_BASE_SECONDS="0.05",
+    )
     yield workers
     workers.stop_all()
 

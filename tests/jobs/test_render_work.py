@@ -4,24 +4,12 @@ and with other runs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from tests.helpers import create_campaign, publish
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliveries, ended
-from tests.jobs.processes import Workers, delivery_ids
-from tests.servers import HttpSink
+from tests.jobs.processes import delivery_ids
 
 SECONDS = 20
 """A run of a few recipients takes well under a second; a render without bounds, hours."""
-
-
-@pytest.fixture
-def workers(database_url: str, sink: HttpSink, tmp_path) -> Iterator[Workers]:
-    workers = Workers(database_url, sink, tmp_path)
-    yield workers
-    workers.stop_all()
 
 
 async def test_a_render_that_would_work_for_hours_fails_its_delivery_and_the_worker_goes_on(
