@@ -106,6 +106,10 @@ class UnsubscribeKeys:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError):
             return None
+        # The last character may carry unused bits: its other spellings decode to the same
+        # bytes. Only the one this code writes opens, so that an altered link never does.
+        if base64.urlsafe_b64encode(raw).rstrip(b"=") != token.encode("ascii"):
+            return None
         if raw[:1] != _VERSION or len(raw) <= 1 + _NONCE_BYTES + _TAG_BYTES:
             return None
         nonce, sealed = raw[1 : 1 + _NONCE_BYTES], raw[1 + _NONCE_BYTES :]
