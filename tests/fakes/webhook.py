@@ -36,13 +36,16 @@ class Rendezvous:
     def __init__(self, job_of: Callable[[Any], object], parties: int = 2, seconds: float = 30):
         self.job_of, self.parties, self.seconds = job_of, parties, seconds
         self.met = threading.Event()
+        self.met_at = 0.0
+        """When (time.time()) the parties met: the held requests go on from then."""
         self._jobs: set[object] = set()
         self._lock = threading.Lock()
 
     def arrive(self, body: bytes) -> None:
         with self._lock:
             self._jobs.add(self.job_of(json.loads(body)))
-            if len(self._jobs) >= self.parties:
+            if len(self._jobs) >= self.parties and not self.met.is_set():
+                self.met_at = time.time()
                 self.met.set()
         self.met.wait(self.seconds)
 

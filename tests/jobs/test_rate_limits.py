@@ -42,10 +42,15 @@ async def small_jobs(settings) -> AsyncIterator[Any]:
 
 
 def rate_and_busiest_second(sink: HttpSink) -> tuple[float, int]:
-    """Sends per second from the first to the last, and the most in any 1 s window."""
+    """Sends per second from the moment both workers' sends had met (the rendezvous held
+    the first ones until then: however long the second worker took to start, on a loaded
+    machine 1-2 s, is no rate of the limiter's) to the last, and the most in any 1 s
+    window of them all."""
     times = sorted(request.received_at for request in sink.requests)
     busiest = max(sum(1 for t in times if start <= t < start + 1) for start in times)
-    return (len(times) - 1) / (times[-1] - times[0]), busiest
+    assert sink.rendezvous is not None
+    paced = [t for t in times if t >= sink.rendezvous.met_at]
+    return (len(paced) - 1) / (paced[-1] - paced[0]), busiest
 
 
 async def first_seen(database_url: str, query: str) -> float:
