@@ -14,6 +14,7 @@ import asyncpg
 from app.core.logs import bound
 from app.domain.schemas import AuditAction, AuditTargetType
 from db.params import Params
+from db.retention import partition_months
 
 Action = AuditAction
 TargetType = AuditTargetType
@@ -141,16 +142,7 @@ class AuditRepository:
 
     async def months(self) -> list[date]:
         """The months that have a partition, oldest first."""
-        rows = await self.conn.fetch(
-            r"""
-            SELECT to_date(substring(c.relname FROM 14), 'YYYY_MM') AS month
-            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-            WHERE i.inhparent = 'audit_events'::regclass
-              AND c.relname ~ '^audit_events_\d{4}_\d{2}$'
-            ORDER BY month
-            """
-        )
-        return [row["month"] for row in rows]
+        return await partition_months(self.conn, "audit_events")
 
     async def ensure_month(self, month: date) -> str:
         """The month's partition, created (and attached) if missing; its name."""

@@ -49,16 +49,7 @@ class RetentionRepository:
 
     async def months(self) -> list[date]:
         """The months that have a partition, oldest first."""
-        rows = await self.conn.fetch(
-            r"""
-            SELECT to_date(substring(c.relname FROM 12), 'YYYY_MM') AS month
-            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-            WHERE i.inhparent = 'deliveries'::regclass
-              AND c.relname ~ '^deliveries_\d{4}_\d{2}$'
-            ORDER BY month
-            """
-        )
-        return [row["month"] for row in rows]
+        return await partition_months(self.conn, "deliveries")
 
     async def ensure_month(self, month: date) -> str:
         """The month's partition, created (and attached) if missing; its name."""
@@ -193,3 +184,18 @@ class RetentionRepository:
             data_retention,
         )
         return erased
+
+
+async def partition_months(conn: asyncpg.Connection, table: str) -> list[date]:
+    """The months that `table` (partitioned by month as `<table>_YYYY_MM`) has a partition
+    for, oldest first."""
+    rows = await conn.fetch(
+        r"""
+        SELECT to_date(right(c.relname, 7), 'YYYY_MM') AS month
+        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = $1::regclass AND c.relname ~ ('^' || $1 || '_\d{4}_\d{2}$')
+        ORDER BY month
+        """,
+        table,
+    )
+    return [row["month"] for row in rows]
