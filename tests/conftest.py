@@ -3,14 +3,17 @@ it for every test (pytest-postgresql's janitor), on the real PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 
 import asyncpg
 import pytest
@@ -58,6 +61,26 @@ def alembic_config(database_url: str) -> Config:
     config = Config(os.path.join(os.path.dirname(__file__), "..", "alembic.ini"))
     config.attributes["database_url"] = database_url
     return config
+
+
+@pytest.fixture(autouse=True)
+async def tasks_shown_if_hung(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """A hung test ends at pytest-timeout's limit with the stack of the event loop's select(),
+    which names no coroutine; shortly before, print every task's stack (captured stderr)."""
+    limit = float(request.config.getini("timeout"))
+    handle = asyncio.get_running_loop().call_later(limit * 0.9, _print_tasks)
+    yield
+    handle.cancel()
+
+
+def _print_tasks() -> None:
+    for task in asyncio.all_tasks():
+        print(f"task {task.get_name()}, awaiting:", file=sys.stderr)
+        awaiting: Any = task.get_coro()
+        while awaiting is not None:  # down the chain of awaits (Task.print_stack shows one)
+            if frame := getattr(awaiting, "cr_frame", None) or getattr(awaiting, "ag_frame", None):
+                print(f"  {frame.f_code.co_filename}:{frame.f_lineno}", file=sys.stderr)
+            awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "ag_await", None)
 
 
 @pytest.fixture(scope="session")
