@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import asyncpg
 import msgspec
+
+logger = logging.getLogger(__name__)
 
 _JSONB_VERSION = b"\x01"
 
@@ -70,6 +75,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     connection takes its listeners off itself (db/procrastinate.py)."""
 
 
+# asyncpg's Pool.close() waits for every connection still checked out, for ever: a task that
+# never gives one back would hold a worker's stop, or the web process's, as long.
+POOL_CLOSE_SECONDS = 10.0
+
 # asyncpg waits 60 s for a new connection by default: long enough to hold up a worker's
 # shutdown, or every request, while the database is unreachable.
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -92,6 +101,15 @@ async def create_pool(
         server_settings=server_settings,
     )
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, seconds: float = POOL_CLOSE_SECONDS) -> None:
+    """Close `pool` once its connections are given back, `seconds` at most; then close
+    those still out by force (the server rolls back what they had open)."""
+    try:
+        await asyncio.wait_for(pool.close(), seconds)
+    except TimeoutError:  # close() terminated the pool as it was cancelled
+        logger.warning("database connections still in use after %.0f s: closed by force", seconds)
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 from procrastinate import connector, exceptions, manager
 
-from db.pool import create_pool
+from db.pool import close_pool, create_pool
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class AsyncpgConnector(connector.BaseAsyncConnector):
 
     async def close_async(self) -> None:
         if self._pool is not None and not self._pool_externally_set:
-            await self._pool.close()
+            await close_pool(self._pool)
         self._pool, self._pool_externally_set = None, False
 
     async def execute_query_async(self, query: str, **arguments: Any) -> None:

@@ -38,7 +38,7 @@ from app.core.settings import Settings, SettingsError, get_settings
 from app.core.tracing import configure_tracing, flush_spans
 from app.core.unsubscribe import UnsubscribeKeys
 from db.jobs import JobRepository
-from db.pool import DATABASE_UNAVAILABLE, create_pool
+from db.pool import DATABASE_UNAVAILABLE, close_pool, create_pool
 from db.queue import WORKER_QUEUES
 from jobs.app import app
 from jobs.limits import Limiter
@@ -184,7 +184,7 @@ async def run_worker(
             # (docs/performance.md, issue 21).
             server_settings={"plan_cache_mode": "force_generic_plan"},
         )
-        stack.push_async_callback(pool.close)
+        stack.push_async_callback(close_pool, pool)
         if providers is None:
             providers = build_providers(settings)
             stack.push_async_callback(close_providers, providers)

@@ -47,7 +47,7 @@ from app.http.routes.unsubscribe import unsubscribe_one_click, unsubscribe_page
 from app.http.tracing_middleware import tracing_middleware
 from app.services.feedback import load_sendgrid_key
 from app.services.pagination import cursor_key
-from db.pool import create_pool
+from db.pool import close_pool, create_pool
 
 logger = logging.getLogger("app")
 
@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 await queue_metrics
             if jwks is not None:
                 await jwks.aclose()
-            await pool.close()
+            await close_pool(pool)
             tracing.flush_spans()
 
     return Litestar(
