@@ -65,12 +65,7 @@ async def record_audit(conn: asyncpg.Connection, *events: AuditEvent) -> None:
         return
     assert conn.is_in_transaction(), "an audit row commits with its change"
     if len(events) == 1:  # most changes: plain VALUES, a little cheaper than unnest
-        [e] = events
-        await conn.execute(
-            f"INSERT INTO audit_events ({_WRITTEN}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            e.brand_id, e.actor, e.action, e.target_type, e.target_id, bound("request_id"),
-            e.changes,
-        )  # fmt: skip
+        await conn.execute(*audit_insert(events[0], first=1))
         return
     await conn.execute(
         f"""
@@ -87,6 +82,17 @@ async def record_audit(conn: asyncpg.Connection, *events: AuditEvent) -> None:
         bound("request_id"),
         [e.changes for e in events],
     )
+
+
+def audit_insert(e: AuditEvent, *, first: int) -> tuple[Any, ...]:
+    """The INSERT of `e`'s row and its arguments, numbered from `$first`: `record_audit`'s,
+    or a CTE of the statement that makes the change (a publish's run: one round trip
+    fewer, issue 27's cost target)."""
+    numbers = ", ".join(f"${n}" for n in range(first, first + 7))
+    return (
+        f"INSERT INTO audit_events ({_WRITTEN}) VALUES ({numbers})",
+        e.brand_id, e.actor, e.action, e.target_type, e.target_id, bound("request_id"), e.changes,
+    )  # fmt: skip
 
 
 _WRITTEN = "brand_id, actor, action, target_type, target_id, request_id, changes"

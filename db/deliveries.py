@@ -342,8 +342,9 @@ class DeliveryRepository:
 
     async def renew(
         self, claims: Sequence[tuple[UUID, UUID, Sequence[int]]], lease_seconds: float
-    ) -> None:
-        """Extend the claims (run_id, token, positions) of the windows in flight."""
+    ) -> int:
+        """Extend the claims (run_id, token, positions) of the windows in flight; how many
+        deliveries are still theirs (a lapsed claim that another window took is not)."""
         run_ids: list[UUID] = []
         tokens: list[UUID] = []
         positions: list[int] = []
@@ -351,7 +352,7 @@ class DeliveryRepository:
             run_ids += [run_id] * len(claimed)
             tokens += [token] * len(claimed)
             positions += claimed
-        await self.conn.execute(
+        status = await self.conn.execute(
             """
             UPDATE deliveries AS d SET claimed_until = now() + make_interval(secs => $4)
             FROM unnest($1::uuid[], $2::uuid[], $3::int[]) AS c(run_id, claim, position)
@@ -360,6 +361,7 @@ class DeliveryRepository:
             """,
             run_ids, tokens, positions, lease_seconds,
         )  # fmt: skip
+        return int(status.split()[-1])  # "UPDATE n"
 
     async def next_due(
         self, run_id: UUID, first: int, last: int, clock_offset: timedelta = timedelta(0)

@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
+from db.audit import AuditEvent, audit_insert
 from db.events import RUN_EVENT_TYPES, EventRepository, run_stream
 from db.params import Params
 
@@ -24,6 +25,11 @@ COLUMNS = (
 _RUN_FIELDS = [column.strip() for column in COLUMNS.split(",")]
 UPDATED_COLUMNS = ", ".join(f"runs.{column}" for column in _RUN_FIELDS)
 """A run's fields in the RETURNING of an UPDATE of `runs` (record_status_change)."""
+
+
+def initial_status(scheduled_for: datetime | None) -> str:
+    """A new run waits for its send_at, or is queued for its workers at once."""
+    return "queued" if scheduled_for is None else "scheduled"
 
 
 def counted(sent: str, failed: str, skipped: str) -> str:
@@ -52,33 +58,29 @@ class RunRepository:
         total_recipients: int,
         skipped_count: int,
         created_by: str,
-        run_id: UUID | None = None,
+        run_id: UUID,
+        audit: AuditEvent,
         retry_of: UUID | None = None,
         scheduled_for: datetime | None = None,
         with_data: bool = False,
     ) -> asyncpg.Record:
-        """The new run; its id is `run_id` if given (an idempotency key already names it).
-        `scheduled` with `scheduled_for` if given, else `queued`. `with_data`: some of its
-        deliveries hold recipients' data, to be erased after the run (db/retention.py)."""
+        """The new run, `initial_status(scheduled_for)`, and its `audit` row in the same
+        statement. `with_data`: some of its deliveries hold recipients' data, to be erased
+        after the run (db/retention.py)."""
+        audit_sql, *audit_args = audit_insert(audit, first=11)
         record: asyncpg.Record = await self.conn.fetchrow(
             f"""
+            WITH audited AS ({audit_sql})
             INSERT INTO runs
                 (id, campaign_id, brand_id, total_recipients, skipped_count, created_by,
                  retry_of, scheduled_for, status, with_data)
-            VALUES (COALESCE($6, uuid_v7()), $1, $2, $3, $4, $5, $7, $8,
-                    CASE WHEN $8::timestamptz IS NULL THEN 'queued' ELSE 'scheduled' END, $9)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
             RETURNING {COLUMNS}
             """,
-            campaign_id,
-            brand_id,
-            total_recipients,
-            skipped_count,
-            created_by,
-            run_id,
-            retry_of,
-            scheduled_for,
-            with_data,
-        )
+            run_id, campaign_id, brand_id, total_recipients, skipped_count, created_by,
+            retry_of, scheduled_for, initial_status(scheduled_for), with_data,
+            *audit_args,
+        )  # fmt: skip
         return record
 
     async def get(self, campaign_id: UUID, run_id: UUID) -> asyncpg.Record | None:

@@ -362,6 +362,8 @@ async def _send_and_record(
                 outcomes.append(Outcome(position, "failed", tried, throttles, last_error=why))
     window.sent = [row["position"] for row, _ in to_send]
     try:
+        if to_send:
+            await resources.leases.renew_if_lapsing(resources.pool, lease)
         outcomes += await asyncio.gather(
             *(_send(resources, window, lease, row, message) for row, message in to_send)
         )

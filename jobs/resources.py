@@ -76,6 +76,21 @@ class Leases:
         for lease in leases:
             lease.expires = since + self.seconds
 
+    async def renew_if_lapsing(self, pool: asyncpg.Pool, lease: Lease) -> None:
+        """Renew `lease` now if less than a third of it is left (the heartbeat renews it
+        that often): renders that held the event loop past a heartbeat, on a starved CPU,
+        would else find it lapsed at every send, window after window. Only if all of its
+        deliveries are still its own (none lapsed and taken by another window)."""
+        if time.monotonic() < lease.expires - self.seconds / 3:
+            return
+        since = time.monotonic()
+        async with pool.acquire() as conn:
+            still_held = await DeliveryRepository(conn).renew(
+                [(lease.run_id, lease.token, lease.positions)], self.seconds
+            )
+        if still_held == len(lease.positions):
+            lease.expires = since + self.seconds
+
 
 TIME_SLICE_SECONDS = 0.5
 """How long a job delivers before it checks whether a newcomer waits for its slot."""

@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -28,12 +29,12 @@ from app.services.campaigns import campaign_to_publish
 from app.services.idempotency import IdempotencyKey, claim_key, parse_key, retry_key
 from app.services.runs import ensure_deliveries_kept, visible_run
 from db import queue
-from db.audit import AuditEvent, changes_between, record_audit
+from db.audit import AuditEvent, changes_between
 from db.deliveries import DataRow, DeliveryRepository, DeliveryRow
 from db.ids import uuid7
 from db.pool import DATABASE_AWAY
 from db.retention import RetentionRepository
-from db.runs import ENDED, RunRepository
+from db.runs import ENDED, RunRepository, initial_status
 from db.suppressions import SuppressionRepository
 
 logger = logging.getLogger(__name__)
@@ -156,21 +157,22 @@ async def _publish(
         skips.update(missing_data(_templates(campaign), data, skips))
         with_data = any(text is not None for p, text in enumerate(data) if p not in skips)
 
-        runs = RunRepository(conn)
+        fields = {
+            "campaign_id": campaign["id"],
+            "total_recipients": len(recipients),
+            "skipped_count": len(skips),
+            "retry_of": retry_of,
+            "scheduled_for": send_at,
+        }
         with tracing.db_span("INSERT", "runs"):
-            run = await runs.create(
-                campaign_id=campaign["id"],
+            run = await RunRepository(conn).create(
+                **fields,
                 brand_id=brand_id,
-                total_recipients=len(recipients),
-                skipped_count=len(skips),
                 created_by=caller.sub,
                 run_id=run_id,
-                retry_of=retry_of,
-                scheduled_for=send_at,
+                audit=_published(run_id, brand_id, fields, caller),
                 with_data=with_data,
             )
-        with tracing.db_span("INSERT", "audit_events"):
-            await record_audit(conn, _published(run, caller))
         deliveries = DeliveryRepository(conn)
         with tracing.db_span("COPY", "deliveries"):
             await deliveries.copy(_delivery_rows(run["id"], recipients, skips))
@@ -272,11 +274,14 @@ PUBLISHED_FIELDS = (
 )  # fmt: skip
 
 
-def _published(run: asyncpg.Record, caller: Caller) -> AuditEvent:
-    """The audit row of a new run (a retry's names the run it retries): its counts, never
-    its recipients."""
+def _published(run_id: UUID, brand_id: str, fields: dict[str, Any], caller: Caller) -> AuditEvent:
+    """The audit row of a new run of these `fields` (a retry's names the run it retries):
+    its counts, never its recipients. Written by the run's own INSERT."""
+    run = {**fields, "status": initial_status(fields["scheduled_for"])}
+    if run["scheduled_for"] is not None:
+        run["scheduled_for"] = run["scheduled_for"].astimezone(UTC)  # as the database has it
     changes = changes_between(None, run, PUBLISHED_FIELDS)
-    return AuditEvent(run["brand_id"], caller.sub, "run.published", "run", str(run["id"]), changes)
+    return AuditEvent(brand_id, caller.sub, "run.published", "run", str(run_id), changes)
 
 
 def _templates(campaign: asyncpg.Record) -> CampaignTemplates | None:

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -188,15 +188,18 @@ async def test_publish_retry_and_cancel_name_the_run_and_their_caller(client, db
 
 async def test_a_scheduled_publish_records_when_it_is_for(client):
     campaign = await create_campaign(client)
-    send_at = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    india = timezone(timedelta(hours=5, minutes=30))
+    send_at = (datetime.now(india) + timedelta(days=1)).replace(microsecond=123456)
     body = {"recipients": recipients(1), "send_at": send_at.isoformat()}
     run = (await publish(client, campaign["id"], body)).json()
 
     (item,) = await trail(client, action="run.published")
 
     assert item["target_id"] == run["id"]
+    assert item["changes"]["status"] == {"old": None, "new": "scheduled"}
     scheduled = item["changes"]["scheduled_for"]["new"]
     assert datetime.fromisoformat(scheduled) == send_at
+    assert scheduled == run["scheduled_for"]  # spelled as the run is, in UTC
 
 
 # Suppressions, from every source
@@ -441,6 +444,22 @@ async def test_a_change_whose_audit_row_fails_is_not_made(client, db):
     assert created.status_code == put.status_code == 500
     assert await db.fetchval("SELECT count(*) FROM campaigns") == 0
     assert await db.fetchval("SELECT count(*) FROM suppressions") == 0
+
+
+async def test_a_publish_whose_audit_row_fails_makes_no_run(client, db):
+    campaign = await create_campaign(client)
+    await db.execute(FAIL)
+    await db.execute(
+        "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_events"
+        " FOR EACH STATEMENT EXECUTE FUNCTION fail()"
+    )
+
+    response = await publish(client, campaign["id"], {"recipients": recipients(2)})
+
+    assert response.status_code == 500
+    assert await db.fetchval("SELECT count(*) FROM runs") == 0
+    assert await db.fetchval("SELECT count(*) FROM deliveries") == 0
+    assert await db.fetchval("SELECT count(*) FROM procrastinate_jobs") == 0
 
 
 async def test_every_committed_change_has_exactly_its_row(client, db):
