@@ -36,7 +36,7 @@ from app.services.feedback import MAX_BODY_BYTES as FEEDBACK_MAX_BODY
 from app.services.idempotency import lock_id
 from app.services.twilio import MAX_FORM_BYTES as TWILIO_MAX_BODY
 from db.pool import connect
-from tests.conftest import fresh_database, settings_of
+from tests.conftest import Copies, fresh_database, settings_of
 from tests.fakes.twilio import signed_form
 from tests.helpers import CAMPAIGNS, create_campaign, database_unreachable, recipients
 from tests.tokens import ALL_SCOPES, bearer
@@ -775,11 +775,11 @@ PAIRS = tour_pairs(collected_document())
 
 
 @pytest.fixture(scope="module")
-async def tour(template_database: str) -> AsyncIterator[Tour]:
+async def tour(copies: Copies) -> AsyncIterator[Tour]:
     """One database and app for the whole tour, as when it was one test (a fresh database
     a pair costs more than the tour): each scenario arranges its own campaigns and runs, and
     the ones that take tables or the database away give them back."""
-    with fresh_database(template_database) as database_url:
+    with fresh_database(copies) as database_url:
         db = await connect(database_url)
         try:
             async with AsyncTestClient(app=tour_app(database_url)) as client:
