@@ -104,15 +104,20 @@ class JobRepository:
         )
         return deleted
 
-    async def bring_forward(self, run_id: str, first: int, at: datetime) -> bool:
-        """If a deliver_batch job of that range waits in the queue, make it due at `at` if
-        that is earlier than it was (never later), and say so; under `lock_range`."""
+    async def bring_forward(
+        self, run_id: str, first: int, at: datetime, *, besides: int | None = None
+    ) -> bool:
+        """If a deliver_batch job of that range other than `besides` (the job asking: a
+        recovery may have put it back in the queue while it runs, and its end then takes
+        it out) waits in the queue, make it due at `at` if that is earlier than it was
+        (never later), and say so; under `lock_range`."""
         job_id: int | None = await self.conn.fetchval(
             """
             WITH waiting AS (
                 SELECT id, scheduled_at FROM procrastinate_jobs
                 WHERE status = 'todo' AND task_name = 'deliver_batch'
                   AND args->>'run_id' = $1 AND (args->>'first')::int = $2
+                  AND id IS DISTINCT FROM $4
                 ORDER BY scheduled_at NULLS FIRST, id LIMIT 1
                 FOR UPDATE
             )
@@ -124,6 +129,7 @@ class JobRepository:
             run_id,
             first,
             at,
+            besides,
         )
         return job_id is not None
 

@@ -74,7 +74,9 @@ async def deliver_batch(
     assert job_id is not None
 
     async def schedule_retry(conn: asyncpg.Connection, at: datetime) -> None:
-        await defer_follow_up(conn, at, context.job.priority, run_id=run_id, first=first, last=last)
+        await defer_follow_up(
+            conn, at, context.job.priority, job_id, run_id=run_id, first=first, last=last
+        )
 
     async def newcomer_waiting() -> bool:
         first_job = first_job_priority(context.job.priority)
@@ -146,7 +148,7 @@ async def _give_up(
 
 
 async def defer_follow_up(
-    conn: asyncpg.Connection, at: datetime, priority: int, **job: Any
+    conn: asyncpg.Connection, at: datetime, priority: int, asking: int | None, **job: Any
 ) -> None:
     """Make sure a deliver_batch job takes the same range no later than `at`, in `conn`'s
     transaction (the window's: it exists exactly when the deliveries that need it do:
@@ -155,10 +157,11 @@ async def defer_follow_up(
     a job of the range waiting in the queue is brought forward to `at` if that is earlier
     (a wake-up is not delayed by a 300 s backoff, nor a backoff by a wake-up at 8:00
     tomorrow); else one is deferred, at the same `priority`. No procrastinate queueing
-    lock: a job handed back to the queue while its follow-up waits would collide with it."""
+    lock: a job handed back to the queue while its follow-up waits would collide with it.
+    `asking`: the job that asks, never its own follow-up (db/jobs.py `bring_forward`)."""
     jobs = JobRepository(conn)
     await jobs.lock_range(job["run_id"], job["first"])
-    if not await jobs.bring_forward(job["run_id"], job["first"], at):
+    if not await jobs.bring_forward(job["run_id"], job["first"], at, besides=asking):
         await deliver_batch.configure(
             connection=conn, schedule_at=at, priority=priority
         ).defer_async(**job, **tracing.job_trace_args())

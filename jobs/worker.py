@@ -87,16 +87,21 @@ class StopRequest:
 
 
 async def requeue_stalled_jobs(
-    procrastinate_app: App, pool: asyncpg.Pool, stalled_seconds: float
+    procrastinate_app: App, pool: asyncpg.Pool, stalled_seconds: float, alive: int | None
 ) -> int:
     """Put back in the queue the jobs of workers without a heartbeat for `stalled_seconds`
-    (each only if still held by that worker: another worker's recovery may be first)."""
+    (each only if still held by that worker: another worker's recovery may be first).
+    Never those of worker `alive`, this one: after renders held its event loop past
+    `stalled_seconds`, this round may run before its heartbeat, and it requeued the jobs
+    it was running (their ends then took them out of the queue, and the runs stalled)."""
     requeued = 0
     stalled = await procrastinate_app.job_manager.get_stalled_jobs(
         seconds_since_heartbeat=stalled_seconds
     )
     for job in stalled:
         assert job.id is not None
+        if job.worker_id is not None and job.worker_id == alive:
+            continue
         async with pool.acquire() as conn:
             if not await JobRepository(conn).requeue_if_held_by(job.id, job.worker_id):
                 continue
@@ -138,7 +143,7 @@ async def recover_jobs(
     procrastinate_app: App, worker: Worker, resources: WorkerResources, stalled_seconds: float
 ) -> None:
     """One round of the recovery loop."""
-    await requeue_stalled_jobs(procrastinate_app, resources.pool, stalled_seconds)
+    await requeue_stalled_jobs(procrastinate_app, resources.pool, stalled_seconds, worker.worker_id)
     await requeue_orphaned_jobs(worker, resources, stalled_seconds)
 
 

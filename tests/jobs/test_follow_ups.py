@@ -52,7 +52,13 @@ async def test_a_follow_up_handed_back_while_its_own_follow_up_waits_loses_no_ti
     run = (await publish(client, campaign["id"], body)).json()
     await db.execute("SELECT procrastinate_cancel_job_v1(id, false, true) FROM procrastinate_jobs")
     await defer_follow_up(
-        db, datetime.now(UTC), delivery_priority("normal", 0), run_id=run["id"], first=0, last=15
+        db,
+        datetime.now(UTC),
+        delivery_priority("normal", 0),
+        None,
+        run_id=run["id"],
+        first=0,
+        last=15,
     )
     sink.default = Reply(delay=0.3)
     stop = StopRequest()

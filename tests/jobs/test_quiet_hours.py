@@ -272,11 +272,31 @@ async def test_a_follow_up_is_brought_forward_never_back(db):
         return [r["scheduled_at"] for r in rows]
 
     priority = delivery_priority("normal", 0)
-    await defer_follow_up(db, now + timedelta(seconds=300), priority, **job)
-    await defer_follow_up(db, now + timedelta(seconds=5), priority, **job)
+    await defer_follow_up(db, now + timedelta(seconds=300), priority, None, **job)
+    await defer_follow_up(db, now + timedelta(seconds=5), priority, None, **job)
     assert await scheduled() == [now + timedelta(seconds=5)]
-    await defer_follow_up(db, now + timedelta(seconds=100), priority, **job)
+    await defer_follow_up(db, now + timedelta(seconds=100), priority, None, **job)
     assert await scheduled() == [now + timedelta(seconds=5)]
+
+
+async def test_a_job_put_back_in_the_queue_while_it_runs_is_not_its_own_follow_up(db):
+    """A recovery may requeue a job while it runs (its worker looked dead); the job's end
+    then takes it out of the queue: a follow-up it asks for must be another job."""
+    now = datetime.now(UTC)
+    job = {"run_id": str(uuid.uuid4()), "first": 0, "last": 9}
+    priority = delivery_priority("normal", 0)
+    await defer_follow_up(db, now + timedelta(seconds=300), priority, None, **job)
+    requeued = await db.fetchval("SELECT id FROM procrastinate_jobs")
+
+    await defer_follow_up(db, now + timedelta(seconds=5), priority, requeued, **job)
+
+    rows = await db.fetch(
+        "SELECT id, scheduled_at FROM procrastinate_jobs WHERE status = 'todo' ORDER BY id"
+    )
+    assert [(r["id"] == requeued, r["scheduled_at"]) for r in rows] == [
+        (True, now + timedelta(seconds=300)),  # left as it was
+        (False, now + timedelta(seconds=5)),
+    ]
 
 
 def clocked_worker(database_url: str, sink: HttpSink, clock: VirtualClock, log: Path):

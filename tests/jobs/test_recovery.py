@@ -1,5 +1,5 @@
 """The worker's recovery loop, in a real in-process worker: a round that fails does not
-end it; the next round requeues the jobs of a dead worker."""
+end it; the next round requeues the jobs of a dead worker, never the worker's own."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import jobs.worker
 from app.domain.schemas import Recipient
 from app.http.auth import AccessToken
 from app.services.publishing import publish_campaign
-from jobs.worker import run_worker
+from db.pool import close_pool, create_pool
+from jobs.app import app
+from jobs.worker import requeue_stalled_jobs, run_worker
 from tests.helpers import create_campaign
 from tests.jobs.delivery_helpers import deliveries, run_status
 from tests.waiting import PATIENCE
@@ -60,3 +62,33 @@ async def test_a_failed_recovery_round_is_logged_and_the_next_one_requeues(
     [failed] = [r for r in caplog.records if "recovery: round failed unexpectedly" in r.message]
     assert failed.levelno == logging.ERROR and failed.exc_info[0] is KeyError
     assert (await deliveries(db, str(run.id)))[0]["status"] == "sent"
+
+
+async def test_a_worker_never_requeues_the_jobs_it_runs_however_old_its_heartbeat(
+    client, db, database_url
+):
+    """Renders that held a worker's event loop past STALLED_JOB_SECONDS: its recovery round
+    may come before its heartbeat. It had requeued its own running jobs, whose ends then
+    took them out of the queue: the runs stalled with deliveries pending (CI, load 9)."""
+    campaign = await create_campaign(client)
+    caller = AccessToken(exp=datetime(2099, 1, 1, tzinfo=UTC), sub="t", brands=["*"])
+    async with db.transaction():
+        await publish_campaign(
+            db, campaign["id"], [Recipient("1", "a@example.com")], caller,
+            max_recipients=10, batch_size=10,
+        )  # fmt: skip
+        late = await db.fetchval(
+            "INSERT INTO procrastinate_workers (last_heartbeat)"
+            " VALUES (now() - interval '1 hour') RETURNING id"
+        )
+        await db.execute("UPDATE procrastinate_jobs SET status = 'doing', worker_id = $1", late)
+    pool = await create_pool(database_url)
+    await app.open_async(pool)
+    try:
+        assert await requeue_stalled_jobs(app, pool, 1, alive=late) == 0
+        assert await db.fetchval("SELECT status FROM procrastinate_jobs") == "doing"
+        assert await requeue_stalled_jobs(app, pool, 1, alive=None) == 1  # another's round
+        assert await db.fetchval("SELECT status FROM procrastinate_jobs") == "todo"
+    finally:
+        await app.close_async()
+        await close_pool(pool)
