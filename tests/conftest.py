@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
 
 import asyncpg
 import pytest
@@ -32,6 +31,7 @@ from db.pool import connect
 from tests.fakes.smtp import SmtpSink
 from tests.fakes.webhook import HttpSink
 from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET
+from tests.waiting import GONE, await_chain
 from tests.web import WebProcess, web_process
 
 PUBLIC_BASE_URL = "https://messaging.test"
@@ -77,12 +77,7 @@ async def tasks_shown_if_hung(request: pytest.FixtureRequest) -> AsyncIterator[N
 
 def _print_tasks() -> None:
     for task in asyncio.all_tasks():
-        print(f"task {task.get_name()}, awaiting:", file=sys.stderr)
-        awaiting: Any = task.get_coro()
-        while awaiting is not None:  # down the chain of awaits (Task.print_stack shows one)
-            if frame := getattr(awaiting, "cr_frame", None) or getattr(awaiting, "ag_frame", None):
-                print(f"  {frame.f_code.co_filename}:{frame.f_lineno}", file=sys.stderr)
-            awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "ag_await", None)
+        print(f"task {task.get_name()}, awaiting:\n{await_chain(task)}", file=sys.stderr)
 
 
 @pytest.fixture(scope="session")
@@ -211,7 +206,9 @@ def serving(app: Litestar) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=GONE)
+        # uvicorn waits for the requests in flight, then for the app's shutdown (its pool).
+        assert not thread.is_alive(), f"the test server did not stop within {GONE:g} s"
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import asyncpg
 
 from tests.conftest import url_of
 from tests.tokens import bearer
+from tests.waiting import pages
 
 CAMPAIGNS = "/v1/messaging/campaigns"
 
@@ -61,7 +62,7 @@ async def walk(client: Any, url: str, headers: dict[str, str], **params: Any) ->
     """Every item of a paginated listing, following next_cursor page by page."""
     items: list[Any] = []
     cursor = None
-    while True:
+    for _ in pages(f"the walk of {url}"):
         query = {**params, **({"cursor": cursor} if cursor else {})}
         response = await client.get(url, params=query, headers=headers)
         assert response.status_code == 200, response.text
@@ -70,7 +71,8 @@ async def walk(client: Any, url: str, headers: dict[str, str], **params: Any) ->
         items.extend(page["items"])
         cursor = page["next_cursor"]
         if cursor is None:
-            return items
+            break
+    return items
 
 
 @asynccontextmanager

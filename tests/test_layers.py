@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+from tests.waiting import PATIENCE
 from tests.web import ROOT
 
 WORKER_ONLY = ("jobs.delivery", "jobs.providers", "jobs.tasks", "aiohttp", "aiosmtplib")
@@ -17,7 +18,12 @@ def imported_by(statement: str, env: dict[str, str] | None = None) -> set[str]:
     """The modules a fresh interpreter has loaded after `statement`."""
     probe = f"{statement}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
     done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, env=env
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=PATIENCE,
     )
     assert done.returncode == 0, done.stderr
     return set(json.loads(done.stdout.splitlines()[-1]))

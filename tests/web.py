@@ -18,14 +18,17 @@ import httpx
 
 from tests.fakes.server import HOST, free_port
 from tests.tokens import TEST_SECRET
-from tests.waiting import PATIENCE
+from tests.waiting import bounded, stopped
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def until_ready(url: str) -> None:
-    """Wait for the web process at `url` to answer `/readyz` with 200."""
-    async with httpx.AsyncClient(base_url=url) as http, asyncio.timeout(PATIENCE):
+async def until_ready(url: str, log: Path | None = None) -> None:
+    """Wait for the web process at `url` (writing to `log`) to answer `/readyz` with 200."""
+    async with (
+        httpx.AsyncClient(base_url=url) as http,
+        bounded(f"{url}/readyz answering 200", log=log),
+    ):
         while True:
             try:
                 if (await http.get("/readyz")).status_code == 200:
@@ -88,9 +91,7 @@ async def web_process(database_url: str, **env: str) -> AsyncIterator[WebProcess
             )
         web = WebProcess(f"http://{HOST}:{port}", process, log_file)
         try:
-            await until_ready(web.url)
+            await until_ready(web.url, log_file)
             yield web
         finally:
-            if process.returncode is None:
-                process.terminate()
-                await process.wait()
+            await stopped(process, "the web process's exit on SIGTERM", log_file)

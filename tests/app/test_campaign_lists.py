@@ -11,6 +11,7 @@ import pytest
 
 from tests.helpers import CAMPAIGNS, create_campaign, walk
 from tests.tokens import bearer
+from tests.waiting import pages
 
 
 async def test_list_shows_the_tokens_brands_newest_first(client):
@@ -127,7 +128,7 @@ async def test_a_walk_sees_every_campaign_once_while_new_ones_are_created(client
 
     seen: list[str] = []
     cursor = None
-    while True:
+    for _ in pages("the walk of the campaigns"):
         params = {"limit": 4, **({"cursor": cursor} if cursor else {})}
         page = (await client.get(CAMPAIGNS, params=params, headers=token)).json()
         seen.extend(c["id"] for c in page["items"])

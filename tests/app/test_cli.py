@@ -105,9 +105,11 @@ async def test_runs_watch_reads_the_database_or_the_api_and_exits_when_ended(
     await deliver_until_ended(settings, db, run_id)
 
     from_db = await asyncio.to_thread(cli, "runs", "watch", run_id, "--timeout", "5")
+    # A thread cannot be cancelled: every watch is bounded by its own --timeout.
     from_api = await asyncio.to_thread(
-        cli, "runs", "watch", run_id, "--campaign", campaign["id"], "--url", live_server
-    )
+        cli, "runs", "watch", run_id, "--campaign", campaign["id"], "--url", live_server,
+        "--timeout", str(PATIENCE),
+    )  # fmt: skip
 
     for code, out in (from_db, from_api):
         assert code == 0, out
@@ -117,10 +119,12 @@ async def test_runs_watch_reads_the_database_or_the_api_and_exits_when_ended(
 
 
 async def test_runs_watch_of_an_unknown_run_fails(env, db, capsys):
-    code, _ = await asyncio.to_thread(cli, "runs", "watch", "00000000-0000-0000-0000-000000000000")
-    not_an_id, _ = await asyncio.to_thread(cli, "runs", "watch", "run-42")
+    codes = [
+        (await asyncio.to_thread(cli, "runs", "watch", run, "--timeout", str(PATIENCE)))[0]
+        for run in ("00000000-0000-0000-0000-000000000000", "run-42")
+    ]
 
-    assert (code, not_an_id) == (1, 1)
+    assert codes == [1, 1]
     errors = capsys.readouterr().err
     assert "no run with that id" in errors and "no run run-42: run ids are UUIDs" in errors
 

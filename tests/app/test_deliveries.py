@@ -9,6 +9,7 @@ import pytest
 from app.services.pagination import cursor_key, encode_cursor, listing_of
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients, walk
 from tests.tokens import TEST_SECRET, bearer
+from tests.waiting import pages
 
 DELIVERY_FIELDS = {
     "id",
@@ -59,7 +60,7 @@ async def test_a_walk_of_runs_sees_each_once_while_runs_are_published(client):
 
     seen: list[str] = []
     cursor = None
-    while True:
+    for _ in pages("the walk of the runs"):
         params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
         page = (await client.get(url, params=params, headers=bearer())).json()
         seen.extend(run["id"] for run in page["items"])

@@ -20,6 +20,7 @@ from app.http.body import CAMPAIGN_BODY_BYTES, SMALL_BODY_BYTES
 from tests.fakes.server import HOST
 from tests.helpers import CAMPAIGNS
 from tests.tokens import bearer
+from tests.waiting import GONE, PATIENCE, communicated, killed
 from tests.web import WebProcess
 
 BRANDS = "/v1/messaging/brands"
@@ -64,9 +65,14 @@ while time.monotonic() < deadline:
 """
 
 
-async def healthz_latencies(http: httpx.AsyncClient, until: Callable[[], bool]) -> list[float]:
+async def healthz_latencies(
+    http: httpx.AsyncClient, until: Callable[[], bool], waiting_for: str
+) -> list[float]:
+    """/healthz, again and again until `until()`: `waiting_for` it, PATIENCE at most."""
     latencies = []
+    deadline = time.monotonic() + PATIENCE
     while not until():
+        assert time.monotonic() < deadline, f"{waiting_for}: not within {PATIENCE:g} s"
         started = time.perf_counter()
         response = await http.get("/healthz")
         latencies.append(time.perf_counter() - started)
@@ -81,7 +87,9 @@ async def test_header_bombs_are_refused_and_healthz_stays_fast_beside_them(web):
         # The baseline, in the same run: this machine is shared, and its noise is not
         # what this test is about.
         quiet_until = time.monotonic() + 3
-        quiet = await healthz_latencies(http, lambda: time.monotonic() > quiet_until)
+        quiet = await healthz_latencies(
+            http, lambda: time.monotonic() > quiet_until, "the end of the 3 s baseline"
+        )
         rss_before = web.peak_rss_mb()
         # 4 clients, each in its own process (so that they do not slow this one's probe),
         # sending one 64 MiB header after another for 3 s.
@@ -91,15 +99,22 @@ async def test_header_bombs_are_refused_and_healthz_stays_fast_beside_them(web):
             )
             for _ in range(4)
         ]
-        bombed = await healthz_latencies(
-            http, lambda: all(bomber.returncode is not None for bomber in bombers)
-        )
+        try:
+            bombed = await healthz_latencies(
+                http,
+                lambda: all(bomber.returncode is not None for bomber in bombers),
+                "the bombers' exit after their 3 s",
+            )
+            outputs = [
+                (await communicated(bomber, GONE, "a bomber's output"))[0] for bomber in bombers
+            ]
+        finally:
+            for bomber in bombers:
+                await killed(bomber)
     bombs = [
         (float(seconds), answer)
-        for bomber in bombers
-        for seconds, _, answer in (
-            line.partition(" ") for line in (await bomber.communicate())[0].decode().splitlines()
-        )
+        for output in outputs
+        for seconds, _, answer in (line.partition(" ") for line in output.decode().splitlines())
     ]
 
     p99, quiet_p99 = (statistics.quantiles(values, n=100)[98] for values in (bombed, quiet))

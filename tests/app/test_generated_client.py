@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import httpx
 
 from tests.tokens import make_token
+from tests.waiting import PATIENCE, communicated
 from tests.web import WebProcess
 
 PACKAGE = "messaging_client"
@@ -37,7 +38,7 @@ async def generate_client(web: WebProcess, directory: Path) -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    output = (await generator.communicate())[0].decode()
+    output = (await communicated(generator, PATIENCE, "the client's generation"))[0].decode()
     # A warning means a part of the document the generator had to skip.
     assert generator.returncode == 0 and "Warning" not in output, output
 

@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import CAMPAIGNS
 from tests.jobs.delivery_helpers import ENDED, run_status, until
 from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET, bearer
+from tests.waiting import killed, pages, stopped
 from tests.web import until_ready, web_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,14 +88,6 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-async def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, and a clean exit: the spans still batched are sent on the way."""
-    process.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(30):
-        while process.poll() is None:  # noqa: ASYNC110 - another process
-            await asyncio.sleep(0.05)
-
-
 class Caller:
     """A client of the API that keeps every error body and every cursor it is given."""
 
@@ -121,13 +113,14 @@ class Caller:
         """Every item of a listing, a page of one item at a time (a cursor per item)."""
         items: list[dict[str, Any]] = []
         cursor = None
-        while True:
+        for _ in pages(f"the walk of {url}"):
             query = {"limit": 1, **params, **({"cursor": cursor} if cursor else {})}
             response = await self.request("GET", url, params=query)
             assert response.status_code == 200, response.text
             items += response.json()["items"]
             if (cursor := response.json()["next_cursor"]) is None:
-                return items
+                break
+        return items
 
 
 def signed_webhook(body: bytes) -> dict[str, str]:
@@ -217,7 +210,7 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
     answers: dict[str, str] = {}  # the answers that may show the canary
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            await until_ready(str(http.base_url))
+            await until_ready(str(http.base_url), tmp_path / "web.log")
             api = Caller(http)
             email_campaign = await campaign(api, "email")
             sms_campaign = await campaign(api, "sms")
@@ -416,7 +409,7 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
             auditor = bearer(brands=[BRAND], scopes=[AUDIT_READ])
             trail: list[dict[str, Any]] = []
             cursor = None
-            while True:
+            for _ in pages("the walk of the canary's audit trail"):
                 query = {"target_id": EMAIL, "limit": 1, **({"cursor": cursor} if cursor else {})}
                 page_of_trail = await api.request(
                     "GET", f"{BRANDS}/audit", params=query, headers=auditor
@@ -449,13 +442,12 @@ async def test_patient_data_shows_only_in_the_answers_that_must_show_it(
             assert failed.status_code == 500, failed.text
 
             metrics = (await api.request("GET", "/metrics")).text
-            await stop(worker)
-            await stop(web)
+            # SIGTERM, and a clean exit: the spans still batched are sent on the way.
+            await stopped(worker, "the worker's exit on SIGTERM", tmp_path / "worker.log")
+            await stopped(web, "the web process's exit on SIGTERM", tmp_path / "web.log")
     finally:
         for process in (web, worker):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            await killed(process)
 
     web_log = (tmp_path / "web.log").read_text(errors="replace")
     worker_log = (tmp_path / "worker.log").read_text(errors="replace")
@@ -578,7 +570,7 @@ async def test_patient_data_stays_in_through_twilio(database_url, db, receiver, 
         )
         try:
             async with httpx.AsyncClient(base_url=twilio.callbacks_via, timeout=30) as http:
-                await until_ready(str(http.base_url))
+                await until_ready(str(http.base_url), tmp_path / "web.log")
                 api = Caller(http)
                 sms_campaign = await campaign(api, "sms")
                 people = [
@@ -616,13 +608,11 @@ async def test_patient_data_stays_in_through_twilio(database_url, db, receiver, 
 
                 listed = await api.walk(f"{CAMPAIGNS}/{sms_campaign}/runs/{run_id}/deliveries")
                 metrics = (await api.request("GET", "/metrics")).text
-                await stop(worker)
-                await stop(web)
+                await stopped(worker, "the worker's exit on SIGTERM", tmp_path / "worker.log")
+                await stopped(web, "the web process's exit on SIGTERM", tmp_path / "web.log")
         finally:
             for process in (web, worker):
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
+                await killed(process)
 
     captured = {
         "web log": (tmp_path / "web.log").read_text(errors="replace"),

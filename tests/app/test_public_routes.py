@@ -25,6 +25,7 @@ from app.core.settings import Settings
 from app.core.unsubscribe import UnsubscribeKeys
 from tests.conftest import PUBLIC_BASE_URL
 from tests.tokens import UNSUBSCRIBE_SECRET
+from tests.waiting import PATIENCE, communicated, killed, within
 from tests.web import web_process
 
 CLIENTS = 8
@@ -206,10 +207,15 @@ async def hammered(http: httpx.AsyncClient, port: int, route: Route, body_file: 
         stdout=asyncio.subprocess.PIPE,
     )
     assert hammer.stdout is not None
-    assert (await hammer.stdout.readline()).strip() == b"started"
-    await asyncio.sleep(0.2)  # the clients are under way
-    latencies = await healthz_latencies(http, HAMMER_SECONDS - 0.4)
-    statuses = json.loads((await hammer.communicate())[0])
+    try:
+        started = await within(PATIENCE, hammer.stdout.readline(), "the hammering process's start")
+        assert started.strip() == b"started"
+        await asyncio.sleep(0.2)  # the clients are under way
+        latencies = await healthz_latencies(http, HAMMER_SECONDS - 0.4)
+        output = await communicated(hammer, PATIENCE, "the hammering clients' end")
+    finally:
+        await killed(hammer)
+    statuses = json.loads(output[0])
     return Hammered(p99(latencies), statuses)
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from tests.helpers import create_campaign, publish, walk
 from tests.tokens import bearer
+from tests.waiting import pages
 
 BRANDS = "/v1/messaging/brands"
 
@@ -125,14 +126,12 @@ async def test_a_walk_of_suppressions_sees_each_once_while_addresses_are_added(c
 
     seen: list[str] = []
     cursor = None
-    added = 0
-    while True:
+    for added in pages("the walk of the suppressions"):
         params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
         page = (await client.get(url(), params=params, headers=bearer())).json()
         seen.extend(s["recipient"] for s in page["items"])
         for prefix in ("a", "z"):  # one before every cursor, one after
             await suppress(client, f"{prefix}{added}@example.com")
-        added += 1
         if (cursor := page["next_cursor"]) is None:
             break
 

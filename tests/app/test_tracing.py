@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from tests.fakes.webhook import Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish
 from tests.jobs.delivery_helpers import ENDED, run_status
 from tests.tokens import TEST_SECRET, bearer
-from tests.waiting import PATIENCE
+from tests.waiting import PATIENCE, killed, stopped
 from tests.web import until_ready, web_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,14 +43,6 @@ def environment(database_url: str, **variables: str) -> dict[str, str]:
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-async def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, and wait for a clean exit (the spans still batched are sent on the way)."""
-    process.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(PATIENCE):
-        while process.poll() is None:  # noqa: ASYNC110 - another process
-            await asyncio.sleep(0.05)
 
 
 def only(spans: list[ReceivedSpan]) -> ReceivedSpan:
@@ -89,7 +80,7 @@ async def test_one_trace_shows_a_run_from_the_publish_request_to_its_last_send(
     caller_trace, caller_span = secrets.token_hex(16), secrets.token_hex(8)
     try:
         base_url = f"http://127.0.0.1:{port}"
-        await until_ready(base_url)
+        await until_ready(base_url, tmp_path / "web.log")
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
             campaign = await create_campaign(http)
             # The brand has a suppression, so publish checks its recipients: one more call.
@@ -120,14 +111,13 @@ async def test_one_trace_shows_a_run_from_the_publish_request_to_its_last_send(
         async with asyncio.timeout(30):
             while await run_status(db, run_id) not in ENDED:  # noqa: ASYNC110 - another process
                 await asyncio.sleep(0.05)
-        # Both flush their batched spans when they stop.
-        await stop(worker)
-        await stop(web)
+        # Both flush their batched spans when they stop (SIGTERM, and a clean exit).
+        await stopped(worker, "the worker's exit on SIGTERM", tmp_path / "worker.log")
+        await stopped(web, "the web process's exit on SIGTERM", tmp_path / "web.log")
     finally:
         for process in (web, worker):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
+            if process is not None:
+                await killed(process)
 
     request = only(
         [s for s in receiver.named(f"POST {publish_route(receiver)}") if s.kind == "SERVER"]
@@ -222,6 +212,7 @@ def test_the_sdk_is_set_up_only_when_the_otel_variables_ask(database_url, otel, 
         capture_output=True,
         text=True,
         check=True,
+        timeout=PATIENCE,
     )
     assert result.stdout.split() == expected
 
@@ -249,7 +240,12 @@ def test_an_unsampled_request_makes_no_child_spans_and_its_jobs_stay_unsampled()
         " int(args['traceparent'][-2:], 16) & 1, len(exported.get_finished_spans()))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=PATIENCE,
     )
     # The root is an unsampled span, its children nothing, and the sampled flag
     # of the jobs' traceparent is 0.

@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
+
+from tests.waiting import GONE, returned
 
 HOST = "127.0.0.1"
 
@@ -39,7 +42,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # so that server_close() waits for every handler
+    # stop() waits for every handler itself, with a bound (server_close()'s join has none);
+    # one that outlives it cannot keep the test process from exiting.
+    daemon_threads = True
     allow_reuse_address = True  # a fake started again on its port right after a stop
 
     def __init__(self, port: int, handler: type[Handler]) -> None:
@@ -74,16 +79,27 @@ class ThreadedServer:
         return self
 
     def stop(self) -> None:
+        """Stops serving, and waits for every handler to end: GONE seconds at most."""
         if self.stopping.is_set():
             return
         self.stopping.set()
-        self._server.shutdown()
-        # Kept-alive connections would hold their handler threads until the client leaves.
-        for sock in list(self._server.connections):
-            with contextlib.suppress(OSError):  # already closed by the client
-                sock.shutdown(socket.SHUT_RDWR)
-        self._server.server_close()  # joins the handler threads
-        self._thread.join()
+        if self._thread.is_alive():  # shutdown() waits for the serving loop: for ever if none
+            # ... and for ever if the loop is stuck (a TLS handshake in accept() waits).
+            returned(self._server.shutdown, f"the shutdown of the fake on port {self.port}")
+        self._server.server_close()
+        # Kept-alive connections would hold their handler threads until the client leaves;
+        # a connection accepted just before the shutdown registers a moment later.
+        deadline = time.monotonic() + GONE
+        while self._server.connections:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{len(self._server.connections)} handlers of the fake on port {self.port}"
+                    f" still run {GONE:g} s after its stop"
+                )
+            for sock in list(self._server.connections):
+                with contextlib.suppress(OSError):  # already closed by the client
+                    sock.shutdown(socket.SHUT_RDWR)
+            time.sleep(0.01)
 
     def __enter__(self) -> Self:
         return self.start()

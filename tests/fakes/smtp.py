@@ -12,6 +12,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from tests.fakes.server import HOST, free_port
 from tests.fakes.tls import Tls
+from tests.waiting import PATIENCE, returned
 
 
 @dataclass
@@ -53,6 +54,7 @@ class SmtpSink:
             hostname=HOST,
             port=self.port,
             ssl_context=implicit_tls.server if implicit_tls else None,
+            ready_timeout=PATIENCE,  # its default, 5 s, is too short for a loaded machine
             **kwargs,
         )
 
@@ -64,7 +66,9 @@ class SmtpSink:
         return self
 
     def stop(self) -> None:
-        self._controller.stop()
+        # aiosmtpd's stop() joins its server's thread with no bound, and on Python 3.12+
+        # that thread waits for the clients' connections to close (aiosmtpd issue 394).
+        returned(self._controller.stop, f"the stop of the SMTP fake on port {self.port}")
 
     def __enter__(self) -> SmtpSink:
         return self.start()

@@ -38,6 +38,7 @@ class Rendezvous:
         self.met = threading.Event()
         self.met_at = 0.0
         """When (time.time()) the parties met: the held requests go on from then."""
+        self._go = threading.Event()  # the parties met, or the sink stops
         self._jobs: set[object] = set()
         self._lock = threading.Lock()
 
@@ -47,7 +48,12 @@ class Rendezvous:
             if len(self._jobs) >= self.parties and not self.met.is_set():
                 self.met_at = time.time()
                 self.met.set()
-        self.met.wait(self.seconds)
+                self._go.set()
+        self._go.wait(self.seconds)
+
+    def release(self) -> None:
+        """Lets the held requests go on, whether or not the parties met (the sink stops)."""
+        self._go.set()
 
 
 @dataclass
@@ -92,7 +98,10 @@ class HttpSink(ThreadedServer):
         self.url = f"{scheme}://{HOST}:{self.port}/hooks/messages"
 
     def stop(self) -> None:
-        self.gate.set()  # the held requests go on, to find `stopping` set
+        # The held requests go on, to find `stopping` set.
+        self.gate.set()
+        if self.rendezvous is not None:
+            self.rendezvous.release()
         super().stop()
 
     def reply_for(self, body: bytes) -> Reply:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -15,18 +15,43 @@ from app.core.settings import Settings
 from db.procrastinate import AsyncpgConnector
 from jobs.app import app
 from jobs.worker import run_worker
-from tests.waiting import PATIENCE
+from tests.waiting import PATIENCE, within
 
 ENDED = ("completed", "cancelled")
 
 
-async def deliver_until_ended(settings: Settings, db: asyncpg.Connection, run_id: str) -> None:
-    """Run in-process workers that stop when the queue is empty, until the run ended
-    (follow-up jobs of transient failures become due a little later). 30 s at most."""
-    async with asyncio.timeout(30):
-        while await run_status(db, run_id) not in ENDED:
+async def drain(settings: Settings, **options: Any) -> None:
+    """An in-process worker that stops when nothing is due (run_worker's wait=False)."""
+    worker = run_worker(settings, wait=False, **options)
+    await within(PATIENCE, worker, "the worker's end, nothing left due")
+
+
+async def work_until(
+    settings: Settings,
+    condition: Callable[[], Awaitable[bool]],
+    seconds: float = 30,
+    what: str = "the condition",
+) -> None:
+    """Run in-process workers that stop when nothing is due, one after the other, until
+    `condition()` holds (follow-up jobs of transient failures, retries of events, become
+    due a little later): `what`, `seconds` at most."""
+
+    async def rounds() -> None:
+        while not await condition():
             await run_worker(settings, wait=False)
             await asyncio.sleep(0.02)
+
+    # Not asyncio.timeout: a cancelled worker waits for its jobs, then its pool.
+    await within(seconds, rounds(), what)
+
+
+async def deliver_until_ended(settings: Settings, db: asyncpg.Connection, run_id: str) -> None:
+    """Run in-process workers until the run ended (see `work_until`). 30 s at most."""
+
+    async def run_ended() -> bool:
+        return await run_status(db, run_id) in ENDED
+
+    await work_until(settings, run_ended, what=f"the end of run {run_id}")
 
 
 @asynccontextmanager
@@ -45,7 +70,7 @@ async def running_worker(settings: Settings, **options: Any) -> AsyncIterator[as
     finally:
         worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await worker
+            await within(PATIENCE, worker, "the worker's end once cancelled")
 
 
 async def ended(db: asyncpg.Connection, run_id: str, seconds: float = PATIENCE) -> str:

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.fakes.webhook import HttpSink
+from tests.waiting import GONE, bounded, exited
 from tests.web import ROOT
 
 CONCURRENCY = 4
@@ -59,12 +60,20 @@ class Workers:
         drained by another worker first)."""
         process = self.start()
         index = len(self.processes) - 1
-        async with asyncio.timeout(seconds):
+        log = self.tmp_path / f"worker-{index}.log"
+        async with bounded(f"worker {index} listening for jobs", seconds, log):
             while "listening for jobs" not in self.log(index):
                 if process.poll() is not None:
                     raise RuntimeError(f"worker {index} exited: {self.log(index)[-3000:]}")
                 await asyncio.sleep(0.05)
         return process
+
+    async def wait_exit(self, process: subprocess.Popen[bytes], seconds: float) -> int:
+        """The exit status of a worker, which must exit within `seconds` (else it is killed,
+        and the test fails with the end of its log)."""
+        index = self.processes.index(process)
+        log = self.tmp_path / f"worker-{index}.log"
+        return await exited(process, seconds, f"the exit of worker {index}", log)
 
     def log(self, index: int) -> str:
         return (self.tmp_path / f"worker-{index}.log").read_text()
@@ -77,7 +86,7 @@ class Workers:
         for process in self.processes:
             if process.poll() is None:
                 process.kill()
-            process.wait()
+            process.wait(GONE)
 
 
 def delivery_ids(sink: HttpSink) -> Counter[str]:
@@ -86,10 +95,3 @@ def delivery_ids(sink: HttpSink) -> Counter[str]:
     for request in sink.requests:
         assert request.headers["idempotency-key"] == request.json()["delivery_id"]
     return Counter(request.json()["delivery_id"] for request in list(sink.requests))
-
-
-async def wait_exit(process: subprocess.Popen[bytes], seconds: float) -> int:
-    async with asyncio.timeout(seconds):
-        while process.poll() is None:  # noqa: ASYNC110 - another process
-            await asyncio.sleep(0.05)
-    return process.returncode

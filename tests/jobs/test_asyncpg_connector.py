@@ -11,6 +11,7 @@ from procrastinate import App, exceptions
 from db.pool import create_pool
 from db.procrastinate import AsyncpgConnector, translate
 from tests.conftest import PG_PORT
+from tests.waiting import GONE, PATIENCE, within
 
 
 def test_translate_numbers_each_name_once():
@@ -111,7 +112,8 @@ async def test_rejected_defer_in_a_savepoint_leaves_the_transaction_usable(
 async def test_worker_on_this_connector_runs_deferred_jobs(procrastinate_app, db):
     await procrastinate_app.tasks["record"].batch_defer_async({"n": 1}, {"n": 2}, {"n": 3})
 
-    await procrastinate_app.run_worker_async(queues=["test"], wait=False)
+    worker = procrastinate_app.run_worker_async(queues=["test"], wait=False)
+    await within(PATIENCE, worker, "the worker's end, nothing left due")
 
     assert sorted(procrastinate_app.done) == [1, 2, 3]
     statuses = await db.fetch("SELECT status FROM procrastinate_jobs")
@@ -124,15 +126,17 @@ async def test_listening_worker_wakes_up_on_commit(procrastinate_app, db):
             queues=["test"], listen_notify=True, fetch_job_polling_interval=60
         )
     )
-    await asyncio.sleep(0.5)  # let it find the queue empty and start waiting
-    await procrastinate_app.tasks["record"].defer_async(n=42)
+    try:
+        await asyncio.sleep(0.5)  # let it find the queue empty and start waiting
+        await procrastinate_app.tasks["record"].defer_async(n=42)
 
-    async with asyncio.timeout(10):  # far less than the 60 s polling interval
-        await procrastinate_app.changed.wait()
-    assert procrastinate_app.done == [42]
-    worker.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await worker
+        async with asyncio.timeout(10):  # far less than the 60 s polling interval
+            await procrastinate_app.changed.wait()
+        assert procrastinate_app.done == [42]
+    finally:
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await within(PATIENCE, worker, "the worker's end once cancelled")
 
 
 class FreezingProxy:
@@ -220,7 +224,7 @@ async def test_the_listener_replaces_a_half_open_connection(database_url, db, mo
     finally:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await listener
-        await proxy.close()
-        await connector.close_async()
+            await within(PATIENCE, listener, "the listener's end once cancelled")
+        await within(GONE, proxy.close(), "the proxy's close")
+        await within(GONE, connector.close_async(), "the connector's pool closed")
     assert received[0] == "before" and "after" in received

@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 import httpx
 
 from app.core.unsubscribe import UnsubscribeKeys
-from jobs.worker import run_worker
 from tests.conftest import PUBLIC_BASE_URL, WEBHOOK_SECRET
 from tests.fakes.webhook import HttpSink
 from tests.helpers import CAMPAIGNS, publish
@@ -27,6 +26,7 @@ from tests.jobs.delivery_helpers import (
     deliver_until_ended,
     deliveries,
     until,
+    work_until,
 )
 from tests.tokens import bearer
 
@@ -208,10 +208,10 @@ async def test_every_new_suppression_reaches_the_events_receiver_signed_in_order
     )
     assert put.status_code == 200
 
-    async with asyncio.timeout(30):
-        while len(suppression_posts(sink)) < 2:
-            await run_worker(events_settings, wait=False)
-            await asyncio.sleep(0.05)
+    async def both_posted() -> bool:
+        return len(suppression_posts(sink)) >= 2
+
+    await work_until(events_settings, both_posted, what="both suppressions' posts")
 
     first, second = suppression_posts(sink)
     for request in (first, second):

@@ -21,13 +21,14 @@ from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,
     deliver_until_ended,
     deliveries,
+    drain,
     run_row,
     run_status,
     until,
 )
 from tests.jobs.processes import delivery_ids
 from tests.tokens import bearer
-from tests.waiting import PATIENCE
+from tests.waiting import PATIENCE, within
 
 
 @pytest.fixture
@@ -123,7 +124,7 @@ async def test_transient_failure_is_retried_then_sent(client, db, webhook_settin
     run = (await publish(client, campaign["id"], {"recipients": recipients(3)})).json()
     slow_retry = replace(webhook_settings, delivery_retry_base_seconds=60)
 
-    await run_worker(slow_retry, wait=False)
+    await drain(slow_retry)
 
     first = (await deliveries(db, run["id"]))[1]
     assert (first["status"], first["attempts"]) == ("pending", 1)
@@ -326,7 +327,7 @@ async def test_a_job_its_live_worker_lost_track_of_is_requeued(client, db, setti
     finally:
         worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await worker
+            await within(PATIENCE, worker, "the worker's end once cancelled")
     assert (await deliveries(db, str(run.id)))[0]["status"] == "sent"
 
 

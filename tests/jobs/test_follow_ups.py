@@ -24,7 +24,7 @@ from tests.jobs.delivery_helpers import (
     running_worker,
 )
 from tests.jobs.test_quiet_hours import VirtualClock, people, quiet_campaign, utc
-from tests.waiting import PATIENCE
+from tests.waiting import PATIENCE, within
 
 
 async def deliver_batch_jobs(db) -> list[dict]:
@@ -67,7 +67,7 @@ async def test_a_follow_up_handed_back_while_its_own_follow_up_waits_loses_no_ti
         while not (sink.requests and len(await deliver_batch_jobs(db)) == 2):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     stop.stop()  # a deploy's SIGTERM
-    await worker
+    await within(PATIENCE, worker, "the worker's graceful stop")
 
     statuses = [job["status"] for job in await deliver_batch_jobs(db)]
     assert statuses == ["todo", "todo"]  # handed back, beside the one for 08:00

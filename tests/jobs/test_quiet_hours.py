@@ -25,11 +25,16 @@ import pytest
 
 from db.queue import delivery_priority
 from jobs.tasks import defer_follow_up
-from jobs.worker import run_worker
 from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish
-from tests.jobs.delivery_helpers import assert_counters_equal_rows, ended, running_worker
+from tests.jobs.delivery_helpers import (
+    assert_counters_equal_rows,
+    drain,
+    ended,
+    running_worker,
+)
 from tests.tokens import bearer
+from tests.waiting import killed, stopped
 from tests.web import ROOT
 
 NIGHT = {"start": "21:00", "end": "08:00", "time_zone": "America/New_York"}
@@ -130,7 +135,7 @@ async def test_quiet_hours_across_midnight_on_the_spring_forward_night(
     body = {"recipients": [*people(None, 5, 0), *people("Asia/Tokyo", 5, 5)]}
     run = (await publish(client, campaign["id"], body)).json()
 
-    await run_worker(webhook_settings, wait=False, clock_offset=clock.offset)
+    await drain(webhook_settings, clock_offset=clock.offset)
 
     zones = await rows_by_zone(db, run["id"])
     new_york, tokyo = zones[None], zones["Asia/Tokyo"]
@@ -178,7 +183,7 @@ async def test_recipients_in_three_zones_are_released_at_three_instants(
         ]
     }
     run = (await publish(client, campaign["id"], body)).json()
-    await run_worker(webhook_settings, wait=False, clock_offset=clock.offset)
+    await drain(webhook_settings, clock_offset=clock.offset)
     zones = await rows_by_zone(db, run["id"])
     assert {r["status"] for r in zones["Europe/London"]} == {"sent"}
     releases = {
@@ -340,8 +345,7 @@ async def test_a_worker_killed_while_deliveries_wait_loses_nothing_and_sends_not
         )
         assert waiting == 30
 
-        first.kill()  # SIGKILL, while 30 deliveries wait
-        first.wait(5)
+        await killed(first)  # SIGKILL, while 30 deliveries wait
         # However long the setup took on this machine, the restart happens 8 s before the
         # quiet hours end (time jumps while no worker runs): time for a new process to
         # start even on a loaded machine, so that it is up when the wait ends.
@@ -350,12 +354,10 @@ async def test_a_worker_killed_while_deliveries_wait_loses_nothing_and_sends_not
         try:
             assert await ended(db, run["id"], seconds=30) == "completed"
         finally:
-            second.terminate()
-            assert second.wait(10) == 0, log.read_text()[-3000:]
+            exit_status = await stopped(second, "the second worker's exit on SIGTERM", log)
+            assert exit_status == 0, log.read_text()[-3000:]
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+        await killed(first)
 
     new_york = {f"+1555{i:07d}" for i in range(30)}
     released = sends(sink, clock, new_york)

@@ -20,6 +20,7 @@ from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliveries, ended
 from tests.jobs.processes import CONCURRENCY, delivery_ids
 from tests.tokens import bearer
+from tests.waiting import bounded
 
 LIMIT, BURST_SECONDS = 20, 0.2
 
@@ -57,8 +58,9 @@ async def first_seen(database_url: str, query: str) -> float:
     """When (time.time()) `query` first returns a row, polled on a connection of its own."""
     conn = await connect(database_url)
     try:
-        while await conn.fetchval(query) is None:  # noqa: ASYNC110 - other processes write it
-            await asyncio.sleep(0.01)
+        async with bounded(f"a row of {query!r}"):
+            while await conn.fetchval(query) is None:  # noqa: ASYNC110 - other processes write it
+                await asyncio.sleep(0.01)
         return time.time()
     finally:
         await conn.close()
@@ -75,7 +77,7 @@ async def two_workers_deliver(small_jobs, db, sink, workers, n: int, **env: str)
     campaign = await create_campaign(small_jobs)
     run = (await publish(small_jobs, campaign["id"], {"recipients": recipients(n)})).json()
     await ended(db, run["id"])
-    assert sink.rendezvous.met.is_set()
+    assert sink.rendezvous.met.is_set(), "the two workers' sends never met"
     assert all(workers.log(i).count('"chunk delivered"') for i in range(2))  # both sent
     await assert_counters_equal_rows(db, run["id"])
     return str(run["id"])

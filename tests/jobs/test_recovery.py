@@ -18,7 +18,7 @@ from jobs.app import app
 from jobs.worker import requeue_stalled_jobs, run_worker
 from tests.helpers import create_campaign
 from tests.jobs.delivery_helpers import deliveries, run_status
-from tests.waiting import PATIENCE
+from tests.waiting import PATIENCE, within
 
 
 async def test_a_failed_recovery_round_is_logged_and_the_next_one_requeues(
@@ -56,7 +56,7 @@ async def test_a_failed_recovery_round_is_logged_and_the_next_one_requeues(
     finally:
         worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await worker
+            await within(PATIENCE, worker, "the worker's end once cancelled")
 
     assert len(rounds) >= 2
     [failed] = [r for r in caplog.records if "recovery: round failed unexpectedly" in r.message]

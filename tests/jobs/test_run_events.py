@@ -17,11 +17,10 @@ from app.core.settings import Settings, SettingsError
 from app.http.asgi import create_app
 from db.pool import connect
 from db.runs import RunRepository
-from jobs.worker import run_worker
 from tests.fakes.webhook import HttpSink, Reply
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients
-from tests.jobs.delivery_helpers import run_status, until
-from tests.jobs.processes import Workers, wait_exit
+from tests.jobs.delivery_helpers import run_status, until, work_until
+from tests.jobs.processes import Workers
 from tests.tokens import bearer
 
 SECRET = "events-secret"
@@ -45,15 +44,6 @@ async def events_of(db, run_id: str) -> list:
         " WHERE run_id = $1 ORDER BY seq",
         uuid.UUID(run_id),
     )
-
-
-async def work_until(settings, condition, seconds: float = 30) -> None:
-    """In-process workers that stop when nothing is due, until `condition()` holds
-    (retries of events become due a little later)."""
-    async with asyncio.timeout(seconds):
-        while not await condition():
-            await run_worker(settings, wait=False)
-            await asyncio.sleep(0.02)
 
 
 def received(sink: HttpSink, run_id: str) -> list:
@@ -356,7 +346,7 @@ async def test_a_worker_killed_mid_send_loses_no_event(client, db, sink, event_w
     await until(lambda: len(sink.requests) == 1, seconds=30)
 
     victim.kill()
-    await wait_exit(victim, 5)
+    await event_workers.wait_exit(victim, 5)
     (event,) = await events_of(db, run["id"])
     assert (event["status"], event["attempts"]) == ("pending", 0)
 

@@ -12,6 +12,7 @@ import time
 import httpx
 
 from tests.fakes.server import free_port
+from tests.waiting import communicated
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -46,8 +47,9 @@ async def test_worker_serves_metrics_on_its_port_and_stops_on_sigterm(database_u
             assert time.monotonic() < deadline, "the worker never registered"
             await asyncio.sleep(0.05)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        _, stderr_bytes = await asyncio.wait_for(worker.communicate(), 15)
+        if worker.returncode is None:
+            worker.send_signal(signal.SIGTERM)
+        _, stderr_bytes = await communicated(worker, 15, "the worker's exit on SIGTERM")
     stderr = stderr_bytes.decode()
     assert worker.returncode == 0, stderr
     lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]

@@ -23,7 +23,7 @@ from tests.jobs.delivery_helpers import (
     run_status,
     until,
 )
-from tests.jobs.processes import CONCURRENCY, STALLED, delivery_ids, wait_exit
+from tests.jobs.processes import CONCURRENCY, STALLED, delivery_ids
 
 JOBS = 4  # WORKER_JOBS, the default
 ROUND_SLACK = 1.5
@@ -60,7 +60,7 @@ async def test_two_workers_share_a_run_without_sending_anything_twice(settings, 
     assert max(received.values()) == 1
     assert await run_status(db, run["id"]) == "completed"
     await assert_counters_equal_rows(db, run["id"])
-    assert sink.rendezvous.met.is_set()
+    assert sink.rendezvous.met.is_set(), "the two workers' sends never met"
     chunks = [workers.log(i).count('"chunk delivered"') for i in range(2)]
     assert all(chunks) and sum(chunks) >= 12, chunks
 
@@ -96,7 +96,7 @@ async def test_sigkill_of_a_worker_holding_four_jobs_of_two_runs_loses_nothing(
     await workers.start_ready()
 
     victim.kill()
-    await wait_exit(victim, 5)
+    await workers.wait_exit(victim, 5)
     killed_at = await db.fetchval("SELECT clock_timestamp()")
     sink.gate.set()
     held = [job for job in await held_jobs(db) if job["worker_id"] == victim_id]
@@ -141,7 +141,7 @@ async def test_sigterm_finishes_the_sends_in_flight_and_hands_the_job_back(
 
     worker.send_signal(signal.SIGTERM)
 
-    assert await wait_exit(worker, 15) == 0
+    assert await workers.wait_exit(worker, 15) == 0
     # Every send that reached the receiver was recorded before the worker left.
     assert set(delivery_ids(sink)) == await sent_ids(db, run["id"])
     assert await run_status(db, run["id"]) == "running"
@@ -181,7 +181,7 @@ async def test_a_send_hanging_past_the_stall_limit_during_sigterm_never_runs_twi
         )) and (state["status"], state["worker_id"]) == ("doing", job["worker_id"]):  # fmt: skip
             await asyncio.sleep(0.05)
     assert state["user0"] == "sent", dict(state)
-    assert await wait_exit(holder, STALLED * 2) == 0
+    assert await workers.wait_exit(holder, STALLED * 2) == 0
     await ended(db, run["id"])
     assert other.poll() is None
     assert "requeued the job of a dead worker" not in workers.log(1)
@@ -201,7 +201,7 @@ async def test_second_sigterm_aborts_at_once_and_leaves_no_job_stuck(client, db,
     await asyncio.sleep(0.2)
     worker.send_signal(signal.SIGTERM)
 
-    assert await wait_exit(worker, 5) == 0
+    assert await workers.wait_exit(worker, 5) == 0
     jobs = await db.fetch("SELECT status FROM procrastinate_jobs WHERE task_name = 'deliver_batch'")
     assert [job["status"] for job in jobs] == ["todo"]
     assert await sent_ids(db, run["id"]) == set()  # the window in flight was rolled back
@@ -264,5 +264,5 @@ async def test_a_signal_while_the_database_is_away_stops_the_worker_cleanly(work
 
     worker.send_signal(signum)
 
-    assert await wait_exit(worker, 5) == 0
+    assert await workers.wait_exit(worker, 5) == 0
     assert "Traceback" not in workers.log(0)
