@@ -88,18 +88,34 @@ def template_database() -> Iterator[str]:
         yield name
 
 
-class Copies:
-    """Copies of the migrated template for this test process: the next one made while a
-    test runs, the used ones dropped behind it. DROP DATABASE waits for two checkpoints of
-    the whole server (measured: 0.1 s on a quiet machine, 1.8-2.3 s while the suite's
-    other processes write), a copy takes 0.1 s: no test waits for either. Concurrent drops
-    share their checkpoints."""
+class Drops:
+    """Test databases dropped behind the tests, in threads: DROP DATABASE waits for two
+    checkpoints of the whole server (measured: 0.1 s on a quiet machine, 1.8-2.3 s while
+    the suite's other processes write; a migration test's teardown took 69 s at load 10).
+    Concurrent drops share their checkpoints."""
 
-    def __init__(self, template: str) -> None:
-        self.template = template
-        self.creating = ThreadPoolExecutor(1, thread_name_prefix="create-database")
+    def __init__(self) -> None:
         self.dropping = ThreadPoolExecutor(4, thread_name_prefix="drop-database")
         self.drops: list[Future[None]] = []
+
+    def drop(self, name: str) -> None:
+        self.drops.append(self.dropping.submit(_janitor(name).drop))
+
+    def close(self) -> None:
+        """Wait for every drop; a failed one fails the session."""
+        self.dropping.shutdown()
+        for drop in self.drops:
+            drop.result()
+
+
+class Copies:
+    """Copies of the migrated template for this test process: the next one made while a
+    test runs (0.1 s), the used ones dropped behind it (`Drops`): no test waits for either."""
+
+    def __init__(self, template: str, drops: Drops) -> None:
+        self.template = template
+        self.drops = drops
+        self.creating = ThreadPoolExecutor(1, thread_name_prefix="create-database")
         self.next = self.creating.submit(self._create)
 
     def _create(self) -> str:
@@ -113,20 +129,24 @@ class Copies:
         return name
 
     def give_back(self, name: str) -> None:
-        self.drops.append(self.dropping.submit(_janitor(name).drop))
+        self.drops.drop(name)
 
     def close(self) -> None:
-        """Drop the spare and wait for every drop; a failed one fails the session."""
+        """Drop the spare (the last test's drops are waited for by `Drops.close`)."""
         self.creating.shutdown()
         self.give_back(self.next.result())
-        self.dropping.shutdown()
-        for drop in self.drops:
-            drop.result()
 
 
 @pytest.fixture(scope="session")
-def copies(template_database: str) -> Iterator[Copies]:
-    copies = Copies(template_database)
+def drops() -> Iterator[Drops]:
+    drops = Drops()
+    yield drops
+    drops.close()
+
+
+@pytest.fixture(scope="session")
+def copies(template_database: str, drops: Drops) -> Iterator[Copies]:
+    copies = Copies(template_database, drops)
     yield copies
     copies.close()
 
