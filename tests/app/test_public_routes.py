@@ -233,7 +233,9 @@ async def test_hammering_any_public_route_leaves_healthz_fast(database_url, tmp_
     an increment); and to an absolute p99 under 150 ms, which a 2-3x slower machine
     stays under while the faults this guards against do not (YAML rendered per request:
     1,018 ms with 8 clients). A route whose p99 misses is measured again, with a fresh
-    baseline, up to twice: a fault misses every time, a spike of the machine does not."""
+    baseline, up to four times: a fault misses every time, a spike of the machine does not
+    (a CI run at load 6 missed three times in a row on the Twilio status route, 51-96 ms
+    baselines, while the inbound route, the same code up to the 403, passed at once)."""
     sendgrid_key = SENDGRID_KEY.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -252,7 +254,7 @@ async def test_hammering_any_public_route_leaves_healthz_fast(database_url, tmp_
             baseline = await hammered(http, port, HEALTHZ, tmp_path / "body")
             for route in public_routes():
                 name = f"{route.method} {route.path[:80]} ({route.answer})"
-                for attempt in range(3):
+                for attempt in range(5):
                     if attempt:
                         baseline = await hammered(http, port, HEALTHZ, tmp_path / "body")
                     result = await hammered(http, port, route, tmp_path / "body")
