@@ -34,7 +34,7 @@ import app.services.twilio as twilio_service
 from app.core.settings import Settings
 from app.http.asgi import create_app
 from db.pool import connect
-from tests.conftest import PREFIX, _janitor, url_of
+from tests.conftest import Copies, fresh_database
 from tests.fakes.twilio import signed_form
 from tests.helpers import CAMPAIGNS, create_campaign, publish, recipients
 from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET, bearer
@@ -330,12 +330,13 @@ TWILIO_BASE = "http://testserver.local"  # the test client's origin, as PUBLIC_B
 
 
 @pytest.fixture(scope="module")
-def module_database_url(template_database: str) -> Iterator[str]:
+def module_database_url(copies: Copies) -> Iterator[str]:
     """One database for the whole module: what examples leave behind changes no answer's
-    class (a 4xx stays a 4xx), and a copy per operation would cost more than its requests."""
-    name = f"{PREFIX}_extremes"
-    with _janitor(name, template_dbname=template_database):
-        yield url_of(name)
+    class (a 4xx stays a 4xx), and a copy per operation would cost more than its requests.
+    Dropped behind the tests, as every copy is (its drop in the teardown took 18-30 s in
+    CI runs)."""
+    with fresh_database(copies) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
