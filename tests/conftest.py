@@ -69,10 +69,16 @@ def alembic_config(database_url: str) -> Config:
 async def tasks_shown_if_hung(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """A hung test ends at pytest-timeout's limit with the stack of the event loop's select(),
     which names no coroutine; shortly before, print every task's stack (captured stderr)."""
-    limit = float(request.config.getini("timeout"))
+    limit = timeout_of(request)
     handle = asyncio.get_running_loop().call_later(limit * 0.9, _print_tasks)
     yield
     handle.cancel()
+
+
+def timeout_of(request: pytest.FixtureRequest) -> float:
+    """pytest-timeout's limit for this test: its own `timeout` mark, else the ini's."""
+    mark = request.node.get_closest_marker("timeout")
+    return float(mark.args[0] if mark else request.config.getini("timeout"))
 
 
 def _print_tasks() -> None:

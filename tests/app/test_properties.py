@@ -17,6 +17,7 @@ import sys
 import httpx
 import pytest
 
+from tests.conftest import timeout_of
 from tests.tokens import make_token
 from tests.waiting import communicated
 from tests.web import WebProcess
@@ -31,6 +32,9 @@ CHECKS = [
 ]
 
 
+# 117-125 s in CI runs at load 6-7, 188 s beside a delivery bench: the suite's 300 s would
+# be crossed by a machine 1.6x slower than that, with nothing hung. This test's own limit.
+@pytest.mark.timeout(600)
 async def test_schemathesis_finds_no_5xx_no_undocumented_answer_and_no_forbidden_input(
     web: WebProcess, request: pytest.FixtureRequest
 ):
@@ -48,9 +52,9 @@ async def test_schemathesis_finds_no_5xx_no_undocumented_answer_and_no_forbidden
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    # 1.5-3 min on this shared machine, by its load. Bounded just short of pytest-timeout's
-    # limit (less the time to kill it and stop the web process): it fails with its output.
-    seconds = float(request.config.getini("timeout")) - 30
+    # Bounded just short of the test's limit (less the time to kill it and stop the web
+    # process): it fails with its output.
+    seconds = timeout_of(request) - 30
     output = (await communicated(run, seconds, "schemathesis's run"))[0].decode()
 
     assert run.returncode == 0, output[-12000:]
