@@ -3,6 +3,7 @@ recorded by the worker."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -342,9 +343,10 @@ class DeliveryRepository:
 
     async def renew(
         self, claims: Sequence[tuple[UUID, UUID, Sequence[int]]], lease_seconds: float
-    ) -> int:
+    ) -> Counter[UUID]:
         """Extend the claims (run_id, token, positions) of the windows in flight; how many
-        deliveries are still theirs (a lapsed claim that another window took is not)."""
+        deliveries each token still holds (a lapsed claim that another window took is not
+        its own)."""
         run_ids: list[UUID] = []
         tokens: list[UUID] = []
         positions: list[int] = []
@@ -352,16 +354,17 @@ class DeliveryRepository:
             run_ids += [run_id] * len(claimed)
             tokens += [token] * len(claimed)
             positions += claimed
-        status = await self.conn.execute(
+        held = await self.conn.fetch(
             """
             UPDATE deliveries AS d SET claimed_until = now() + make_interval(secs => $4)
             FROM unnest($1::uuid[], $2::uuid[], $3::int[]) AS c(run_id, claim, position)
             WHERE d.run_id = c.run_id AND d.position = c.position AND d.claim = c.claim
               AND d.status = 'pending'
+            RETURNING d.claim
             """,
             run_ids, tokens, positions, lease_seconds,
         )  # fmt: skip
-        return int(status.split()[-1])  # "UPDATE n"
+        return Counter(row["claim"] for row in held)
 
     async def next_due(
         self, run_id: UUID, first: int, last: int, clock_offset: timedelta = timedelta(0)

@@ -64,32 +64,29 @@ class Leases:
     def drop(self, lease: Lease) -> None:
         self.held.pop(lease.token, None)
 
-    async def renew(self, pool: asyncpg.Pool) -> None:
-        if not self.held:
+    async def renew(self, pool: asyncpg.Pool, leases: list[Lease] | None = None) -> None:
+        """Renew `leases` (by default every one held), each only if all of its deliveries
+        are still its own: a heartbeat late on a starved loop may come after a claim lapsed
+        and another window took some of them; that lease stays lapsed, and its window
+        sends no more."""
+        leases = list(self.held.values()) if leases is None else leases
+        if not leases:
             return
-        leases = list(self.held.values())
         since = time.monotonic()
         async with pool.acquire() as conn:
-            await DeliveryRepository(conn).renew(
+            held = await DeliveryRepository(conn).renew(
                 [(lease.run_id, lease.token, lease.positions) for lease in leases], self.seconds
             )
         for lease in leases:
-            lease.expires = since + self.seconds
+            if held[lease.token] == len(lease.positions):
+                lease.expires = since + self.seconds
 
     async def renew_if_lapsing(self, pool: asyncpg.Pool, lease: Lease) -> None:
         """Renew `lease` now if less than a third of it is left (the heartbeat renews it
         that often): renders that held the event loop past a heartbeat, on a starved CPU,
-        would else find it lapsed at every send, window after window. Only if all of its
-        deliveries are still its own (none lapsed and taken by another window)."""
-        if time.monotonic() < lease.expires - self.seconds / 3:
-            return
-        since = time.monotonic()
-        async with pool.acquire() as conn:
-            still_held = await DeliveryRepository(conn).renew(
-                [(lease.run_id, lease.token, lease.positions)], self.seconds
-            )
-        if still_held == len(lease.positions):
-            lease.expires = since + self.seconds
+        would else find it lapsed at every send, window after window."""
+        if time.monotonic() >= lease.expires - self.seconds / 3:
+            await self.renew(pool, [lease])
 
 
 TIME_SLICE_SECONDS = 0.5

@@ -1,6 +1,7 @@
 """A window renews its claim before it sends when renders held the event loop past it
 (jobs/resources.py `Leases.renew_if_lapsing`): a starved CPU would else find the claim
-lapsed at every send, window after window. Against the real claims in PostgreSQL."""
+lapsed at every send, window after window. Neither that nor the heartbeat renews a claim
+that lapsed and that another window took. Against the real claims in PostgreSQL."""
 
 from __future__ import annotations
 
@@ -47,11 +48,15 @@ async def claimed_for(db: asyncpg.Connection, token: uuid.UUID) -> list[float]:
     return [row["left"] for row in rows]
 
 
-@pytest.fixture
-async def run_id(client) -> uuid.UUID:
+async def a_run(client) -> uuid.UUID:
     campaign = await create_campaign(client)
     run = (await publish(client, campaign["id"], {"recipients": recipients(3)})).json()
     return uuid.UUID(run["id"])
+
+
+@pytest.fixture
+async def run_id(client) -> uuid.UUID:
+    return await a_run(client)
 
 
 def lapsed_lease(leases: Leases, run_id: uuid.UUID, token: uuid.UUID) -> Lease:
@@ -96,3 +101,27 @@ async def test_a_lease_the_heartbeat_keeps_is_left_alone(db, pool, run_id):
     assert all(
         left <= first for left, first in zip(await claimed_for(db, token), before, strict=True)
     )
+
+
+async def test_a_late_heartbeat_renews_only_the_leases_whose_deliveries_are_still_their_own(
+    db, pool, client, run_id
+):
+    """A heartbeat that comes after a claim lapsed (a starved loop) and another window
+    took its deliveries leaves that lease lapsed, so its window sends no more: renewing
+    it there would let both windows send the same messages."""
+    lost = await claim(db, run_id, lease_seconds=0.1)
+    await asyncio.sleep(0.2)
+    other = await claim(db, run_id, lease_seconds=SECONDS)  # another window takes them
+    kept_run = await a_run(client)
+    kept = await claim(db, kept_run, lease_seconds=SECONDS)
+    leases = Leases(SECONDS)
+    lapsed = lapsed_lease(leases, run_id, lost)
+    half_left = leases.take(kept_run, kept, [0, 1, 2], since=time.monotonic() - SECONDS / 2)
+
+    await leases.renew(pool)
+
+    assert lapsed.expires < time.monotonic()  # its sends will not go out
+    assert half_left.expires > time.monotonic() + SECONDS * 0.9
+    assert await claimed_for(db, lost) == []
+    assert len(await claimed_for(db, other)) == 3
+    assert all(left > SECONDS * 0.9 for left in await claimed_for(db, kept))
