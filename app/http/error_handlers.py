@@ -211,9 +211,18 @@ def handle_unstorable_text(_: Request[Any, Any, Any], exc: Exception) -> Respons
     return error_response(
         HTTP_400_BAD_REQUEST,
         "validation_error",
-        "a text value holds a character that cannot be stored (NUL or invalid UTF-8)",
-        {"$": "NUL characters and invalid UTF-8 are not accepted in any text"},
+        "a text value holds a character that cannot be stored (NUL, invalid UTF-8 or a lone"
+        " surrogate)",
+        {"$": "NUL characters, invalid UTF-8 and lone surrogates are not accepted in any text"},
     )
+
+
+def handle_unencodable_argument(request: Request[Any, Any, Any], exc: Exception) -> Response[Error]:
+    # asyncpg could not encode a parameter: a lone UTF-16 surrogate (a JSON "\ud800", as
+    # a token's `sub` may carry) has no UTF-8. Any other such error is ours: a 500.
+    if isinstance(exc.__cause__, UnicodeError):
+        return handle_unstorable_text(request, exc)
+    return handle_unexpected(request, exc)
 
 
 EXCEPTION_HANDLERS = {
@@ -222,6 +231,7 @@ EXCEPTION_HANDLERS = {
     asyncpg.CharacterNotInRepertoireError: handle_unstorable_text,
     asyncpg.UntranslatableCharacterError: handle_unstorable_text,
     UnicodeError: handle_unstorable_text,  # invalid UTF-8 inside a JSON string
+    asyncpg.DataError: handle_unencodable_argument,  # its subclasses above keep their own
     **dict.fromkeys(DATABASE_AWAY, handle_database_away),
     Exception: handle_unexpected,
 }

@@ -93,6 +93,28 @@ async def test_other_brand_is_404(client):
     assert response.status_code == 404
 
 
+@pytest.mark.parametrize("sub", ["ann\x00", "ann\ud800"], ids=["NUL", "lone surrogate"])
+async def test_a_sub_that_cannot_be_stored_is_a_400_and_writes_nothing(client, db, sub):
+    """A signed token may carry any JSON string as its `sub`; the audit trail and the run
+    store it, and PostgreSQL takes neither NUL nor a lone surrogate (which has no UTF-8)."""
+    token = bearer(sub=sub)
+    campaign = await create_campaign(client)
+
+    body = {"brand_id": "brand-a", "name": "n", "channel": "email", "sender": "a@b.c"}
+    created = await client.post(CAMPAIGNS, json=body | {"subject": "s", "body": "b"}, headers=token)
+    published = await client.post(
+        f"{CAMPAIGNS}/{campaign['id']}/publish",
+        json={"recipients": [{"address": "ann@example.com"}]},
+        headers=token,
+    )
+
+    for answer in (created, published):
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"] == "validation_error"
+    assert await db.fetchval("SELECT count(*) FROM campaigns") == 1
+    assert await db.fetchval("SELECT count(*) FROM runs") == 0
+
+
 @pytest.mark.parametrize("kind", ["rsa", "ec"])
 async def test_public_key_tokens(settings, kind):
     if kind == "rsa":
