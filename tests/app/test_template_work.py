@@ -5,6 +5,7 @@ its memory. Each of these ran for hours or took gigabytes before they were bound
 
 from __future__ import annotations
 
+import asyncio
 import resource
 import time
 
@@ -55,6 +56,16 @@ HOSTILE = [
         "{% for i in (1..10000) %}{% assign t = s | replace: 'a', 'b' %}{% endfor %}{{ t | size }}",
         {"s": "aaaa"},
     ),
+    # dateutil's parser over a long text, a new one each step (its cache never helps):
+    # 10 s uncounted; and short dates 10,000 times.
+    (
+        "{% for i in (1..10000) %}{% assign d = data.x | append: i | date: '%Y' %}{% endfor %}",
+        {"x": "2020" + " " * 4000},
+    ),
+    (
+        "{% for i in (1..10000) %}{% assign d = data.x | append: i | date: '%Y' %}{% endfor %}",
+        {"x": "2020-01-0"},
+    ),
 ]
 
 
@@ -95,6 +106,22 @@ def test_ranges_filters_and_assigns_within_the_bounds_still_work():
     assert len(render("{{ data.s | append: data.s }}", {"s": "é" * (MAX_EMAIL_CHARACTERS // 2)}))
 
 
+def test_the_texts_of_a_message_share_one_budget_of_filter_work():
+    """Subject, body and HTML body each within the bound, together three times it: the
+    message fails, as one text of that work would (each had a budget of its own)."""
+    dates = "{% for i in (1..40) %}{% assign d = data.x | append: i | date: '%Y' %}{% endfor %}"
+    data = {"x": "2020" + " " * 4000}
+    alone = CampaignTemplates.compile(None, dates + "ok")
+    assert alone.render(person_id="p", recipient="a@b.c", data=data, campaign_name="c").body
+    together = CampaignTemplates.compile(dates, dates, dates)
+    started = time.thread_time()
+
+    with pytest.raises(RenderFailed, match="filter work limit"):
+        together.render(person_id="p", recipient="a@b.c", data=data, campaign_name="c")
+
+    assert time.thread_time() - started < 3.0  # about 1 s of parsing dates, as one text
+
+
 async def test_a_preview_of_a_template_that_would_work_for_hours_is_a_400_and_the_web_goes_on(
     web: WebProcess,
 ):
@@ -116,3 +143,31 @@ async def test_a_preview_of_a_template_that_would_work_for_hours_is_a_400_and_th
     assert preview.status_code == 400, preview.text
     assert preview.json()["details"] == {"$.data": "body: range limit reached"}
     assert health.status_code == 200
+
+
+async def test_a_preview_at_the_bound_of_its_work_leaves_the_event_loop_free(web: WebProcess):
+    """A render at its bounds takes about a second of CPU (parsing dates); a preview runs
+    it in a thread, so a /healthz sent meanwhile is answered at once, not when it ends."""
+    async with httpx.AsyncClient(base_url=web.url, timeout=30) as http:
+        campaign = await create_campaign(http, body=HOSTILE[13][0] + "ok")
+        started = time.perf_counter()
+        preview = asyncio.create_task(
+            http.post(
+                f"{CAMPAIGNS}/{campaign['id']}/preview",
+                json={"person_id": "p1", "recipient": "a@example.com", "data": HOSTILE[13][1]},
+                headers=bearer(brands=["brand-a"]),
+            )
+        )
+        await asyncio.sleep(0.2)  # the render under way
+        asked = time.perf_counter()
+        health = await http.get("/healthz")
+        health_took = time.perf_counter() - asked
+        refused = await preview
+        preview_took = time.perf_counter() - started
+
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["details"] == {"$.data": "body: filter work limit reached"}
+    assert health.status_code == 200
+    # Held by the render, /healthz would wait for its end: most of the preview's time.
+    assert preview_took > 0.4, preview_took  # 0.9 s measured: a render to wait behind
+    assert health_took < preview_took / 4, (health_took, preview_took)
