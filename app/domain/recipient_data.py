@@ -65,8 +65,8 @@ def stored_data(data: Sequence[msgspec.Raw | None], max_bytes: int) -> list[msgs
         try:
             decode(raw)
         except msgspec.ValidationError as exc:
-            # Not an object at all, or a value too deep inside one.
-            _refuse(position, _NESTED if " - at `" in str(exc) else "must be a JSON object")
+            # A number beyond a double, not an object at all, or a value too deep inside one.
+            _refuse(position, _problem(str(exc)))
         except msgspec.DecodeError:
             _refuse(position, _UNSTORABLE)
         # msgspec takes a number too small for a double as 0.0: a search in C finds the
@@ -76,6 +76,12 @@ def stored_data(data: Sequence[msgspec.Raw | None], max_bytes: int) -> list[msgs
             _refuse(position, _UNSTORABLE)
         stored.append(raw)
     return stored
+
+
+def _problem(message: str) -> str:
+    if message.startswith("Number out of range"):
+        return _UNSTORABLE
+    return _NESTED if " - at `" in message else "must be a JSON object"
 
 
 _NESTED = f"nested deeper than {MAX_DEPTH} levels"
