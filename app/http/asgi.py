@@ -47,6 +47,7 @@ from app.http.routes.unsubscribe import unsubscribe_one_click, unsubscribe_page
 from app.http.tracing_middleware import tracing_middleware
 from app.services.feedback import load_sendgrid_key
 from app.services.pagination import cursor_key
+from app.services.previews import PREVIEW_RENDERS
 from db.pool import close_pool, create_pool
 
 logger = logging.getLogger("app")
@@ -139,6 +140,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "sendgrid_key": sendgrid_key,
                 "unsubscribe_keys": UnsubscribeKeys.of(settings),
                 "metrics_text": MetricsText(settings.metrics_cache_seconds),
+                "preview_renders": asyncio.Semaphore(PREVIEW_RENDERS),
             }
         ),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

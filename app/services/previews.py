@@ -22,20 +22,28 @@ from app.domain.templates import (
 )
 from app.services.campaigns import visible_campaign
 
+PREVIEW_RENDERS = 2
+"""Previews a web process renders at once, each in a thread: about a core each at the
+bounds of a render (ADR 0067); more would only share the cores and hold their threads."""
+
 
 async def preview_message(
-    conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
     campaign_id: str,
     recipient: PreviewRequest,
     caller: Caller,
     *,
+    pool_timeout: float,
+    renders: asyncio.Semaphore,
     max_data_bytes: int,
     unsubscribe: UnsubscribeKeys | None,
 ) -> Preview:
     """The campaign (in any status) rendered for `recipient`. InvalidInput naming
     `$.data.<path>` for a variable the data lacks, or the template and the variable or
-    bound for a render that fails; never a value of the data."""
-    campaign = await visible_campaign(conn, campaign_id, caller)
+    bound for a render that fails; never a value of the data. The database connection
+    is given back before the render; at most `renders` renders run at once."""
+    async with pool.acquire(timeout=pool_timeout) as conn:
+        campaign = await visible_campaign(conn, campaign_id, caller)
     data = recipient.data
     check_preview_data(data, max_data_bytes)
     try:
@@ -60,16 +68,19 @@ async def preview_message(
         )
     try:
         # In a thread: a render may take a second of CPU at its bounds (ADR 0067), and the
-        # event loop takes the GIL back every switch interval (5 ms) meanwhile.
-        rendered = await asyncio.to_thread(
-            templates.render,
-            person_id=recipient.person_id,
-            recipient=recipient.recipient,
-            data=data,
-            campaign_name=campaign["name"],
-            unsubscribe_url=link,
-            max_characters=body_limit(campaign["channel"]),
-        )
+        # event loop takes the GIL back every switch interval (5 ms) meanwhile. A thread
+        # cannot be stopped: a preview whose client has gone still renders to its end, so
+        # only so many run at once, and one waiting for its turn is simply dropped.
+        async with renders:
+            rendered = await asyncio.to_thread(
+                templates.render,
+                person_id=recipient.person_id,
+                recipient=recipient.recipient,
+                data=data,
+                campaign_name=campaign["name"],
+                unsubscribe_url=link,
+                max_characters=body_limit(campaign["channel"]),
+            )
     except RenderFailed as exc:
         raise InvalidInput(
             "the campaign's message cannot be rendered with this data", {"$.data": str(exc)}

@@ -177,3 +177,35 @@ async def test_a_preview_at_the_bound_of_its_work_leaves_the_event_loop_free(web
     # Held by the render, /healthz would wait for its end: most of the preview's time.
     assert preview_took > 0.4, preview_took  # 0.9 s measured: a render to wait behind
     assert health_took < preview_took / 4, (health_took, preview_took)
+
+
+async def test_previews_at_the_bound_of_their_work_hold_no_connection_while_they_render(
+    web: WebProcess,
+):
+    """More previews at their bounds than the pool has connections (10): each gives its
+    connection back before it renders, and waits its turn for a render, so an API call
+    meanwhile gets a connection at once. Each held one before: the call waited for one
+    (30 previews: the pool's 5 s, then a 503, as were 14 of the previews)."""
+    token = bearer(brands=["brand-a"])
+    async with httpx.AsyncClient(base_url=web.url, timeout=60) as http:
+        campaign = await create_campaign(http, body=HOSTILE[13][0] + "ok")
+        previews = [
+            asyncio.create_task(
+                http.post(
+                    f"{CAMPAIGNS}/{campaign['id']}/preview",
+                    json={"person_id": "p1", "recipient": "a@example.com", "data": HOSTILE[13][1]},
+                    headers=token,
+                )
+            )
+            for _ in range(12)
+        ]
+        await asyncio.sleep(0.5)  # every preview under way or waiting its turn
+        asked = time.perf_counter()
+        listed = await http.get(CAMPAIGNS, headers=token)
+        list_took = time.perf_counter() - asked
+        answers = await asyncio.gather(*previews)
+
+    assert listed.status_code == 200, listed.text
+    # Measured 0.07 s; 2.96 s when each preview held its connection (or 503 after 5 s).
+    assert list_took < 1.5, list_took
+    assert {answer.status_code for answer in answers} == {400}

@@ -157,7 +157,6 @@ class CampaignController(Controller):
     async def preview(
         self,
         request: AuthRequest,
-        conn: Conn,
         state: State,
         id: CampaignId,
         data: Annotated[PreviewRequest, Body()],
@@ -166,10 +165,12 @@ class CampaignController(Controller):
         would render it: 400 naming the `data` path a template needs and the data lacks,
         or the variable or bound of a render that fails. Nothing is stored or sent."""
         return await preview_message(
-            conn,
+            state.pool,
             id,
             data,
             request.auth,
+            pool_timeout=state.settings.db_pool_timeout_seconds,
+            renders=state.preview_renders,
             max_data_bytes=state.settings.publish_max_data_bytes,
             unsubscribe=state.unsubscribe_keys,
         )
