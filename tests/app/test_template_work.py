@@ -72,6 +72,18 @@ HOSTILE = [
         "{% assign a = (1..data.n) | join: ',' | split: ',' %}{{ a | uniq | uniq | uniq | size }}",
         {"n": 20000},
     ),
+    # Comparisons scan what they compare: 3-5 s for these loops, and an `and` of several
+    # grows with the template's length.
+    (
+        "{% assign a = (1..data.n) | join: ',' | split: ',' %}"
+        "{% for i in (1..10000) %}{% if a contains 'zz' %}y{% endif %}{% endfor %}",
+        {"n": 20000},
+    ),
+    (
+        "{% assign a = (1..data.n) | join: ',' | split: ',' %}{% assign b = a | reverse %}"
+        "{% for i in (1..10000) %}{% if a == b and a == b and a == b %}y{% endif %}{% endfor %}",
+        {"n": 20000},
+    ),
 ]
 
 
@@ -110,6 +122,9 @@ def test_ranges_filters_and_assigns_within_the_bounds_still_work():
     doubled = "{% assign a = 'x' %}{% for i in (1..17) %}{% assign a = a | append: a %}{% endfor %}"
     assert render(doubled + "{{ a | size }}", {}) == str(2**17)
     assert len(render("{{ data.s | append: data.s }}", {"s": "é" * (MAX_EMAIL_CHARACTERS // 2)}))
+    assert render("{% if data.tags contains 'vip' %}y{% endif %}", {"tags": ["a", "vip"]}) == "y"
+    ten_thousand = "{% for i in (1..10000) %}{% if i == data.n %}x{% endif %}{% endfor %}"
+    assert render(ten_thousand, {"n": 5}) == "x"
 
 
 def test_the_texts_of_a_message_share_one_budget_of_filter_work():
