@@ -135,15 +135,15 @@ def _bounded_filter(name: str, liquid_filter: Callable[..., Any]) -> Callable[..
     more than MAX_ARRAY_ELEMENTS, or a number larger than MAX_NUMBER_BITS (the output bound
     counts only what is written, and a chain of filters makes its intermediate values
     whole first), and to work past MAX_FILTER_WORK in one render. `replace` and `join` are
-    checked before they run: one call can make the square of their inputs' length."""
+    checked, `date` and `uniq` counted, before they run: one call of these can cost the
+    square of its input's length, or a second."""
 
     @functools.wraps(liquid_filter)  # keeps the attributes Liquid reads (with_context, ...)
     def bounded(left: Any, *args: Any, **kwargs: Any) -> Any:
         if _would_be_too_long(name, left, args):
             raise _WorkLimitError("filter output limit reached", token=None)
-        work = _filter_work.get() + _work_before(name, left)
-        if work > MAX_FILTER_WORK:  # one call of these may cost a second
-            raise _WorkLimitError("filter work limit reached", token=None)
+        if before := _work_before(name, left):  # one call of these may cost a second
+            _spend(before, "filter")
         result = liquid_filter(left, *args, **kwargs)
         kind = type(result)
         if (
@@ -152,13 +152,19 @@ def _bounded_filter(name: str, liquid_filter: Callable[..., Any]) -> Callable[..
             or (kind is int and result.bit_length() > MAX_NUMBER_BITS)
         ):
             raise _WorkLimitError("filter output limit reached", token=None)
-        work += _size(left) + _size(result)
-        if work > MAX_FILTER_WORK:
-            raise _WorkLimitError("filter work limit reached", token=None)
-        _filter_work.set(work)
+        _spend(_size(left) + _size(result), "filter")
         return result
 
     return bounded
+
+
+def _spend(units: int, what: str) -> None:
+    """Count `units` of work against the message's MAX_FILTER_WORK; past it, the render
+    fails ("<what> work limit reached")."""
+    work = _filter_work.get() + units
+    if work > MAX_FILTER_WORK:
+        raise _WorkLimitError(f"{what} work limit reached", token=None)
+    _filter_work.set(work)
 
 
 def _work_before(name: str, left: Any) -> int:
@@ -209,10 +215,7 @@ class _CountedOperand(Expression):
 
     def evaluate(self, context: RenderContext) -> object:
         value = self.inner.evaluate(context)
-        work = _filter_work.get() + _size(value)
-        if work > MAX_FILTER_WORK:
-            raise _WorkLimitError("operator work limit reached", token=self.token)
-        _filter_work.set(work)
+        _spend(_size(value), "operator")
         return value
 
     async def evaluate_async(self, context: RenderContext) -> object:
