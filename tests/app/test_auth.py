@@ -101,7 +101,8 @@ async def test_a_sub_that_cannot_be_stored_is_a_400_and_writes_nothing(client, d
     campaign = await create_campaign(client)
 
     body = {"brand_id": "brand-a", "name": "n", "channel": "email", "sender": "a@b.c"}
-    created = await client.post(CAMPAIGNS, json=body | {"subject": "s", "body": "b"}, headers=token)
+    body |= {"subject": "s", "body": "b"}
+    created = await client.post(CAMPAIGNS, json=body, headers=token)
     published = await client.post(
         f"{CAMPAIGNS}/{campaign['id']}/publish",
         json={"recipients": [{"address": "ann@example.com"}]},
