@@ -9,7 +9,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -20,8 +20,8 @@ from app.http.body import CAMPAIGN_BODY_BYTES, SMALL_BODY_BYTES
 from tests.fakes.server import HOST
 from tests.helpers import CAMPAIGNS
 from tests.tokens import bearer
-from tests.waiting import GONE, PATIENCE, communicated, killed
-from tests.web import WebProcess
+from tests.waiting import GONE, communicated, killed
+from tests.web import WebProcess, healthz_latencies
 
 BRANDS = "/v1/messaging/brands"
 EVERY_BRAND = bearer(brands=["*"])
@@ -63,22 +63,6 @@ while time.monotonic() < deadline:
             answer = "connection reset"
     print(f"{time.perf_counter() - started:.3f} {answer}", flush=True)
 """
-
-
-async def healthz_latencies(
-    http: httpx.AsyncClient, until: Callable[[], bool], waiting_for: str
-) -> list[float]:
-    """/healthz, again and again until `until()`: `waiting_for` it, PATIENCE at most."""
-    latencies = []
-    deadline = time.monotonic() + PATIENCE
-    while not until():
-        assert time.monotonic() < deadline, f"{waiting_for}: not within {PATIENCE:g} s"
-        started = time.perf_counter()
-        response = await http.get("/healthz")
-        latencies.append(time.perf_counter() - started)
-        assert response.status_code == 200
-        await asyncio.sleep(0.01)
-    return latencies
 
 
 async def test_header_bombs_are_refused_and_healthz_stays_fast_beside_them(web):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import json
 import statistics
 import sys
@@ -26,7 +25,7 @@ from app.core.unsubscribe import UnsubscribeKeys
 from tests.conftest import PUBLIC_BASE_URL
 from tests.tokens import UNSUBSCRIBE_SECRET
 from tests.waiting import PATIENCE, communicated, killed, within
-from tests.web import web_process
+from tests.web import healthz_latencies, web_process
 
 CLIENTS = 8
 HAMMER_SECONDS = 2.0
@@ -158,26 +157,6 @@ def public_routes() -> list[Route]:
     ]
 
 
-async def healthz_latencies(http: httpx.AsyncClient, seconds: float) -> list[float]:
-    """/healthz, again and again for `seconds`. The garbage collector of this process (a
-    test process: a large heap) is held off meanwhile: its full collections paused the
-    probe for 250 ms, which is no latency of the server's."""
-    latencies = []
-    gc.collect()
-    gc.disable()
-    try:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            started = time.perf_counter()
-            response = await http.get("/healthz")
-            latencies.append(time.perf_counter() - started)
-            assert response.status_code == 200
-            await asyncio.sleep(0.005)
-    finally:
-        gc.enable()
-    return latencies
-
-
 def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98]
 
@@ -211,7 +190,10 @@ async def hammered(http: httpx.AsyncClient, port: int, route: Route, body_file: 
         started = await within(PATIENCE, hammer.stdout.readline(), "the hammering process's start")
         assert started.strip() == b"started"
         await asyncio.sleep(0.2)  # the clients are under way
-        latencies = await healthz_latencies(http, HAMMER_SECONDS - 0.4)
+        probe_until = time.monotonic() + HAMMER_SECONDS - 0.4
+        latencies = await healthz_latencies(
+            http, lambda: time.monotonic() > probe_until, "the hammering's end", pause=0.005
+        )
         output = await communicated(hammer, PATIENCE, "the hammering clients' end")
     finally:
         await killed(hammer)
