@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import re
 import shlex
@@ -20,7 +19,7 @@ import httpx
 
 from tests.fakes.server import HOST, free_port
 from tests.tokens import TEST_SECRET
-from tests.waiting import PATIENCE, bounded, stopped
+from tests.waiting import PATIENCE, bounded, collector_held_off, stopped
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,14 +43,10 @@ async def healthz_latencies(
     http: httpx.AsyncClient, until: Callable[[], bool], waiting_for: str, pause: float = 0.01
 ) -> list[float]:
     """/healthz, every `pause` s until `until()` (`waiting_for` it, PATIENCE at most): how
-    long each answer took. This process's garbage collector is held off meanwhile: a test
-    process has a large heap, and its full collections took up to 1.1 s beside the suite's
-    other tests (a CI run failed on one), which is no latency of the server's."""
+    long each answer took."""
     latencies = []
     deadline = time.monotonic() + PATIENCE
-    gc.collect()
-    gc.disable()
-    try:
+    with collector_held_off():
         while not until():
             assert time.monotonic() < deadline, f"{waiting_for}: not within {PATIENCE:g} s"
             started = time.perf_counter()
@@ -59,8 +54,6 @@ async def healthz_latencies(
             latencies.append(time.perf_counter() - started)
             assert response.status_code == 200
             await asyncio.sleep(pause)
-    finally:
-        gc.enable()
     return latencies
 
 

@@ -27,6 +27,7 @@ from tests.fakes.jwks import JwksServer
 from tests.helpers import CAMPAIGNS
 from tests.jobs.delivery_helpers import until
 from tests.tokens import make_token
+from tests.waiting import collector_held_off
 
 
 @dataclass
@@ -189,10 +190,11 @@ async def test_a_hung_jwks_server_does_not_delay_requests_with_known_keys(settin
         await until(lambda: idp.requests == 2)  # the refetch hangs at the provider
 
         latencies = []
-        for _ in range(10):
-            before = time.perf_counter()
-            assert await status(client, key.token()) == 200
-            latencies.append(time.perf_counter() - before)
+        with collector_held_off():
+            for _ in range(10):
+                before = time.perf_counter()
+                assert await status(client, key.token()) == 200
+                latencies.append(time.perf_counter() - before)
 
         assert not waiting.done()  # the fetch is still hanging meanwhile
         assert await waiting == 401  # given up after the timeout
