@@ -187,8 +187,10 @@ async def test_a_preview_at_the_bound_of_its_work_leaves_the_event_loop_free(web
     assert refused.status_code == 400, refused.text
     assert refused.json()["details"] == {"$.data": "body: filter work limit reached"}
     # Held by the render, /healthz would be answered before it begins and once it ends:
-    # one answer would wait for most of the preview's time, and there would be two or three.
-    assert max(latencies) < preview_took / 4, (latencies, preview_took)
+    # one answer would wait for the render, most of the preview's time (0.3-1 s), and there
+    # would be two or three. Free, each takes milliseconds; a starved machine slows the
+    # render as much as the probe.
+    assert max(latencies) < preview_took / 2, (latencies, preview_took)
     assert len(latencies) >= 5, (latencies, preview_took)
 
 

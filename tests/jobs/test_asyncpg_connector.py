@@ -127,7 +127,9 @@ async def test_listening_worker_wakes_up_on_commit(procrastinate_app, db):
         )
     )
     try:
-        await asyncio.sleep(0.5)  # let it find the queue empty and start waiting
+        # Once it LISTENs, a job deferred is announced to it: no sleep that may be too short.
+        listening = procrastinate_app.connector.listening.wait()
+        await within(PATIENCE, listening, "the worker's LISTEN")
         await procrastinate_app.tasks["record"].defer_async(n=42)
 
         async with asyncio.timeout(10):  # far less than the 60 s polling interval

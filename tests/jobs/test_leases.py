@@ -120,8 +120,10 @@ async def test_a_late_heartbeat_renews_only_the_leases_whose_deliveries_are_stil
 
     await leases.renew(pool)
 
+    # The kept lease renewed has 30 s left, less what a loaded machine's stalls took since;
+    # not renewed, the 15 s it had: 3/4 of 30 s sits 7.5 s from each.
     assert lapsed.expires < time.monotonic()  # its sends will not go out
-    assert half_left.expires > time.monotonic() + SECONDS * 0.9
+    assert half_left.expires > time.monotonic() + SECONDS * 0.75
     assert await claimed_for(db, lost) == []
     assert len(await claimed_for(db, other)) == 3
-    assert all(left > SECONDS * 0.9 for left in await claimed_for(db, kept))
+    assert all(left > SECONDS * 0.75 for left in await claimed_for(db, kept))

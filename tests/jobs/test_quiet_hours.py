@@ -31,6 +31,7 @@ from tests.jobs.delivery_helpers import (
     assert_counters_equal_rows,
     drain,
     ended,
+    run_status,
     running_worker,
 )
 from tests.tokens import bearer
@@ -38,10 +39,12 @@ from tests.waiting import killed, stopped
 from tests.web import ROOT
 
 NIGHT = {"start": "21:00", "end": "08:00", "time_zone": "America/New_York"}
-ON_TIME = timedelta(seconds=3)
-"""Workers poll every second: a delivery whose wait ends goes within that and a window,
-here with room for this shared machine's 2-3x swings. (Nothing early is what these tests
-are about: that bound is exact.)"""
+ON_TIME = timedelta(seconds=30)
+"""Workers poll every second: a delivery whose wait ends goes within that and a window.
+The room is for a loaded machine, where any step may be delayed for seconds; the late
+deliveries these tests guard against are 100 s (a backoff) to an hour (a wrong offset)
+out. No test waits for it. (Nothing early is what these tests are about: that bound is
+exact.)"""
 
 
 def utc(*args: int) -> datetime:
@@ -208,7 +211,7 @@ async def test_recipients_in_three_zones_are_released_at_three_instants(
         for later_zone in still_waiting:  # nothing early
             assert sends(sink, clock, numbers(zones[later_zone])) == []
 
-    assert await ended(db, run["id"], seconds=1) == "completed"
+    assert await run_status(db, run["id"]) == "completed"  # settled with its last send
     assert max(Counter(r.json()["delivery_id"] for r in sink.requests).values()) == 1
 
 
@@ -254,17 +257,19 @@ async def test_a_follow_up_that_ran_early_leaves_the_wake_up_in_the_queue(
     settings = replace(webhook_settings, worker_concurrency=1, delivery_retry_base_seconds=0.5)
     campaign = await quiet_campaign(client)
     end = utc(2027, 1, 15, 13, 0)
-    clock = VirtualClock.at(end - timedelta(seconds=6))
+    # 10 s before the end: the follow-up (0.25-0.75 s) runs before it, as this test needs,
+    # with seconds to spare for a loaded machine's delays.
+    clock = VirtualClock.at(end - timedelta(seconds=10))
     sink.script.append(Reply(status=503))  # the first send only
     body = {"recipients": [*people("Europe/London", 1, 0), *people(None, 1, 1)]}
 
     async with running_worker(settings, clock_offset=clock.offset):
         run = (await publish(client, campaign["id"], body)).json()
-        assert await ended(db, run["id"], seconds=20) == "completed"
+        assert await ended(db, run["id"]) == "completed"
 
     retried = sends(sink, clock, {"+15550000000"})
     released = sends(sink, clock, {"+15550000001"})
-    assert len(retried) == 2 and max(retried) < end - timedelta(seconds=3)
+    assert len(retried) == 2 and max(retried) < end
     assert len(released) == 1 and end <= released[0] < end + ON_TIME
 
 

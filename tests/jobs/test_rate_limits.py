@@ -20,7 +20,7 @@ from tests.helpers import create_campaign, publish, recipients
 from tests.jobs.delivery_helpers import assert_counters_equal_rows, deliveries, ended
 from tests.jobs.processes import CONCURRENCY, delivery_ids
 from tests.tokens import bearer
-from tests.waiting import bounded
+from tests.waiting import bounded, collector_held_off
 
 LIMIT, BURST_SECONDS = 20, 0.2
 
@@ -75,8 +75,11 @@ async def two_workers_deliver(small_jobs, db, sink, workers, n: int, **env: str)
     await workers.start_ready()
     sink.rendezvous = Rendezvous(lambda message: int(message["delivery_id"].split(":")[1]) // BATCH)
     campaign = await create_campaign(small_jobs)
-    run = (await publish(small_jobs, campaign["id"], {"recipients": recipients(n)})).json()
-    await ended(db, run["id"])
+    # The sink's threads stamp the arrivals: a collection of this process would hold them,
+    # then stamp the held ones at once.
+    with collector_held_off():
+        run = (await publish(small_jobs, campaign["id"], {"recipients": recipients(n)})).json()
+        await ended(db, run["id"])
     assert sink.rendezvous.met.is_set(), "the two workers' sends never met"
     assert all(workers.log(i).count('"chunk delivered"') for i in range(2))  # both sent
     await assert_counters_equal_rows(db, run["id"])
@@ -91,9 +94,11 @@ async def test_two_workers_together_keep_to_the_channel_limit(small_jobs, db, si
 
     rate, busiest = rate_and_busiest_second(sink)
     assert LIMIT * 0.8 <= rate <= LIMIT * 1.1, rate
-    # Counted where they arrive, sends of a window can bunch up with the previous one's:
-    # one window (WORKER_CONCURRENCY) of slack over the limit plus its burst.
-    assert busiest <= LIMIT + LIMIT * BURST_SECONDS + CONCURRENCY, busiest
+    # Counted where they arrive: a 1 s span has the sends whose tokens were taken in it
+    # (the limit plus its burst), and those either worker had in flight as it began (one
+    # window, WORKER_CONCURRENCY, each), however long a stall of either side held them.
+    # Without a limiter: 60-120 in a second.
+    assert busiest <= LIMIT + LIMIT * BURST_SECONDS + 2 * CONCURRENCY, busiest
     assert len(delivery_ids(sink)) == 120
 
 
@@ -109,7 +114,8 @@ async def test_a_brand_cap_below_the_channel_limit_is_what_holds(small_jobs, db,
 
     rate, busiest = rate_and_busiest_second(sink)
     assert 8 <= rate <= 11, rate
-    assert busiest <= 10 + 2 + CONCURRENCY, busiest  # burst: 0.2 s of 10/s, at least 1: 2
+    # Burst: 0.2 s of 10/s, at least 1: 2; and each worker's window in flight (see above).
+    assert busiest <= 10 + 2 + 2 * CONCURRENCY, busiest
 
 
 async def test_429s_to_most_of_a_window_pause_every_worker_without_spending_attempts(
