@@ -1,6 +1,6 @@
-"""Test databases: one template migrated with Alembic per test session, a fresh copy of
-it for every test (pytest-postgresql's janitor), on the real PostgreSQL: made one test
-ahead and dropped behind, in threads (`Copies`)."""
+"""Test databases: one template migrated with Alembic per test session, a copy of it for
+every test (pytest-postgresql's janitor), on the real PostgreSQL: made one test ahead,
+emptied or dropped behind, in threads (`Copies`)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import asyncio
 import gc
 import itertools
 import os
+import queue
 import socket
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 
 import asyncpg
@@ -29,6 +30,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from app.core.settings import Settings
 from app.http.asgi import create_app
 from db.pool import connect
+from tests.databases import database_settings, emptied, set_database_settings, shape_of
 from tests.fakes.smtp import SmtpSink
 from tests.fakes.webhook import HttpSink
 from tests.tokens import TEST_SECRET, UNSUBSCRIBE_SECRET
@@ -126,32 +128,54 @@ class Drops:
 
 
 class Copies:
-    """Copies of the migrated template for this test process: the next one made while a
-    test runs (0.1 s), the used ones dropped behind it (`Drops`): no test waits for either."""
+    """Copies of the migrated template for this test process, with its database settings.
+    A used copy is emptied for a later test if only its rows changed, else dropped
+    (`tests.databases`, `Drops`); a new one is made ahead while a test runs (0.1 s), for
+    when no emptied one is ready. No test waits for any of it."""
 
     def __init__(self, template: str, drops: Drops) -> None:
         self.template = template
         self.drops = drops
+        self.settings = database_settings(url_of(template))
+        self.shape = shape_of(url_of(template))
         self.creating = ThreadPoolExecutor(1, thread_name_prefix="create-database")
         self.next = self.creating.submit(self._create)
+        self.emptying = ThreadPoolExecutor(1, thread_name_prefix="empty-database")
+        self.emptied: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.given_back: list[Future[None]] = []
 
     def _create(self) -> str:
         name = f"{PREFIX}_{next(_numbers)}"
         _janitor(name, template_dbname=self.template).init()
+        set_database_settings(url_of(name), self.settings)
         return name
 
+    def _empty(self, name: str) -> None:
+        if emptied(url_of(name), self.shape, GONE):
+            self.emptied.put(name)
+        else:
+            self.drops.drop(name)
+
     def take(self) -> str:
+        with suppress(queue.Empty):
+            return self.emptied.get_nowait()
         name = self.next.result()
         self.next = self.creating.submit(self._create)
         return name
 
     def give_back(self, name: str) -> None:
-        self.drops.drop(name)
+        self.given_back.append(self.emptying.submit(self._empty, name))
 
     def close(self) -> None:
-        """Drop the spare (the last test's drops are waited for by `Drops.close`)."""
+        """Drop the spares (the drops are waited for by `Drops.close`); a failure to empty
+        or drop a copy fails the session."""
         self.creating.shutdown()
-        self.give_back(self.next.result())
+        self.emptying.shutdown()
+        for given_back in self.given_back:
+            given_back.result()
+        self.drops.drop(self.next.result())
+        while not self.emptied.empty():
+            self.drops.drop(self.emptied.get_nowait())
 
 
 @pytest.fixture(scope="session")
