@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import pytest
 from procrastinate import App, exceptions
@@ -120,16 +121,29 @@ async def test_worker_on_this_connector_runs_deferred_jobs(procrastinate_app, db
     assert {s["status"] for s in statuses} == {"succeeded"}
 
 
-async def test_listening_worker_wakes_up_on_commit(procrastinate_app, db):
+async def test_listening_worker_wakes_up_on_commit(procrastinate_app, db, monkeypatch):
+    # procrastinate clears its wake-up after each fetch: a job deferred while the worker's
+    # first fetch is under way waits for the next poll (a race of the library's; our
+    # workers poll every second). So the job is deferred once the worker LISTENs and its
+    # first fetch has found nothing: it then waits for a notification or the poll.
+    found_nothing = asyncio.Event()
+    fetch_job = procrastinate_app.job_manager.fetch_job
+
+    async def fetch_job_noting_none(**kwargs: Any) -> Any:
+        job = await fetch_job(**kwargs)
+        if job is None:
+            found_nothing.set()
+        return job
+
+    monkeypatch.setattr(procrastinate_app.job_manager, "fetch_job", fetch_job_noting_none)
     worker = asyncio.create_task(
         procrastinate_app.run_worker_async(
             queues=["test"], listen_notify=True, fetch_job_polling_interval=60
         )
     )
     try:
-        # Once it LISTENs, a job deferred is announced to it: no sleep that may be too short.
-        listening = procrastinate_app.connector.listening.wait()
-        await within(PATIENCE, listening, "the worker's LISTEN")
+        waiting = asyncio.gather(procrastinate_app.connector.listening.wait(), found_nothing.wait())
+        await within(PATIENCE, waiting, "the worker's LISTEN and first fetch")
         await procrastinate_app.tasks["record"].defer_async(n=42)
 
         async with asyncio.timeout(10):  # far less than the 60 s polling interval
