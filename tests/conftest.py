@@ -52,8 +52,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """What the modules, the collected tests and their libraries built lives as long as
     this process: out of the garbage collector's reach, so that its full collections do
     not scan it again and again (about 220 of them in a run of the suite took 69 s of
-    the test processes' time, 39 s with this; latency probes hold the collector off too:
-    `tests.web.healthz_latencies`)."""
+    the test processes' time, 39 s with this; latencies a test measures hold the collector
+    off too: `tests.waiting.collector_held_off`)."""
     gc.collect()
     gc.freeze()
 

@@ -333,8 +333,8 @@ TWILIO_BASE = "http://testserver.local"  # the test client's origin, as PUBLIC_B
 def module_database_url(copies: Copies) -> Iterator[str]:
     """One database for the whole module: what examples leave behind changes no answer's
     class (a 4xx stays a 4xx), and a copy per operation would cost more than its requests.
-    Dropped behind the tests, as every copy is (its drop in the teardown took 18-30 s in
-    CI runs)."""
+    Given back behind the tests as every copy is, emptied for a later test or dropped (its
+    drop in the teardown took 18-30 s in CI runs)."""
     with fresh_database(copies) as url:
         yield url
 

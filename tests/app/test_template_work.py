@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -166,6 +167,15 @@ async def test_a_preview_of_a_template_that_would_work_for_hours_is_a_400_and_th
     assert health.status_code == 200
 
 
+async def preview_at_the_bound(http: httpx.AsyncClient, campaign: dict[str, Any]) -> httpx.Response:
+    """A preview of LONG_DATES's template with its data: about a second of rendering."""
+    return await http.post(
+        f"{CAMPAIGNS}/{campaign['id']}/preview",
+        json={"person_id": "p1", "recipient": "a@example.com", "data": LONG_DATES[1]},
+        headers=bearer(brands=["brand-a"]),
+    )
+
+
 async def test_a_preview_at_the_bound_of_its_work_leaves_the_event_loop_free(web: WebProcess):
     """A render at its bounds takes 0.3-1 s of CPU (parsing dates); a preview runs it in a
     thread, so /healthz, asked every 10 ms meanwhile, is answered all along, not once the
@@ -173,13 +183,7 @@ async def test_a_preview_at_the_bound_of_its_work_leaves_the_event_loop_free(web
     async with httpx.AsyncClient(base_url=web.url, timeout=30) as http:
         campaign = await create_campaign(http, body=LONG_DATES[0] + "ok")
         started = time.perf_counter()
-        preview = asyncio.create_task(
-            http.post(
-                f"{CAMPAIGNS}/{campaign['id']}/preview",
-                json={"person_id": "p1", "recipient": "a@example.com", "data": LONG_DATES[1]},
-                headers=bearer(brands=["brand-a"]),
-            )
-        )
+        preview = asyncio.create_task(preview_at_the_bound(http, campaign))
         latencies = await healthz_latencies(http, preview.done, "the preview's answer")
         refused = await preview
         preview_took = time.perf_counter() - started
@@ -201,23 +205,13 @@ async def test_previews_at_the_bound_of_their_work_hold_no_connection_while_they
     connection back before it renders, and waits its turn for a render, so an API call
     meanwhile gets a connection at once. Each held one before: the call waited for one
     (30 previews: the pool's 5 s, then a 503, as were 14 of the previews)."""
-    token = bearer(brands=["brand-a"])
     async with httpx.AsyncClient(base_url=web.url, timeout=60) as http:
         campaign = await create_campaign(http, body=LONG_DATES[0] + "ok")
-        previews = [
-            asyncio.create_task(
-                http.post(
-                    f"{CAMPAIGNS}/{campaign['id']}/preview",
-                    json={"person_id": "p1", "recipient": "a@example.com", "data": LONG_DATES[1]},
-                    headers=token,
-                )
-            )
-            for _ in range(12)
-        ]
+        previews = [asyncio.create_task(preview_at_the_bound(http, campaign)) for _ in range(12)]
         await asyncio.sleep(0.5)  # every preview under way or waiting its turn
         with collector_held_off():
             asked = time.perf_counter()
-            listed = await http.get(CAMPAIGNS, headers=token)
+            listed = await http.get(CAMPAIGNS, headers=bearer(brands=["brand-a"]))
             list_took = time.perf_counter() - asked
         answers = await asyncio.gather(*previews)
 
